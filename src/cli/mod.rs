@@ -1,0 +1,161 @@
+//! The command line of SPEC section 1 (clap derive) and the dispatch to each command.
+//!
+//! Every command returns `Ok(true)` when all went well, `Ok(false)` for a failed check
+//! (exit 1 without an error chain), or an error that `main` prints once (exit 1). Usage
+//! errors are clap's (exit 2).
+
+mod inspect;
+mod send;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config;
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "freshet",
+    version,
+    about = "Automation daemon: dbt Cloud and Mode webhooks -> Rhai rules -> Mode, Tableau and Slack."
+)]
+pub struct Cli {
+    /// Config file (else $FRESHET_CONFIG, else freshet.toml in the user config dir).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log line format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: HTTP listener, rules with hot reload, action runner, journal.
+    Serve,
+    /// Post a sample webhook body to a running daemon and print the answer.
+    Send {
+        #[command(subcommand)]
+        target: SendTarget,
+    },
+    /// List journaled events, newest first, or show one as JSON.
+    Events {
+        /// How many events to list.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Only events with this status (received, evaluated).
+        #[arg(long)]
+        status: Option<String>,
+        /// Print this event as JSON, enriched fields included.
+        #[arg(long, value_name = "ID")]
+        show: Option<String>,
+    },
+    /// List queued and finished actions.
+    Actions {
+        /// Only actions with this status (pending, running, retrying, succeeded, dead).
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Re-queue a dead action for one more attempt.
+    Retry {
+        #[arg(value_name = "ACTION_ID")]
+        id: i64,
+    },
+    /// Evaluate the rules again on a journaled event and queue the actions they call.
+    Replay {
+        #[arg(value_name = "ID")]
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SendTarget {
+    /// Sign FILE with the configured dbt secret and post it to /webhooks/dbt.
+    Dbt {
+        file: PathBuf,
+        /// Where to post (default: the configured listen address).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// Post FILE to the configured Mode token route.
+    Mode {
+        file: PathBuf,
+        /// Where to post (default: the configured listen address and token route).
+        #[arg(long)]
+        url: Option<String>,
+    },
+}
+
+/// Runs one command.
+pub async fn run(cli: Cli) -> anyhow::Result<bool> {
+    let config_path = cli.config.clone();
+    match cli.command {
+        Command::Serve => {
+            let location = config::locate(config_path.as_deref())?;
+            let config = match &location {
+                config::ConfigLocation::File(path) => config::Config::from_file(path)?,
+                config::ConfigLocation::Embedded => {
+                    let config = config::Config::embedded()?;
+                    announce_embedded(&config);
+                    config
+                }
+            };
+            for warning in &config.warnings {
+                tracing::warn!(problem = %warning, "Configuration warning.");
+            }
+            crate::pipeline::serve(config, config_path).await?;
+            Ok(true)
+        }
+        Command::Send { target } => send::run(config_path.as_deref(), target).await,
+        Command::Events {
+            limit,
+            status,
+            show,
+        } => {
+            let config = config::load(config_path.as_deref())?;
+            match show {
+                Some(id) => inspect::show_event(&config, &id),
+                None => inspect::list_events(&config, limit, status.as_deref()),
+            }
+        }
+        Command::Actions { status, limit } => {
+            let config = config::load(config_path.as_deref())?;
+            inspect::list_actions(&config, status.as_deref(), limit)
+        }
+        Command::Retry { id } => {
+            let config = config::load(config_path.as_deref())?;
+            inspect::retry(&config, id)
+        }
+        Command::Replay { id } => {
+            let config = config::load(config_path.as_deref())?;
+            inspect::replay(&config, &id)
+        }
+    }
+}
+
+/// With no config file, tell the newcomer what the daemon generated and how to try it.
+/// Printed on stdout, once, at start-up (SPEC section 3); never written to the log.
+fn announce_embedded(config: &config::Config) {
+    let secret = config
+        .dbt
+        .as_ref()
+        .and_then(|dbt| dbt.webhook_secrets.first())
+        .map(|s| s.expose().to_string())
+        .unwrap_or_default();
+    println!("freshet: no config file found; running on embedded defaults.");
+    println!("  journal:    {}", config.journal.path.display());
+    println!("  rules:      {}", config.rules.dir.display());
+    println!(
+        "  dbt secret: {secret}  (kept in {})",
+        config::default_data_dir()
+            .join(config::GENERATED_SECRET_FILE)
+            .display()
+    );
+    println!("  try it:     freshet send dbt <webhook.json>");
+}

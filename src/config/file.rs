@@ -1,0 +1,477 @@
+//! The TOML file as written by users, and its validation into [`Config`].
+//!
+//! Unknown keys are errors (a typo such as `webhook_secret` must not silently leave a
+//! service unconfigured), and every error names the key and the line it is on.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use url::Url;
+
+use super::{
+    ActionsConfig, Config, ConfigErrors, ConfigProblem, DbtConfig, JournalConfig, ModeConfig,
+    RulesConfig, SecretRef, ServerConfig, SlackConfig, TableauConfig,
+};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    server: RawServer,
+    rules: RawRules,
+    journal: RawJournal,
+    dbt: Option<RawDbt>,
+    mode: Option<RawMode>,
+    tableau: Option<RawTableau>,
+    slack: Option<RawSlack>,
+    actions: RawActions,
+    vars: toml::Table,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+    max_body_bytes: usize,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8787".into(),
+            max_body_bytes: 262_144,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRules {
+    dir: PathBuf,
+    max_operations: u64,
+}
+
+impl Default for RawRules {
+    fn default() -> Self {
+        RawRules {
+            dir: PathBuf::from("rules"),
+            max_operations: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawJournal {
+    path: Option<PathBuf>,
+    retention_days: u32,
+}
+
+impl Default for RawJournal {
+    fn default() -> Self {
+        RawJournal {
+            path: None,
+            retention_days: 30,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDbt {
+    webhook_secrets: Vec<SecretRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMode {
+    #[serde(default = "default_mode_api_base")]
+    api_base: String,
+    workspace: String,
+    api_token: Option<SecretRef>,
+    api_secret: Option<SecretRef>,
+    webhook_token: Option<SecretRef>,
+    #[serde(default = "yes")]
+    fetch_results: bool,
+    #[serde(default = "default_max_result_rows")]
+    max_result_rows: usize,
+}
+
+fn default_mode_api_base() -> String {
+    "https://app.mode.com".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_max_result_rows() -> usize {
+    10_000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTableau {
+    server: String,
+    #[serde(default)]
+    site: String,
+    #[serde(default = "default_tableau_api_version")]
+    api_version: String,
+    pat_name: String,
+    pat_secret: SecretRef,
+}
+
+fn default_tableau_api_version() -> String {
+    "3.22".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSlack {
+    webhook_url: Option<SecretRef>,
+    bot_token: Option<SecretRef>,
+    #[serde(default = "default_slack_api_base")]
+    api_base: String,
+}
+
+fn default_slack_api_base() -> String {
+    "https://slack.com/api".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawActions {
+    max_attempts: u32,
+    backoff_initial_ms: u64,
+    backoff_max_ms: u64,
+    timeout_ms: u64,
+}
+
+impl Default for RawActions {
+    fn default() -> Self {
+        RawActions {
+            max_attempts: 8,
+            backoff_initial_ms: 1_000,
+            backoff_max_ms: 300_000,
+            timeout_ms: 30_000,
+        }
+    }
+}
+
+/// Collects problems so that `freshet check` can show all of them at once.
+struct Problems<'a> {
+    path: &'a Path,
+    base_dir: PathBuf,
+    errors: Vec<ConfigProblem>,
+    warnings: Vec<ConfigProblem>,
+}
+
+impl Problems<'_> {
+    fn error(&mut self, key: &str, message: impl Into<String>) {
+        self.errors.push(ConfigProblem {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn secret(&mut self, key: &str, reference: &SecretRef) -> Option<super::Secret> {
+        if reference.is_literal() {
+            self.warnings.push(ConfigProblem {
+                path: self.path.to_path_buf(),
+                key: key.to_string(),
+                message: "secret written into the config file; prefer { env = .. }, { file = .. } or { credential = .. }".into(),
+            });
+        }
+        match reference.resolve(&self.base_dir) {
+            Ok(secret) => Some(secret),
+            Err(message) => {
+                self.error(key, message);
+                None
+            }
+        }
+    }
+
+    fn optional_secret(
+        &mut self,
+        key: &str,
+        reference: &Option<SecretRef>,
+    ) -> Option<super::Secret> {
+        reference.as_ref().and_then(|r| self.secret(key, r))
+    }
+
+    fn url(&mut self, key: &str, text: &str) -> Option<Url> {
+        match Url::parse(text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => Some(url),
+            Ok(_) => {
+                self.error(key, "must be an http:// or https:// URL");
+                None
+            }
+            Err(error) => {
+                self.error(key, format!("not a URL: {error}"));
+                None
+            }
+        }
+    }
+}
+
+/// Parses and validates config text. `path` is used in messages and to anchor relative paths.
+pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+    let raw: RawConfig = {
+        let deserializer = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let key = error.path().to_string();
+            let inner = error.into_inner();
+            let mut message = inner.message().to_string();
+            if let Some(span) = inner.span() {
+                let (line, column) = line_column(text, span.start);
+                message = format!("{message} (line {line}, column {column})");
+            }
+            ConfigErrors(vec![ConfigProblem {
+                path: path.to_path_buf(),
+                key: if key == "." { String::new() } else { key },
+                message,
+            }])
+        })?
+    };
+
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut problems = Problems {
+        path,
+        base_dir: base_dir.clone(),
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+
+    let listen = match raw.server.listen.parse::<SocketAddr>() {
+        Ok(addr) => addr,
+        Err(_) => {
+            problems.error(
+                "server.listen",
+                "must be an address and port such as 127.0.0.1:8787",
+            );
+            SocketAddr::from(([127, 0, 0, 1], 8787))
+        }
+    };
+    if raw.server.max_body_bytes == 0 {
+        problems.error("server.max_body_bytes", "must be greater than 0");
+    }
+    if raw.rules.max_operations == 0 {
+        problems.error("rules.max_operations", "must be greater than 0");
+    }
+
+    let dbt = raw.dbt.as_ref().map(|dbt| {
+        if dbt.webhook_secrets.is_empty() {
+            problems.error("dbt.webhook_secrets", "needs at least one secret");
+        }
+        let webhook_secrets = dbt
+            .webhook_secrets
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| problems.secret(&format!("dbt.webhook_secrets[{i}]"), r))
+            .collect();
+        DbtConfig { webhook_secrets }
+    });
+
+    let mode = raw.mode.as_ref().and_then(|mode| {
+        let valid_workspace = !mode.workspace.is_empty()
+            && mode
+                .workspace
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+        if !valid_workspace {
+            problems.error(
+                "mode.workspace",
+                "must be the workspace's URL name (letters, digits, _ - .)",
+            );
+        }
+        let api_base = problems.url("mode.api_base", &mode.api_base);
+        let api_token = problems.optional_secret("mode.api_token", &mode.api_token);
+        let api_secret = problems.optional_secret("mode.api_secret", &mode.api_secret);
+        let webhook_token = problems.optional_secret("mode.webhook_token", &mode.webhook_token);
+        if mode.api_token.is_some() != mode.api_secret.is_some() {
+            problems.error(
+                "mode.api_secret",
+                "mode.api_token and mode.api_secret go together",
+            );
+        }
+        Some(ModeConfig {
+            api_base: api_base?,
+            workspace: mode.workspace.clone(),
+            api_token,
+            api_secret,
+            webhook_token,
+            fetch_results: mode.fetch_results,
+            max_result_rows: mode.max_result_rows,
+        })
+    });
+
+    let tableau = raw.tableau.as_ref().and_then(|tableau| {
+        let server = problems.url("tableau.server", &tableau.server);
+        let pat_secret = problems.secret("tableau.pat_secret", &tableau.pat_secret);
+        if tableau.pat_name.is_empty() {
+            problems.error("tableau.pat_name", "must not be empty");
+        }
+        let version_ok = tableau
+            .api_version
+            .split('.')
+            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit()));
+        if !version_ok {
+            problems.error("tableau.api_version", "must look like 3.22");
+        }
+        Some(TableauConfig {
+            server: server?,
+            site: tableau.site.clone(),
+            api_version: tableau.api_version.clone(),
+            pat_name: tableau.pat_name.clone(),
+            pat_secret: pat_secret?,
+        })
+    });
+
+    let slack = raw.slack.as_ref().and_then(|slack| {
+        let api_base = problems.url("slack.api_base", &slack.api_base);
+        let webhook_url = problems.optional_secret("slack.webhook_url", &slack.webhook_url);
+        if let Some(url) = &webhook_url {
+            // Checked here, but never echoed: the whole URL is the secret.
+            if Url::parse(url.expose())
+                .map(|u| !matches!(u.scheme(), "http" | "https"))
+                .unwrap_or(true)
+            {
+                problems.error(
+                    "slack.webhook_url",
+                    "the resolved value is not an http(s) URL",
+                );
+            }
+        }
+        let bot_token = problems.optional_secret("slack.bot_token", &slack.bot_token);
+        Some(SlackConfig {
+            webhook_url,
+            bot_token,
+            api_base: api_base?,
+        })
+    });
+
+    let actions = &raw.actions;
+    if actions.max_attempts == 0 {
+        problems.error("actions.max_attempts", "must be at least 1");
+    }
+    if actions.backoff_initial_ms > actions.backoff_max_ms {
+        problems.error(
+            "actions.backoff_initial_ms",
+            "must not exceed actions.backoff_max_ms",
+        );
+    }
+    if actions.timeout_ms == 0 {
+        problems.error("actions.timeout_ms", "must be greater than 0");
+    }
+
+    let vars = match serde_json::to_value(&raw.vars) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => {
+            problems.error("vars", "must be a table of plain values");
+            serde_json::Map::new()
+        }
+    };
+
+    if !problems.errors.is_empty() {
+        return Err(ConfigErrors(problems.errors));
+    }
+
+    let journal_path = match &raw.journal.path {
+        Some(p) => base_dir.join(p),
+        None => super::default_data_dir().join("journal.db"),
+    };
+    Ok(Config {
+        path: Some(path.to_path_buf()),
+        server: ServerConfig {
+            listen,
+            max_body_bytes: raw.server.max_body_bytes,
+        },
+        rules: RulesConfig {
+            dir: base_dir.join(&raw.rules.dir),
+            max_operations: raw.rules.max_operations,
+        },
+        journal: JournalConfig {
+            path: journal_path,
+            retention_days: raw.journal.retention_days,
+        },
+        dbt,
+        mode,
+        tableau,
+        slack,
+        actions: ActionsConfig {
+            max_attempts: actions.max_attempts,
+            backoff_initial_ms: actions.backoff_initial_ms,
+            backoff_max_ms: actions.backoff_max_ms,
+            timeout_ms: actions.timeout_ms,
+        },
+        vars,
+        warnings: problems.warnings,
+    })
+}
+
+/// 1-based line and column of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit('\n')
+        .next()
+        .map(|s| s.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
+        parse(Path::new("/etc/freshet/freshet.toml"), text)
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let config = parse_str("").unwrap();
+        assert_eq!(config.server.listen.to_string(), "127.0.0.1:8787");
+        assert_eq!(config.server.max_body_bytes, 262_144);
+        assert_eq!(config.rules.dir, PathBuf::from("/etc/freshet/rules"));
+        assert_eq!(config.actions.max_attempts, 8);
+        assert!(config.dbt.is_none() && config.mode.is_none());
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let error = parse_str("[server]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.starts_with("/etc/freshet/freshet.toml: server"),
+            "{text}"
+        );
+        assert!(text.contains("lisen"), "{text}");
+        assert!(text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn secret_problems_name_the_key_not_the_value() {
+        let error = parse_str("[dbt]\nwebhook_secrets = [{ env = \"FRESHET_TEST_UNSET_X\" }]\n")
+            .unwrap_err();
+        assert_eq!(error.0[0].key, "dbt.webhook_secrets[0]");
+    }
+
+    #[test]
+    fn literal_secret_is_a_warning() {
+        let config = parse_str("[dbt]\nwebhook_secrets = [\"s3cr3t-value\"]\n").unwrap();
+        assert_eq!(config.warnings.len(), 1);
+        assert!(!config.warnings[0].to_string().contains("s3cr3t-value"));
+    }
+
+    #[test]
+    fn bad_listen_address_is_reported() {
+        let error = parse_str("[server]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert_eq!(error.0[0].key, "server.listen");
+    }
+}

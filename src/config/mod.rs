@@ -1,0 +1,271 @@
+//! The daemon's configuration: one TOML file (SPEC section 3), parsed once and validated
+//! into typed values, with secrets resolved from the environment, files or systemd
+//! credentials. Everything downstream takes a [`Config`] and never sees raw TOML.
+
+mod file;
+pub mod secret;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub use secret::{Secret, SecretRef};
+use url::Url;
+
+/// The name used for the `directories` lookups (config dir, data dir).
+const APP_NAME: &str = "freshet";
+/// File name of the config in the user config dir.
+pub const CONFIG_FILE_NAME: &str = "freshet.toml";
+/// File name of the generated dbt secret used by the embedded defaults.
+pub const GENERATED_SECRET_FILE: &str = "dbt_webhook_secret";
+
+/// One problem found in a config file, printed as `PATH: key: message`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub path: PathBuf,
+    /// Dotted key (`mode.api_token`); empty when the problem is not about one key.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.path.display(), self.message)
+        } else {
+            write!(f, "{}: {}: {}", self.path.display(), self.key, self.message)
+        }
+    }
+}
+
+/// All problems found while loading a config; `Display` prints one per line.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from; `None` for the embedded defaults.
+    pub path: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub rules: RulesConfig,
+    pub journal: JournalConfig,
+    pub dbt: Option<DbtConfig>,
+    pub mode: Option<ModeConfig>,
+    pub tableau: Option<TableauConfig>,
+    pub slack: Option<SlackConfig>,
+    pub actions: ActionsConfig,
+    /// The `[vars]` table, handed to rules as `vars`.
+    pub vars: serde_json::Map<String, serde_json::Value>,
+    /// Non-fatal remarks (literal secrets in the file), shown by `freshet check`.
+    pub warnings: Vec<ConfigProblem>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct RulesConfig {
+    pub dir: PathBuf,
+    pub max_operations: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    pub path: PathBuf,
+    pub retention_days: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct DbtConfig {
+    /// One per dbt Cloud webhook subscription; several allow rotation.
+    pub webhook_secrets: Vec<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModeConfig {
+    pub api_base: Url,
+    pub workspace: String,
+    pub api_token: Option<Secret>,
+    pub api_secret: Option<Secret>,
+    pub webhook_token: Option<Secret>,
+    pub fetch_results: bool,
+    pub max_result_rows: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TableauConfig {
+    pub server: Url,
+    pub site: String,
+    pub api_version: String,
+    pub pat_name: String,
+    pub pat_secret: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct SlackConfig {
+    pub webhook_url: Option<Secret>,
+    pub bot_token: Option<Secret>,
+    pub api_base: Url,
+}
+
+#[derive(Debug, Clone)]
+pub struct ActionsConfig {
+    pub max_attempts: u32,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    pub timeout_ms: u64,
+}
+
+/// Where the config came from, after the lookup of SPEC section 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigLocation {
+    File(PathBuf),
+    /// No file anywhere: run on the embedded defaults.
+    Embedded,
+}
+
+/// Finds the config file: `--config`, else `$FRESHET_CONFIG`, else `freshet.toml` in the
+/// user config dir. A file named explicitly must exist.
+pub fn locate(explicit: Option<&Path>) -> Result<ConfigLocation, ConfigErrors> {
+    let named = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("FRESHET_CONFIG").map(PathBuf::from));
+    if let Some(path) = named {
+        if !path.is_file() {
+            return Err(ConfigErrors(vec![ConfigProblem {
+                path,
+                key: String::new(),
+                message: "config file not found".into(),
+            }]));
+        }
+        return Ok(ConfigLocation::File(path));
+    }
+    if let Some(dirs) = project_dirs() {
+        let path = dirs.config_dir().join(CONFIG_FILE_NAME);
+        if path.is_file() {
+            return Ok(ConfigLocation::File(path));
+        }
+    }
+    Ok(ConfigLocation::Embedded)
+}
+
+/// Loads the config from wherever [`locate`] finds it.
+pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigErrors> {
+    match locate(explicit)? {
+        ConfigLocation::File(path) => Config::from_file(&path),
+        ConfigLocation::Embedded => Config::embedded(),
+    }
+}
+
+fn project_dirs() -> Option<directories::ProjectDirs> {
+    directories::ProjectDirs::from("", "", APP_NAME)
+}
+
+/// The user data dir (journal, generated secret), or `./freshet-data` when the platform
+/// gives none (no home directory).
+pub fn default_data_dir() -> PathBuf {
+    project_dirs()
+        .map(|dirs| dirs.data_dir().to_path_buf())
+        .unwrap_or_else(|| PathBuf::from("freshet-data"))
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            ConfigErrors(vec![ConfigProblem {
+                path: path.to_path_buf(),
+                key: String::new(),
+                message: format!("cannot read the config file: {error}"),
+            }])
+        })?;
+        file::parse(path, &text)
+    }
+
+    /// The embedded defaults: no services, rules from `./rules`, the journal in the user
+    /// data dir, and a dbt secret generated once and kept there.
+    pub fn embedded() -> Result<Config, ConfigErrors> {
+        let data_dir = default_data_dir();
+        let secret = generated_dbt_secret(&data_dir).map_err(|message| {
+            ConfigErrors(vec![ConfigProblem {
+                path: data_dir.join(GENERATED_SECRET_FILE),
+                key: String::new(),
+                message,
+            }])
+        })?;
+        let mut config = file::parse(Path::new("<embedded defaults>"), "")?;
+        config.path = None;
+        config.journal.path = data_dir.join("journal.db");
+        config.rules.dir = PathBuf::from("rules");
+        config.dbt = Some(DbtConfig {
+            webhook_secrets: vec![secret],
+        });
+        Ok(config)
+    }
+
+    /// The folder relative paths in the config are anchored to.
+    pub fn base_dir(&self) -> PathBuf {
+        self.path
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+/// Reads the generated dbt secret from the data dir, creating it (mode 0600) the first time.
+pub fn generated_dbt_secret(data_dir: &Path) -> Result<Secret, String> {
+    let path = data_dir.join(GENERATED_SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(Secret::new(text.trim().to_string())),
+        Ok(_) => {
+            return Err("the generated secret file is empty; delete it to make a new one".into())
+        }
+        Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("cannot read the generated secret: {error}"));
+        }
+        Err(_) => {}
+    }
+    std::fs::create_dir_all(data_dir)
+        .map_err(|error| format!("cannot create the data dir {}: {error}", data_dir.display()))?;
+    let value = hex::encode(rand::random::<[u8; 32]>());
+    write_private_file(&path, &value)
+        .map_err(|error| format!("cannot write the generated secret: {error}"))?;
+    Ok(Secret::new(value))
+}
+
+#[cfg(unix)]
+fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()
+}
+
+#[cfg(not(unix))]
+fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    std::fs::write(path, contents)
+}

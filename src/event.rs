@@ -1,0 +1,98 @@
+//! The common event: what every webhook becomes (SPEC section 4), and the contract between
+//! intake, the journal, the rules and the CLI.
+//!
+//! An event serializes to one flat JSON object (`id`, `source`, `type`, `received_at`, the
+//! source's own fields, `raw`). That object is what the journal stores, what
+//! `freshet events --show` prints and what rules read as `event`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Where an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    Dbt,
+    Mode,
+    /// Events freshet emits itself, such as action outcomes.
+    Freshet,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Dbt => "dbt",
+            Source::Mode => "mode",
+            Source::Freshet => "freshet",
+        }
+    }
+}
+
+/// One normalized event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique: `dbt:<eventId>`, `mode:<event>:<resource path>`, `freshet:...`.
+    pub id: String,
+    pub source: Source,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// RFC 3339.
+    pub received_at: String,
+    /// How many freshet-emitted events led here; at 3 no further actions are queued.
+    #[serde(default)]
+    pub chain_depth: u32,
+    /// The source's own fields (dbt run fields, Mode tokens and enrichment, ...).
+    #[serde(flatten)]
+    pub fields: Map<String, Value>,
+    /// The webhook body as received (parsed JSON).
+    #[serde(default)]
+    pub raw: Value,
+}
+
+impl Event {
+    /// The event as one JSON object, as rules and `events --show` see it.
+    pub fn to_json(&self) -> Value {
+        // Serializing a struct of strings, numbers and JSON values cannot fail.
+        serde_json::to_value(self).expect("an Event always serializes")
+    }
+
+    /// Reads an event back from its JSON object.
+    pub fn from_json(value: Value) -> Result<Event, serde_json::Error> {
+        serde_json::from_value(value)
+    }
+
+    pub fn field(&self, name: &str) -> Option<&Value> {
+        self.fields.get(name)
+    }
+}
+
+/// The current time as RFC 3339 with millisecond precision, UTC.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn round_trips_as_a_flat_object() {
+        let mut fields = Map::new();
+        fields.insert("job_id".into(), json!(302451));
+        let event = Event {
+            id: "dbt:wev_1".into(),
+            source: Source::Dbt,
+            kind: "dbt.job.run.completed".into(),
+            received_at: "2026-01-01T00:00:00.000Z".into(),
+            chain_depth: 0,
+            fields,
+            raw: json!({"eventId": "wev_1"}),
+        };
+        let value = event.to_json();
+        assert_eq!(value["type"], "dbt.job.run.completed");
+        assert_eq!(value["job_id"], 302451);
+        assert_eq!(value["source"], "dbt");
+        assert_eq!(Event::from_json(value).unwrap(), event);
+    }
+}

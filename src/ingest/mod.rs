@@ -1,0 +1,437 @@
+//! Intake: the HTTP routes of SPEC section 2. A webhook is verified, turned into an
+//! [`Event`](crate::event::Event), and committed to the journal *before* the 200 is sent;
+//! everything after that (enrichment, rules, actions) happens in the pipeline.
+
+pub mod dbt_cloud;
+pub mod mode;
+mod rejection;
+pub mod signature;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use serde_json::json;
+use tokio::sync::Notify;
+use warp::http::StatusCode;
+use warp::{Filter, Rejection, Reply};
+
+use crate::config::{Config, Secret};
+use crate::event::{now_rfc3339, Event};
+use crate::journal::{blocking, Appended, Journal, Queue};
+use crate::metrics::Metrics;
+
+pub use rejection::{error_reply, handle_rejection};
+
+/// Why a body was refused after its signature or token was accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    #[error("body is not JSON: {0}")]
+    NotJson(String),
+    #[error("{0}")]
+    Shape(String),
+}
+
+/// The secrets intake checks against; swapped as a whole on SIGHUP.
+#[derive(Debug, Clone, Default)]
+pub struct IntakeSecrets {
+    pub dbt: Vec<Secret>,
+    pub mode: Option<ModeIntake>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ModeIntake {
+    pub workspace: String,
+    pub webhook_token: Secret,
+}
+
+impl IntakeSecrets {
+    pub fn from_config(config: &Config) -> IntakeSecrets {
+        IntakeSecrets {
+            dbt: config
+                .dbt
+                .as_ref()
+                .map(|dbt| dbt.webhook_secrets.clone())
+                .unwrap_or_default(),
+            mode: config.mode.as_ref().and_then(|mode| {
+                mode.webhook_token.as_ref().map(|token| ModeIntake {
+                    workspace: mode.workspace.clone(),
+                    webhook_token: token.clone(),
+                })
+            }),
+        }
+    }
+}
+
+/// What the routes need. Cloned into every request (all fields are shared handles).
+#[derive(Clone)]
+pub struct Intake {
+    pub journal: Journal,
+    pub secrets: Arc<ArcSwap<IntakeSecrets>>,
+    pub metrics: Arc<Metrics>,
+    pub max_body_bytes: usize,
+    /// Wakes the pipeline's workers when new work is journaled.
+    pub wake: Arc<Notify>,
+}
+
+/// Everything intake answers, as a typed error mapped to a status in one place.
+#[derive(Debug, thiserror::Error)]
+enum IntakeError {
+    #[error("body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("could not read the body")]
+    BodyRead,
+    #[error("{0}")]
+    Signature(#[from] signature::SignatureError),
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Body(#[from] BodyError),
+    #[error("journal unavailable")]
+    Journal,
+}
+
+impl IntakeError {
+    fn status(&self) -> StatusCode {
+        match self {
+            IntakeError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            IntakeError::BodyRead | IntakeError::Body(_) => StatusCode::BAD_REQUEST,
+            IntakeError::Signature(_) => StatusCode::UNAUTHORIZED,
+            IntakeError::NotFound => StatusCode::NOT_FOUND,
+            IntakeError::Journal => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            IntakeError::TooLarge(_) => "too_large",
+            IntakeError::BodyRead => "body_read",
+            IntakeError::Signature(error) => error.reason(),
+            IntakeError::NotFound => "bad_token",
+            IntakeError::Body(BodyError::NotJson(_)) => "not_json",
+            IntakeError::Body(BodyError::Shape(_)) => "bad_shape",
+            IntakeError::Journal => "journal_unavailable",
+        }
+    }
+}
+
+/// All routes, with the one `recover` that turns warp's own rejections into JSON.
+pub fn routes(intake: Intake) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    dbt_route(intake.clone())
+        .or(mode_route(intake.clone()))
+        .or(healthz_route(intake.clone()))
+        .or(metrics_route(intake))
+        .recover(handle_rejection)
+}
+
+fn with_intake(intake: Intake) -> impl Filter<Extract = (Intake,), Error = Infallible> + Clone {
+    warp::any().map(move || intake.clone())
+}
+
+/// The raw body stream; read (and limited) inside the handler, after the cheap checks.
+type BodyStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, warp::Error>> + Send>>;
+
+fn dbt_route(
+    intake: Intake,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("webhooks" / "dbt")
+        .and(warp::post())
+        .and(with_intake(intake))
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::header::optional::<String>("authorization"))
+        .and(raw_body())
+        .then(
+            |intake: Intake,
+             length: Option<u64>,
+             authorization: Option<String>,
+             body: BodyStream| async move {
+                let result = receive_dbt(&intake, length, authorization.as_deref(), body).await;
+                respond(&intake, "dbt", result)
+            },
+        )
+}
+
+fn mode_route(
+    intake: Intake,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("webhooks" / "mode" / String)
+        .and(warp::post())
+        .and(with_intake(intake))
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(raw_body())
+        .then(
+            |token: String, intake: Intake, length: Option<u64>, body: BodyStream| async move {
+                let result = receive_mode(&intake, &token, length, body).await;
+                respond(&intake, "mode", result)
+            },
+        )
+}
+
+/// The unread request body, so that the size limit applies whether or not the sender gave
+/// a Content-Length (warp's own limit refuses bodies without one).
+fn raw_body() -> impl Filter<Extract = (BodyStream,), Error = Rejection> + Clone {
+    warp::body::stream().map(boxed_body)
+}
+
+fn boxed_body<S, B>(stream: S) -> BodyStream
+where
+    S: futures_util::Stream<Item = Result<B, warp::Error>> + Send + 'static,
+    B: bytes::Buf,
+{
+    Box::pin(stream.map(|chunk| chunk.map(|mut buf| buf.copy_to_bytes(buf.remaining()))))
+}
+
+fn healthz_route(
+    intake: Intake,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("healthz").and(warp::get()).and(with_intake(intake)).then(|intake: Intake| async move {
+        let rules_loaded = intake.metrics.rules_loaded.get();
+        let rule_errors = intake.metrics.rule_compile_errors.get();
+        match blocking(&intake.journal, |j| j.check_writable()).await {
+            Ok(()) => warp::reply::with_status(
+                warp::reply::json(&json!({
+                    "status": "ok", "rules_loaded": rules_loaded, "rule_errors": rule_errors, "journal": "ok"
+                })),
+                StatusCode::OK,
+            )
+            .into_response(),
+            Err(error) => {
+                tracing::error!(error = %error, "Journal is not writable.");
+                warp::reply::with_status(
+                    warp::reply::json(&json!({
+                        "status": "unavailable", "rules_loaded": rules_loaded, "rule_errors": rule_errors,
+                        "journal": "unavailable", "error": "journal is not writable"
+                    })),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                )
+                .into_response()
+            }
+        }
+    })
+}
+
+fn metrics_route(
+    intake: Intake,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("metrics")
+        .and(warp::get())
+        .and(with_intake(intake))
+        .then(|intake: Intake| async move {
+            if let Ok(backlog) = blocking(&intake.journal, |j| j.backlog()).await {
+                intake.metrics.journal_backlog.set(backlog as i64);
+            }
+            warp::reply::with_header(
+                intake.metrics.encode(),
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .into_response()
+        })
+}
+
+/// Reads at most `limit` bytes; a declared or actual larger body is refused.
+async fn read_limited(
+    length: Option<u64>,
+    mut body: BodyStream,
+    limit: usize,
+) -> Result<Bytes, IntakeError> {
+    if length.is_some_and(|declared| declared > limit as u64) {
+        return Err(IntakeError::TooLarge(limit));
+    }
+    let mut collected = BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|_| IntakeError::BodyRead)?;
+        if collected.len() + chunk.len() > limit {
+            return Err(IntakeError::TooLarge(limit));
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    Ok(collected.freeze())
+}
+
+async fn receive_dbt(
+    intake: &Intake,
+    length: Option<u64>,
+    authorization: Option<&str>,
+    body: BodyStream,
+) -> Result<(Event, Appended), IntakeError> {
+    let body = read_limited(length, body, intake.max_body_bytes).await?;
+    let secrets = intake.secrets.load();
+    signature::verify(authorization, &body, &secrets.dbt)?;
+    let event = dbt_cloud::parse(&body, now_rfc3339())?;
+    journal_event(intake, event, Queue::Evaluate).await
+}
+
+async fn receive_mode(
+    intake: &Intake,
+    token: &str,
+    length: Option<u64>,
+    body: BodyStream,
+) -> Result<(Event, Appended), IntakeError> {
+    let secrets = intake.secrets.load();
+    let mode = secrets.mode.as_ref().ok_or(IntakeError::NotFound)?;
+    if !signature::secrets_equal(token, &mode.webhook_token) {
+        return Err(IntakeError::NotFound);
+    }
+    let body = read_limited(length, body, intake.max_body_bytes).await?;
+    let event = mode::parse(&body, &mode.workspace, now_rfc3339())?;
+    // Run events are fetched from the Mode API before the rules see them.
+    let first = if event.field("run_token").is_some_and(|t| !t.is_null()) {
+        Queue::Enrich
+    } else {
+        Queue::Evaluate
+    };
+    journal_event(intake, event, first).await
+}
+
+async fn journal_event(
+    intake: &Intake,
+    event: Event,
+    first: Queue,
+) -> Result<(Event, Appended), IntakeError> {
+    let to_store = event.clone();
+    let appended = blocking(&intake.journal, move |j| j.append(&to_store, first))
+        .await
+        .map_err(|error| {
+            tracing::error!(error = %error, event_id = %event.id, "Could not journal the event.");
+            IntakeError::Journal
+        })?;
+    if appended == Appended::New {
+        intake.wake.notify_waiters();
+    }
+    Ok((event, appended))
+}
+
+fn respond(
+    intake: &Intake,
+    source: &str,
+    result: Result<(Event, Appended), IntakeError>,
+) -> warp::reply::Response {
+    match result {
+        Ok((event, appended)) => {
+            let duplicate = appended == Appended::Duplicate;
+            if duplicate {
+                tracing::info!(event_id = %event.id, source, "Duplicate event ignored.");
+            } else {
+                intake.metrics.event_received(source, &event.kind);
+                tracing::info!(event_id = %event.id, source, event_type = %event.kind, "Event journaled.");
+            }
+            warp::reply::with_status(
+                warp::reply::json(&json!({ "event_id": event.id, "duplicate": duplicate })),
+                StatusCode::OK,
+            )
+            .into_response()
+        }
+        Err(error) => {
+            intake.metrics.webhook_rejected(source, error.reason());
+            tracing::warn!(source, reason = error.reason(), error = %error, "Webhook rejected.");
+            error_reply(error.status(), &error.to_string())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{
+        AlertState, Evaluation, EventSummary, Job, JobOutcome, JobSummary, JournalError,
+        JournalStore,
+    };
+
+    /// A journal whose disk is gone: every call fails.
+    struct BrokenJournal;
+
+    fn down<T>() -> Result<T, JournalError> {
+        Err(JournalError::Invalid("disk I/O error".into()))
+    }
+
+    impl JournalStore for BrokenJournal {
+        fn append(&self, _: &Event, _: Queue) -> Result<Appended, JournalError> {
+            down()
+        }
+        fn check_writable(&self) -> Result<(), JournalError> {
+            down()
+        }
+        fn event(&self, _: &str) -> Result<Option<Event>, JournalError> {
+            down()
+        }
+        fn events(&self, _: usize, _: Option<&str>) -> Result<Vec<EventSummary>, JournalError> {
+            down()
+        }
+        fn claim(&self, _: Queue, _: usize, _: u64) -> Result<Vec<Job>, JournalError> {
+            down()
+        }
+        fn next_due_in(&self, _: Queue) -> Result<Option<u64>, JournalError> {
+            down()
+        }
+        fn finish(
+            &self,
+            _: &Job,
+            _: &JobOutcome,
+            _: Option<&Event>,
+        ) -> Result<Option<String>, JournalError> {
+            down()
+        }
+        fn finish_enrichment(&self, _: &Job, _: &Event) -> Result<bool, JournalError> {
+            down()
+        }
+        fn finish_evaluation(&self, _: &Job, _: &Evaluation) -> Result<bool, JournalError> {
+            down()
+        }
+        fn queue_replay(&self, _: &str) -> Result<i64, JournalError> {
+            down()
+        }
+        fn release_running(&self) -> Result<usize, JournalError> {
+            down()
+        }
+        fn jobs(&self, _: Option<&str>, _: usize) -> Result<Vec<JobSummary>, JournalError> {
+            down()
+        }
+        fn retry(&self, _: i64) -> Result<(), JournalError> {
+            down()
+        }
+        fn backlog(&self) -> Result<u64, JournalError> {
+            down()
+        }
+        fn alerts(&self) -> Result<Vec<AlertState>, JournalError> {
+            down()
+        }
+        fn prune(&self, _: u32) -> Result<usize, JournalError> {
+            down()
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_journal_is_503_never_200() {
+        let intake = Intake {
+            journal: Arc::new(BrokenJournal),
+            secrets: Arc::new(ArcSwap::from_pointee(IntakeSecrets {
+                dbt: vec![Secret::new("s")],
+                mode: None,
+            })),
+            metrics: Arc::new(Metrics::new()),
+            max_body_bytes: 1024,
+            wake: Arc::new(Notify::new()),
+        };
+        let filter = routes(intake);
+        let body = br#"{"eventId":"wev_1","eventType":"job.run.completed","data":{}}"#;
+        let response = warp::test::request()
+            .method("POST")
+            .path("/webhooks/dbt")
+            .header("authorization", signature::sign(b"s", body))
+            .body(body.as_slice())
+            .reply(&filter)
+            .await;
+        assert_eq!(response.status(), 503);
+        assert_eq!(
+            response.body().as_ref(),
+            br#"{"error":"journal unavailable"}"#
+        );
+
+        let health = warp::test::request().path("/healthz").reply(&filter).await;
+        assert_eq!(health.status(), 503);
+    }
+}

@@ -1,0 +1,265 @@
+//! The durable journal of events, jobs and alert state (JOURNAL.md).
+//!
+//! Every stage hands work on through here rather than through memory: intake commits an
+//! event and its first job before answering 200, evaluation and actions are jobs claimed
+//! with a lease, and each stage's result is written in one transaction. A crash anywhere
+//! therefore loses nothing that was acknowledged.
+//!
+//! [`JournalStore`] is the one small interface; [`sqlite::SqliteJournal`] is the embedded
+//! implementation. A PostgreSQL store (several instances sharing one queue) is planned as
+//! a second implementation of the same trait: the SQL here already claims with
+//! `UPDATE .. RETURNING` and leases, which is what `FOR UPDATE SKIP LOCKED` needs.
+
+mod schema;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::event::Event;
+
+pub use sqlite::SqliteJournal;
+
+/// Shared handle on the journal, used by every stage.
+pub type Journal = Arc<dyn JournalStore>;
+
+/// Why the journal could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("cannot open the journal at {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("journal data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The result of appending an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    New,
+    /// The id was already journaled; nothing was inserted.
+    Duplicate,
+}
+
+/// Which worker takes a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Queue {
+    /// Fetch a Mode run (and its results) before the rules see the event.
+    Enrich,
+    /// Run the rules on an event.
+    Evaluate,
+    /// Call a service (Mode, Tableau, Slack).
+    Action,
+}
+
+impl Queue {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Queue::Enrich => "enrich",
+            Queue::Evaluate => "evaluate",
+            Queue::Action => "action",
+        }
+    }
+}
+
+/// A job to insert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub queue: Queue,
+    pub kind: String,
+    pub event_id: String,
+    pub rule: Option<String>,
+    /// Deterministic and unique: inserting the same key twice is a no-op.
+    pub job_key: String,
+    /// Identical not-yet-started calls share this key and are merged.
+    pub coalesce_key: Option<String>,
+    pub payload: Value,
+    pub max_attempts: u32,
+}
+
+/// A claimed job, leased to this worker until it finishes or the lease runs out.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: i64,
+    pub queue: String,
+    pub kind: String,
+    pub event_id: String,
+    pub rule: Option<String>,
+    pub payload: Value,
+    /// 1 on the first attempt. Together with `id` it identifies this lease.
+    pub attempt: u32,
+    pub max_attempts: u32,
+}
+
+/// How an attempt at a job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    Succeeded,
+    /// Try again after `delay_ms`; becomes dead when the attempts are used up.
+    Retry {
+        delay_ms: u64,
+        error: String,
+    },
+    /// Final failure.
+    Dead {
+        error: String,
+    },
+}
+
+/// What one rule did with one event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleRun {
+    pub rule: String,
+    /// `fired` (called at least one action) or `error`.
+    pub outcome: String,
+    pub actions: usize,
+    pub error: Option<String>,
+}
+
+/// Everything an evaluation decided, written in one transaction.
+#[derive(Debug, Clone, Default)]
+pub struct Evaluation {
+    pub rule_runs: Vec<RuleRun>,
+    pub jobs: Vec<NewJob>,
+    pub alerts: Vec<AlertCall>,
+    /// `max_attempts` for the Slack posts that alert transitions queue.
+    pub alert_max_attempts: u32,
+}
+
+/// A call to `alert(..)`: the transition is decided inside the evaluation's transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertCall {
+    pub rule: String,
+    pub name: String,
+    pub firing: bool,
+    /// The Slack post to make on a transition (payload of a `slack_post` job), built
+    /// for the firing text; the resolved text is made from it.
+    pub text: String,
+    pub channel: Option<String>,
+    pub renotify_minutes: Option<u64>,
+    pub resolve: bool,
+}
+
+/// Stored state of one alert.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertState {
+    pub name: String,
+    pub firing: bool,
+    pub version: i64,
+    pub since_ms: i64,
+    pub last_notified_ms: Option<i64>,
+}
+
+/// One line of `freshet events`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventSummary {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub received_at: String,
+    pub status: String,
+    pub rules: Vec<RuleRun>,
+    pub actions: Vec<JobSummary>,
+}
+
+/// One line of `freshet actions`.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    pub id: i64,
+    pub kind: String,
+    pub event_id: String,
+    pub rule: Option<String>,
+    pub status: String,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub last_error: Option<String>,
+    pub payload: Value,
+}
+
+/// The journal interface every backend implements. Methods are blocking; async callers go
+/// through [`blocking`].
+pub trait JournalStore: Send + Sync + 'static {
+    /// In one transaction: insert the event and its first job (`enrich` for Mode run
+    /// events, else `evaluate`). A known id inserts nothing and answers `Duplicate`.
+    fn append(&self, event: &Event, first_job: Queue) -> Result<Appended, JournalError>;
+
+    /// Fails when the journal cannot be written (for `/healthz`).
+    fn check_writable(&self) -> Result<(), JournalError>;
+
+    /// An event by id, as last written (enriched fields included).
+    fn event(&self, id: &str) -> Result<Option<Event>, JournalError>;
+
+    /// Newest first, optionally only events with `status`.
+    fn events(&self, limit: usize, status: Option<&str>)
+        -> Result<Vec<EventSummary>, JournalError>;
+
+    /// Claims up to `limit` due jobs of `queue`, leasing them for `lease_ms`.
+    fn claim(&self, queue: Queue, limit: usize, lease_ms: u64) -> Result<Vec<Job>, JournalError>;
+
+    /// Milliseconds until the next job of `queue` is due (None: nothing waiting).
+    fn next_due_in(&self, queue: Queue) -> Result<Option<u64>, JournalError>;
+
+    /// Records an attempt's outcome if the lease is still ours. When the job ends dead and
+    /// `failure_event` is given, that event is appended in the same transaction. Returns
+    /// the job's new status, or None if the lease was lost.
+    fn finish(
+        &self,
+        job: &Job,
+        outcome: &JobOutcome,
+        failure_event: Option<&Event>,
+    ) -> Result<Option<String>, JournalError>;
+
+    /// Replaces the event's body (enrichment), finishes the `enrich` job and queues the
+    /// `evaluate` job, in one transaction.
+    fn finish_enrichment(&self, job: &Job, event: &Event) -> Result<bool, JournalError>;
+
+    /// Records an evaluation: rule runs, alert transitions, action jobs and the
+    /// `evaluate` job's end, in one transaction. Returns false if the lease was lost.
+    fn finish_evaluation(&self, job: &Job, evaluation: &Evaluation) -> Result<bool, JournalError>;
+
+    /// Queues a new evaluation of a journaled event (`freshet replay`); returns its job id.
+    fn queue_replay(&self, event_id: &str) -> Result<i64, JournalError>;
+
+    /// Makes every `running` job claimable again (called at start: with SQLite only one
+    /// process uses the journal, so they were left by a crash). Returns how many.
+    fn release_running(&self) -> Result<usize, JournalError>;
+
+    /// Jobs of the action queue, newest first, optionally by status.
+    fn jobs(&self, status: Option<&str>, limit: usize) -> Result<Vec<JobSummary>, JournalError>;
+
+    /// Puts a dead job back to pending with one more attempt allowed.
+    fn retry(&self, job_id: i64) -> Result<(), JournalError>;
+
+    /// Action jobs not yet finished (pending, retrying, running).
+    fn backlog(&self) -> Result<u64, JournalError>;
+
+    /// Current state of every alert.
+    fn alerts(&self) -> Result<Vec<AlertState>, JournalError>;
+
+    /// Deletes events older than `days` whose jobs are all finished; returns how many.
+    fn prune(&self, days: u32) -> Result<usize, JournalError>;
+}
+
+/// Runs a blocking journal call off the async workers.
+pub async fn blocking<T, F>(journal: &Journal, call: F) -> Result<T, JournalError>
+where
+    T: Send + 'static,
+    F: FnOnce(&dyn JournalStore) -> Result<T, JournalError> + Send + 'static,
+{
+    let journal = Arc::clone(journal);
+    tokio::task::spawn_blocking(move || call(journal.as_ref()))
+        .await
+        .unwrap_or_else(|join_error| {
+            Err(JournalError::Invalid(format!(
+                "journal task failed: {join_error}"
+            )))
+        })
+}

@@ -1,0 +1,70 @@
+//! The SQLite schema, as ordered migrations applied at open (tracked in `user_version`).
+//!
+//! Times are integer milliseconds since the Unix epoch, taken from SQLite's own clock
+//! (`NOW_MS`) so that one clock orders everything, as JOURNAL.md asks.
+
+/// The database clock, in milliseconds.
+pub const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+
+/// Each entry moves the schema one version forward; never edit an entry once released.
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE events (
+    id            TEXT PRIMARY KEY,
+    source        TEXT NOT NULL,
+    type          TEXT NOT NULL,
+    received_at   TEXT NOT NULL,
+    received_ms   INTEGER NOT NULL,
+    chain_depth   INTEGER NOT NULL DEFAULT 0,
+    -- received -> (enriching) -> evaluated
+    status        TEXT NOT NULL,
+    body          TEXT NOT NULL
+);
+CREATE INDEX events_received ON events(received_ms);
+
+CREATE TABLE jobs (
+    id            INTEGER PRIMARY KEY,
+    -- evaluate | enrich | action
+    queue         TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    event_id      TEXT NOT NULL,
+    rule          TEXT,
+    job_key       TEXT NOT NULL UNIQUE,
+    coalesce_key  TEXT,
+    payload       TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    attempt       INTEGER NOT NULL DEFAULT 0,
+    max_attempts  INTEGER NOT NULL,
+    scheduled_at  INTEGER NOT NULL,
+    lease_until   INTEGER,
+    errors        TEXT NOT NULL DEFAULT '[]',
+    last_error    TEXT,
+    created_at    INTEGER NOT NULL,
+    finished_at   INTEGER
+);
+CREATE INDEX jobs_due ON jobs(queue, status, scheduled_at);
+CREATE INDEX jobs_event ON jobs(event_id);
+-- Coalescing: at most one not-yet-started job per identical call. Running jobs are left out
+-- on purpose: a refresh asked for while one runs must still run afterwards.
+CREATE UNIQUE INDEX jobs_coalesce ON jobs(coalesce_key)
+    WHERE coalesce_key IS NOT NULL AND status IN ('pending', 'retrying');
+
+CREATE TABLE rule_runs (
+    event_id      TEXT NOT NULL,
+    rule          TEXT NOT NULL,
+    -- fired | error
+    outcome       TEXT NOT NULL,
+    actions       INTEGER NOT NULL,
+    error         TEXT,
+    PRIMARY KEY (event_id, rule)
+);
+
+CREATE TABLE alerts (
+    name             TEXT PRIMARY KEY,
+    -- ok | firing
+    state            TEXT NOT NULL,
+    version          INTEGER NOT NULL,
+    since_ms         INTEGER NOT NULL,
+    last_notified_ms INTEGER,
+    event_id         TEXT NOT NULL
+);
+"#];

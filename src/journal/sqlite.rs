@@ -1,0 +1,792 @@
+//! The SQLite journal: one file, WAL mode, `synchronous = FULL` so that a commit is on disk
+//! before intake answers 200.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde_json::Value;
+
+use super::schema::{MIGRATIONS, NOW_MS};
+use super::{
+    AlertState, Appended, Evaluation, EventSummary, Job, JobOutcome, JobSummary, JournalError,
+    JournalStore, NewJob, Queue, RuleRun,
+};
+use crate::event::Event;
+
+/// The SQLite implementation of [`JournalStore`].
+pub struct SqliteJournal {
+    /// One connection, behind a std mutex: every call is short and runs on a blocking
+    /// thread, and SQLite serializes writers anyway.
+    conn: Mutex<Connection>,
+}
+
+impl SqliteJournal {
+    /// Opens (creating if needed) the journal at `path` and applies migrations.
+    pub fn open(path: &Path) -> Result<SqliteJournal, JournalError> {
+        let open_error = |message: String| JournalError::Open {
+            path: path.display().to_string(),
+            message,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| open_error(e.to_string()))?;
+        }
+        let conn = Connection::open(path).map_err(|e| open_error(e.to_string()))?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open_error(format!(
+                "could not switch to WAL mode (got {mode})"
+            )));
+        }
+        conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        migrate(&conn)?;
+        Ok(SqliteJournal {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        // A poisoned lock means a panic mid-call; the connection itself is still sound
+        // (SQLite rolls back an unfinished transaction), so carry on with it.
+        let mut conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut conn)
+    }
+}
+
+fn migrate(conn: &Connection) -> Result<(), JournalError> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(JournalError::Corrupt(format!(
+            "the journal has schema version {version}, newer than this freshet knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+        conn.execute_batch(&format!(
+            "BEGIN; {migration}; PRAGMA user_version = {}; COMMIT;",
+            index + 1
+        ))?;
+    }
+    Ok(())
+}
+
+fn now_ms(tx: &Connection) -> Result<i64, JournalError> {
+    Ok(tx.query_row(&format!("SELECT {NOW_MS}"), [], |row| row.get(0))?)
+}
+
+fn insert_event(
+    tx: &Transaction,
+    event: &Event,
+    first_job: Queue,
+) -> Result<Appended, JournalError> {
+    let body = serde_json::to_string(&event.to_json())
+        .map_err(|e| JournalError::Invalid(e.to_string()))?;
+    let inserted = tx.execute(
+        &format!(
+            "INSERT INTO events (id, source, type, received_at, received_ms, chain_depth, status, body)
+             VALUES (?1, ?2, ?3, ?4, {NOW_MS}, ?5, 'received', ?6) ON CONFLICT (id) DO NOTHING"
+        ),
+        params![event.id, event.source.as_str(), event.kind, event.received_at, event.chain_depth, body],
+    )?;
+    if inserted == 0 {
+        return Ok(Appended::Duplicate);
+    }
+    insert_job(
+        tx,
+        &NewJob {
+            queue: first_job,
+            kind: first_job.as_str().to_string(),
+            event_id: event.id.clone(),
+            rule: None,
+            job_key: format!("{}:{}", first_job.as_str(), event.id),
+            coalesce_key: None,
+            payload: Value::Null,
+            // Enrichment retries like an action; evaluation is local and retried on lease expiry.
+            max_attempts: 5,
+        },
+    )?;
+    Ok(Appended::New)
+}
+
+/// Inserts a job; an existing job key or a pending identical call makes it a no-op.
+fn insert_job(tx: &Connection, job: &NewJob) -> Result<bool, JournalError> {
+    let payload =
+        serde_json::to_string(&job.payload).map_err(|e| JournalError::Invalid(e.to_string()))?;
+    let inserted = tx.execute(
+        &format!(
+            "INSERT INTO jobs (queue, kind, event_id, rule, job_key, coalesce_key, payload, status,
+                               attempt, max_attempts, scheduled_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, {NOW_MS}, {NOW_MS})
+             ON CONFLICT DO NOTHING"
+        ),
+        params![
+            job.queue.as_str(),
+            job.kind,
+            job.event_id,
+            job.rule,
+            job.job_key,
+            job.coalesce_key,
+            payload,
+            job.max_attempts
+        ],
+    )?;
+    Ok(inserted > 0)
+}
+
+/// Ends a job's lease with `status`; false if the lease is no longer ours.
+fn end_job(tx: &Connection, job: &Job, status: &str) -> Result<bool, JournalError> {
+    let updated = tx.execute(
+        &format!(
+            "UPDATE jobs SET status = ?1, finished_at = {NOW_MS}, lease_until = NULL
+             WHERE id = ?2 AND status = 'running' AND attempt = ?3"
+        ),
+        params![status, job.id, job.attempt],
+    )?;
+    Ok(updated == 1)
+}
+
+fn parse_json(text: &str) -> Result<Value, JournalError> {
+    serde_json::from_str(text).map_err(|e| JournalError::Corrupt(e.to_string()))
+}
+
+fn job_summary(row: &rusqlite::Row) -> rusqlite::Result<(JobSummary, String)> {
+    Ok((
+        JobSummary {
+            id: row.get("id")?,
+            kind: row.get("kind")?,
+            event_id: row.get("event_id")?,
+            rule: row.get("rule")?,
+            status: row.get("status")?,
+            attempt: row.get("attempt")?,
+            max_attempts: row.get("max_attempts")?,
+            last_error: row.get("last_error")?,
+            payload: Value::Null,
+        },
+        row.get("payload")?,
+    ))
+}
+
+fn load_alert(tx: &Connection, name: &str) -> Result<Option<AlertState>, JournalError> {
+    Ok(tx
+        .query_row(
+            "SELECT name, state, version, since_ms, last_notified_ms FROM alerts WHERE name = ?1",
+            [name],
+            alert_row,
+        )
+        .optional()?)
+}
+
+fn alert_row(row: &rusqlite::Row) -> rusqlite::Result<AlertState> {
+    Ok(AlertState {
+        name: row.get(0)?,
+        firing: row.get::<_, String>(1)? == "firing",
+        version: row.get(2)?,
+        since_ms: row.get(3)?,
+        last_notified_ms: row.get(4)?,
+    })
+}
+
+impl JournalStore for SqliteJournal {
+    fn append(&self, event: &Event, first_job: Queue) -> Result<Appended, JournalError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let appended = insert_event(&tx, event, first_job)?;
+            tx.commit()?;
+            Ok(appended)
+        })
+    }
+
+    fn check_writable(&self) -> Result<(), JournalError> {
+        self.with(|conn| {
+            // Takes the write lock and gives it back: fails if the file is read-only, the
+            // disk is gone or another process holds the lock for too long.
+            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+            Ok(())
+        })
+    }
+
+    fn event(&self, id: &str) -> Result<Option<Event>, JournalError> {
+        self.with(|conn| {
+            let body: Option<String> = conn
+                .query_row("SELECT body FROM events WHERE id = ?1", [id], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            body.map(|b| {
+                Event::from_json(parse_json(&b)?).map_err(|e| JournalError::Corrupt(e.to_string()))
+            })
+            .transpose()
+        })
+    }
+
+    fn events(
+        &self,
+        limit: usize,
+        status: Option<&str>,
+    ) -> Result<Vec<EventSummary>, JournalError> {
+        self.with(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT id, type, received_at, status FROM events
+                 WHERE (?1 IS NULL OR status = ?1) ORDER BY rowid DESC LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![status, limit as i64], |row| {
+                Ok(EventSummary {
+                    id: row.get(0)?,
+                    kind: row.get(1)?,
+                    received_at: row.get(2)?,
+                    status: row.get(3)?,
+                    rules: Vec::new(),
+                    actions: Vec::new(),
+                })
+            })?;
+            let mut events = rows.collect::<Result<Vec<_>, _>>()?;
+            let mut rules = conn.prepare(
+                "SELECT rule, outcome, actions, error FROM rule_runs WHERE event_id = ?1 ORDER BY rule",
+            )?;
+            let mut jobs = conn.prepare(
+                "SELECT * FROM jobs WHERE event_id = ?1 AND queue = 'action' ORDER BY id",
+            )?;
+            for event in &mut events {
+                event.rules = rules
+                    .query_map([&event.id], |row| {
+                        Ok(RuleRun {
+                            rule: row.get(0)?,
+                            outcome: row.get(1)?,
+                            actions: row.get::<_, i64>(2)? as usize,
+                            error: row.get(3)?,
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                for row in jobs.query_map([&event.id], job_summary)? {
+                    let (mut summary, payload) = row?;
+                    summary.payload = parse_json(&payload)?;
+                    event.actions.push(summary);
+                }
+            }
+            Ok(events)
+        })
+    }
+
+    fn claim(&self, queue: Queue, limit: usize, lease_ms: u64) -> Result<Vec<Job>, JournalError> {
+        self.with(|conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "UPDATE jobs SET status = 'running', attempt = attempt + 1,
+                                 lease_until = {NOW_MS} + ?3
+                 WHERE id IN (
+                     SELECT id FROM jobs
+                     WHERE queue = ?1
+                       AND ((status IN ('pending', 'retrying') AND scheduled_at <= {NOW_MS})
+                            OR (status = 'running' AND lease_until < {NOW_MS}))
+                     ORDER BY scheduled_at, id LIMIT ?2)
+                 RETURNING id, queue, kind, event_id, rule, payload, attempt, max_attempts"
+            ))?;
+            let rows = statement.query_map(
+                params![queue.as_str(), limit as i64, lease_ms as i64],
+                |row| {
+                    Ok((
+                        Job {
+                            id: row.get(0)?,
+                            queue: row.get(1)?,
+                            kind: row.get(2)?,
+                            event_id: row.get(3)?,
+                            rule: row.get(4)?,
+                            payload: Value::Null,
+                            attempt: row.get(6)?,
+                            max_attempts: row.get(7)?,
+                        },
+                        row.get::<_, String>(5)?,
+                    ))
+                },
+            )?;
+            let mut jobs = Vec::new();
+            for row in rows {
+                let (mut job, payload) = row?;
+                job.payload = parse_json(&payload)?;
+                jobs.push(job);
+            }
+            jobs.sort_by_key(|job| job.id);
+            Ok(jobs)
+        })
+    }
+
+    fn next_due_in(&self, queue: Queue) -> Result<Option<u64>, JournalError> {
+        self.with(|conn| {
+            let due: Option<i64> = conn.query_row(
+                &format!(
+                    "SELECT MIN(CASE WHEN status = 'running' THEN lease_until ELSE scheduled_at END) - {NOW_MS}
+                     FROM jobs WHERE queue = ?1 AND status IN ('pending', 'retrying', 'running')"
+                ),
+                [queue.as_str()],
+                |row| row.get(0),
+            )?;
+            Ok(due.map(|ms| ms.max(0) as u64))
+        })
+    }
+
+    fn finish(
+        &self,
+        job: &Job,
+        outcome: &JobOutcome,
+        failure_event: Option<&Event>,
+    ) -> Result<Option<String>, JournalError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let status = match outcome {
+                JobOutcome::Succeeded => "succeeded",
+                JobOutcome::Retry { .. } if job.attempt < job.max_attempts => "retrying",
+                JobOutcome::Retry { .. } | JobOutcome::Dead { .. } => "dead",
+            };
+            let (error, delay_ms) = match outcome {
+                JobOutcome::Succeeded => (None, 0),
+                JobOutcome::Retry { delay_ms, error } => (Some(error.as_str()), *delay_ms),
+                JobOutcome::Dead { error } => (Some(error.as_str()), 0),
+            };
+            let updated = tx.execute(
+                &format!(
+                    "UPDATE jobs SET status = ?1,
+                        last_error = COALESCE(?2, last_error),
+                        errors = CASE WHEN ?2 IS NULL THEN errors
+                                      ELSE json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?2)) END,
+                        scheduled_at = CASE WHEN ?1 = 'retrying' THEN {NOW_MS} + ?3 ELSE scheduled_at END,
+                        finished_at = CASE WHEN ?1 IN ('succeeded', 'dead') THEN {NOW_MS} ELSE NULL END,
+                        lease_until = NULL
+                     WHERE id = ?4 AND status = 'running' AND attempt = ?5"
+                ),
+                params![status, error, delay_ms as i64, job.id, job.attempt],
+            )?;
+            if updated != 1 {
+                return Ok(None);
+            }
+            if status == "dead" {
+                if let Some(event) = failure_event {
+                    insert_event(&tx, event, Queue::Evaluate)?;
+                }
+            }
+            tx.commit()?;
+            Ok(Some(status.to_string()))
+        })
+    }
+
+    fn finish_enrichment(&self, job: &Job, event: &Event) -> Result<bool, JournalError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            if !end_job(&tx, job, "succeeded")? {
+                return Ok(false);
+            }
+            let body = serde_json::to_string(&event.to_json())
+                .map_err(|e| JournalError::Invalid(e.to_string()))?;
+            tx.execute(
+                "UPDATE events SET body = ?1 WHERE id = ?2",
+                params![body, event.id],
+            )?;
+            insert_job(
+                &tx,
+                &NewJob {
+                    queue: Queue::Evaluate,
+                    kind: "evaluate".into(),
+                    event_id: event.id.clone(),
+                    rule: None,
+                    job_key: format!("evaluate:{}", event.id),
+                    coalesce_key: None,
+                    payload: Value::Null,
+                    max_attempts: 5,
+                },
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    fn finish_evaluation(&self, job: &Job, evaluation: &Evaluation) -> Result<bool, JournalError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            if !end_job(&tx, job, "succeeded")? {
+                return Ok(false);
+            }
+            for run in &evaluation.rule_runs {
+                tx.execute(
+                    "INSERT INTO rule_runs (event_id, rule, outcome, actions, error) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (event_id, rule) DO UPDATE SET outcome = excluded.outcome,
+                        actions = excluded.actions, error = excluded.error",
+                    params![job.event_id, run.rule, run.outcome, run.actions as i64, run.error],
+                )?;
+            }
+            for new_job in &evaluation.jobs {
+                insert_job(&tx, new_job)?;
+            }
+            let now = now_ms(&tx)?;
+            for call in &evaluation.alerts {
+                let previous = load_alert(&tx, &call.name)?;
+                let decision = crate::alerts::decide(previous.as_ref(), call, now);
+                if let Some(state) = &decision.new_state {
+                    tx.execute(
+                        "INSERT INTO alerts (name, state, version, since_ms, last_notified_ms, event_id)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (name) DO UPDATE SET state = excluded.state, version = excluded.version,
+                            since_ms = excluded.since_ms, last_notified_ms = excluded.last_notified_ms,
+                            event_id = excluded.event_id",
+                        params![
+                            state.name,
+                            if state.firing { "firing" } else { "ok" },
+                            state.version,
+                            state.since_ms,
+                            state.last_notified_ms,
+                            job.event_id
+                        ],
+                    )?;
+                }
+                if let Some((key, payload)) = decision.post {
+                    insert_job(
+                        &tx,
+                        &NewJob {
+                            queue: Queue::Action,
+                            kind: "slack_post".into(),
+                            event_id: job.event_id.clone(),
+                            rule: Some(call.rule.clone()),
+                            job_key: key,
+                            coalesce_key: None,
+                            payload,
+                            max_attempts: evaluation.alert_max_attempts.max(1),
+                        },
+                    )?;
+                }
+            }
+            tx.execute("UPDATE events SET status = 'evaluated' WHERE id = ?1", [&job.event_id])?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    fn queue_replay(&self, event_id: &str) -> Result<i64, JournalError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let exists: Option<i64> = tx
+                .query_row("SELECT 1 FROM events WHERE id = ?1", [event_id], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            if exists.is_none() {
+                return Err(JournalError::NotFound(format!(
+                    "no journaled event with id {event_id}"
+                )));
+            }
+            let replays: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE event_id = ?1 AND queue = 'evaluate'",
+                [event_id],
+                |row| row.get(0),
+            )?;
+            // A replay is a new evaluation: its key (and so its action keys) differ from
+            // the first evaluation's, so the actions run again.
+            insert_job(
+                &tx,
+                &NewJob {
+                    queue: Queue::Evaluate,
+                    kind: "evaluate".into(),
+                    event_id: event_id.to_string(),
+                    rule: None,
+                    job_key: format!("evaluate:{event_id}:replay{replays}"),
+                    coalesce_key: None,
+                    payload: serde_json::json!({ "replay": replays }),
+                    max_attempts: 5,
+                },
+            )?;
+            let id = tx.last_insert_rowid();
+            tx.commit()?;
+            Ok(id)
+        })
+    }
+
+    fn release_running(&self) -> Result<usize, JournalError> {
+        self.with(|conn| {
+            Ok(conn.execute(
+                &format!(
+                    "UPDATE jobs SET status = 'retrying', lease_until = NULL, scheduled_at = {NOW_MS}
+                     WHERE status = 'running'"
+                ),
+                [],
+            )?)
+        })
+    }
+
+    fn jobs(&self, status: Option<&str>, limit: usize) -> Result<Vec<JobSummary>, JournalError> {
+        self.with(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT * FROM jobs WHERE queue = 'action' AND (?1 IS NULL OR status = ?1)
+                 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let mut jobs = Vec::new();
+            for row in statement.query_map(params![status, limit as i64], job_summary)? {
+                let (mut summary, payload) = row?;
+                summary.payload = parse_json(&payload)?;
+                jobs.push(summary);
+            }
+            Ok(jobs)
+        })
+    }
+
+    fn retry(&self, job_id: i64) -> Result<(), JournalError> {
+        self.with(|conn| {
+            let status: Option<String> = conn
+                .query_row(
+                    "SELECT status FROM jobs WHERE id = ?1 AND queue = 'action'",
+                    [job_id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            match status.as_deref() {
+                None => Err(JournalError::NotFound(format!(
+                    "no action with id {job_id}"
+                ))),
+                Some("dead") => {
+                    conn.execute(
+                        &format!(
+                            "UPDATE jobs SET status = 'pending', max_attempts = attempt + 1,
+                                scheduled_at = {NOW_MS}, finished_at = NULL
+                             WHERE id = ?1 AND status = 'dead'"
+                        ),
+                        [job_id],
+                    )?;
+                    Ok(())
+                }
+                Some(other) => Err(JournalError::Invalid(format!(
+                    "action {job_id} is {other}; only dead actions can be retried"
+                ))),
+            }
+        })
+    }
+
+    fn backlog(&self) -> Result<u64, JournalError> {
+        self.with(|conn| {
+            Ok(conn.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE queue = 'action' AND status IN ('pending', 'retrying', 'running')",
+                [],
+                |row| row.get::<_, i64>(0),
+            )? as u64)
+        })
+    }
+
+    fn alerts(&self) -> Result<Vec<AlertState>, JournalError> {
+        self.with(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT name, state, version, since_ms, last_notified_ms FROM alerts ORDER BY name",
+            )?;
+            let rows = statement.query_map([], alert_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn prune(&self, days: u32) -> Result<usize, JournalError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let cutoff = format!("{NOW_MS} - {}", i64::from(days) * 86_400_000);
+            tx.execute_batch(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS prunable (id TEXT PRIMARY KEY);
+                 DELETE FROM prunable;
+                 INSERT INTO prunable SELECT id FROM events e
+                   WHERE e.received_ms < {cutoff}
+                     AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_id = e.id
+                                     AND j.status IN ('pending', 'retrying', 'running'));
+                 DELETE FROM rule_runs WHERE event_id IN (SELECT id FROM prunable);
+                 DELETE FROM jobs WHERE event_id IN (SELECT id FROM prunable);"
+            ))?;
+            let pruned = tx.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM prunable)",
+                [],
+            )?;
+            tx.commit()?;
+            Ok(pruned)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Source;
+    use serde_json::json;
+
+    fn event(id: &str) -> Event {
+        Event {
+            id: id.into(),
+            source: Source::Dbt,
+            kind: "dbt.job.run.completed".into(),
+            received_at: "2026-01-01T00:00:00.000Z".into(),
+            chain_depth: 0,
+            fields: Default::default(),
+            raw: json!({}),
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, SqliteJournal) {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = SqliteJournal::open(&dir.path().join("j.db")).unwrap();
+        (dir, journal)
+    }
+
+    fn action(event_id: &str, key: &str, coalesce: Option<&str>) -> NewJob {
+        NewJob {
+            queue: Queue::Action,
+            kind: "tableau_refresh".into(),
+            event_id: event_id.into(),
+            rule: Some("r".into()),
+            job_key: key.into(),
+            coalesce_key: coalesce.map(String::from),
+            payload: json!({"workbook": "Finance"}),
+            max_attempts: 2,
+        }
+    }
+
+    #[test]
+    fn duplicate_ids_insert_nothing() {
+        let (_dir, journal) = open();
+        assert_eq!(
+            journal.append(&event("dbt:a"), Queue::Evaluate).unwrap(),
+            Appended::New
+        );
+        assert_eq!(
+            journal.append(&event("dbt:a"), Queue::Evaluate).unwrap(),
+            Appended::Duplicate
+        );
+        let jobs = journal.claim(Queue::Evaluate, 10, 60_000).unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert!(
+            journal
+                .claim(Queue::Evaluate, 10, 60_000)
+                .unwrap()
+                .is_empty(),
+            "leased jobs are not claimed twice"
+        );
+    }
+
+    #[test]
+    fn evaluation_is_recorded_once_and_actions_coalesce() {
+        let (_dir, journal) = open();
+        journal.append(&event("dbt:a"), Queue::Evaluate).unwrap();
+        let job = journal.claim(Queue::Evaluate, 1, 60_000).unwrap().remove(0);
+        let evaluation = Evaluation {
+            rule_runs: vec![RuleRun {
+                rule: "r".into(),
+                outcome: "fired".into(),
+                actions: 2,
+                error: None,
+            }],
+            jobs: vec![
+                action("dbt:a", "k1", Some("c")),
+                action("dbt:a", "k2", Some("c")),
+            ],
+            alerts: vec![],
+            alert_max_attempts: 2,
+        };
+        assert!(journal.finish_evaluation(&job, &evaluation).unwrap());
+        assert!(
+            !journal.finish_evaluation(&job, &evaluation).unwrap(),
+            "a finished lease cannot finish again"
+        );
+        let jobs = journal.jobs(None, 10).unwrap();
+        assert_eq!(jobs.len(), 1, "identical pending calls merge");
+        let summary = &journal.events(10, None).unwrap()[0];
+        assert_eq!(summary.status, "evaluated");
+        assert_eq!(summary.rules[0].rule, "r");
+    }
+
+    #[test]
+    fn retries_then_dead_then_manual_retry() {
+        let (_dir, journal) = open();
+        journal.append(&event("dbt:a"), Queue::Evaluate).unwrap();
+        let eval = journal.claim(Queue::Evaluate, 1, 60_000).unwrap().remove(0);
+        journal
+            .finish_evaluation(
+                &eval,
+                &Evaluation {
+                    jobs: vec![action("dbt:a", "k1", None)],
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
+        let retry = JobOutcome::Retry {
+            delay_ms: 0,
+            error: "HTTP 500".into(),
+        };
+        assert_eq!(
+            journal.finish(&job, &retry, None).unwrap().as_deref(),
+            Some("retrying")
+        );
+        let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
+        assert_eq!(job.attempt, 2);
+        let mut failure = event("freshet:action.failed:1");
+        failure.source = Source::Freshet;
+        assert_eq!(
+            journal
+                .finish(&job, &retry, Some(&failure))
+                .unwrap()
+                .as_deref(),
+            Some("dead")
+        );
+        assert!(
+            journal.event("freshet:action.failed:1").unwrap().is_some(),
+            "dead jobs emit their event"
+        );
+        assert_eq!(journal.jobs(Some("dead"), 10).unwrap().len(), 1);
+        journal.retry(job.id).unwrap();
+        let again = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
+        assert_eq!(again.attempt, 3);
+        assert_eq!(
+            journal
+                .finish(&again, &JobOutcome::Succeeded, None)
+                .unwrap()
+                .as_deref(),
+            Some("succeeded")
+        );
+        assert!(
+            journal.retry(job.id).is_err(),
+            "only dead jobs can be retried"
+        );
+    }
+
+    #[test]
+    fn running_jobs_are_released_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j.db");
+        {
+            let journal = SqliteJournal::open(&path).unwrap();
+            journal.append(&event("dbt:a"), Queue::Evaluate).unwrap();
+            assert_eq!(journal.claim(Queue::Evaluate, 1, 600_000).unwrap().len(), 1);
+        }
+        let journal = SqliteJournal::open(&path).unwrap();
+        assert!(journal
+            .claim(Queue::Evaluate, 1, 600_000)
+            .unwrap()
+            .is_empty());
+        assert_eq!(journal.release_running().unwrap(), 1);
+        assert_eq!(journal.claim(Queue::Evaluate, 1, 600_000).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn prune_keeps_recent_events() {
+        let (_dir, journal) = open();
+        journal.append(&event("dbt:a"), Queue::Evaluate).unwrap();
+        assert_eq!(journal.prune(30).unwrap(), 0);
+        journal
+            .with(|c| Ok(c.execute("UPDATE events SET received_ms = 0", [])?))
+            .unwrap();
+        assert_eq!(
+            journal.prune(30).unwrap(),
+            0,
+            "an event with an unfinished job stays"
+        );
+        journal
+            .with(|c| Ok(c.execute("UPDATE jobs SET status = 'succeeded'", [])?))
+            .unwrap();
+        assert_eq!(journal.prune(30).unwrap(), 1);
+        assert!(journal.event("dbt:a").unwrap().is_none());
+    }
+}

@@ -1,0 +1,158 @@
+//! Prometheus metrics for `/metrics` (SPEC section 2), through the official
+//! `prometheus-client` crate rather than hand-formatted text.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub source: String,
+    pub r#type: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    pub source: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    pub rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub kind: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+/// Every metric freshet exports. Cheap to clone handles live inside; share it by `Arc`.
+pub struct Metrics {
+    registry: Registry,
+    pub events_received: Family<EventLabels, Counter>,
+    pub webhooks_rejected: Family<RejectLabels, Counter>,
+    pub rule_evaluations: Family<RuleLabels, Counter>,
+    pub rule_errors: Family<RuleLabels, Counter>,
+    pub actions: Family<ActionLabels, Counter>,
+    pub action_latency: Family<KindLabels, Histogram>,
+    pub rules_loaded: Gauge,
+    pub rule_compile_errors: Gauge,
+    pub journal_backlog: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("freshet");
+        let events_received = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events_received",
+            "Webhooks accepted and journaled, by source and type",
+            events_received.clone(),
+        );
+        let webhooks_rejected = Family::<RejectLabels, Counter>::default();
+        registry.register(
+            "webhooks_rejected",
+            "Webhooks refused, by source and reason",
+            webhooks_rejected.clone(),
+        );
+        let rule_evaluations = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "rule_evaluations",
+            "Rule evaluations, by rule",
+            rule_evaluations.clone(),
+        );
+        let rule_errors = Family::<RuleLabels, Counter>::default();
+        registry.register(
+            "rule_errors",
+            "Rule evaluations that raised an error or hit a limit, by rule",
+            rule_errors.clone(),
+        );
+        let actions = Family::<ActionLabels, Counter>::default();
+        registry.register(
+            "actions",
+            "Action attempts, by kind and outcome",
+            actions.clone(),
+        );
+        let action_latency = Family::<KindLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0].into_iter())
+        });
+        registry.register(
+            "action_latency_seconds",
+            "Time of one action attempt",
+            action_latency.clone(),
+        );
+        let rules_loaded = Gauge::default();
+        registry.register(
+            "rules_loaded",
+            "Rules currently loaded",
+            rules_loaded.clone(),
+        );
+        let rule_compile_errors = Gauge::default();
+        registry.register(
+            "rule_compile_errors",
+            "Rule files that failed to compile at the last load",
+            rule_compile_errors.clone(),
+        );
+        let journal_backlog = Gauge::default();
+        registry.register(
+            "journal_backlog",
+            "Actions not yet finished (pending, retrying, running)",
+            journal_backlog.clone(),
+        );
+        Metrics {
+            registry,
+            events_received,
+            webhooks_rejected,
+            rule_evaluations,
+            rule_errors,
+            actions,
+            action_latency,
+            rules_loaded,
+            rule_compile_errors,
+            journal_backlog,
+        }
+    }
+
+    pub fn event_received(&self, source: &str, kind: &str) {
+        self.events_received
+            .get_or_create(&EventLabels {
+                source: source.to_string(),
+                r#type: kind.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn webhook_rejected(&self, source: &str, reason: &str) {
+        self.webhooks_rejected
+            .get_or_create(&RejectLabels {
+                source: source.to_string(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("encoding into a String");
+        text
+    }
+}

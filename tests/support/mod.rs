@@ -1,0 +1,247 @@
+//! Test helpers: start the real `freshet` binary on 127.0.0.1:0 with a config written into
+//! a temp dir, talk to it over loopback, and print its whole log when something fails.
+#![allow(dead_code)]
+
+pub mod fake;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_freshet");
+
+/// The sample payloads of ../shared/api/samples.
+pub fn sample(name: &str) -> Vec<u8> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/samples")
+        .join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+pub fn sign(secret: &str, body: &[u8]) -> String {
+    freshet::ingest::signature::sign(secret.as_bytes(), body)
+}
+
+/// A running daemon. Killed on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+    log: Arc<Mutex<Vec<String>>>,
+    env: Vec<(String, String)>,
+}
+
+/// What to put in the daemon's config and environment.
+#[derive(Default, Clone)]
+pub struct Setup {
+    /// TOML appended after the `[server]`, `[journal]` and `[rules]` sections.
+    pub extra_config: String,
+    pub env: Vec<(String, String)>,
+    /// Rule files to write into rules/ before start.
+    pub rules: Vec<(String, String)>,
+    pub max_body_bytes: Option<usize>,
+}
+
+impl Setup {
+    pub fn new(extra_config: &str) -> Setup {
+        Setup {
+            extra_config: extra_config.to_string(),
+            ..Default::default()
+        }
+    }
+    pub fn env(mut self, key: &str, value: &str) -> Setup {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+    pub fn rule(mut self, name: &str, source: &str) -> Setup {
+        self.rules.push((name.into(), source.into()));
+        self
+    }
+}
+
+impl Daemon {
+    /// Writes the config into a fresh temp dir and starts `freshet serve`.
+    pub fn start(setup: Setup) -> Daemon {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = temp.path().to_path_buf();
+        std::fs::create_dir_all(dir.join("rules")).unwrap();
+        for (name, source) in &setup.rules {
+            std::fs::write(dir.join("rules").join(name), source).unwrap();
+        }
+        let config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = {}\n\n[journal]\npath = \"journal.db\"\n\n[rules]\ndir = \"rules\"\n\n{}\n",
+            setup.max_body_bytes.unwrap_or(262_144),
+            setup.extra_config
+        );
+        std::fs::write(dir.join("freshet.toml"), config).unwrap();
+        let mut daemon = Daemon {
+            child: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            dir,
+            _temp: Some(temp),
+            log: Arc::new(Mutex::new(Vec::new())),
+            env: setup.env,
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    /// (Re)starts the process on the same dir and journal.
+    pub fn spawn(&mut self) {
+        let mut command = Command::new(BIN);
+        command
+            .args(["serve", "--config"])
+            .arg(self.dir.join("freshet.toml"))
+            .current_dir(&self.dir)
+            .env("RUST_LOG", "debug")
+            .env_remove("FRESHET_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start freshet");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::clone(&self.log);
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("Listening.") {
+                    if let Some(addr) = line
+                        .split_whitespace()
+                        .find_map(|w| w.strip_prefix("addr="))
+                    {
+                        let _ = addr_tx.send(addr.parse::<SocketAddr>().unwrap());
+                    }
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+        match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => self.addr = addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("freshet did not start listening; log:\n{}", self.log());
+            }
+        }
+        self.child = Some(child);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("freshet.toml")
+    }
+
+    /// Everything the daemon logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Waits until the log contains `needle`, or panics with the log.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.log().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("log never contained {needle:?}; log:\n{}", self.log());
+    }
+
+    /// Runs another `freshet` command against the same config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .current_dir(&self.dir);
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command.output().expect("run freshet")
+    }
+
+    /// Like `cli`, but panics with everything if the command did not exit 0.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let output = self.cli(args);
+        let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+        assert!(
+            output.status.success(),
+            "freshet {args:?} failed: {}\nstdout:\n{stdout}\nstderr:\n{}\ndaemon log:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr),
+            self.log()
+        );
+        stdout
+    }
+
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// SIGTERM and wait; returns the exit status and how long the stop took.
+    pub fn stop(&mut self) -> (std::process::ExitStatus, Duration) {
+        self.signal("TERM");
+        let start = Instant::now();
+        let mut child = self.child.take().unwrap();
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return (status, start.elapsed());
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("freshet did not stop within 20 s; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` until it returns Some, or panics with `what` and the daemon's log.
+pub async fn eventually<T>(daemon: &Daemon, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            panic!(
+                "timed out waiting for {what}; daemon log:\n{}",
+                daemon.log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
