@@ -10,11 +10,15 @@
 //! - [`ingest`]: HTTP routes; signature and token checks; webhook bodies -> [`event::Event`].
 //! - [`event`]: the common event every stage speaks.
 //! - [`journal`]: events, jobs and alert state in SQLite, behind the `JournalStore` trait.
+//! - [`rules`]: Rhai rules: sandboxed engine, hot reload, the evaluate stage.
+//! - [`actions`]: what rules ask for, and the stage that calls Mode, Tableau and Slack.
 //! - [`alerts`]: the pure state machine of threshold alerts.
+//! - [`worker`]: the claim-or-wait loop the stages share.
 //! - [`pipeline`]: `freshet serve`: starts every task and wires them. Read this first.
 //! - [`metrics`], [`telemetry`], [`shutdown`]: Prometheus metrics, logs, signals.
 //! - [`cli`]: the commands of the `freshet` binary.
 
+pub mod actions;
 pub mod alerts;
 pub mod cli;
 pub mod config;
@@ -23,5 +27,7 @@ pub mod ingest;
 pub mod journal;
 pub mod metrics;
 pub mod pipeline;
+pub mod rules;
 pub mod shutdown;
 pub mod telemetry;
+pub mod worker;

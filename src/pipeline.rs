@@ -26,6 +26,9 @@ use crate::config::{self, Config};
 use crate::ingest::{self, Intake, IntakeSecrets};
 use crate::journal::{blocking, Journal, SqliteJournal};
 use crate::metrics::Metrics;
+use crate::rules::engine::build_engine;
+use crate::rules::watch::{self, Rules};
+use crate::rules::worker::EvaluateWorker;
 use crate::shutdown;
 
 /// How long a stop may take before in-flight work is abandoned (SPEC: at most 10 s).
@@ -52,6 +55,16 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let current = Arc::new(ArcSwap::from_pointee(config.clone()));
     let secrets = Arc::new(ArcSwap::from_pointee(IntakeSecrets::from_config(&config)));
     let wake = Arc::new(Notify::new());
+    let actions_wake = Arc::new(Notify::new());
+
+    let rules = {
+        let engine = Arc::new(build_engine(config.rules.max_operations));
+        let dir = config.rules.dir.clone();
+        let metrics = Arc::clone(&metrics);
+        tokio::task::spawn_blocking(move || Rules::load(engine, &dir, metrics))
+            .await
+            .context("rule loading task failed")?
+    };
 
     let intake = Intake {
         journal: Arc::clone(&journal),
@@ -72,6 +85,18 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     tracing::info!(addr = %addr, journal = %config.journal.path.display(), "Listening.");
     let server = tokio::spawn(server);
 
+    let (reload_rules, _watch) = watch::spawn(rules.clone(), stop_workers.clone());
+    tracker.spawn(
+        EvaluateWorker {
+            journal: Arc::clone(&journal),
+            rules,
+            config: Arc::clone(&current),
+            metrics: Arc::clone(&metrics),
+            wake: Arc::clone(&wake),
+            actions_wake: Arc::clone(&actions_wake),
+        }
+        .run(stop_workers.clone()),
+    );
     tracker.spawn(prune_loop(
         Arc::clone(&journal),
         Arc::clone(&current),
@@ -82,7 +107,11 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let reload = {
         let current = Arc::clone(&current);
         let secrets = Arc::clone(&secrets);
-        move || reload_config(config_path.clone(), &current, &secrets)
+        move || {
+            reload_config(config_path.clone(), &current, &secrets);
+            // A full queue already holds a reload that will read the same files.
+            let _ = reload_rules.try_send(());
+        }
     };
     shutdown::wait_for_stop(reload).await;
 

@@ -4,6 +4,8 @@
 //! (exit 1 without an error chain), or an error that `main` prints once (exit 1). Usage
 //! errors are clap's (exit 2).
 
+mod dry_run;
+mod init;
 mod inspect;
 mod send;
 
@@ -37,6 +39,22 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: HTTP listener, rules with hot reload, action runner, journal.
     Serve,
+    /// Validate the config and compile every rule; print each problem. No network.
+    Check,
+    /// Dry run: evaluate the rules on event files and print the actions they would call.
+    Test {
+        /// A rules folder or one rule file (default: the configured rules folder).
+        #[arg(long, value_name = "PATH")]
+        rules: Option<PathBuf>,
+        /// One JSON object a line: {"event","rule","action","args"}.
+        #[arg(long)]
+        json: bool,
+        /// Raw dbt or Mode webhook bodies, or journaled events (`events --show` output).
+        #[arg(required = true, value_name = "EVENT.json")]
+        events: Vec<PathBuf>,
+    },
+    /// Write a documented freshet.toml and the example rules into DIR (default: the user config dir).
+    Init { dir: Option<PathBuf> },
     /// Post a sample webhook body to a running daemon and print the answer.
     Send {
         #[command(subcommand)]
@@ -112,6 +130,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             crate::pipeline::serve(config, config_path).await?;
             Ok(true)
         }
+        Command::Check => dry_run::check(config_path.as_deref()),
+        Command::Test {
+            rules,
+            json,
+            events,
+        } => dry_run::test(config_path.as_deref(), rules.as_deref(), json, &events),
+        Command::Init { dir } => init::run(dir),
         Command::Send { target } => send::run(config_path.as_deref(), target).await,
         Command::Events {
             limit,

@@ -211,13 +211,20 @@ impl Config {
                 message,
             }])
         })?;
-        let mut config = file::parse(Path::new("<embedded defaults>"), "")?;
-        config.path = None;
-        config.journal.path = data_dir.join("journal.db");
-        config.rules.dir = PathBuf::from("rules");
+        let mut config = Config::defaults()?;
         config.dbt = Some(DbtConfig {
             webhook_secrets: vec![secret],
         });
+        Ok(config)
+    }
+
+    /// The defaults of SPEC section 3 with no services and no secrets (for dry runs that
+    /// must not create anything).
+    pub fn defaults() -> Result<Config, ConfigErrors> {
+        let mut config = file::parse(Path::new("<embedded defaults>"), "")?;
+        config.path = None;
+        config.journal.path = default_data_dir().join("journal.db");
+        config.rules.dir = PathBuf::from("rules");
         Ok(config)
     }
 

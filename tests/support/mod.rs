@@ -245,3 +245,57 @@ pub async fn eventually<T>(daemon: &Daemon, what: &str, mut check: impl FnMut() 
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
+
+/// A dbt `job.run.completed` body with its own event id.
+pub fn dbt_completed(event_id: &str, job_name: &str, status: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "accountId": 1, "webhooksID": "wsu_1", "eventId": event_id,
+        "timestamp": "2026-11-25T10:00:00Z", "eventType": "job.run.completed", "webhookName": "test",
+        "data": {"jobId": "302451", "jobName": job_name, "runId": "777", "environmentId": "1",
+                 "environmentName": "Production", "projectName": "p", "projectId": "1",
+                 "runStatus": status, "runStatusCode": if status == "Success" { 10 } else { 20 },
+                 "runStatusMessage": "None", "runReason": "", "runStartedAt": "2026-11-25T09:00:00Z",
+                 "runFinishedAt": "2026-11-25T10:00:00Z"}
+    }))
+    .unwrap()
+}
+
+/// Posts a signed dbt body; panics unless 200.
+pub async fn send_dbt(daemon: &Daemon, secret: &str, body: Vec<u8>) -> serde_json::Value {
+    let response = reqwest::Client::new()
+        .post(daemon.url("/webhooks/dbt"))
+        .header("Authorization", sign(secret, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let answer: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(status, 200, "{answer}\nlog:\n{}", daemon.log());
+    answer
+}
+
+/// The `freshet events` block of one event, once it has been evaluated.
+pub async fn evaluated(daemon: &Daemon, event_id: &str) -> String {
+    eventually(daemon, &format!("evaluation of {event_id}"), || {
+        let listing = daemon.cli_ok(&["events", "--limit", "1000"]);
+        let mut block = String::new();
+        let mut inside = false;
+        for line in listing.lines() {
+            if !line.starts_with(' ') {
+                inside = line.contains(&format!("  {event_id}  "));
+            }
+            if inside {
+                block.push_str(line);
+                block.push('\n');
+            }
+        }
+        block.contains("[evaluated]").then_some(block)
+    })
+    .await
+}
+
+/// How many times the log contains `needle`.
+pub fn count_in_log(daemon: &Daemon, needle: &str) -> usize {
+    daemon.log().matches(needle).count()
+}

@@ -1,0 +1,196 @@
+//! `freshet check` and `freshet test`: validate and try rules offline. Neither contacts a
+//! service nor writes to the journal.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::{json, Value};
+
+use crate::config::{self, Config, ConfigLocation};
+use crate::event::{now_rfc3339, Event};
+use crate::ingest::{dbt_cloud, mode};
+use crate::journal::{AlertState, JournalStore, SqliteJournal};
+use crate::rules::engine::build_engine;
+use crate::rules::load::{load_dir, load_files};
+use crate::rules::RuleSet;
+
+/// The config for a dry run: the file if there is one, else the defaults (without
+/// generating the embedded secret: a dry run creates nothing).
+fn dry_run_config(explicit: Option<&Path>) -> Result<Config, config::ConfigErrors> {
+    match config::locate(explicit)? {
+        ConfigLocation::File(path) => Config::from_file(&path),
+        ConfigLocation::Embedded => Config::defaults(),
+    }
+}
+
+/// `freshet check`: every config problem as `PATH: key: message`, every rule problem as
+/// `PATH:LINE:COL: message` with the source line and a caret.
+pub fn check(explicit: Option<&Path>) -> anyhow::Result<bool> {
+    let config = match dry_run_config(explicit) {
+        Ok(config) => config,
+        Err(errors) => {
+            for problem in &errors.0 {
+                println!("{problem}");
+            }
+            return Ok(false);
+        }
+    };
+    for warning in &config.warnings {
+        println!(
+            "{}: {}: warning: {}",
+            warning.path.display(),
+            warning.key,
+            warning.message
+        );
+    }
+    let engine = build_engine(config.rules.max_operations);
+    let set = load_dir(&engine, &config.rules.dir, None);
+    for error in &set.errors {
+        println!("{}", error.with_source_excerpt());
+    }
+    if !config.rules.dir.is_dir() {
+        println!("{}: rules folder not found", config.rules.dir.display());
+    }
+    let ok = set.errors.is_empty();
+    println!(
+        "{}: {} rule(s) compiled, {} with errors",
+        config
+            .path
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "embedded defaults".into()),
+        set.rules.len(),
+        set.errors.len()
+    );
+    Ok(ok)
+}
+
+/// `freshet test`: evaluate the rules on event files and print the calls they make.
+pub fn test(
+    explicit: Option<&Path>,
+    rules: Option<&Path>,
+    json_lines: bool,
+    events: &[PathBuf],
+) -> anyhow::Result<bool> {
+    let config = dry_run_config(explicit)?;
+    let engine = build_engine(config.rules.max_operations);
+    let set = load_rules(&engine, rules.unwrap_or(&config.rules.dir))?;
+    let mut ok = true;
+    for error in &set.errors {
+        eprintln!("{error}");
+        ok = false;
+    }
+    let alerts = current_alerts(&config);
+    let vars = Value::Object(config.vars.clone());
+    for path in events {
+        let event = read_event(path, &config)?;
+        if !json_lines {
+            println!(
+                "event {} ({}) from {}",
+                event.id,
+                event.kind,
+                path.display()
+            );
+        }
+        for outcome in set.evaluate(&engine, &event.to_json(), &vars) {
+            for (line, text) in &outcome.logs {
+                if !json_lines {
+                    println!("  rule {} log (line {line}): {text}", outcome.rule);
+                }
+            }
+            if let Some((error, _)) = &outcome.error {
+                eprintln!("{error}");
+                ok = false;
+                continue;
+            }
+            for call in &outcome.calls {
+                let mut line = json!({
+                    "event": event.id, "rule": outcome.rule,
+                    "action": call.request.kind(), "args": call.request.args(),
+                });
+                if let Some(alert) = call.request.as_alert(&outcome.rule) {
+                    let state = alerts.iter().find(|a| a.name == alert.name);
+                    let decision =
+                        crate::alerts::decide(state, &alert, chrono::Utc::now().timestamp_millis());
+                    line["alert"] = json!(decision.summary);
+                }
+                if json_lines {
+                    println!("{line}");
+                } else {
+                    let alert = line
+                        .get("alert")
+                        .map(|a| format!("  ({})", a.as_str().unwrap_or("")))
+                        .unwrap_or_default();
+                    println!(
+                        "  rule {}: {} {}{alert}",
+                        outcome.rule,
+                        call.request.kind(),
+                        call.request.args()
+                    );
+                }
+            }
+        }
+    }
+    Ok(ok)
+}
+
+fn load_rules(engine: &rhai::Engine, path: &Path) -> anyhow::Result<RuleSet> {
+    if path.is_file() {
+        return Ok(load_files(engine, &[path.to_path_buf()], None));
+    }
+    anyhow::ensure!(path.is_dir(), "rules not found at {}", path.display());
+    Ok(load_dir(engine, path, None))
+}
+
+/// Alert states from the journal, if one exists (opened only to read).
+fn current_alerts(config: &Config) -> Vec<AlertState> {
+    if !config.journal.path.is_file() {
+        return Vec::new();
+    }
+    SqliteJournal::open(&config.journal.path)
+        .and_then(|journal| journal.alerts())
+        .unwrap_or_default()
+}
+
+/// An event file: a journaled event (`events --show` output), or a raw dbt or Mode
+/// webhook body, told apart by shape.
+fn read_event(path: &Path, config: &Config) -> anyhow::Result<Event> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let value: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    if value.get("id").is_some() && value.get("source").is_some() && value.get("type").is_some() {
+        return Event::from_json(value)
+            .with_context(|| format!("{} is not a journaled event", path.display()));
+    }
+    if dbt_cloud::looks_like(&value) {
+        return dbt_cloud::from_value(value, now_rfc3339())
+            .with_context(|| path.display().to_string());
+    }
+    if mode::looks_like(&value) {
+        // Without a configured workspace, trust the one in the file: nothing is fetched.
+        let workspace = config
+            .mode
+            .as_ref()
+            .map(|m| m.workspace.clone())
+            .or_else(|| workspace_in(&value))
+            .unwrap_or_default();
+        return mode::from_value(value, &workspace, now_rfc3339())
+            .with_context(|| path.display().to_string());
+    }
+    anyhow::bail!(
+        "{}: neither a dbt Cloud webhook, a Mode webhook nor a journaled event",
+        path.display()
+    )
+}
+
+fn workspace_in(value: &Value) -> Option<String> {
+    let url = value
+        .as_object()?
+        .iter()
+        .find(|(k, _)| k.ends_with("_url"))?
+        .1
+        .as_str()?;
+    let after = &url[url.find("/api/")? + 5..];
+    after.split('/').next().map(String::from)
+}

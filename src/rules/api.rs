@@ -1,0 +1,299 @@
+//! The functions rules call (SPEC section 5). None of them does anything by itself: each
+//! one only *records* the call, with its position, for the evaluation to journal. That
+//! keeps an evaluation free of side effects, and `check` and `test` true dry runs.
+//!
+//! The record lives in a thread-local for the length of one evaluation: Rhai is
+//! synchronous, so an evaluation runs start to end on the thread that set it up.
+
+use std::cell::RefCell;
+
+use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Map, NativeCallContext, Position};
+
+use crate::actions::ActionRequest;
+
+/// One action call made by a rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedCall {
+    pub request: ActionRequest,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// What one rule evaluation recorded.
+#[derive(Debug, Default)]
+pub struct Recording {
+    pub calls: Vec<RecordedCall>,
+    /// `log(..)`, `print(..)` and `debug(..)` lines, with their line number.
+    pub logs: Vec<(usize, String)>,
+}
+
+thread_local! {
+    static RECORDING: RefCell<Option<Recording>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with an empty recording and returns what it recorded.
+pub fn recording<T>(f: impl FnOnce() -> T) -> (T, Recording) {
+    RECORDING.with(|r| *r.borrow_mut() = Some(Recording::default()));
+    let result = f();
+    let recorded = RECORDING
+        .with(|r| r.borrow_mut().take())
+        .unwrap_or_default();
+    (result, recorded)
+}
+
+fn record(position: Position, request: ActionRequest) {
+    RECORDING.with(|r| {
+        if let Some(recording) = r.borrow_mut().as_mut() {
+            recording.calls.push(RecordedCall {
+                request,
+                line: position.line().unwrap_or(0),
+                column: position.position().unwrap_or(0),
+            });
+        }
+    });
+}
+
+/// Records a log line from the rule (also used for `print` and `debug`).
+pub fn record_log(position: Position, text: String) {
+    RECORDING.with(|r| {
+        if let Some(recording) = r.borrow_mut().as_mut() {
+            recording.logs.push((position.line().unwrap_or(0), text));
+        }
+    });
+}
+
+type Fallible = Result<(), Box<EvalAltResult>>;
+
+fn bad_argument(ctx: &NativeCallContext, message: String) -> Box<EvalAltResult> {
+    EvalAltResult::ErrorRuntime(message.into(), ctx.call_position()).into()
+}
+
+fn non_empty(
+    ctx: &NativeCallContext,
+    function: &str,
+    what: &str,
+    value: &str,
+) -> Result<String, Box<EvalAltResult>> {
+    if value.trim().is_empty() {
+        Err(bad_argument(
+            ctx,
+            format!("{function}: {what} must not be empty"),
+        ))
+    } else {
+        Ok(value.to_string())
+    }
+}
+
+fn to_json(
+    ctx: &NativeCallContext,
+    function: &str,
+    map: Map,
+) -> Result<serde_json::Map<String, serde_json::Value>, Box<EvalAltResult>> {
+    match rhai::serde::from_dynamic::<serde_json::Value>(&Dynamic::from_map(map)) {
+        Ok(serde_json::Value::Object(object)) => Ok(object),
+        Ok(_) => Err(bad_argument(ctx, format!("{function}: expected a map"))),
+        Err(error) => Err(bad_argument(ctx, format!("{function}: {error}"))),
+    }
+}
+
+fn get_string(map: &Map, key: &str) -> Option<String> {
+    map.get(key).filter(|v| !v.is_unit()).map(|v| v.to_string())
+}
+
+/// `slack_post` with a map: `text` (required, the notification fallback) and `blocks`.
+fn slack_message(ctx: &NativeCallContext, channel: Option<String>, message: Map) -> Fallible {
+    let text = get_string(&message, "text").ok_or_else(|| {
+        bad_argument(
+            ctx,
+            "slack_post: the map needs a `text` (the notification fallback)".into(),
+        )
+    })?;
+    let blocks = match message.get("blocks") {
+        None => None,
+        Some(blocks) if blocks.is_array() => Some(
+            rhai::serde::from_dynamic::<serde_json::Value>(blocks)
+                .map_err(|e| bad_argument(ctx, format!("slack_post: blocks: {e}")))?,
+        ),
+        Some(_) => {
+            return Err(bad_argument(
+                ctx,
+                "slack_post: `blocks` must be an array".into(),
+            ))
+        }
+    };
+    record(
+        ctx.call_position(),
+        ActionRequest::SlackPost {
+            channel,
+            text,
+            blocks,
+        },
+    );
+    Ok(())
+}
+
+fn alert(ctx: &NativeCallContext, name: &str, firing: bool, options: Map) -> Fallible {
+    let name = non_empty(ctx, "alert", "the name", name)?;
+    let text = get_string(&options, "text")
+        .ok_or_else(|| bad_argument(ctx, "alert: options need a `text`".into()))?;
+    let channel = get_string(&options, "channel");
+    let renotify_minutes = match options.get("renotify_minutes") {
+        None => None,
+        Some(value) => match value.as_int() {
+            Ok(minutes) if minutes > 0 => Some(minutes as u64),
+            _ => {
+                return Err(bad_argument(
+                    ctx,
+                    "alert: renotify_minutes must be a positive integer".into(),
+                ))
+            }
+        },
+    };
+    let resolve = match options.get("resolve") {
+        None => true,
+        Some(value) => value
+            .as_bool()
+            .map_err(|_| bad_argument(ctx, "alert: resolve must be true or false".into()))?,
+    };
+    for key in options.keys() {
+        if !["text", "channel", "renotify_minutes", "resolve"].contains(&key.as_str()) {
+            return Err(bad_argument(ctx, format!("alert: unknown option `{key}`")));
+        }
+    }
+    record(
+        ctx.call_position(),
+        ActionRequest::Alert {
+            name,
+            firing,
+            text,
+            channel,
+            renotify_minutes,
+            resolve,
+        },
+    );
+    Ok(())
+}
+
+/// Escapes `&`, `<` and `>` for Slack mrkdwn, for text that came from data.
+pub fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Registers every rule function on `engine`.
+pub fn register(engine: &mut Engine) {
+    engine.register_fn(
+        "mode_run",
+        |ctx: NativeCallContext, report: &str| -> Fallible {
+            let report = non_empty(&ctx, "mode_run", "the report token", report)?;
+            record(
+                ctx.call_position(),
+                ActionRequest::ModeRun {
+                    report,
+                    parameters: Default::default(),
+                },
+            );
+            Ok(())
+        },
+    );
+    engine.register_fn(
+        "mode_run",
+        |ctx: NativeCallContext, report: &str, params: Map| -> Fallible {
+            let report = non_empty(&ctx, "mode_run", "the report token", report)?;
+            let parameters = to_json(&ctx, "mode_run", params)?;
+            record(
+                ctx.call_position(),
+                ActionRequest::ModeRun { report, parameters },
+            );
+            Ok(())
+        },
+    );
+    engine.register_fn(
+        "tableau_refresh",
+        |ctx: NativeCallContext, workbook: &str| -> Fallible {
+            let workbook = non_empty(&ctx, "tableau_refresh", "the workbook name", workbook)?;
+            record(
+                ctx.call_position(),
+                ActionRequest::TableauRefresh { workbook },
+            );
+            Ok(())
+        },
+    );
+    engine.register_fn(
+        "tableau_refresh_datasource",
+        |ctx: NativeCallContext, name: &str| -> Fallible {
+            let datasource = non_empty(
+                &ctx,
+                "tableau_refresh_datasource",
+                "the data source name",
+                name,
+            )?;
+            record(
+                ctx.call_position(),
+                ActionRequest::TableauRefreshDatasource { datasource },
+            );
+            Ok(())
+        },
+    );
+    engine.register_fn(
+        "slack_post",
+        |ctx: NativeCallContext, text: &str| -> Fallible {
+            let text = non_empty(&ctx, "slack_post", "the text", text)?;
+            record(
+                ctx.call_position(),
+                ActionRequest::SlackPost {
+                    channel: None,
+                    text,
+                    blocks: None,
+                },
+            );
+            Ok(())
+        },
+    );
+    engine.register_fn(
+        "slack_post",
+        |ctx: NativeCallContext, message: Map| -> Fallible { slack_message(&ctx, None, message) },
+    );
+    engine.register_fn(
+        "slack_post",
+        |ctx: NativeCallContext, channel: &str, text: &str| -> Fallible {
+            let channel = non_empty(&ctx, "slack_post", "the channel", channel)?;
+            let text = non_empty(&ctx, "slack_post", "the text", text)?;
+            record(
+                ctx.call_position(),
+                ActionRequest::SlackPost {
+                    channel: Some(channel),
+                    text,
+                    blocks: None,
+                },
+            );
+            Ok(())
+        },
+    );
+    engine.register_fn(
+        "slack_post",
+        |ctx: NativeCallContext, channel: &str, message: Map| -> Fallible {
+            let channel = non_empty(&ctx, "slack_post", "the channel", channel)?;
+            slack_message(&ctx, Some(channel), message)
+        },
+    );
+    engine.register_fn(
+        "alert",
+        |ctx: NativeCallContext, name: &str, firing: bool, text: &str| -> Fallible {
+            let mut options = Map::new();
+            options.insert("text".into(), Dynamic::from(ImmutableString::from(text)));
+            alert(&ctx, name, firing, options)
+        },
+    );
+    engine.register_fn(
+        "alert",
+        |ctx: NativeCallContext, name: &str, firing: bool, options: Map| -> Fallible {
+            alert(&ctx, name, firing, options)
+        },
+    );
+    engine.register_fn("log", |ctx: NativeCallContext, value: Dynamic| {
+        record_log(ctx.call_position(), value.to_string());
+    });
+    engine.register_fn("slack_escape", |text: &str| slack_escape(text));
+}

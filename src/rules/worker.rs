@@ -1,0 +1,203 @@
+//! The evaluate stage: claims `evaluate` jobs, runs every rule on the event off the async
+//! workers, and journals in one transaction which rules fired, the alert transitions and
+//! the action jobs (JOURNAL.md, "Evaluation is a job too").
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::watch::Rules;
+use super::RuleOutcome;
+use crate::config::Config;
+use crate::event::Event;
+use crate::journal::{blocking, Evaluation, Job, Journal, NewJob, Queue, RuleRun};
+use crate::metrics::{Metrics, RuleLabels};
+use crate::worker::wait_for_work;
+
+/// Events at this chain depth (freshet reacting to its own events) queue no more actions.
+pub const MAX_CHAIN_DEPTH: u32 = 3;
+/// How long an evaluation may hold its job before another worker may take it.
+const LEASE_MS: u64 = 60_000;
+
+/// The evaluate stage's dependencies.
+pub struct EvaluateWorker {
+    pub journal: Journal,
+    pub rules: Rules,
+    pub config: Arc<ArcSwap<Config>>,
+    pub metrics: Arc<Metrics>,
+    /// Woken by intake (and by finished actions that emit events).
+    pub wake: Arc<Notify>,
+    /// Wakes the action stage when jobs were queued.
+    pub actions_wake: Arc<Notify>,
+}
+
+impl EvaluateWorker {
+    pub async fn run(self, stop: CancellationToken) {
+        loop {
+            let jobs =
+                match blocking(&self.journal, |j| j.claim(Queue::Evaluate, 16, LEASE_MS)).await {
+                    Ok(jobs) => jobs,
+                    Err(error) => {
+                        tracing::error!(error = %error, "Cannot claim evaluations.");
+                        Vec::new()
+                    }
+                };
+            if jobs.is_empty() {
+                if !wait_for_work(&self.journal, Queue::Evaluate, &self.wake, &stop).await {
+                    return;
+                }
+                continue;
+            }
+            for job in jobs {
+                // An evaluation is short and local: finish it even when asked to stop.
+                self.evaluate(job).await;
+            }
+        }
+    }
+
+    async fn evaluate(&self, job: Job) {
+        let event_id = job.event_id.clone();
+        let event = match blocking(&self.journal, move |j| j.event(&event_id)).await {
+            Ok(Some(event)) => event,
+            Ok(None) => {
+                tracing::warn!(event_id = %job.event_id, "Event to evaluate is gone (pruned).");
+                self.finish(&job, Evaluation::default()).await;
+                return;
+            }
+            Err(error) => {
+                // Leave the job leased; it is claimed again when the lease runs out.
+                tracing::error!(event_id = %job.event_id, error = %error, "Cannot load the event.");
+                return;
+            }
+        };
+        let config = self.config.load_full();
+        let set = self.rules.current.load_full();
+        let engine = Arc::clone(&self.rules.engine);
+        let event_json = event.to_json();
+        let vars = serde_json::Value::Object(config.vars.clone());
+        let outcomes = match tokio::task::spawn_blocking(move || {
+            set.evaluate(&engine, &event_json, &vars)
+        })
+        .await
+        {
+            Ok(outcomes) => outcomes,
+            Err(error) => {
+                tracing::error!(event_id = %event.id, error = %error, "Rule evaluation task failed.");
+                return;
+            }
+        };
+        let evaluation = build_evaluation(&job, &event, &outcomes, &config, &self.metrics);
+        let queued = evaluation.jobs.len() + evaluation.alerts.len();
+        self.finish(&job, evaluation).await;
+        if queued > 0 {
+            self.actions_wake.notify_waiters();
+        }
+    }
+
+    async fn finish(&self, job: &Job, evaluation: Evaluation) {
+        let job = job.clone();
+        let event_id = job.event_id.clone();
+        match blocking(&self.journal, move |j| {
+            j.finish_evaluation(&job, &evaluation)
+        })
+        .await
+        {
+            Ok(true) => tracing::debug!(event_id = %event_id, "Evaluation journaled."),
+            Ok(false) => {
+                tracing::warn!(event_id = %event_id, "Evaluation lease lost; another run recorded it.")
+            }
+            Err(error) => {
+                tracing::error!(event_id = %event_id, error = %error, "Cannot journal the evaluation.")
+            }
+        }
+    }
+}
+
+/// Turns the rules' outcomes into what the journal records: rule runs, action jobs with
+/// deterministic keys, and alert calls. Logs each rule's lines and errors.
+pub fn build_evaluation(
+    job: &Job,
+    event: &Event,
+    outcomes: &[RuleOutcome],
+    config: &Config,
+    metrics: &Metrics,
+) -> Evaluation {
+    // A replay is a new evaluation, so its job keys must differ from the first one's.
+    let prefix = match job.payload.get("replay").and_then(|r| r.as_i64()) {
+        Some(n) => format!("{}:replay{n}", event.id),
+        None => event.id.clone(),
+    };
+    let too_deep = event.chain_depth >= MAX_CHAIN_DEPTH;
+    let mut evaluation = Evaluation {
+        alert_max_attempts: config.actions.max_attempts,
+        ..Default::default()
+    };
+    for outcome in outcomes {
+        let labels = RuleLabels {
+            rule: outcome.rule.clone(),
+        };
+        metrics.rule_evaluations.get_or_create(&labels).inc();
+        for (line, text) in &outcome.logs {
+            tracing::info!(event_id = %event.id, rule = %outcome.rule, line, text = %text, "Rule log.");
+        }
+        if let Some((error, _)) = &outcome.error {
+            metrics.rule_errors.get_or_create(&labels).inc();
+            tracing::warn!(event_id = %event.id, rule = %outcome.rule, line = error.line, column = error.column,
+                error = %error, "Rule failed; its calls were dropped.");
+            evaluation.rule_runs.push(RuleRun {
+                rule: outcome.rule.clone(),
+                outcome: "error".into(),
+                actions: 0,
+                error: Some(error.to_string()),
+            });
+            continue;
+        }
+        if outcome.calls.is_empty() {
+            continue;
+        }
+        evaluation.rule_runs.push(RuleRun {
+            rule: outcome.rule.clone(),
+            outcome: if too_deep {
+                "suppressed".into()
+            } else {
+                "fired".into()
+            },
+            actions: outcome.calls.len(),
+            error: too_deep.then(|| {
+                format!(
+                    "chain depth {} reached: no actions queued",
+                    event.chain_depth
+                )
+            }),
+        });
+        if too_deep {
+            tracing::warn!(event_id = %event.id, rule = %outcome.rule, depth = event.chain_depth,
+                "Chain depth limit reached; the rule's actions were not queued.");
+            continue;
+        }
+        for (seq, call) in outcome.calls.iter().enumerate() {
+            tracing::info!(event_id = %event.id, rule = %outcome.rule, action = call.request.kind(),
+                args = %call.request.args(), "Action queued.");
+            if let Some(alert) = call.request.as_alert(&outcome.rule) {
+                evaluation.alerts.push(alert);
+                continue;
+            }
+            evaluation.jobs.push(NewJob {
+                queue: Queue::Action,
+                kind: call.request.kind().to_string(),
+                event_id: event.id.clone(),
+                rule: Some(outcome.rule.clone()),
+                job_key: format!(
+                    "{prefix}:{}:{}:{}:{seq}",
+                    outcome.rule, call.line, call.column
+                ),
+                coalesce_key: call.request.coalesce_key(),
+                payload: call.request.args(),
+                max_attempts: config.actions.max_attempts,
+            });
+        }
+    }
+    evaluation
+}

@@ -1,0 +1,43 @@
+//! The loop every pipeline stage shares: claim due jobs from the journal, and when there
+//! are none, sleep until one is due, new work is journaled (a `Notify`), or the stop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::journal::{blocking, Journal, Queue};
+
+/// Longest idle sleep. Work queued by another process (`freshet replay`, `freshet retry`)
+/// cannot wake us, so it is picked up within this time.
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Waits until work of `queue` may be due. Returns false when it is time to stop.
+pub async fn wait_for_work(
+    journal: &Journal,
+    queue: Queue,
+    wake: &Arc<Notify>,
+    stop: &CancellationToken,
+) -> bool {
+    // Register interest before looking, so a job journaled in between still wakes us.
+    let notified = wake.notified();
+    tokio::pin!(notified);
+    notified.as_mut().enable();
+    let due = match blocking(journal, move |j| j.next_due_in(queue)).await {
+        Ok(Some(ms)) => Duration::from_millis(ms).min(IDLE_POLL),
+        Ok(None) => IDLE_POLL,
+        Err(error) => {
+            tracing::error!(error = %error, queue = queue.as_str(), "Cannot read the journal; retrying.");
+            Duration::from_secs(1)
+        }
+    };
+    if due.is_zero() {
+        return !stop.is_cancelled();
+    }
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = &mut notified => true,
+        _ = tokio::time::sleep(due) => true,
+    }
+}
