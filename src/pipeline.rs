@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::actions::runner::ActionWorker;
 use crate::config::{self, Config};
 use crate::ingest::{self, Intake, IntakeSecrets};
 use crate::journal::{blocking, Journal, SqliteJournal};
@@ -94,6 +95,16 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             metrics: Arc::clone(&metrics),
             wake: Arc::clone(&wake),
             actions_wake: Arc::clone(&actions_wake),
+        }
+        .run(stop_workers.clone()),
+    );
+    tracker.spawn(
+        ActionWorker {
+            journal: Arc::clone(&journal),
+            config: Arc::clone(&current),
+            metrics: Arc::clone(&metrics),
+            wake: Arc::clone(&actions_wake),
+            events_wake: Arc::clone(&wake),
         }
         .run(stop_workers.clone()),
     );

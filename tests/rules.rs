@@ -303,7 +303,10 @@ async fn runaway_rules_are_stopped_and_the_others_fire() {
 
 #[tokio::test]
 async fn sighup_reloads_rules_and_replay_reevaluates() {
-    let daemon = Daemon::start(setup().rule("r.rhai", "slack_post(\"v1\");\n"));
+    let daemon = Daemon::start(setup().rule(
+        "r.rhai",
+        "if event.source == \"dbt\" { slack_post(\"v1\"); }\n",
+    ));
     let event = send_dbt(
         &daemon,
         SECRET,

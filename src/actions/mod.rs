@@ -1,6 +1,14 @@
 //! Actions: what rules ask for ([`ActionRequest`]) and the stage that runs the journaled
-//! calls against Mode, Tableau and Slack.
+//! calls against Mode, Tableau and Slack with retries ([`runner::ActionWorker`]).
+//!
+//! One file per service, behind the request enum: [`mode`], [`tableau`], [`slack`];
+//! [`client`] holds what they share (HTTP client, error classification, backoff).
 
+pub mod client;
+pub mod mode;
 mod request;
+pub mod runner;
+pub mod slack;
+pub mod tableau;
 
 pub use request::ActionRequest;

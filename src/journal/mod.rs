@@ -102,16 +102,12 @@ pub struct Job {
 /// How an attempt at a job ended.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobOutcome {
-    Succeeded,
+    /// Done; the value (if any) is kept as the job's result.
+    Succeeded(Option<Value>),
     /// Try again after `delay_ms`; becomes dead when the attempts are used up.
-    Retry {
-        delay_ms: u64,
-        error: String,
-    },
+    Retry { delay_ms: u64, error: String },
     /// Final failure.
-    Dead {
-        error: String,
-    },
+    Dead { error: String },
 }
 
 /// What one rule did with one event.
@@ -182,6 +178,7 @@ pub struct JobSummary {
     pub max_attempts: u32,
     pub last_error: Option<String>,
     pub payload: Value,
+    pub result: Option<Value>,
 }
 
 /// The journal interface every backend implements. Methods are blocking; async callers go

@@ -38,6 +38,8 @@ CREATE TABLE jobs (
     lease_until   INTEGER,
     errors        TEXT NOT NULL DEFAULT '[]',
     last_error    TEXT,
+    -- what a successful call answered (a Mode run token, a Tableau job id)
+    result        TEXT,
     created_at    INTEGER NOT NULL,
     finished_at   INTEGER
 );

@@ -169,6 +169,9 @@ fn job_summary(row: &rusqlite::Row) -> rusqlite::Result<(JobSummary, String)> {
             max_attempts: row.get("max_attempts")?,
             last_error: row.get("last_error")?,
             payload: Value::Null,
+            result: row
+                .get::<_, Option<String>>("result")?
+                .and_then(|text| serde_json::from_str(&text).ok()),
         },
         row.get("payload")?,
     ))
@@ -340,12 +343,16 @@ impl JournalStore for SqliteJournal {
         self.with(|conn| {
             let tx = conn.transaction()?;
             let status = match outcome {
-                JobOutcome::Succeeded => "succeeded",
+                JobOutcome::Succeeded(_) => "succeeded",
                 JobOutcome::Retry { .. } if job.attempt < job.max_attempts => "retrying",
                 JobOutcome::Retry { .. } | JobOutcome::Dead { .. } => "dead",
             };
+            let result = match outcome {
+                JobOutcome::Succeeded(Some(value)) => Some(value.to_string()),
+                _ => None,
+            };
             let (error, delay_ms) = match outcome {
-                JobOutcome::Succeeded => (None, 0),
+                JobOutcome::Succeeded(_) => (None, 0),
                 JobOutcome::Retry { delay_ms, error } => (Some(error.as_str()), *delay_ms),
                 JobOutcome::Dead { error } => (Some(error.as_str()), 0),
             };
@@ -357,10 +364,11 @@ impl JournalStore for SqliteJournal {
                                       ELSE json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?2)) END,
                         scheduled_at = CASE WHEN ?1 = 'retrying' THEN {NOW_MS} + ?3 ELSE scheduled_at END,
                         finished_at = CASE WHEN ?1 IN ('succeeded', 'dead') THEN {NOW_MS} ELSE NULL END,
-                        lease_until = NULL
+                        lease_until = NULL,
+                        result = COALESCE(?6, result)
                      WHERE id = ?4 AND status = 'running' AND attempt = ?5"
                 ),
-                params![status, error, delay_ms as i64, job.id, job.attempt],
+                params![status, error, delay_ms as i64, job.id, job.attempt, result],
             )?;
             if updated != 1 {
                 return Ok(None);
@@ -741,7 +749,7 @@ mod tests {
         assert_eq!(again.attempt, 3);
         assert_eq!(
             journal
-                .finish(&again, &JobOutcome::Succeeded, None)
+                .finish(&again, &JobOutcome::Succeeded(None), None)
                 .unwrap()
                 .as_deref(),
             Some("succeeded")

@@ -74,3 +74,624 @@ pub fn capture() -> impl Filter<Extract = (Seen,), Error = warp::Rejection> + Cl
             },
         )
 }
+
+/// What a fake answers.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(status: u16, body: serde_json::Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+    pub fn text(status: u16, body: &str) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: body.as_bytes().to_vec(),
+        }
+    }
+    pub fn with_header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// Canned failures: the next `n` requests whose path contains `path` get `reply`.
+#[derive(Default)]
+pub struct Faults(Vec<(String, usize, Reply)>);
+
+impl Faults {
+    pub fn add(&mut self, path: &str, n: usize, reply: Reply) {
+        self.0.push((path.into(), n, reply));
+    }
+    fn take(&mut self, seen: &Seen) -> Option<Reply> {
+        let entry = self
+            .0
+            .iter_mut()
+            .find(|(path, n, _)| *n > 0 && seen.path.contains(path.as_str()))?;
+        entry.1 -= 1;
+        Some(entry.2.clone())
+    }
+    /// Removes every remaining canned failure: the service has healed.
+    pub fn heal(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Serves `handler` on 127.0.0.1:0; every request is recorded in the returned log.
+pub fn serve<F>(handler: F) -> (SocketAddr, Log)
+where
+    F: Fn(&Seen) -> Reply + Send + Sync + 'static,
+{
+    let log: Log = Arc::default();
+    let seen_log = Arc::clone(&log);
+    let handler = Arc::new(handler);
+    let route = capture().map(move |request: Seen| {
+        let reply = handler(&request);
+        seen_log.lock().unwrap().push(request);
+        let mut response = warp::http::Response::builder().status(reply.status);
+        for (name, value) in &reply.headers {
+            response = response.header(name, value);
+        }
+        response.body(reply.body).unwrap()
+    });
+    let (addr, server) = warp::serve(route).bind_ephemeral(([127, 0, 0, 1], 0));
+    tokio::spawn(server);
+    (addr, log)
+}
+
+fn basic_auth(user: &str, password: &str) -> String {
+    use std::io::Write;
+    let mut raw = Vec::new();
+    write!(raw, "{user}:{password}").unwrap();
+    format!("Basic {}", base64_encode(&raw))
+}
+
+fn base64_encode(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn percent_decode(text: &str) -> String {
+    let text = text.replace('+', " ");
+    percent_encoding::percent_decode_str(&text)
+        .decode_utf8_lossy()
+        .to_string()
+}
+
+fn query_params(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------
+// Mode
+// ---------------------------------------------------------------------------------------
+
+pub const MODE_WORKSPACE: &str = "acme";
+pub const MODE_TOKEN: &str = "mode-api-token-1";
+pub const MODE_SECRET: &str = "mode-api-secret-1";
+
+#[derive(Debug, Clone)]
+pub struct ModeRun {
+    pub report: String,
+    pub token: String,
+    pub state: String,
+    pub parameters: serde_json::Value,
+    /// (query name, rows); None when the results were purged.
+    pub queries: Option<Vec<(String, serde_json::Value)>>,
+}
+
+#[derive(Default)]
+pub struct ModeState {
+    pub reports: Vec<(String, String)>,
+    pub runs: Vec<ModeRun>,
+    pub faults: Faults,
+    next_run: u64,
+}
+
+/// A fake Mode API: Basic auth, one workspace, known reports, stateful runs.
+#[derive(Clone)]
+pub struct FakeMode {
+    pub addr: SocketAddr,
+    pub log: Log,
+    pub state: Arc<Mutex<ModeState>>,
+}
+
+impl FakeMode {
+    pub async fn start() -> FakeMode {
+        let state: Arc<Mutex<ModeState>> = Arc::default();
+        state
+            .lock()
+            .unwrap()
+            .reports
+            .push(("2b3c4d5e6f70".into(), "Daily revenue".into()));
+        let handler_state = Arc::clone(&state);
+        let (addr, log) = serve(move |seen| mode_handle(&mut handler_state.lock().unwrap(), seen));
+        FakeMode { addr, log, state }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Adds a finished run directly (as if run outside freshet).
+    pub fn add_run(
+        &self,
+        report: &str,
+        run: &str,
+        state: &str,
+        queries: Option<Vec<(&str, serde_json::Value)>>,
+    ) {
+        self.state.lock().unwrap().runs.push(ModeRun {
+            report: report.into(),
+            token: run.into(),
+            state: state.into(),
+            parameters: serde_json::json!({}),
+            queries: queries.map(|q| q.into_iter().map(|(n, r)| (n.to_string(), r)).collect()),
+        });
+    }
+
+    /// Finishes a run started through the API.
+    pub fn complete(&self, run: &str, state: &str, queries: Vec<(&str, serde_json::Value)>) {
+        let mut st = self.state.lock().unwrap();
+        let run = st
+            .runs
+            .iter_mut()
+            .find(|r| r.token == run)
+            .expect("known run");
+        run.state = state.into();
+        run.queries = Some(
+            queries
+                .into_iter()
+                .map(|(n, r)| (n.to_string(), r))
+                .collect(),
+        );
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+fn mode_run_json(run: &ModeRun) -> serde_json::Value {
+    let base = format!(
+        "/api/{MODE_WORKSPACE}/reports/{}/runs/{}",
+        run.report, run.token
+    );
+    serde_json::json!({
+        "token": run.token, "state": run.state, "parameters": run.parameters,
+        "created_at": "2026-08-07T07:47:06.501Z", "completed_at": null,
+        "_links": {
+            "self": {"href": base}, "query_runs": {"href": format!("{base}/query_runs")},
+            "report": {"href": format!("/api/{MODE_WORKSPACE}/reports/{}", run.report)},
+            "web_external_url": {"href": format!("https://app.mode.com/{MODE_WORKSPACE}/reports/{}/runs/{}", run.report, run.token)}
+        }
+    })
+}
+
+fn mode_handle(state: &mut ModeState, seen: &Seen) -> Reply {
+    let not_found =
+        |what: &str| Reply::json(404, serde_json::json!({"id": "not_found", "message": what}));
+    if seen.header("authorization") != Some(basic_auth(MODE_TOKEN, MODE_SECRET).as_str()) {
+        return Reply::json(
+            401,
+            serde_json::json!({"id": "unauthorized", "message": "bad credentials"}),
+        );
+    }
+    if let Some(reply) = state.faults.take(seen) {
+        return reply;
+    }
+    let parts: Vec<&str> = seen.path.trim_start_matches('/').split('/').collect();
+    if parts.len() < 2 || parts[0] != "api" || parts[1] != MODE_WORKSPACE {
+        return not_found("account not found");
+    }
+    match (seen.method.as_str(), &parts[2..]) {
+        ("POST", ["reports", report, "runs"]) => {
+            if !state.reports.iter().any(|(r, _)| r == report) {
+                return not_found("report not found");
+            }
+            if !seen
+                .header("content-type")
+                .is_some_and(|c| c.starts_with("application/json"))
+            {
+                return Reply::json(
+                    415,
+                    serde_json::json!({"message": "unsupported media type"}),
+                );
+            }
+            let body = seen.json();
+            let parameters = match body.get("parameters") {
+                None => serde_json::json!({}),
+                Some(p) if p.is_object() => p.clone(),
+                Some(_) => {
+                    return Reply::json(
+                        400,
+                        serde_json::json!({"message": "parameters must be an object"}),
+                    )
+                }
+            };
+            if !body.is_object() {
+                return Reply::json(400, serde_json::json!({"message": "bad request"}));
+            }
+            state.next_run += 1;
+            let run = ModeRun {
+                report: report.to_string(),
+                token: format!("run{:09x}", state.next_run),
+                state: "enqueued".into(),
+                parameters,
+                queries: None,
+            };
+            let reply = Reply::json(200, mode_run_json(&run));
+            state.runs.push(run);
+            reply
+        }
+        ("GET", ["reports", report, "runs", run]) => match state
+            .runs
+            .iter()
+            .find(|r| r.report == *report && r.token == *run)
+        {
+            Some(run) => Reply::json(200, mode_run_json(run)),
+            None => not_found("report run not found"),
+        },
+        ("GET", ["reports", report, "runs", run, "query_runs"]) => {
+            let Some(run) = state
+                .runs
+                .iter()
+                .find(|r| r.report == *report && r.token == *run)
+            else {
+                return not_found("report run not found");
+            };
+            let base = format!("/api/{MODE_WORKSPACE}/reports/{report}/runs/{}", run.token);
+            let queries: Vec<serde_json::Value> = run
+                .queries
+                .iter()
+                .flatten()
+                .enumerate()
+                .map(|(i, (name, _))| {
+                    serde_json::json!({"token": format!("qr{i}"), "state": "succeeded", "query_name": name,
+                        "query_token": format!("q{i}"),
+                        "_links": {"result": {"href": format!("{base}/query_runs/qr{i}/results")}}})
+                })
+                .collect();
+            Reply::json(
+                200,
+                serde_json::json!({"_embedded": {"query_runs": queries}, "_links": {"self": {"href": format!("{base}/query_runs")}}}),
+            )
+        }
+        ("GET", ["reports", report, "runs", run, "query_runs", qr, "results", "content.json"]) => {
+            let Some(run) = state
+                .runs
+                .iter()
+                .find(|r| r.report == *report && r.token == *run)
+            else {
+                return not_found("report run not found");
+            };
+            let Some(queries) = &run.queries else {
+                return not_found("run results not found");
+            };
+            let index: usize = qr.trim_start_matches("qr").parse().unwrap_or(usize::MAX);
+            match queries.get(index) {
+                Some((_, rows)) => Reply::json(200, rows.clone()),
+                None => not_found("query run not found"),
+            }
+        }
+        ("GET", ["reports", report]) => match state.reports.iter().find(|(r, _)| r == report) {
+            Some((token, name)) => {
+                Reply::json(200, serde_json::json!({"token": token, "name": name}))
+            }
+            None => not_found("report not found"),
+        },
+        _ => not_found("not found"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Tableau
+// ---------------------------------------------------------------------------------------
+
+pub const TABLEAU_PAT_NAME: &str = "freshet";
+pub const TABLEAU_PAT_SECRET: &str = "tableau-pat-secret-1";
+pub const TABLEAU_SITE: &str = "finance";
+pub const TABLEAU_SITE_ID: &str = "6b7179ba-b82b-4f0f-91ed-812074ac5da6";
+
+#[derive(Default)]
+pub struct TableauState {
+    /// (id, name, kind: "workbooks" | "datasources")
+    pub content: Vec<(String, String, String)>,
+    pub current_token: Option<String>,
+    pub sign_ins: usize,
+    /// (kind, id) of every accepted refresh.
+    pub refreshes: Vec<(String, String)>,
+    pub faults: Faults,
+}
+
+/// A fake Tableau REST API 3.22 (JSON): PAT sign-in with one live session per PAT,
+/// name filters, pagination, refresh jobs.
+#[derive(Clone)]
+pub struct FakeTableau {
+    pub addr: SocketAddr,
+    pub log: Log,
+    pub state: Arc<Mutex<TableauState>>,
+}
+
+impl FakeTableau {
+    pub async fn start() -> FakeTableau {
+        let state: Arc<Mutex<TableauState>> = Arc::default();
+        {
+            let mut st = state.lock().unwrap();
+            st.content.push((
+                "3cc6cd06-89ce-4fdc-b935-5294135d6d42".into(),
+                "Sales Overview, Q3".into(),
+                "workbooks".into(),
+            ));
+            st.content.push((
+                "9a1b2c3d-0000-4000-8000-000000000001".into(),
+                "Finance Overview".into(),
+                "workbooks".into(),
+            ));
+            st.content.push((
+                "7d6c5b4a-0000-4000-8000-000000000002".into(),
+                "Revenue Extract".into(),
+                "datasources".into(),
+            ));
+        }
+        let handler_state = Arc::clone(&state);
+        let (addr, log) =
+            serve(move |seen| tableau_handle(&mut handler_state.lock().unwrap(), seen));
+        FakeTableau { addr, log, state }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Ends the current session, as an expiry or another sign-in would.
+    pub fn expire_session(&self) {
+        self.state.lock().unwrap().current_token = Some("expired-elsewhere".into());
+    }
+
+    pub fn sign_ins(&self) -> usize {
+        self.state.lock().unwrap().sign_ins
+    }
+
+    pub fn refreshes(&self) -> Vec<(String, String)> {
+        self.state.lock().unwrap().refreshes.clone()
+    }
+}
+
+fn tableau_error(status: u16, code: &str, summary: &str) -> Reply {
+    Reply::json(
+        status,
+        serde_json::json!({"error": {"code": code, "summary": summary, "detail": summary}}),
+    )
+}
+
+fn tableau_handle(state: &mut TableauState, seen: &Seen) -> Reply {
+    let Some(rest) = seen.path.strip_prefix("/api/3.22/") else {
+        return tableau_error(404, "404000", "Resource Not Found");
+    };
+    if rest == "auth/signin" {
+        if seen.method != "POST" {
+            return tableau_error(405, "405000", "Method Not Allowed");
+        }
+        let body = seen.json();
+        let credentials = &body["credentials"];
+        if credentials["personalAccessTokenName"] != TABLEAU_PAT_NAME
+            || credentials["personalAccessTokenSecret"] != TABLEAU_PAT_SECRET
+            || credentials["site"]["contentUrl"] != TABLEAU_SITE
+        {
+            return tableau_error(401, "401001", "Signin Error");
+        }
+        state.sign_ins += 1;
+        let token = format!("tok{}|{TABLEAU_SITE_ID}", state.sign_ins);
+        state.current_token = Some(token.clone());
+        return Reply::json(
+            200,
+            serde_json::json!({"credentials": {
+            "token": token, "site": {"id": TABLEAU_SITE_ID, "contentUrl": TABLEAU_SITE}, "user": {"id": "u1"}}}),
+        );
+    }
+    match seen.header("x-tableau-auth") {
+        None => return tableau_error(401, "401000", "No authentication credentials were provided"),
+        Some(token) if Some(token) != state.current_token.as_deref() => {
+            return tableau_error(401, "401002", "Unauthorized Access")
+        }
+        Some(_) => {}
+    }
+    if let Some(reply) = state.faults.take(seen) {
+        return reply;
+    }
+    let parts: Vec<&str> = rest.split('/').collect();
+    match (seen.method.as_str(), parts.as_slice()) {
+        ("GET", ["sites", site, kind])
+            if *site == TABLEAU_SITE_ID && (*kind == "workbooks" || *kind == "datasources") =>
+        {
+            let params = query_params(&seen.query);
+            let get = |k: &str| {
+                params
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.clone())
+            };
+            let page_size: usize = get("pageSize").and_then(|v| v.parse().ok()).unwrap_or(100);
+            let page: usize = get("pageNumber").and_then(|v| v.parse().ok()).unwrap_or(1);
+            let mut items: Vec<&(String, String, String)> =
+                state.content.iter().filter(|(_, _, k)| k == kind).collect();
+            if let Some(filter) = get("filter") {
+                // Filters cannot hold ',' or '&', even encoded: Tableau refuses them.
+                let Some(name) = filter.strip_prefix("name:eq:") else {
+                    return tableau_error(400, "400006", "Invalid filter");
+                };
+                if name.contains(',') || name.contains('&') {
+                    return tableau_error(400, "400006", "Invalid filter");
+                }
+                items.retain(|(_, n, _)| n == name);
+            }
+            let total = items.len();
+            let page_items: Vec<serde_json::Value> = items
+                .iter()
+                .skip((page - 1) * page_size)
+                .take(page_size)
+                .map(|(id, name, _)| serde_json::json!({"id": id, "name": name, "project": {"id": "p1", "name": "Finance"}}))
+                .collect();
+            let singular = kind.trim_end_matches('s');
+            let listing = if page_items.is_empty() {
+                serde_json::json!({})
+            } else {
+                serde_json::json!({ singular: page_items })
+            };
+            Reply::json(
+                200,
+                serde_json::json!({
+                    "pagination": {"pageNumber": page.to_string(), "pageSize": page_size.to_string(), "totalAvailable": total.to_string()},
+                    *kind: listing
+                }),
+            )
+        }
+        ("POST", ["sites", site, kind, id, "refresh"]) if *site == TABLEAU_SITE_ID => {
+            if seen.json() != serde_json::json!({}) {
+                return tableau_error(400, "400000", "Bad Request");
+            }
+            if !state.content.iter().any(|(i, _, k)| i == id && k == kind) {
+                return tableau_error(404, "404006", "Resource Not Found");
+            }
+            state.refreshes.push((kind.to_string(), id.to_string()));
+            Reply::json(
+                202,
+                serde_json::json!({"job": {"id": format!("job-{}", state.refreshes.len()), "mode": "Asynchronous", "type": "RefreshExtract"}}),
+            )
+        }
+        _ => tableau_error(404, "404000", "Resource Not Found"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Slack
+// ---------------------------------------------------------------------------------------
+
+pub const SLACK_WEBHOOK_PATH: &str = "/services/T0001/B0001/hooksecret123";
+pub const SLACK_BOT_TOKEN: &str = "xoxb-test-token-1";
+
+#[derive(Default)]
+pub struct SlackState {
+    /// (channel or "webhook", text) of every accepted post.
+    pub posts: Vec<(String, String)>,
+    pub faults: Faults,
+}
+
+/// A fake Slack: the incoming webhook answers plain `ok`; chat.postMessage needs the bot
+/// token and answers `{"ok": ..}` with HTTP 200 for method errors, like Slack.
+#[derive(Clone)]
+pub struct FakeSlack {
+    pub addr: SocketAddr,
+    pub log: Log,
+    pub state: Arc<Mutex<SlackState>>,
+}
+
+impl FakeSlack {
+    pub async fn start() -> FakeSlack {
+        let state: Arc<Mutex<SlackState>> = Arc::default();
+        let handler_state = Arc::clone(&state);
+        let (addr, log) = serve(move |seen| slack_handle(&mut handler_state.lock().unwrap(), seen));
+        FakeSlack { addr, log, state }
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("http://{}{SLACK_WEBHOOK_PATH}", self.addr)
+    }
+
+    pub fn api_base(&self) -> String {
+        format!("http://{}/api", self.addr)
+    }
+
+    pub fn posts(&self) -> Vec<(String, String)> {
+        self.state.lock().unwrap().posts.clone()
+    }
+}
+
+fn slack_handle(state: &mut SlackState, seen: &Seen) -> Reply {
+    if seen.method != "POST" {
+        return Reply::text(405, "method_not_allowed");
+    }
+    if let Some(reply) = state.faults.take(seen) {
+        return reply;
+    }
+    let body = seen.json();
+    if seen.path == SLACK_WEBHOOK_PATH {
+        let Some(text) = body.get("text").and_then(|t| t.as_str()) else {
+            return Reply::text(
+                400,
+                if body.is_null() {
+                    "invalid_payload"
+                } else {
+                    "missing_text_or_fallback_or_attachments"
+                },
+            );
+        };
+        state.posts.push(("webhook".into(), text.to_string()));
+        return Reply::text(200, "ok");
+    }
+    if seen.path == "/api/chat.postMessage" {
+        match seen.header("authorization") {
+            None => {
+                return Reply::json(200, serde_json::json!({"ok": false, "error": "not_authed"}))
+            }
+            Some(auth) if auth != format!("Bearer {SLACK_BOT_TOKEN}") => {
+                return Reply::json(
+                    200,
+                    serde_json::json!({"ok": false, "error": "invalid_auth"}),
+                )
+            }
+            Some(_) => {}
+        }
+        let channel = body.get("channel").and_then(|c| c.as_str());
+        let text = body.get("text").and_then(|t| t.as_str());
+        let (Some(channel), Some(text)) = (channel, text) else {
+            return Reply::json(200, serde_json::json!({"ok": false, "error": "no_text"}));
+        };
+        if channel == "#not-a-member" {
+            return Reply::json(
+                200,
+                serde_json::json!({"ok": false, "error": "not_in_channel"}),
+            );
+        }
+        state.posts.push((channel.to_string(), text.to_string()));
+        return Reply::json(
+            200,
+            serde_json::json!({"ok": true, "channel": "C0123456789", "ts": format!("1725574158.{:06}", state.posts.len())}),
+        );
+    }
+    // A wrong webhook path: Slack says no_service.
+    Reply::text(404, "no_service")
+}

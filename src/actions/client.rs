@@ -1,0 +1,175 @@
+//! What every action shares: the HTTP client, the classification of failures into
+//! "try again" and "final" (SPEC section 6), and the backoff between attempts.
+
+use std::time::Duration;
+
+use rand::Rng;
+use reqwest::{Response, StatusCode};
+
+use crate::config::ActionsConfig;
+
+/// Why an attempt failed, and whether another attempt may succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    /// Connection errors, timeouts, 5xx and 429: worth another attempt.
+    #[error("{message}")]
+    Retryable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Other 4xx answers, bad arguments, unconfigured services: final at once.
+    #[error("{0}")]
+    Final(String),
+}
+
+impl ActionError {
+    pub fn retryable(message: impl Into<String>) -> ActionError {
+        ActionError::Retryable {
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn final_error(message: impl Into<String>) -> ActionError {
+        ActionError::Final(message.into())
+    }
+}
+
+/// The one HTTP client for all services (connection pool, timeouts, user agent).
+pub fn build_client(config: &ActionsConfig) -> reqwest::Client {
+    reqwest::Client::builder()
+        .user_agent(concat!("freshet/", env!("CARGO_PKG_VERSION")))
+        .timeout(Duration::from_millis(config.timeout_ms))
+        .connect_timeout(Duration::from_millis(config.timeout_ms.min(10_000)))
+        // Redirects are followed by hand where a service needs it (Tableau sign-in), so a
+        // POST is never silently turned into a GET and credentials never follow a 3xx.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        // Only fails when the TLS backend cannot initialise, which rustls always can.
+        .expect("the HTTP client builds")
+}
+
+/// A transport error, without the URL (a Slack webhook URL is a secret).
+pub fn transport_error(service: &str, error: reqwest::Error) -> ActionError {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    ActionError::retryable(format!("{service}: {kind}: {}", error.without_url()))
+}
+
+/// Classifies a non-success answer: 429 and 5xx retry (honouring Retry-After), other
+/// statuses are final. `detail` is a short, secret-free description of the body.
+pub fn status_error(
+    service: &str,
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    detail: &str,
+) -> ActionError {
+    let message = if detail.is_empty() {
+        format!("{service}: HTTP {}", status.as_u16())
+    } else {
+        format!("{service}: HTTP {}: {detail}", status.as_u16())
+    };
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        ActionError::Retryable {
+            message,
+            retry_after,
+        }
+    } else {
+        ActionError::Final(message)
+    }
+}
+
+/// The `Retry-After` header in seconds (the HTTP-date form is ignored).
+pub fn retry_after(response: &Response) -> Option<Duration> {
+    response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+/// At most this much of a body goes into an error message.
+const DETAIL_LIMIT: usize = 300;
+
+/// A short, single-line excerpt of a body for error messages.
+pub fn excerpt(body: &str) -> String {
+    let flat: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    match flat.char_indices().nth(DETAIL_LIMIT) {
+        Some((index, _)) => format!("{}…", &flat[..index]),
+        None => flat,
+    }
+}
+
+/// Delay before attempt `attempt + 1`: exponential from `backoff_initial_ms`, capped at
+/// `backoff_max_ms`, with ±10% jitter, and never shorter than the server's Retry-After.
+pub fn backoff(config: &ActionsConfig, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(32);
+    let base = config
+        .backoff_initial_ms
+        .saturating_mul(1u64 << exponent)
+        .min(config.backoff_max_ms);
+    let jitter = rand::thread_rng().gen_range(0.9..=1.1);
+    let delay = Duration::from_millis((base as f64 * jitter) as u64);
+    match retry_after {
+        Some(wait) => delay.max(wait),
+        None => delay,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ActionsConfig {
+        ActionsConfig {
+            max_attempts: 8,
+            backoff_initial_ms: 1000,
+            backoff_max_ms: 10_000,
+            timeout_ms: 1000,
+        }
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_honours_retry_after() {
+        let c = config();
+        let first = backoff(&c, 1, None).as_millis();
+        assert!((900..=1100).contains(&first), "{first}");
+        let third = backoff(&c, 3, None).as_millis();
+        assert!((3600..=4400).contains(&third), "{third}");
+        let capped = backoff(&c, 20, None).as_millis();
+        assert!((9000..=11000).contains(&capped), "{capped}");
+        assert_eq!(
+            backoff(&c, 1, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn classification() {
+        assert!(matches!(
+            status_error("x", StatusCode::TOO_MANY_REQUESTS, None, ""),
+            ActionError::Retryable { .. }
+        ));
+        assert!(matches!(
+            status_error("x", StatusCode::BAD_GATEWAY, None, ""),
+            ActionError::Retryable { .. }
+        ));
+        assert!(matches!(
+            status_error("x", StatusCode::BAD_REQUEST, None, ""),
+            ActionError::Final(_)
+        ));
+        assert!(matches!(
+            status_error("x", StatusCode::NOT_FOUND, None, ""),
+            ActionError::Final(_)
+        ));
+    }
+}

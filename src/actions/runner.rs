@@ -1,0 +1,320 @@
+//! The action stage: claims action jobs from the journal, runs each with bounded
+//! concurrency (overall and per service), and journals the outcome: succeeded, retrying
+//! after a backoff, or dead, in which case a `freshet.action.failed` event joins the stream
+//! in the same transaction.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use serde_json::{json, Map, Value};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::client::{backoff, build_client, ActionError};
+use super::mode::Mode;
+use super::tableau::{Content, Tableau};
+use super::{slack, ActionRequest};
+use crate::config::Config;
+use crate::event::{now_rfc3339, Event, Source};
+use crate::journal::{blocking, Job, JobOutcome, Journal, Queue};
+use crate::metrics::{ActionLabels, KindLabels, Metrics};
+use crate::worker::wait_for_work;
+
+/// Actions running at once, all services together.
+const MAX_IN_FLIGHT: usize = 8;
+/// Per service: Slack asks for about one message a second, so posts go one at a time;
+/// one Tableau session serves all refreshes.
+const PER_SERVICE: [(&str, usize); 3] = [("mode", 4), ("tableau", 2), ("slack", 1)];
+
+/// The action stage's dependencies.
+pub struct ActionWorker {
+    pub journal: Journal,
+    pub config: Arc<ArcSwap<Config>>,
+    pub metrics: Arc<Metrics>,
+    /// Woken when evaluations queue actions.
+    pub wake: Arc<Notify>,
+    /// Wakes the evaluate stage when a dead action emits an event.
+    pub events_wake: Arc<Notify>,
+}
+
+/// What a running job needs, shared by all of them.
+struct Shared {
+    journal: Journal,
+    config: Arc<ArcSwap<Config>>,
+    metrics: Arc<Metrics>,
+    events_wake: Arc<Notify>,
+    http: reqwest::Client,
+    tableau: Tableau,
+    services: HashMap<&'static str, Arc<Semaphore>>,
+}
+
+impl ActionWorker {
+    /// Runs until `stop`; then waits for the attempts in flight (the caller bounds that).
+    pub async fn run(self, stop: CancellationToken) {
+        let config = self.config.load_full();
+        let shared = Arc::new(Shared {
+            http: build_client(&config.actions),
+            journal: self.journal,
+            config: self.config,
+            metrics: self.metrics,
+            events_wake: self.events_wake,
+            tableau: Tableau::default(),
+            services: PER_SERVICE
+                .iter()
+                .map(|(name, n)| (*name, Arc::new(Semaphore::new(*n))))
+                .collect(),
+        });
+        let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let running = TaskTracker::new();
+        // A lease long enough for a Tableau refresh (sign-in, lookup pages, refresh) plus
+        // the wait for a service slot. Only a crashed process lets one run out.
+        let lease_ms = config
+            .actions
+            .timeout_ms
+            .saturating_mul(10)
+            .saturating_add(60_000);
+        loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => break,
+                permit = Arc::clone(&slots).acquire_owned() => permit.expect("the semaphore is never closed"),
+            };
+            let free = 1 + slots.available_permits();
+            let journal = Arc::clone(&shared.journal);
+            let jobs =
+                match blocking(&journal, move |j| j.claim(Queue::Action, free, lease_ms)).await {
+                    Ok(jobs) => jobs,
+                    Err(error) => {
+                        tracing::error!(error = %error, "Cannot claim actions.");
+                        Vec::new()
+                    }
+                };
+            if jobs.is_empty() {
+                drop(first);
+                if !wait_for_work(&shared.journal, Queue::Action, &self.wake, &stop).await {
+                    break;
+                }
+                continue;
+            }
+            let mut first = Some(first);
+            for job in jobs {
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    // Claimed no more jobs than there were free slots, so this is immediate.
+                    None => Arc::clone(&slots)
+                        .acquire_owned()
+                        .await
+                        .expect("the semaphore is never closed"),
+                };
+                let shared = Arc::clone(&shared);
+                running.spawn(async move {
+                    run_job(&shared, job).await;
+                    drop(permit);
+                });
+            }
+        }
+        running.close();
+        running.wait().await;
+    }
+}
+
+async fn run_job(shared: &Shared, job: Job) {
+    let config = shared.config.load_full();
+    let request = match ActionRequest::from_job(&job.kind, &job.payload) {
+        Ok(request) => request,
+        Err(error) => {
+            finish(
+                shared,
+                &job,
+                ActionError::final_error(error).into_outcome(&config, &job),
+            )
+            .await;
+            return;
+        }
+    };
+    let service = request.service();
+    let _slot = match shared.services.get(service) {
+        Some(semaphore) => Some(
+            semaphore
+                .acquire()
+                .await
+                .expect("the semaphore is never closed"),
+        ),
+        None => None,
+    };
+    let started = Instant::now();
+    let result = execute(shared, &config, &request).await;
+    shared
+        .metrics
+        .action_latency
+        .get_or_create(&KindLabels {
+            kind: job.kind.clone(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    let outcome = match result {
+        Ok(value) => {
+            tracing::info!(action = %job.kind, job_id = job.id, event_id = %job.event_id,
+                rule = job.rule.as_deref().unwrap_or("-"), "Action succeeded.");
+            JobOutcome::Succeeded(Some(value).filter(|v| !v.is_null()))
+        }
+        Err(error) => {
+            tracing::warn!(action = %job.kind, job_id = job.id, event_id = %job.event_id, attempt = job.attempt,
+                max_attempts = job.max_attempts, error = %error, "Action attempt failed.");
+            error.into_outcome(&config, &job)
+        }
+    };
+    finish(shared, &job, outcome).await;
+}
+
+impl ActionError {
+    fn into_outcome(self, config: &Config, job: &Job) -> JobOutcome {
+        match self {
+            ActionError::Retryable {
+                message,
+                retry_after,
+            } => JobOutcome::Retry {
+                delay_ms: backoff(&config.actions, job.attempt, retry_after).as_millis() as u64,
+                error: message,
+            },
+            ActionError::Final(error) => JobOutcome::Dead { error },
+        }
+    }
+}
+
+async fn execute(
+    shared: &Shared,
+    config: &Config,
+    request: &ActionRequest,
+) -> Result<Value, ActionError> {
+    let not_configured =
+        |service: &str| ActionError::final_error(format!("{service} is not configured"));
+    match request {
+        ActionRequest::ModeRun { report, parameters } => {
+            let mode = config.mode.as_ref().ok_or_else(|| not_configured("mode"))?;
+            Mode {
+                http: &shared.http,
+                config: mode,
+            }
+            .run_report(report, parameters)
+            .await
+        }
+        ActionRequest::TableauRefresh { workbook } => {
+            let tableau = config
+                .tableau
+                .as_ref()
+                .ok_or_else(|| not_configured("tableau"))?;
+            shared
+                .tableau
+                .refresh(&shared.http, tableau, Content::Workbook, workbook)
+                .await
+        }
+        ActionRequest::TableauRefreshDatasource { datasource } => {
+            let tableau = config
+                .tableau
+                .as_ref()
+                .ok_or_else(|| not_configured("tableau"))?;
+            shared
+                .tableau
+                .refresh(&shared.http, tableau, Content::Datasource, datasource)
+                .await
+        }
+        ActionRequest::SlackPost {
+            channel,
+            text,
+            blocks,
+        } => {
+            let slack = config
+                .slack
+                .as_ref()
+                .ok_or_else(|| not_configured("slack"))?;
+            slack::post(
+                &shared.http,
+                slack,
+                channel.as_deref(),
+                text,
+                blocks.as_ref(),
+            )
+            .await
+        }
+        ActionRequest::Alert { .. } => Err(ActionError::final_error(
+            "alert calls are decided at evaluation, not run",
+        )),
+    }
+}
+
+async fn finish(shared: &Shared, job: &Job, outcome: JobOutcome) {
+    let goes_dead = match &outcome {
+        JobOutcome::Dead { .. } => true,
+        JobOutcome::Retry { .. } => job.attempt >= job.max_attempts,
+        JobOutcome::Succeeded(_) => false,
+    };
+    let failure = if goes_dead {
+        Some(failure_event(shared, job, &outcome).await)
+    } else {
+        None
+    };
+    let status = {
+        let job = job.clone();
+        let outcome = outcome.clone();
+        blocking(&shared.journal, move |j| {
+            j.finish(&job, &outcome, failure.as_ref())
+        })
+        .await
+    };
+    match status {
+        Ok(Some(status)) => {
+            shared
+                .metrics
+                .actions
+                .get_or_create(&ActionLabels {
+                    kind: job.kind.clone(),
+                    outcome: status.clone(),
+                })
+                .inc();
+            if status == "dead" {
+                tracing::error!(action = %job.kind, job_id = job.id, event_id = %job.event_id,
+                    rule = job.rule.as_deref().unwrap_or("-"), "Action is dead; `freshet retry` queues it again.");
+                shared.events_wake.notify_waiters();
+            }
+        }
+        Ok(None) => {
+            tracing::warn!(action = %job.kind, job_id = job.id, "Action lease lost; its outcome was not recorded.")
+        }
+        Err(error) => {
+            tracing::error!(action = %job.kind, job_id = job.id, error = %error, "Cannot journal the action outcome.")
+        }
+    }
+}
+
+/// The `freshet.action.failed` event for a job that is dead.
+async fn failure_event(shared: &Shared, job: &Job, outcome: &JobOutcome) -> Event {
+    let error = match outcome {
+        JobOutcome::Retry { error, .. } | JobOutcome::Dead { error } => error.clone(),
+        JobOutcome::Succeeded(_) => String::new(),
+    };
+    let cause_id = job.event_id.clone();
+    let cause_depth = blocking(&shared.journal, move |j| j.event(&cause_id))
+        .await
+        .ok()
+        .flatten()
+        .map(|event| event.chain_depth)
+        .unwrap_or(0);
+    let mut fields = Map::new();
+    fields.insert("action".into(), json!(job.kind));
+    fields.insert("args".into(), job.payload.clone());
+    fields.insert("error".into(), json!(error));
+    fields.insert("rule".into(), json!(job.rule));
+    fields.insert("cause_event_id".into(), json!(job.event_id));
+    fields.insert("action_id".into(), json!(job.id));
+    Event {
+        id: format!("freshet:action.failed:{}:{}", job.id, job.attempt),
+        source: Source::Freshet,
+        kind: "freshet.action.failed".into(),
+        received_at: now_rfc3339(),
+        chain_depth: cause_depth + 1,
+        fields,
+        raw: Value::Null,
+    }
+}

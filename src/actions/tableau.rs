@@ -1,0 +1,391 @@
+//! Tableau extract refreshes (../shared/api/tableau-slack-hex-powerbi.md section 1).
+//!
+//! A personal access token allows one live session: signing in again ends the previous
+//! one. So one [`Tableau`] holds the one session for every job, signs in under a lock,
+//! reuses the token until Tableau refuses it (401002/401000), then signs in once more.
+
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use reqwest::{Client, Method, StatusCode};
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+
+use super::client::{excerpt, retry_after, status_error, transport_error, ActionError};
+use crate::config::TableauConfig;
+
+const SERVICE: &str = "tableau";
+const PAGE_SIZE: u64 = 100;
+/// Characters kept as they are in a filter value; everything else is percent-encoded.
+const FILTER_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// A signed-in session.
+#[derive(Clone)]
+struct Session {
+    token: String,
+    site_id: String,
+}
+
+/// What to refresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Content {
+    Workbook,
+    Datasource,
+}
+
+impl Content {
+    fn collection(self) -> &'static str {
+        match self {
+            Content::Workbook => "workbooks",
+            Content::Datasource => "datasources",
+        }
+    }
+    fn item(self) -> &'static str {
+        match self {
+            Content::Workbook => "workbook",
+            Content::Datasource => "datasource",
+        }
+    }
+    fn noun(self) -> &'static str {
+        match self {
+            Content::Workbook => "workbook",
+            Content::Datasource => "data source",
+        }
+    }
+}
+
+/// The shared Tableau session. One per daemon.
+#[derive(Default)]
+pub struct Tableau {
+    /// Held while signing in, so concurrent jobs never sign in twice (which would end
+    /// each other's sessions).
+    session: Mutex<Option<Session>>,
+}
+
+impl Tableau {
+    /// Refreshes the extracts of the workbook or data source called `name`.
+    pub async fn refresh(
+        &self,
+        http: &Client,
+        config: &TableauConfig,
+        content: Content,
+        name: &str,
+    ) -> Result<Value, ActionError> {
+        let id = self.find(http, config, content, name).await?;
+        let path = format!("{}/{id}/refresh", content.collection());
+        let (status, body) = self
+            .call(http, config, Method::POST, &path, Some(json!({})))
+            .await?;
+        if status.is_success() {
+            let job = body.pointer("/job/id").cloned().unwrap_or(Value::Null);
+            return Ok(json!({ "id": id, "job_id": job }));
+        }
+        if error_code(&body).as_deref() == Some("409093") {
+            // A refresh is already queued or running: what we asked for will happen.
+            return Ok(json!({ "id": id, "already_queued": true }));
+        }
+        Err(tableau_error(status, None, &body))
+    }
+
+    /// The id of the one item named exactly `name` on the site.
+    async fn find(
+        &self,
+        http: &Client,
+        config: &TableauConfig,
+        content: Content,
+        name: &str,
+    ) -> Result<String, ActionError> {
+        // Filter expressions cannot contain ',' or '&', even encoded: list and compare here.
+        let filter = if name.contains(',') || name.contains('&') {
+            String::new()
+        } else {
+            format!(
+                "filter=name:eq:{}&",
+                utf8_percent_encode(name, FILTER_VALUE)
+            )
+        };
+        let mut matches = Vec::new();
+        let mut page = 1u64;
+        loop {
+            let path = format!(
+                "{}?{filter}pageSize={PAGE_SIZE}&pageNumber={page}",
+                content.collection()
+            );
+            let (status, body) = self.call(http, config, Method::GET, &path, None).await?;
+            if !status.is_success() {
+                return Err(tableau_error(status, None, &body));
+            }
+            let items = body
+                .get(content.collection())
+                .and_then(|c| c.get(content.item()))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for item in &items {
+                if item.get("name").and_then(Value::as_str) == Some(name) {
+                    let id = item
+                        .get("id")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_string();
+                    let project = item
+                        .pointer("/project/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or("?")
+                        .to_string();
+                    matches.push((id, project));
+                }
+            }
+            let total = number(body.pointer("/pagination/totalAvailable")).unwrap_or(0);
+            if items.is_empty() || page * PAGE_SIZE >= total {
+                break;
+            }
+            page += 1;
+        }
+        match matches.len() {
+            0 => Err(ActionError::final_error(format!(
+                "tableau: no {} named {name:?} on site {:?}",
+                content.noun(),
+                config.site
+            ))),
+            1 => Ok(matches.remove(0).0),
+            _ => Err(ActionError::final_error(format!(
+                "tableau: {} {}s are named {name:?} (projects: {}); names must be unique on the site",
+                matches.len(),
+                content.noun(),
+                matches.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+
+    /// Sends a request under the site with the session token, signing in first if there
+    /// is no session, and once more if Tableau says the token is no longer valid.
+    async fn call(
+        &self,
+        http: &Client,
+        config: &TableauConfig,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value), ActionError> {
+        let mut renewed = false;
+        loop {
+            let session = self.session(http, config).await?;
+            let url = format!("{}/sites/{}/{path}", api_root(config), session.site_id);
+            let mut request = http
+                .request(method.clone(), url)
+                .header("X-Tableau-Auth", &session.token)
+                .header("Accept", "application/json");
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            let response = request
+                .send()
+                .await
+                .map_err(|e| transport_error(SERVICE, e))?;
+            let status = response.status();
+            let wait = retry_after(&response);
+            let text = response
+                .text()
+                .await
+                .map_err(|e| transport_error(SERVICE, e))?;
+            let parsed = parse_body(&text);
+            if status == StatusCode::UNAUTHORIZED && !renewed {
+                let code = error_code(&parsed);
+                if matches!(code.as_deref(), Some("401002") | Some("401000") | None) {
+                    tracing::info!(
+                        action = "tableau",
+                        "Tableau session refused; signing in again."
+                    );
+                    self.forget(&session.token).await;
+                    renewed = true;
+                    continue;
+                }
+            }
+            if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                return Err(tableau_error(status, wait, &parsed));
+            }
+            return Ok((status, parsed));
+        }
+    }
+
+    async fn session(&self, http: &Client, config: &TableauConfig) -> Result<Session, ActionError> {
+        let mut slot = self.session.lock().await;
+        if let Some(session) = slot.as_ref() {
+            return Ok(session.clone());
+        }
+        let session = sign_in(http, config).await?;
+        *slot = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Drops the session if it is still the one that was refused (another job may have
+    /// renewed it meanwhile).
+    async fn forget(&self, token: &str) {
+        let mut slot = self.session.lock().await;
+        if slot.as_ref().is_some_and(|s| s.token == token) {
+            *slot = None;
+        }
+    }
+}
+
+fn api_root(config: &TableauConfig) -> String {
+    format!(
+        "{}/api/{}",
+        config.server.as_str().trim_end_matches('/'),
+        config.api_version
+    )
+}
+
+async fn sign_in(http: &Client, config: &TableauConfig) -> Result<Session, ActionError> {
+    let body = json!({ "credentials": {
+        "personalAccessTokenName": config.pat_name,
+        "personalAccessTokenSecret": config.pat_secret.expose(),
+        "site": { "contentUrl": config.site },
+    }});
+    let mut url = format!("{}/auth/signin", api_root(config));
+    // Tableau Cloud answers 301 with the pod's address; POST again there, once.
+    for _ in 0..2 {
+        let response = http
+            .post(&url)
+            .header("Accept", "application/json")
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| transport_error(SERVICE, e))?;
+        let status = response.status();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .map(String::from);
+            match location {
+                Some(location)
+                    if location.starts_with("https://") || location.starts_with("http://") =>
+                {
+                    url = location;
+                    continue;
+                }
+                _ => {
+                    return Err(ActionError::final_error(
+                        "tableau: sign-in redirected without a usable Location",
+                    ))
+                }
+            }
+        }
+        let wait = retry_after(&response);
+        let text = response
+            .text()
+            .await
+            .map_err(|e| transport_error(SERVICE, e))?;
+        let parsed = parse_body(&text);
+        if !status.is_success() {
+            return Err(match status {
+                StatusCode::UNAUTHORIZED => ActionError::final_error(format!(
+                    "tableau: sign-in refused ({}): check tableau.pat_name, pat_secret and site",
+                    error_code(&parsed).unwrap_or_else(|| "401".into())
+                )),
+                _ => tableau_error(status, wait, &parsed),
+            });
+        }
+        let token = parsed.pointer("/credentials/token").and_then(Value::as_str);
+        let site_id = parsed
+            .pointer("/credentials/site/id")
+            .and_then(Value::as_str);
+        return match (token, site_id) {
+            (Some(token), Some(site_id)) => {
+                tracing::info!(action = "tableau", "Signed in to Tableau.");
+                Ok(Session {
+                    token: token.to_string(),
+                    site_id: site_id.to_string(),
+                })
+            }
+            _ => Err(ActionError::retryable(
+                "tableau: sign-in answer has no credentials token or site id",
+            )),
+        };
+    }
+    Err(ActionError::final_error(
+        "tableau: sign-in redirected more than once",
+    ))
+}
+
+/// JSON bodies as JSON; anything else (XML errors, proxy pages) kept as text.
+fn parse_body(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
+}
+
+/// The 6-digit Tableau error code of a JSON or XML error body.
+fn error_code(body: &Value) -> Option<String> {
+    match body {
+        Value::String(text) => {
+            let start = text.find("code=\"")? + 6;
+            let end = text[start..].find('"')? + start;
+            Some(text[start..end].to_string())
+        }
+        other => other.pointer("/error/code").and_then(|c| match c {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }),
+    }
+}
+
+fn tableau_error(
+    status: StatusCode,
+    wait: Option<std::time::Duration>,
+    body: &Value,
+) -> ActionError {
+    let detail = match body.get("error") {
+        Some(error) => format!(
+            "{} {}: {}",
+            error_code(body).unwrap_or_default(),
+            error.get("summary").and_then(Value::as_str).unwrap_or(""),
+            error.get("detail").and_then(Value::as_str).unwrap_or("")
+        ),
+        None => excerpt(body.as_str().unwrap_or(&body.to_string())),
+    };
+    status_error(SERVICE, status, wait, &detail)
+}
+
+/// Tableau sends counts as strings or numbers.
+fn number(value: Option<&Value>) -> Option<u64> {
+    match value? {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes_from_json_and_xml() {
+        assert_eq!(
+            error_code(&json!({"error": {"code": "409093"}})).as_deref(),
+            Some("409093")
+        );
+        let xml = Value::String(
+            r#"<tsResponse><error code="401002"><summary>x</summary></error></tsResponse>"#.into(),
+        );
+        assert_eq!(error_code(&xml).as_deref(), Some("401002"));
+        assert_eq!(error_code(&Value::String("<html>".into())), None);
+    }
+
+    #[test]
+    fn filter_values_are_percent_encoded() {
+        assert_eq!(
+            utf8_percent_encode("Finance Overview", FILTER_VALUE).to_string(),
+            "Finance%20Overview"
+        );
+        assert_eq!(
+            utf8_percent_encode("Q3:rev/x", FILTER_VALUE).to_string(),
+            "Q3%3Arev%2Fx"
+        );
+    }
+}
