@@ -9,6 +9,7 @@
 //! - [`config`]: the TOML config, validated into types; secret references.
 //! - [`ingest`]: HTTP routes; signature and token checks; webhook bodies -> [`event::Event`].
 //! - [`event`]: the common event every stage speaks.
+//! - [`enrich`]: fetches Mode runs and results before the rules see them.
 //! - [`journal`]: events, jobs and alert state in SQLite, behind the `JournalStore` trait.
 //! - [`rules`]: Rhai rules: sandboxed engine, hot reload, the evaluate stage.
 //! - [`actions`]: what rules ask for, and the stage that calls Mode, Tableau and Slack.
@@ -22,6 +23,7 @@ pub mod actions;
 pub mod alerts;
 pub mod cli;
 pub mod config;
+pub mod enrich;
 pub mod event;
 pub mod ingest;
 pub mod journal;

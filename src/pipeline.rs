@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::actions::runner::ActionWorker;
 use crate::config::{self, Config};
+use crate::enrich::EnrichWorker;
 use crate::ingest::{self, Intake, IntakeSecrets};
 use crate::journal::{blocking, Journal, SqliteJournal};
 use crate::metrics::Metrics;
@@ -95,6 +96,15 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             metrics: Arc::clone(&metrics),
             wake: Arc::clone(&wake),
             actions_wake: Arc::clone(&actions_wake),
+        }
+        .run(stop_workers.clone()),
+    );
+    tracker.spawn(
+        EnrichWorker {
+            journal: Arc::clone(&journal),
+            config: Arc::clone(&current),
+            wake: Arc::clone(&wake),
+            evaluate_wake: Arc::clone(&wake),
         }
         .run(stop_workers.clone()),
     );
