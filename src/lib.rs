@@ -16,7 +16,8 @@
 //! - [`alerts`]: the pure state machine of threshold alerts.
 //! - [`worker`]: the claim-or-wait loop the stages share.
 //! - [`pipeline`]: `freshet serve`: starts every task and wires them. Read this first.
-//! - [`metrics`], [`telemetry`], [`shutdown`]: Prometheus metrics, logs, signals.
+//! - [`metrics`], [`telemetry`], [`shutdown`], [`service`]: Prometheus metrics, logs,
+//!   signals, systemd readiness and watchdog.
 //! - [`cli`]: the commands of the `freshet` binary.
 
 pub mod actions;
@@ -30,6 +31,7 @@ pub mod journal;
 pub mod metrics;
 pub mod pipeline;
 pub mod rules;
+pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;

@@ -31,7 +31,7 @@ use crate::metrics::Metrics;
 use crate::rules::engine::build_engine;
 use crate::rules::watch::{self, Rules};
 use crate::rules::worker::EvaluateWorker;
-use crate::shutdown;
+use crate::{service, shutdown};
 
 /// How long a stop may take before in-flight work is abandoned (SPEC: at most 10 s).
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -125,6 +125,9 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     ));
     tracker.close();
 
+    service::spawn_watchdog(stop_workers.clone());
+    service::ready();
+
     let reload = {
         let current = Arc::clone(&current);
         let secrets = Arc::clone(&secrets);
@@ -137,6 +140,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     shutdown::wait_for_stop(reload).await;
 
     tracing::info!("Stopping: finishing requests in flight.");
+    service::stopping();
     stop_http.cancel();
     let deadline = tokio::time::Instant::now() + SHUTDOWN_DEADLINE;
     if tokio::time::timeout_at(deadline, server).await.is_err() {

@@ -43,6 +43,8 @@ pub struct Setup {
     pub env: Vec<(String, String)>,
     /// Rule files to write into rules/ before start.
     pub rules: Vec<(String, String)>,
+    /// Other files to write next to the config (secret files).
+    pub files: Vec<(String, String)>,
     pub max_body_bytes: Option<usize>,
 }
 
@@ -61,6 +63,10 @@ impl Setup {
         self.rules.push((name.into(), source.into()));
         self
     }
+    pub fn file(mut self, name: &str, contents: &str) -> Setup {
+        self.files.push((name.into(), contents.into()));
+        self
+    }
 }
 
 impl Daemon {
@@ -71,6 +77,9 @@ impl Daemon {
         std::fs::create_dir_all(dir.join("rules")).unwrap();
         for (name, source) in &setup.rules {
             std::fs::write(dir.join("rules").join(name), source).unwrap();
+        }
+        for (name, contents) in &setup.files {
+            std::fs::write(dir.join(name), contents).unwrap();
         }
         let config = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = {}\n\n[journal]\npath = \"journal.db\"\n\n[rules]\ndir = \"rules\"\n\n{}\n",
@@ -198,6 +207,11 @@ impl Daemon {
     /// SIGTERM and wait; returns the exit status and how long the stop took.
     pub fn stop(&mut self) -> (std::process::ExitStatus, Duration) {
         self.signal("TERM");
+        self.stop_wait()
+    }
+
+    /// Waits for the process to exit (after a signal sent earlier).
+    pub fn stop_wait(&mut self) -> (std::process::ExitStatus, Duration) {
         let start = Instant::now();
         let mut child = self.child.take().unwrap();
         loop {
