@@ -378,7 +378,7 @@ mod tests {
         fn finish_enrichment(&self, _: &Job, _: &Event) -> Result<bool, JournalError> {
             down()
         }
-        fn finish_evaluation(&self, _: &Job, _: &Evaluation) -> Result<bool, JournalError> {
+        fn finish_evaluations(&self, _: &[(Job, Evaluation)]) -> Result<Vec<bool>, JournalError> {
             down()
         }
         fn queue_replay(&self, _: &str) -> Result<i64, JournalError> {

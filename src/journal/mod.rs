@@ -218,9 +218,10 @@ pub trait JournalStore: Send + Sync + 'static {
     /// `evaluate` job, in one transaction.
     fn finish_enrichment(&self, job: &Job, event: &Event) -> Result<bool, JournalError>;
 
-    /// Records an evaluation: rule runs, alert transitions, action jobs and the
-    /// `evaluate` job's end, in one transaction. Returns false if the lease was lost.
-    fn finish_evaluation(&self, job: &Job, evaluation: &Evaluation) -> Result<bool, JournalError>;
+    /// Records evaluations: for each, the rule runs, alert transitions, action jobs and the
+    /// `evaluate` job's end; all in one transaction (one commit for a batch of events).
+    /// For each, false if its lease was lost (nothing is written for it).
+    fn finish_evaluations(&self, batch: &[(Job, Evaluation)]) -> Result<Vec<bool>, JournalError>;
 
     /// Queues a new evaluation of a journaled event (`freshet replay`); returns its job id.
     fn queue_replay(&self, event_id: &str) -> Result<i64, JournalError>;

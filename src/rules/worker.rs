@@ -50,26 +50,30 @@ impl EvaluateWorker {
                 }
                 continue;
             }
+            // An evaluation is short and local: finish the batch even when asked to stop.
+            let mut batch = Vec::with_capacity(jobs.len());
             for job in jobs {
-                // An evaluation is short and local: finish it even when asked to stop.
-                self.evaluate(job).await;
+                if let Some(evaluation) = self.evaluate(&job).await {
+                    batch.push((job, evaluation));
+                }
             }
+            self.finish(batch).await;
         }
     }
 
-    async fn evaluate(&self, job: Job) {
+    /// Runs the rules on the job's event; None when the event cannot be loaded now (the
+    /// job stays leased and is claimed again when the lease runs out).
+    async fn evaluate(&self, job: &Job) -> Option<Evaluation> {
         let event_id = job.event_id.clone();
         let event = match blocking(&self.journal, move |j| j.event(&event_id)).await {
             Ok(Some(event)) => event,
             Ok(None) => {
                 tracing::warn!(event_id = %job.event_id, "Event to evaluate is gone (pruned).");
-                self.finish(&job, Evaluation::default()).await;
-                return;
+                return Some(Evaluation::default());
             }
             Err(error) => {
-                // Leave the job leased; it is claimed again when the lease runs out.
                 tracing::error!(event_id = %job.event_id, error = %error, "Cannot load the event.");
-                return;
+                return None;
             }
         };
         let config = self.config.load_full();
@@ -85,32 +89,44 @@ impl EvaluateWorker {
             Ok(outcomes) => outcomes,
             Err(error) => {
                 tracing::error!(event_id = %event.id, error = %error, "Rule evaluation task failed.");
-                return;
+                return None;
             }
         };
-        let evaluation = build_evaluation(&job, &event, &outcomes, &config, &self.metrics);
-        let queued = evaluation.jobs.len() + evaluation.alerts.len();
-        self.finish(&job, evaluation).await;
-        if queued > 0 {
-            self.actions_wake.notify_waiters();
-        }
+        Some(build_evaluation(
+            job,
+            &event,
+            &outcomes,
+            &config,
+            &self.metrics,
+        ))
     }
 
-    async fn finish(&self, job: &Job, evaluation: Evaluation) {
-        let job = job.clone();
-        let event_id = job.event_id.clone();
-        match blocking(&self.journal, move |j| {
-            j.finish_evaluation(&job, &evaluation)
-        })
-        .await
-        {
-            Ok(true) => tracing::debug!(event_id = %event_id, "Evaluation journaled."),
-            Ok(false) => {
-                tracing::warn!(event_id = %event_id, "Evaluation lease lost; another run recorded it.")
+    /// Journals a batch of evaluations in one transaction.
+    async fn finish(&self, batch: Vec<(Job, Evaluation)>) {
+        if batch.is_empty() {
+            return;
+        }
+        let queued: usize = batch
+            .iter()
+            .map(|(_, e)| e.jobs.len() + e.alerts.len())
+            .sum();
+        let ids: Vec<String> = batch.iter().map(|(job, _)| job.event_id.clone()).collect();
+        match blocking(&self.journal, move |j| j.finish_evaluations(&batch)).await {
+            Ok(recorded) => {
+                for (event_id, done) in ids.iter().zip(recorded) {
+                    if done {
+                        tracing::debug!(event_id = %event_id, "Evaluation journaled.");
+                    } else {
+                        tracing::warn!(event_id = %event_id, "Evaluation lease lost; another run recorded it.");
+                    }
+                }
             }
             Err(error) => {
-                tracing::error!(event_id = %event_id, error = %error, "Cannot journal the evaluation.")
+                tracing::error!(error = %error, "Cannot journal the evaluations; they run again when their leases end.")
             }
+        }
+        if queued > 0 {
+            self.actions_wake.notify_waiters();
         }
     }
 }

@@ -1,0 +1,32 @@
+-- wrk script: posts signed dbt Cloud webhooks, each with its own eventId, so that every
+-- request to freshet is a new event that must be journaled. Signatures are precomputed
+-- by bench/run (wrk's Lua has no HMAC) into $FRESHET_BENCH_SIGS, one per line.
+local sigs = {}
+local template = nil
+local thread_count = 0
+local threads = {}
+
+function setup(thread)
+  thread:set("id", thread_count)
+  thread_count = thread_count + 1
+  table.insert(threads, thread)
+end
+
+function init(args)
+  local path = os.getenv("FRESHET_BENCH_SIGS")
+  for line in io.lines(path) do
+    table.insert(sigs, line)
+  end
+  local f = io.open(os.getenv("FRESHET_BENCH_TEMPLATE"), "r")
+  template = f:read("*a")
+  f:close()
+  step = tonumber(os.getenv("FRESHET_BENCH_THREADS") or "1")
+  counter = id
+end
+
+function request()
+  local i = (counter % #sigs)
+  counter = counter + step
+  local body = string.gsub(template, "EVENT_ID", string.format("wev_bench_%09d", i))
+  return wrk.format("POST", "/webhooks/dbt", {["Authorization"] = sigs[i + 1], ["Content-Type"] = "application/json"}, body)
+end
