@@ -1,0 +1,50 @@
+//! Rule evaluation cost: one event through 1, 10 and 100 rules the size of the shipped
+//! examples (copies of rules/*.rhai). Run with `cargo bench --bench rules`.
+
+use std::path::Path;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use freshet::rules::engine::build_engine;
+use freshet::rules::load::load_dir;
+
+fn rules(c: &mut Criterion) {
+    let examples: Vec<(String, String)> =
+        std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().extension().is_some_and(|x| x == "rhai"))
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().to_string(),
+                    std::fs::read_to_string(e.path()).unwrap(),
+                )
+            })
+            .collect();
+    let sample = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/samples/dbt-job-run-completed.json"),
+    )
+    .unwrap();
+    let event = freshet::ingest::dbt_cloud::parse(&sample, "2026-11-25T00:00:00Z".into())
+        .unwrap()
+        .to_json();
+    let vars = serde_json::json!({"finance_channel": "#finance", "revenue_floor": 1000.0});
+    let engine = build_engine(1_000_000);
+    let mut group = c.benchmark_group("evaluate_one_event");
+    for count in [1usize, 10, 100] {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..count {
+            let (name, source) = &examples[i % examples.len()];
+            std::fs::write(dir.path().join(format!("{i:03}_{name}")), source).unwrap();
+        }
+        let set = load_dir(&engine, dir.path(), None);
+        assert!(set.errors.is_empty() && set.rules.len() == count);
+        group.bench_with_input(BenchmarkId::from_parameter(count), &count, |b, _| {
+            b.iter(|| set.evaluate(&engine, &event, &vars));
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, rules);
+criterion_main!(benches);
