@@ -24,7 +24,7 @@ pub fn list_events(config: &Config, limit: usize, status: Option<&str>) -> anyho
         );
         for rule in &event.rules {
             match &rule.error {
-                Some(error) => println!("    rule {}: error: {error}", rule.rule),
+                Some(error) => println!("    rule {}: {}: {error}", rule.rule, rule.outcome),
                 None => println!(
                     "    rule {}: {} ({} action calls)",
                     rule.rule, rule.outcome, rule.actions
