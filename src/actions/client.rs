@@ -84,6 +84,41 @@ pub fn status_error(
     }
 }
 
+/// A service's answer, read in full.
+pub struct Answer {
+    pub status: StatusCode,
+    /// The `Retry-After` header, when the service sent one in seconds.
+    pub retry_after: Option<Duration>,
+    pub body: String,
+}
+
+impl Answer {
+    /// The answer as an error: retryable for 429 and 5xx, else final.
+    pub fn into_error(self, service: &str) -> ActionError {
+        status_error(service, self.status, self.retry_after, &excerpt(&self.body))
+    }
+}
+
+/// Sends a request and reads the whole answer; transport failures are retryable errors
+/// that never carry the URL.
+pub async fn send(service: &str, request: reqwest::RequestBuilder) -> Result<Answer, ActionError> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| transport_error(service, e))?;
+    let status = response.status();
+    let retry_after = retry_after(&response);
+    let body = response
+        .text()
+        .await
+        .map_err(|e| transport_error(service, e))?;
+    Ok(Answer {
+        status,
+        retry_after,
+        body,
+    })
+}
+
 /// The `Retry-After` header in seconds (the HTTP-date form is ignored).
 pub fn retry_after(response: &Response) -> Option<Duration> {
     response

@@ -5,7 +5,7 @@
 use reqwest::Client;
 use serde_json::{json, Map, Value};
 
-use super::client::{excerpt, retry_after, status_error, transport_error, ActionError};
+use super::client::{excerpt, send, ActionError, Answer};
 use crate::config::ModeConfig;
 
 const SERVICE: &str = "mode";
@@ -48,16 +48,13 @@ impl Mode<'_> {
         }
         let (token, secret) = self.credentials()?;
         let path = format!("/api/{}/reports/{report}/runs", self.config.workspace);
-        let response = self
+        let request = self
             .http
             .post(self.url(&path))
             .basic_auth(token, Some(secret))
             .header("Accept", "application/hal+json")
-            .json(&json!({ "parameters": parameters }))
-            .send()
-            .await
-            .map_err(|e| transport_error(SERVICE, e))?;
-        let run = read_json(response).await?;
+            .json(&json!({ "parameters": parameters }));
+        let run = read_json(send(SERVICE, request).await?)?;
         let run_token = run
             .get("token")
             .and_then(Value::as_str)
@@ -79,15 +76,12 @@ impl Mode<'_> {
                 "mode: refusing to fetch {path}: not in the workspace"
             )));
         }
-        let response = self
+        let request = self
             .http
             .get(self.url(path))
             .basic_auth(token, Some(secret))
-            .header("Accept", "application/hal+json")
-            .send()
-            .await
-            .map_err(|e| transport_error(SERVICE, e))?;
-        read_json(response).await
+            .header("Accept", "application/hal+json");
+        read_json(send(SERVICE, request).await?)
     }
 }
 
@@ -100,17 +94,15 @@ fn is_token(text: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
-async fn read_json(response: reqwest::Response) -> Result<Value, ActionError> {
-    let status = response.status();
-    let wait = retry_after(&response);
-    let text = response
-        .text()
-        .await
-        .map_err(|e| transport_error(SERVICE, e))?;
-    if !status.is_success() {
-        return Err(status_error(SERVICE, status, wait, &excerpt(&text)));
+/// A successful JSON answer, or the error it stands for.
+fn read_json(answer: Answer) -> Result<Value, ActionError> {
+    if !answer.status.is_success() {
+        return Err(answer.into_error(SERVICE));
     }
-    serde_json::from_str(&text).map_err(|_| {
-        ActionError::retryable(format!("mode: answer is not JSON: {}", excerpt(&text)))
+    serde_json::from_str(&answer.body).map_err(|_| {
+        ActionError::retryable(format!(
+            "mode: answer is not JSON: {}",
+            excerpt(&answer.body)
+        ))
     })
 }

@@ -5,7 +5,7 @@
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
-use super::client::{excerpt, retry_after, status_error, transport_error, ActionError};
+use super::client::{excerpt, send, status_error, ActionError};
 use crate::config::SlackConfig;
 
 const SERVICE: &str = "slack";
@@ -37,22 +37,11 @@ pub async fn post(
             let url = config.webhook_url.as_ref().ok_or_else(|| {
                 ActionError::final_error("slack is not configured (slack.webhook_url)")
             })?;
-            let response = http
-                .post(url.expose())
-                .json(&message)
-                .send()
-                .await
-                .map_err(|e| transport_error(SERVICE, e))?;
-            let status = response.status();
-            let wait = retry_after(&response);
-            let body = response
-                .text()
-                .await
-                .map_err(|e| transport_error(SERVICE, e))?;
-            if status == StatusCode::OK {
+            let answer = send(SERVICE, http.post(url.expose()).json(&message)).await?;
+            if answer.status == StatusCode::OK {
                 return Ok(Value::Null);
             }
-            Err(status_error("slack webhook", status, wait, &excerpt(&body)))
+            Err(answer.into_error("slack webhook"))
         }
         Some(channel) => {
             let token = config.bot_token.as_ref().ok_or_else(|| {
@@ -63,19 +52,12 @@ pub async fn post(
                 "{}/chat.postMessage",
                 config.api_base.as_str().trim_end_matches('/')
             );
-            let response = http
-                .post(url)
-                .bearer_auth(token.expose())
-                .json(&message)
-                .send()
-                .await
-                .map_err(|e| transport_error(SERVICE, e))?;
-            let status = response.status();
-            let wait = retry_after(&response);
-            let body = response
-                .text()
-                .await
-                .map_err(|e| transport_error(SERVICE, e))?;
+            let answer = send(
+                SERVICE,
+                http.post(url).bearer_auth(token.expose()).json(&message),
+            )
+            .await?;
+            let (status, wait, body) = (answer.status, answer.retry_after, answer.body);
             if !status.is_success() {
                 return Err(status_error(
                     "slack chat.postMessage",

@@ -9,7 +9,7 @@ use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use super::client::{excerpt, retry_after, status_error, transport_error, ActionError};
+use super::client::{excerpt, retry_after, send, status_error, transport_error, ActionError};
 use crate::config::TableauConfig;
 
 const SERVICE: &str = "tableau";
@@ -181,17 +181,9 @@ impl Tableau {
             if let Some(body) = &body {
                 request = request.json(body);
             }
-            let response = request
-                .send()
-                .await
-                .map_err(|e| transport_error(SERVICE, e))?;
-            let status = response.status();
-            let wait = retry_after(&response);
-            let text = response
-                .text()
-                .await
-                .map_err(|e| transport_error(SERVICE, e))?;
-            let parsed = parse_body(&text);
+            let answer = send(SERVICE, request).await?;
+            let (status, wait) = (answer.status, answer.retry_after);
+            let parsed = parse_body(&answer.body);
             if status == StatusCode::UNAUTHORIZED && !renewed {
                 let code = error_code(&parsed);
                 if matches!(code.as_deref(), Some("401002") | Some("401000") | None) {
