@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::schema::{MIGRATIONS, NOW_MS};
@@ -14,6 +14,12 @@ use super::{
     JournalStore, NewJob, Queue, RuleRun,
 };
 use crate::event::Event;
+
+mod statements;
+#[cfg(test)]
+mod tests;
+
+use statements::*;
 
 /// The SQLite implementation of [`JournalStore`].
 pub struct SqliteJournal {
@@ -98,194 +104,16 @@ fn migrate(conn: &Connection) -> Result<(), JournalError> {
 
 /// Runs one statement through the connection's statement cache: these run per event or
 /// per job, and parsing their SQL each time was a tenth of the intake's CPU.
-fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> rusqlite::Result<usize> {
+pub(super) fn exec(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql)?.execute(params)
 }
 
-fn now_ms(tx: &Connection) -> Result<i64, JournalError> {
+pub(super) fn now_ms(tx: &Connection) -> Result<i64, JournalError> {
     Ok(tx.query_row(&format!("SELECT {NOW_MS}"), [], |row| row.get(0))?)
-}
-
-fn insert_event(
-    tx: &Transaction,
-    event: &Event,
-    first_job: Queue,
-) -> Result<Appended, JournalError> {
-    let body = serde_json::to_string(&event.to_json())
-        .map_err(|e| JournalError::Invalid(e.to_string()))?;
-    let inserted = exec(tx,
-        &format!(
-            "INSERT INTO events (id, source, type, received_at, received_ms, chain_depth, status, body)
-             VALUES (?1, ?2, ?3, ?4, {NOW_MS}, ?5, 'received', ?6) ON CONFLICT (id) DO NOTHING"
-        ),
-        params![event.id, event.source.as_str(), event.kind, event.received_at, event.chain_depth, body],
-    )?;
-    if inserted == 0 {
-        return Ok(Appended::Duplicate);
-    }
-    insert_job(
-        tx,
-        &NewJob {
-            queue: first_job,
-            kind: first_job.as_str().to_string(),
-            event_id: event.id.clone(),
-            rule: None,
-            job_key: format!("{}:{}", first_job.as_str(), event.id),
-            coalesce_key: None,
-            payload: Value::Null,
-            // Enrichment retries like an action; evaluation is local and retried on lease expiry.
-            max_attempts: 5,
-        },
-    )?;
-    Ok(Appended::New)
-}
-
-/// Inserts a job; an existing job key or a pending identical call makes it a no-op.
-fn insert_job(tx: &Connection, job: &NewJob) -> Result<bool, JournalError> {
-    let payload =
-        serde_json::to_string(&job.payload).map_err(|e| JournalError::Invalid(e.to_string()))?;
-    let inserted = exec(
-        tx,
-        &format!(
-            "INSERT INTO jobs (queue, kind, event_id, rule, job_key, coalesce_key, payload, status,
-                               attempt, max_attempts, scheduled_at, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, {NOW_MS}, {NOW_MS})
-             ON CONFLICT DO NOTHING"
-        ),
-        params![
-            job.queue.as_str(),
-            job.kind,
-            job.event_id,
-            job.rule,
-            job.job_key,
-            job.coalesce_key,
-            payload,
-            job.max_attempts
-        ],
-    )?;
-    Ok(inserted > 0)
-}
-
-/// Ends a job's lease with `status`; false if the lease is no longer ours.
-fn end_job(tx: &Connection, job: &Job, status: &str) -> Result<bool, JournalError> {
-    let updated = exec(
-        tx,
-        &format!(
-            "UPDATE jobs SET status = ?1, finished_at = {NOW_MS}, lease_until = NULL
-             WHERE id = ?2 AND status = 'running' AND attempt = ?3"
-        ),
-        params![status, job.id, job.attempt],
-    )?;
-    Ok(updated == 1)
-}
-
-fn parse_json(text: &str) -> Result<Value, JournalError> {
-    serde_json::from_str(text).map_err(|e| JournalError::Corrupt(e.to_string()))
-}
-
-fn job_summary(row: &rusqlite::Row) -> rusqlite::Result<(JobSummary, String)> {
-    Ok((
-        JobSummary {
-            id: row.get("id")?,
-            kind: row.get("kind")?,
-            event_id: row.get("event_id")?,
-            rule: row.get("rule")?,
-            status: row.get("status")?,
-            attempt: row.get("attempt")?,
-            max_attempts: row.get("max_attempts")?,
-            last_error: row.get("last_error")?,
-            payload: Value::Null,
-            result: row
-                .get::<_, Option<String>>("result")?
-                .and_then(|text| serde_json::from_str(&text).ok()),
-        },
-        row.get("payload")?,
-    ))
-}
-
-fn load_alert(tx: &Connection, name: &str) -> Result<Option<AlertState>, JournalError> {
-    Ok(tx
-        .query_row(
-            "SELECT name, state, version, since_ms, last_notified_ms FROM alerts WHERE name = ?1",
-            [name],
-            alert_row,
-        )
-        .optional()?)
-}
-
-fn alert_row(row: &rusqlite::Row) -> rusqlite::Result<AlertState> {
-    Ok(AlertState {
-        name: row.get(0)?,
-        firing: row.get::<_, String>(1)? == "firing",
-        version: row.get(2)?,
-        since_ms: row.get(3)?,
-        last_notified_ms: row.get(4)?,
-    })
-}
-
-/// Records one evaluation inside `tx`; false (and nothing written) if the lease was lost.
-fn record_evaluation(
-    tx: &Transaction,
-    job: &Job,
-    evaluation: &Evaluation,
-) -> Result<bool, JournalError> {
-    if !end_job(tx, job, "succeeded")? {
-        return Ok(false);
-    }
-    for run in &evaluation.rule_runs {
-        exec(tx,
-                    "INSERT INTO rule_runs (event_id, rule, outcome, actions, error) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (event_id, rule) DO UPDATE SET outcome = excluded.outcome,
-                        actions = excluded.actions, error = excluded.error",
-                    params![job.event_id, run.rule, run.outcome, run.actions as i64, run.error],
-                )?;
-    }
-    for new_job in &evaluation.jobs {
-        insert_job(tx, new_job)?;
-    }
-    let now = now_ms(tx)?;
-    for call in &evaluation.alerts {
-        let previous = load_alert(tx, &call.name)?;
-        let decision = crate::alerts::decide(previous.as_ref(), call, now);
-        if let Some(state) = &decision.new_state {
-            exec(tx,
-                        "INSERT INTO alerts (name, state, version, since_ms, last_notified_ms, event_id)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                         ON CONFLICT (name) DO UPDATE SET state = excluded.state, version = excluded.version,
-                            since_ms = excluded.since_ms, last_notified_ms = excluded.last_notified_ms,
-                            event_id = excluded.event_id",
-                        params![
-                            state.name,
-                            if state.firing { "firing" } else { "ok" },
-                            state.version,
-                            state.since_ms,
-                            state.last_notified_ms,
-                            job.event_id
-                        ],
-                    )?;
-        }
-        if let Some((key, payload)) = decision.post {
-            insert_job(
-                tx,
-                &NewJob {
-                    queue: Queue::Action,
-                    kind: "slack_post".into(),
-                    event_id: job.event_id.clone(),
-                    rule: Some(call.rule.clone()),
-                    job_key: key,
-                    coalesce_key: None,
-                    payload,
-                    max_attempts: evaluation.alert_max_attempts.max(1),
-                },
-            )?;
-        }
-    }
-    exec(
-        tx,
-        "UPDATE events SET status = 'evaluated' WHERE id = ?1",
-        [&job.event_id],
-    )?;
-    Ok(true)
 }
 
 impl JournalStore for SqliteJournal {
@@ -693,191 +521,5 @@ impl JournalStore for SqliteJournal {
             tx.commit()?;
             Ok(pruned)
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::event::Source;
-    use serde_json::json;
-
-    fn event(id: &str) -> Event {
-        Event {
-            id: id.into(),
-            source: Source::Dbt,
-            kind: "dbt.job.run.completed".into(),
-            received_at: "2026-01-01T00:00:00.000Z".into(),
-            chain_depth: 0,
-            fields: Default::default(),
-            raw: json!({}),
-        }
-    }
-
-    fn open() -> (tempfile::TempDir, SqliteJournal) {
-        let dir = tempfile::tempdir().unwrap();
-        let journal = SqliteJournal::open(&dir.path().join("j.db")).unwrap();
-        (dir, journal)
-    }
-
-    fn action(event_id: &str, key: &str, coalesce: Option<&str>) -> NewJob {
-        NewJob {
-            queue: Queue::Action,
-            kind: "tableau_refresh".into(),
-            event_id: event_id.into(),
-            rule: Some("r".into()),
-            job_key: key.into(),
-            coalesce_key: coalesce.map(String::from),
-            payload: json!({"workbook": "Finance"}),
-            max_attempts: 2,
-        }
-    }
-
-    #[test]
-    fn duplicate_ids_insert_nothing() {
-        let (_dir, journal) = open();
-        assert_eq!(
-            journal.append(&event("dbt:a"), Queue::Evaluate).unwrap(),
-            Appended::New
-        );
-        assert_eq!(
-            journal.append(&event("dbt:a"), Queue::Evaluate).unwrap(),
-            Appended::Duplicate
-        );
-        let jobs = journal.claim(Queue::Evaluate, 10, 60_000).unwrap();
-        assert_eq!(jobs.len(), 1);
-        assert!(
-            journal
-                .claim(Queue::Evaluate, 10, 60_000)
-                .unwrap()
-                .is_empty(),
-            "leased jobs are not claimed twice"
-        );
-    }
-
-    #[test]
-    fn evaluation_is_recorded_once_and_actions_coalesce() {
-        let (_dir, journal) = open();
-        journal.append(&event("dbt:a"), Queue::Evaluate).unwrap();
-        let job = journal.claim(Queue::Evaluate, 1, 60_000).unwrap().remove(0);
-        let evaluation = Evaluation {
-            rule_runs: vec![RuleRun {
-                rule: "r".into(),
-                outcome: "fired".into(),
-                actions: 2,
-                error: None,
-            }],
-            jobs: vec![
-                action("dbt:a", "k1", Some("c")),
-                action("dbt:a", "k2", Some("c")),
-            ],
-            alerts: vec![],
-            alert_max_attempts: 2,
-        };
-        assert!(
-            journal
-                .finish_evaluations(&[(job.clone(), evaluation.clone())])
-                .unwrap()[0]
-        );
-        assert!(
-            !journal
-                .finish_evaluations(&[(job.clone(), evaluation.clone())])
-                .unwrap()[0],
-            "a finished lease cannot finish again"
-        );
-        let jobs = journal.jobs(None, 10).unwrap();
-        assert_eq!(jobs.len(), 1, "identical pending calls merge");
-        let summary = &journal.events(10, None).unwrap()[0];
-        assert_eq!(summary.status, "evaluated");
-        assert_eq!(summary.rules[0].rule, "r");
-    }
-
-    #[test]
-    fn retries_then_dead_then_manual_retry() {
-        let (_dir, journal) = open();
-        journal.append(&event("dbt:a"), Queue::Evaluate).unwrap();
-        let eval = journal.claim(Queue::Evaluate, 1, 60_000).unwrap().remove(0);
-        let evaluation = Evaluation {
-            jobs: vec![action("dbt:a", "k1", None)],
-            ..Default::default()
-        };
-        journal.finish_evaluations(&[(eval, evaluation)]).unwrap();
-        let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
-        let retry = JobOutcome::Retry {
-            delay_ms: 0,
-            error: "HTTP 500".into(),
-        };
-        assert_eq!(
-            journal.finish(&job, &retry, None).unwrap().as_deref(),
-            Some("retrying")
-        );
-        let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
-        assert_eq!(job.attempt, 2);
-        let mut failure = event("freshet:action.failed:1");
-        failure.source = Source::Freshet;
-        assert_eq!(
-            journal
-                .finish(&job, &retry, Some(&failure))
-                .unwrap()
-                .as_deref(),
-            Some("dead")
-        );
-        assert!(
-            journal.event("freshet:action.failed:1").unwrap().is_some(),
-            "dead jobs emit their event"
-        );
-        assert_eq!(journal.jobs(Some("dead"), 10).unwrap().len(), 1);
-        journal.retry(job.id).unwrap();
-        let again = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
-        assert_eq!(again.attempt, 3);
-        assert_eq!(
-            journal
-                .finish(&again, &JobOutcome::Succeeded(None), None)
-                .unwrap()
-                .as_deref(),
-            Some("succeeded")
-        );
-        assert!(
-            journal.retry(job.id).is_err(),
-            "only dead jobs can be retried"
-        );
-    }
-
-    #[test]
-    fn running_jobs_are_released_at_start() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("j.db");
-        {
-            let journal = SqliteJournal::open(&path).unwrap();
-            journal.append(&event("dbt:a"), Queue::Evaluate).unwrap();
-            assert_eq!(journal.claim(Queue::Evaluate, 1, 600_000).unwrap().len(), 1);
-        }
-        let journal = SqliteJournal::open(&path).unwrap();
-        assert!(journal
-            .claim(Queue::Evaluate, 1, 600_000)
-            .unwrap()
-            .is_empty());
-        assert_eq!(journal.release_running().unwrap(), 1);
-        assert_eq!(journal.claim(Queue::Evaluate, 1, 600_000).unwrap().len(), 1);
-    }
-
-    #[test]
-    fn prune_keeps_recent_events() {
-        let (_dir, journal) = open();
-        journal.append(&event("dbt:a"), Queue::Evaluate).unwrap();
-        assert_eq!(journal.prune(30).unwrap(), 0);
-        journal
-            .with(|c| Ok(c.execute("UPDATE events SET received_ms = 0", [])?))
-            .unwrap();
-        assert_eq!(
-            journal.prune(30).unwrap(),
-            0,
-            "an event with an unfinished job stays"
-        );
-        journal
-            .with(|c| Ok(c.execute("UPDATE jobs SET status = 'succeeded'", [])?))
-            .unwrap();
-        assert_eq!(journal.prune(30).unwrap(), 1);
-        assert!(journal.event("dbt:a").unwrap().is_none());
     }
 }

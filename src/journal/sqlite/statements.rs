@@ -1,0 +1,194 @@
+//! The statements transactions are built from: inserting events and jobs, ending a
+//! job's lease, reading rows, and recording one evaluation.
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde_json::Value;
+
+use super::super::schema::NOW_MS;
+use super::super::{
+    AlertState, Appended, Evaluation, Job, JobSummary, JournalError, NewJob, Queue,
+};
+use super::{exec, now_ms};
+use crate::event::Event;
+
+pub(super) fn insert_event(
+    tx: &Transaction,
+    event: &Event,
+    first_job: Queue,
+) -> Result<Appended, JournalError> {
+    let body = serde_json::to_string(&event.to_json())
+        .map_err(|e| JournalError::Invalid(e.to_string()))?;
+    let inserted = exec(tx,
+        &format!(
+            "INSERT INTO events (id, source, type, received_at, received_ms, chain_depth, status, body)
+             VALUES (?1, ?2, ?3, ?4, {NOW_MS}, ?5, 'received', ?6) ON CONFLICT (id) DO NOTHING"
+        ),
+        params![event.id, event.source.as_str(), event.kind, event.received_at, event.chain_depth, body],
+    )?;
+    if inserted == 0 {
+        return Ok(Appended::Duplicate);
+    }
+    insert_job(
+        tx,
+        &NewJob {
+            queue: first_job,
+            kind: first_job.as_str().to_string(),
+            event_id: event.id.clone(),
+            rule: None,
+            job_key: format!("{}:{}", first_job.as_str(), event.id),
+            coalesce_key: None,
+            payload: Value::Null,
+            // Enrichment retries like an action; evaluation is local and retried on lease expiry.
+            max_attempts: 5,
+        },
+    )?;
+    Ok(Appended::New)
+}
+
+/// Inserts a job; an existing job key or a pending identical call makes it a no-op.
+pub(super) fn insert_job(tx: &Connection, job: &NewJob) -> Result<bool, JournalError> {
+    let payload =
+        serde_json::to_string(&job.payload).map_err(|e| JournalError::Invalid(e.to_string()))?;
+    let inserted = exec(
+        tx,
+        &format!(
+            "INSERT INTO jobs (queue, kind, event_id, rule, job_key, coalesce_key, payload, status,
+                               attempt, max_attempts, scheduled_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', 0, ?8, {NOW_MS}, {NOW_MS})
+             ON CONFLICT DO NOTHING"
+        ),
+        params![
+            job.queue.as_str(),
+            job.kind,
+            job.event_id,
+            job.rule,
+            job.job_key,
+            job.coalesce_key,
+            payload,
+            job.max_attempts
+        ],
+    )?;
+    Ok(inserted > 0)
+}
+
+/// Ends a job's lease with `status`; false if the lease is no longer ours.
+pub(super) fn end_job(tx: &Connection, job: &Job, status: &str) -> Result<bool, JournalError> {
+    let updated = exec(
+        tx,
+        &format!(
+            "UPDATE jobs SET status = ?1, finished_at = {NOW_MS}, lease_until = NULL
+             WHERE id = ?2 AND status = 'running' AND attempt = ?3"
+        ),
+        params![status, job.id, job.attempt],
+    )?;
+    Ok(updated == 1)
+}
+
+pub(super) fn parse_json(text: &str) -> Result<Value, JournalError> {
+    serde_json::from_str(text).map_err(|e| JournalError::Corrupt(e.to_string()))
+}
+
+pub(super) fn job_summary(row: &rusqlite::Row) -> rusqlite::Result<(JobSummary, String)> {
+    Ok((
+        JobSummary {
+            id: row.get("id")?,
+            kind: row.get("kind")?,
+            event_id: row.get("event_id")?,
+            rule: row.get("rule")?,
+            status: row.get("status")?,
+            attempt: row.get("attempt")?,
+            max_attempts: row.get("max_attempts")?,
+            last_error: row.get("last_error")?,
+            payload: Value::Null,
+            result: row
+                .get::<_, Option<String>>("result")?
+                .and_then(|text| serde_json::from_str(&text).ok()),
+        },
+        row.get("payload")?,
+    ))
+}
+
+pub(super) fn load_alert(tx: &Connection, name: &str) -> Result<Option<AlertState>, JournalError> {
+    Ok(tx
+        .query_row(
+            "SELECT name, state, version, since_ms, last_notified_ms FROM alerts WHERE name = ?1",
+            [name],
+            alert_row,
+        )
+        .optional()?)
+}
+
+pub(super) fn alert_row(row: &rusqlite::Row) -> rusqlite::Result<AlertState> {
+    Ok(AlertState {
+        name: row.get(0)?,
+        firing: row.get::<_, String>(1)? == "firing",
+        version: row.get(2)?,
+        since_ms: row.get(3)?,
+        last_notified_ms: row.get(4)?,
+    })
+}
+
+/// Records one evaluation inside `tx`; false (and nothing written) if the lease was lost.
+pub(super) fn record_evaluation(
+    tx: &Transaction,
+    job: &Job,
+    evaluation: &Evaluation,
+) -> Result<bool, JournalError> {
+    if !end_job(tx, job, "succeeded")? {
+        return Ok(false);
+    }
+    for run in &evaluation.rule_runs {
+        exec(tx,
+                    "INSERT INTO rule_runs (event_id, rule, outcome, actions, error) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (event_id, rule) DO UPDATE SET outcome = excluded.outcome,
+                        actions = excluded.actions, error = excluded.error",
+                    params![job.event_id, run.rule, run.outcome, run.actions as i64, run.error],
+                )?;
+    }
+    for new_job in &evaluation.jobs {
+        insert_job(tx, new_job)?;
+    }
+    let now = now_ms(tx)?;
+    for call in &evaluation.alerts {
+        let previous = load_alert(tx, &call.name)?;
+        let decision = crate::alerts::decide(previous.as_ref(), call, now);
+        if let Some(state) = &decision.new_state {
+            exec(tx,
+                        "INSERT INTO alerts (name, state, version, since_ms, last_notified_ms, event_id)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                         ON CONFLICT (name) DO UPDATE SET state = excluded.state, version = excluded.version,
+                            since_ms = excluded.since_ms, last_notified_ms = excluded.last_notified_ms,
+                            event_id = excluded.event_id",
+                        params![
+                            state.name,
+                            if state.firing { "firing" } else { "ok" },
+                            state.version,
+                            state.since_ms,
+                            state.last_notified_ms,
+                            job.event_id
+                        ],
+                    )?;
+        }
+        if let Some((key, payload)) = decision.post {
+            insert_job(
+                tx,
+                &NewJob {
+                    queue: Queue::Action,
+                    kind: "slack_post".into(),
+                    event_id: job.event_id.clone(),
+                    rule: Some(call.rule.clone()),
+                    job_key: key,
+                    coalesce_key: None,
+                    payload,
+                    max_attempts: evaluation.alert_max_attempts.max(1),
+                },
+            )?;
+        }
+    }
+    exec(
+        tx,
+        "UPDATE events SET status = 'evaluated' WHERE id = ?1",
+        [&job.event_id],
+    )?;
+    Ok(true)
+}

@@ -1,0 +1,184 @@
+//! The SQLite journal against real files in a temp dir.
+
+use super::*;
+use crate::event::Source;
+use serde_json::json;
+
+fn event(id: &str) -> Event {
+    Event {
+        id: id.into(),
+        source: Source::Dbt,
+        kind: "dbt.job.run.completed".into(),
+        received_at: "2026-01-01T00:00:00.000Z".into(),
+        chain_depth: 0,
+        fields: Default::default(),
+        raw: json!({}),
+    }
+}
+
+fn open() -> (tempfile::TempDir, SqliteJournal) {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = SqliteJournal::open(&dir.path().join("j.db")).unwrap();
+    (dir, journal)
+}
+
+fn action(event_id: &str, key: &str, coalesce: Option<&str>) -> NewJob {
+    NewJob {
+        queue: Queue::Action,
+        kind: "tableau_refresh".into(),
+        event_id: event_id.into(),
+        rule: Some("r".into()),
+        job_key: key.into(),
+        coalesce_key: coalesce.map(String::from),
+        payload: json!({"workbook": "Finance"}),
+        max_attempts: 2,
+    }
+}
+
+#[test]
+fn duplicate_ids_insert_nothing() {
+    let (_dir, journal) = open();
+    assert_eq!(
+        journal.append(&event("dbt:a"), Queue::Evaluate).unwrap(),
+        Appended::New
+    );
+    assert_eq!(
+        journal.append(&event("dbt:a"), Queue::Evaluate).unwrap(),
+        Appended::Duplicate
+    );
+    let jobs = journal.claim(Queue::Evaluate, 10, 60_000).unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert!(
+        journal
+            .claim(Queue::Evaluate, 10, 60_000)
+            .unwrap()
+            .is_empty(),
+        "leased jobs are not claimed twice"
+    );
+}
+
+#[test]
+fn evaluation_is_recorded_once_and_actions_coalesce() {
+    let (_dir, journal) = open();
+    journal.append(&event("dbt:a"), Queue::Evaluate).unwrap();
+    let job = journal.claim(Queue::Evaluate, 1, 60_000).unwrap().remove(0);
+    let evaluation = Evaluation {
+        rule_runs: vec![RuleRun {
+            rule: "r".into(),
+            outcome: "fired".into(),
+            actions: 2,
+            error: None,
+        }],
+        jobs: vec![
+            action("dbt:a", "k1", Some("c")),
+            action("dbt:a", "k2", Some("c")),
+        ],
+        alerts: vec![],
+        alert_max_attempts: 2,
+    };
+    assert!(
+        journal
+            .finish_evaluations(&[(job.clone(), evaluation.clone())])
+            .unwrap()[0]
+    );
+    assert!(
+        !journal
+            .finish_evaluations(&[(job.clone(), evaluation.clone())])
+            .unwrap()[0],
+        "a finished lease cannot finish again"
+    );
+    let jobs = journal.jobs(None, 10).unwrap();
+    assert_eq!(jobs.len(), 1, "identical pending calls merge");
+    let summary = &journal.events(10, None).unwrap()[0];
+    assert_eq!(summary.status, "evaluated");
+    assert_eq!(summary.rules[0].rule, "r");
+}
+
+#[test]
+fn retries_then_dead_then_manual_retry() {
+    let (_dir, journal) = open();
+    journal.append(&event("dbt:a"), Queue::Evaluate).unwrap();
+    let eval = journal.claim(Queue::Evaluate, 1, 60_000).unwrap().remove(0);
+    let evaluation = Evaluation {
+        jobs: vec![action("dbt:a", "k1", None)],
+        ..Default::default()
+    };
+    journal.finish_evaluations(&[(eval, evaluation)]).unwrap();
+    let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
+    let retry = JobOutcome::Retry {
+        delay_ms: 0,
+        error: "HTTP 500".into(),
+    };
+    assert_eq!(
+        journal.finish(&job, &retry, None).unwrap().as_deref(),
+        Some("retrying")
+    );
+    let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
+    assert_eq!(job.attempt, 2);
+    let mut failure = event("freshet:action.failed:1");
+    failure.source = Source::Freshet;
+    assert_eq!(
+        journal
+            .finish(&job, &retry, Some(&failure))
+            .unwrap()
+            .as_deref(),
+        Some("dead")
+    );
+    assert!(
+        journal.event("freshet:action.failed:1").unwrap().is_some(),
+        "dead jobs emit their event"
+    );
+    assert_eq!(journal.jobs(Some("dead"), 10).unwrap().len(), 1);
+    journal.retry(job.id).unwrap();
+    let again = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
+    assert_eq!(again.attempt, 3);
+    assert_eq!(
+        journal
+            .finish(&again, &JobOutcome::Succeeded(None), None)
+            .unwrap()
+            .as_deref(),
+        Some("succeeded")
+    );
+    assert!(
+        journal.retry(job.id).is_err(),
+        "only dead jobs can be retried"
+    );
+}
+
+#[test]
+fn running_jobs_are_released_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    {
+        let journal = SqliteJournal::open(&path).unwrap();
+        journal.append(&event("dbt:a"), Queue::Evaluate).unwrap();
+        assert_eq!(journal.claim(Queue::Evaluate, 1, 600_000).unwrap().len(), 1);
+    }
+    let journal = SqliteJournal::open(&path).unwrap();
+    assert!(journal
+        .claim(Queue::Evaluate, 1, 600_000)
+        .unwrap()
+        .is_empty());
+    assert_eq!(journal.release_running().unwrap(), 1);
+    assert_eq!(journal.claim(Queue::Evaluate, 1, 600_000).unwrap().len(), 1);
+}
+
+#[test]
+fn prune_keeps_recent_events() {
+    let (_dir, journal) = open();
+    journal.append(&event("dbt:a"), Queue::Evaluate).unwrap();
+    assert_eq!(journal.prune(30).unwrap(), 0);
+    journal
+        .with(|c| Ok(c.execute("UPDATE events SET received_ms = 0", [])?))
+        .unwrap();
+    assert_eq!(
+        journal.prune(30).unwrap(),
+        0,
+        "an event with an unfinished job stays"
+    );
+    journal
+        .with(|c| Ok(c.execute("UPDATE jobs SET status = 'succeeded'", [])?))
+        .unwrap();
+    assert_eq!(journal.prune(30).unwrap(), 1);
+    assert!(journal.event("dbt:a").unwrap().is_none());
+}
