@@ -201,24 +201,10 @@ async fn execute(
             .await
         }
         ActionRequest::TableauRefresh { workbook } => {
-            let tableau = config
-                .tableau
-                .as_ref()
-                .ok_or_else(|| not_configured("tableau"))?;
-            shared
-                .tableau
-                .refresh(&shared.http, tableau, Content::Workbook, workbook)
-                .await
+            refresh_tableau(shared, config, Content::Workbook, workbook).await
         }
         ActionRequest::TableauRefreshDatasource { datasource } => {
-            let tableau = config
-                .tableau
-                .as_ref()
-                .ok_or_else(|| not_configured("tableau"))?;
-            shared
-                .tableau
-                .refresh(&shared.http, tableau, Content::Datasource, datasource)
-                .await
+            refresh_tableau(shared, config, Content::Datasource, datasource).await
         }
         ActionRequest::SlackPost {
             channel,
@@ -242,6 +228,22 @@ async fn execute(
             "alert calls are decided at evaluation, not run",
         )),
     }
+}
+
+async fn refresh_tableau(
+    shared: &Shared,
+    config: &Config,
+    content: Content,
+    name: &str,
+) -> Result<Value, ActionError> {
+    let tableau = config
+        .tableau
+        .as_ref()
+        .ok_or_else(|| ActionError::final_error("tableau is not configured"))?;
+    shared
+        .tableau
+        .refresh(&shared.http, tableau, content, name)
+        .await
 }
 
 async fn finish(shared: &Shared, job: &Job, outcome: JobOutcome) {

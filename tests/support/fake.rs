@@ -501,6 +501,23 @@ fn tableau_handle(state: &mut TableauState, seen: &Seen) -> Reply {
     let Some(rest) = seen.path.strip_prefix("/api/3.22/") else {
         return tableau_error(404, "404000", "Resource Not Found");
     };
+    // Without these headers Tableau reads the body as XML and answers in XML.
+    if seen.method == "POST"
+        && !seen
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("application/json"))
+    {
+        return Reply::text(
+            400,
+            r#"<tsResponse><error code="400000"><summary>Bad Request</summary></error></tsResponse>"#,
+        );
+    }
+    if !seen
+        .header("accept")
+        .is_some_and(|a| a.contains("application/json"))
+    {
+        return Reply::text(200, "<tsResponse/>");
+    }
     if rest == "auth/signin" {
         if seen.method != "POST" {
             return tableau_error(405, "405000", "Method Not Allowed");
@@ -646,6 +663,12 @@ fn slack_handle(state: &mut SlackState, seen: &Seen) -> Reply {
     }
     if let Some(reply) = state.faults.take(seen) {
         return reply;
+    }
+    if !seen
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("application/json"))
+    {
+        return Reply::text(400, "invalid_payload");
     }
     let body = seen.json();
     if seen.path == SLACK_WEBHOOK_PATH {
