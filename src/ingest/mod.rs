@@ -292,13 +292,15 @@ async fn journal_event(
     event: Event,
     first: Queue,
 ) -> Result<(Event, Appended), IntakeError> {
-    let to_store = event.clone();
-    let appended = blocking(&intake.journal, move |j| j.append(&to_store, first))
-        .await
-        .map_err(|error| {
-            tracing::error!(error = %error, event_id = %event.id, "Could not journal the event.");
-            IntakeError::Journal
-        })?;
+    let event_id = event.id.clone();
+    let (event, appended) = blocking(&intake.journal, move |j| {
+        j.append(&event, first).map(|appended| (event, appended))
+    })
+    .await
+    .map_err(|error| {
+        tracing::error!(error = %error, event_id = %event_id, "Could not journal the event.");
+        IntakeError::Journal
+    })?;
     if appended == Appended::New {
         intake.wake.notify_waiters();
     }

@@ -51,54 +51,46 @@ impl EvaluateWorker {
                 continue;
             }
             // An evaluation is short and local: finish the batch even when asked to stop.
-            let mut batch = Vec::with_capacity(jobs.len());
-            for job in jobs {
-                if let Some(evaluation) = self.evaluate(&job).await {
-                    batch.push((job, evaluation));
-                }
-            }
+            let batch = self.evaluate(jobs).await;
             self.finish(batch).await;
         }
     }
 
-    /// Runs the rules on the job's event; None when the event cannot be loaded now (the
-    /// job stays leased and is claimed again when the lease runs out).
-    async fn evaluate(&self, job: &Job) -> Option<Evaluation> {
-        let event_id = job.event_id.clone();
-        let event = match blocking(&self.journal, move |j| j.event(&event_id)).await {
-            Ok(Some(event)) => event,
-            Ok(None) => {
-                tracing::warn!(event_id = %job.event_id, "Event to evaluate is gone (pruned).");
-                return Some(Evaluation::default());
-            }
-            Err(error) => {
-                tracing::error!(event_id = %job.event_id, error = %error, "Cannot load the event.");
-                return None;
-            }
-        };
+    /// Loads each job's event and runs the rules on it, all on one blocking thread (the
+    /// journal reads and the scripts are both blocking). A job whose event cannot be
+    /// loaded now is left out: it stays leased and is claimed again when the lease ends.
+    async fn evaluate(&self, jobs: Vec<Job>) -> Vec<(Job, Evaluation)> {
+        let journal = Arc::clone(&self.journal);
         let config = self.config.load_full();
         let set = self.rules.current.load_full();
         let engine = Arc::clone(&self.rules.engine);
-        let event_json = event.to_json();
-        let vars = serde_json::Value::Object(config.vars.clone());
-        let outcomes = match tokio::task::spawn_blocking(move || {
-            set.evaluate(&engine, &event_json, &vars)
-        })
-        .await
-        {
-            Ok(outcomes) => outcomes,
-            Err(error) => {
-                tracing::error!(event_id = %event.id, error = %error, "Rule evaluation task failed.");
-                return None;
+        let metrics = Arc::clone(&self.metrics);
+        let task = tokio::task::spawn_blocking(move || {
+            let vars = serde_json::Value::Object(config.vars.clone());
+            let mut batch = Vec::with_capacity(jobs.len());
+            for job in jobs {
+                let evaluation = match journal.event(&job.event_id) {
+                    Ok(Some(event)) => {
+                        let outcomes = set.evaluate(&engine, &event.to_json(), &vars);
+                        build_evaluation(&job, &event, &outcomes, &config, &metrics)
+                    }
+                    Ok(None) => {
+                        tracing::warn!(event_id = %job.event_id, "Event to evaluate is gone (pruned).");
+                        Evaluation::default()
+                    }
+                    Err(error) => {
+                        tracing::error!(event_id = %job.event_id, error = %error, "Cannot load the event.");
+                        continue;
+                    }
+                };
+                batch.push((job, evaluation));
             }
-        };
-        Some(build_evaluation(
-            job,
-            &event,
-            &outcomes,
-            &config,
-            &self.metrics,
-        ))
+            batch
+        });
+        task.await.unwrap_or_else(|error| {
+            tracing::error!(error = %error, "Rule evaluation task failed; its jobs run again when their leases end.");
+            Vec::new()
+        })
     }
 
     /// Journals a batch of evaluations in one transaction.

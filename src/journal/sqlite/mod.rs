@@ -33,7 +33,7 @@ pub struct SqliteJournal {
 }
 
 struct PendingAppend {
-    event: Event,
+    event: EventRow,
     first_job: Queue,
     reply: std::sync::mpsc::SyncSender<Result<Appended, String>>,
 }
@@ -120,7 +120,7 @@ impl JournalStore for SqliteJournal {
     fn append(&self, event: &Event, first_job: Queue) -> Result<Appended, JournalError> {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         lock(&self.appends).push(PendingAppend {
-            event: event.clone(),
+            event: EventRow::new(event)?,
             first_job,
             reply,
         });
@@ -176,12 +176,11 @@ impl JournalStore for SqliteJournal {
     fn event(&self, id: &str) -> Result<Option<Event>, JournalError> {
         self.with(|conn| {
             let body: Option<String> = conn
-                .query_row("SELECT body FROM events WHERE id = ?1", [id], |row| {
-                    row.get(0)
-                })
+                .prepare_cached("SELECT body FROM events WHERE id = ?1")?
+                .query_row([id], |row| row.get(0))
                 .optional()?;
             body.map(|b| {
-                Event::from_json(parse_json(&b)?).map_err(|e| JournalError::Corrupt(e.to_string()))
+                serde_json::from_str::<Event>(&b).map_err(|e| JournalError::Corrupt(e.to_string()))
             })
             .transpose()
         })
@@ -332,7 +331,7 @@ impl JournalStore for SqliteJournal {
             }
             if status == "dead" {
                 if let Some(event) = failure_event {
-                    insert_event(&tx, event, Queue::Evaluate)?;
+                    insert_event(&tx, &EventRow::new(event)?, Queue::Evaluate)?;
                 }
             }
             tx.commit()?;

@@ -11,19 +11,40 @@ use super::super::{
 use super::{exec, now_ms};
 use crate::event::Event;
 
+/// An event as the `events` table stores it, serialized once, before any lock is taken.
+pub(super) struct EventRow {
+    id: String,
+    source: &'static str,
+    kind: String,
+    received_at: String,
+    chain_depth: u32,
+    body: String,
+}
+
+impl EventRow {
+    pub(super) fn new(event: &Event) -> Result<EventRow, JournalError> {
+        Ok(EventRow {
+            id: event.id.clone(),
+            source: event.source.as_str(),
+            kind: event.kind.clone(),
+            received_at: event.received_at.clone(),
+            chain_depth: event.chain_depth,
+            body: serde_json::to_string(event).map_err(|e| JournalError::Invalid(e.to_string()))?,
+        })
+    }
+}
+
 pub(super) fn insert_event(
     tx: &Transaction,
-    event: &Event,
+    event: &EventRow,
     first_job: Queue,
 ) -> Result<Appended, JournalError> {
-    let body = serde_json::to_string(&event.to_json())
-        .map_err(|e| JournalError::Invalid(e.to_string()))?;
     let inserted = exec(tx,
         &format!(
             "INSERT INTO events (id, source, type, received_at, received_ms, chain_depth, status, body)
              VALUES (?1, ?2, ?3, ?4, {NOW_MS}, ?5, 'received', ?6) ON CONFLICT (id) DO NOTHING"
         ),
-        params![event.id, event.source.as_str(), event.kind, event.received_at, event.chain_depth, body],
+        params![event.id, event.source, event.kind, event.received_at, event.chain_depth, event.body],
     )?;
     if inserted == 0 {
         return Ok(Appended::Duplicate);
