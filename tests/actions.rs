@@ -409,12 +409,7 @@ async fn a_bad_request_is_final_and_unconfigured_services_fail_clearly() {
         refresh.last_error.as_deref(),
         Some("tableau is not configured")
     );
-    let health: serde_json::Value = reqwest::get(daemon.url("/healthz"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: serde_json::Value = daemon.get_json("/healthz").await;
     assert_eq!(health["status"], "ok", "the daemon keeps running");
 }
 

@@ -214,12 +214,7 @@ async fn failed_and_purged_runs_reach_the_rules() {
         "{:?}",
         slack.posts()
     );
-    let health: Value = reqwest::get(daemon.url("/healthz"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = daemon.get_json("/healthz").await;
     assert_eq!(health["status"], "ok");
 }
 

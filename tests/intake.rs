@@ -279,12 +279,7 @@ async fn health_and_metrics() {
         "{health}"
     );
 
-    let metrics = reqwest::get(daemon.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.get_text("/metrics").await;
     assert!(
         metrics.contains(
             r#"freshet_events_received_total{source="dbt",type="dbt.job.run.completed"} 1"#

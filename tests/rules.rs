@@ -210,12 +210,7 @@ async fn rules_reload_while_running() {
         (count_in_log(&daemon, "Rules reloaded.") > reloads).then_some(())
     })
     .await;
-    let health: Value = reqwest::get(daemon.url("/healthz"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = daemon.get_json("/healthz").await;
     assert_eq!(health["rule_errors"], 1, "{health}");
     assert_eq!(health["rules_loaded"], 2, "{health}");
     assert!(
@@ -285,12 +280,7 @@ async fn runaway_rules_are_stopped_and_the_others_fire() {
             && block.contains("stopped: call depth limit exceeded"),
         "{block}"
     );
-    let metrics = reqwest::get(daemon.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = daemon.get_text("/metrics").await;
     assert!(
         metrics.contains(r#"freshet_rule_errors_total{rule="spin"} 1"#),
         "{metrics}"

@@ -146,6 +146,26 @@ impl Daemon {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// GETs a path and returns the body as text.
+    pub async fn get_text(&self, path: &str) -> String {
+        reqwest::get(self.url(path))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// GETs a path and returns the body as JSON (whatever the status).
+    pub async fn get_json(&self, path: &str) -> serde_json::Value {
+        reqwest::get(self.url(path))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("freshet.toml")
     }
