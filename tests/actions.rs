@@ -423,13 +423,13 @@ async fn after_kill_9_every_pending_action_runs_exactly_once() {
         Reply::text(503, "unavailable"),
     );
     let mut setup = setup(&fakes, 1000);
-    // After its first failed attempt each job waits 2 s, so once every job has failed once
+    // After its first failed attempt each job waits 5 s, so once every job has failed once
     // and the fake has answered every attempt, nothing is in flight when the process dies.
     // (A request in flight at a crash is the one honest at-least-once case: JOURNAL.md.)
     setup.extra_config = setup
         .extra_config
-        .replace("backoff_initial_ms = 10", "backoff_initial_ms = 2000")
-        .replace("backoff_max_ms = 40", "backoff_max_ms = 2000");
+        .replace("backoff_initial_ms = 10", "backoff_initial_ms = 5000")
+        .replace("backoff_max_ms = 40", "backoff_max_ms = 5000");
     let mut daemon = Daemon::start(setup.rule("r.rhai", r#"slack_post(`event ${event.id}`);"#));
     for i in 0..12 {
         send_dbt(

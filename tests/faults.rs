@@ -63,8 +63,8 @@ async fn kill_9_with_40_events_pending_loses_and_doubles_nothing() {
         100_000,
         Reply::text(500, "rollup_error"),
     );
-    // 3 s between attempts: once each job has failed once, nothing is in flight.
-    let mut daemon = Daemon::start(setup(&slack, 3000));
+    // 5 s between attempts: once each job has failed once, nothing is in flight.
+    let mut daemon = Daemon::start(setup(&slack, 5000));
     for i in 0..45 {
         send_dbt(
             &daemon,
