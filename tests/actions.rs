@@ -164,9 +164,20 @@ async fn names_with_commas_already_queued_unknown_names_and_datasources() {
     let fakes = fakes().await;
     fakes.tableau.state.lock().unwrap().faults.add("/workbooks/3cc6cd06-89ce-4fdc-b935-5294135d6d42/refresh", 1, Reply::json(409, serde_json::json!({
         "error": {"code": "409093", "summary": "Resource Conflict", "detail": "Job for 'Sales Overview, Q3' is already queued."}})));
+    // The same workbook name twice on the site: a refresh cannot know which one is meant.
+    for id in [
+        "ab000000-0000-4000-8000-00000000000a",
+        "ab000000-0000-4000-8000-00000000000b",
+    ] {
+        fakes.tableau.state.lock().unwrap().content.push((
+            id.into(),
+            "Ops Board".into(),
+            "workbooks".into(),
+        ));
+    }
     let daemon = Daemon::start(setup(&fakes, 3).rule(
         "r.rhai",
-        r#"if event.source == "dbt" { tableau_refresh("Sales Overview, Q3"); tableau_refresh("No Such Book"); tableau_refresh_datasource("Revenue Extract"); }"#,
+        r#"if event.source == "dbt" { tableau_refresh("Sales Overview, Q3"); tableau_refresh("No Such Book"); tableau_refresh_datasource("Revenue Extract"); tableau_refresh("Ops Board"); }"#,
     ));
     send_dbt(
         &daemon,
@@ -174,7 +185,7 @@ async fn names_with_commas_already_queued_unknown_names_and_datasources() {
         dbt_completed("wev_n1", "nightly", "Success"),
     )
     .await;
-    let done = settled(&daemon, 3).await;
+    let done = settled(&daemon, 4).await;
     let by_arg = |needle: &str| {
         done.iter()
             .find(|j| j.payload.to_string().contains(needle))
@@ -198,6 +209,16 @@ async fn names_with_commas_already_queued_unknown_names_and_datasources() {
         "{missing:?}"
     );
     assert_eq!(by_arg("Revenue Extract").status, "succeeded");
+    let ambiguous = by_arg("Ops Board");
+    assert_eq!((ambiguous.status.as_str(), ambiguous.attempt), ("dead", 1));
+    assert!(
+        ambiguous
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("2 workbooks are named \"Ops Board\""),
+        "{ambiguous:?}"
+    );
     assert!(fakes.tableau.refreshes().contains(&(
         "datasources".to_string(),
         "7d6c5b4a-0000-4000-8000-000000000002".to_string()
