@@ -160,6 +160,40 @@ async fn tableau_refresh_signs_in_once_finds_the_id_and_renews_an_expired_sessio
 }
 
 #[tokio::test]
+async fn a_sign_in_redirected_to_a_pod_is_posted_again_there_and_the_pod_is_used() {
+    let fakes = fakes().await;
+    let pod = FakeTableau::start().await;
+    fakes.tableau.state.lock().unwrap().redirect_signin_to = Some(pod.base());
+    let daemon = Daemon::start(setup(&fakes, 3).rule(
+        "r.rhai",
+        r#"if event.source == "dbt" { tableau_refresh("Finance Overview"); }"#,
+    ));
+    send_dbt(
+        &daemon,
+        SECRET,
+        dbt_completed("wev_p1", "nightly", "Success"),
+    )
+    .await;
+    let done = settled(&daemon, 1).await;
+    assert_eq!(done[0].status, "succeeded", "{done:?}");
+    assert_eq!(pod.sign_ins(), 1, "the sign-in was POSTed again at the pod");
+    assert_eq!(pod.refreshes().len(), 1, "the refresh went to the pod");
+    let first: Vec<String> = fakes
+        .tableau
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect();
+    assert_eq!(
+        first,
+        vec!["POST /api/3.22/auth/signin"],
+        "only the sign-in reached the first server"
+    );
+}
+
+#[tokio::test]
 async fn names_with_commas_already_queued_unknown_names_and_datasources() {
     let fakes = fakes().await;
     fakes.tableau.state.lock().unwrap().faults.add("/workbooks/3cc6cd06-89ce-4fdc-b935-5294135d6d42/refresh", 1, Reply::json(409, serde_json::json!({

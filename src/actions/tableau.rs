@@ -26,6 +26,9 @@ const FILTER_VALUE: &AsciiSet = &NON_ALPHANUMERIC
 struct Session {
     token: String,
     site_id: String,
+    /// `{server}/api/{version}` of the server that signed us in: after a 301 (Tableau
+    /// Cloud sends sign-ins to the site's pod) every later call goes to the pod too.
+    api_root: String,
 }
 
 /// What to refresh.
@@ -173,7 +176,7 @@ impl Tableau {
         let mut renewed = false;
         loop {
             let session = self.session(http, config).await?;
-            let url = format!("{}/sites/{}/{path}", api_root(config), session.site_id);
+            let url = format!("{}/sites/{}/{path}", session.api_root, session.site_id);
             let mut request = http
                 .request(method.clone(), url)
                 .header("X-Tableau-Auth", &session.token)
@@ -293,6 +296,7 @@ async fn sign_in(http: &Client, config: &TableauConfig) -> Result<Session, Actio
                 Ok(Session {
                     token: token.to_string(),
                     site_id: site_id.to_string(),
+                    api_root: url.trim_end_matches("/auth/signin").to_string(),
                 })
             }
             _ => Err(ActionError::retryable(

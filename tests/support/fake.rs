@@ -434,6 +434,8 @@ pub struct TableauState {
     /// (kind, id) of every accepted refresh.
     pub refreshes: Vec<(String, String)>,
     pub faults: Faults,
+    /// Answer sign-ins with 301 to this base (Tableau Cloud's pod redirect).
+    pub redirect_signin_to: Option<String>,
 }
 
 /// A fake Tableau REST API 3.22 (JSON): PAT sign-in with one live session per PAT,
@@ -521,6 +523,10 @@ fn tableau_handle(state: &mut TableauState, seen: &Seen) -> Reply {
     if rest == "auth/signin" {
         if seen.method != "POST" {
             return tableau_error(405, "405000", "Method Not Allowed");
+        }
+        if let Some(pod) = &state.redirect_signin_to {
+            return Reply::text(301, "")
+                .with_header("location", &format!("{pod}/api/3.22/auth/signin"));
         }
         let body = seen.json();
         let credentials = &body["credentials"];
