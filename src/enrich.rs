@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::client::{backoff, build_client, ActionError};
+use crate::actions::client::{backoff, ActionError};
 use crate::actions::mode::Mode;
 use crate::config::{Config, ModeConfig};
 use crate::event::Event;
@@ -32,11 +32,12 @@ pub struct EnrichWorker {
     pub wake: Arc<Notify>,
     /// Wakes the evaluate stage once the event is ready.
     pub evaluate_wake: Arc<Notify>,
+    /// The daemon's one HTTP client.
+    pub http: reqwest::Client,
 }
 
 impl EnrichWorker {
     pub async fn run(self, stop: CancellationToken) {
-        let http = build_client(&self.config.load().actions);
         loop {
             let jobs = match blocking(&self.journal, |j| j.claim(Queue::Enrich, 4, LEASE_MS)).await
             {
@@ -53,7 +54,7 @@ impl EnrichWorker {
                 continue;
             }
             for job in jobs {
-                self.enrich(&http, job).await;
+                self.enrich(&self.http, job).await;
             }
         }
     }
@@ -70,7 +71,7 @@ impl EnrichWorker {
         let config = self.config.load_full();
         let result = match &config.mode {
             Some(mode) => fetch(http, mode, &event).await,
-            None => Err(ActionError::final_error("mode is not configured")),
+            None => Err(ActionError::not_configured("mode")),
         };
         match result {
             Ok(fields) => {

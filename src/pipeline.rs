@@ -57,6 +57,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let current = Arc::new(ArcSwap::from_pointee(config.clone()));
     let secrets = Arc::new(ArcSwap::from_pointee(IntakeSecrets::from_config(&config)));
     let wake = Arc::new(Notify::new());
+    // One client (and connection pool) for every call to Mode, Tableau and Slack.
+    let http = crate::actions::client::build_client(&config.actions);
     let actions_wake = Arc::new(Notify::new());
 
     let rules = {
@@ -105,6 +107,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             config: Arc::clone(&current),
             wake: Arc::clone(&wake),
             evaluate_wake: Arc::clone(&wake),
+            http: http.clone(),
         }
         .run(stop_workers.clone()),
     );
@@ -115,6 +118,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             metrics: Arc::clone(&metrics),
             wake: Arc::clone(&actions_wake),
             events_wake: Arc::clone(&wake),
+            http,
         }
         .run(stop_workers.clone()),
     );

@@ -359,6 +359,9 @@ async fn a_mode_url_naming_another_host_never_reaches_it() {
     )
     .await;
     assert_eq!(status, 200, "{answer}");
+    // Let the pipeline finish with the event (enrichment included), so the checks below
+    // cover every request the daemon makes for it.
+    support::evaluated(&daemon, answer["event_id"].as_str().unwrap()).await;
     // The event keeps only the path; the enrichment, whatever it does, targets api_base.
     let shown: Value = serde_json::from_str(&daemon.cli_ok(&[
         "events",

@@ -33,6 +33,11 @@ impl ActionError {
     pub fn final_error(message: impl Into<String>) -> ActionError {
         ActionError::Final(message.into())
     }
+
+    /// The final error of an action whose service has no config section (SPEC section 3).
+    pub fn not_configured(service: &str) -> ActionError {
+        ActionError::Final(format!("{service} is not configured"))
+    }
 }
 
 /// The one HTTP client for all services (connection pool, timeouts, user agent).

@@ -13,7 +13,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::client::{backoff, build_client, ActionError};
+use super::client::{backoff, ActionError};
 use super::mode::Mode;
 use super::tableau::{Content, Tableau};
 use super::{slack, ActionRequest};
@@ -38,6 +38,8 @@ pub struct ActionWorker {
     pub wake: Arc<Notify>,
     /// Wakes the evaluate stage when a dead action emits an event.
     pub events_wake: Arc<Notify>,
+    /// The daemon's one HTTP client (shared with the enrich stage: one connection pool).
+    pub http: reqwest::Client,
 }
 
 /// What a running job needs, shared by all of them.
@@ -56,7 +58,7 @@ impl ActionWorker {
     pub async fn run(self, stop: CancellationToken) {
         let config = self.config.load_full();
         let shared = Arc::new(Shared {
-            http: build_client(&config.actions),
+            http: self.http,
             journal: self.journal,
             config: self.config,
             metrics: self.metrics,
@@ -188,11 +190,12 @@ async fn execute(
     config: &Config,
     request: &ActionRequest,
 ) -> Result<Value, ActionError> {
-    let not_configured =
-        |service: &str| ActionError::final_error(format!("{service} is not configured"));
     match request {
         ActionRequest::ModeRun { report, parameters } => {
-            let mode = config.mode.as_ref().ok_or_else(|| not_configured("mode"))?;
+            let mode = config
+                .mode
+                .as_ref()
+                .ok_or_else(|| ActionError::not_configured("mode"))?;
             Mode {
                 http: &shared.http,
                 config: mode,
@@ -214,7 +217,7 @@ async fn execute(
             let slack = config
                 .slack
                 .as_ref()
-                .ok_or_else(|| not_configured("slack"))?;
+                .ok_or_else(|| ActionError::not_configured("slack"))?;
             slack::post(
                 &shared.http,
                 slack,
@@ -239,7 +242,7 @@ async fn refresh_tableau(
     let tableau = config
         .tableau
         .as_ref()
-        .ok_or_else(|| ActionError::final_error("tableau is not configured"))?;
+        .ok_or_else(|| ActionError::not_configured("tableau"))?;
     shared
         .tableau
         .refresh(&shared.http, tableau, content, name)

@@ -173,7 +173,7 @@ fn read_event(path: &Path, config: &Config) -> anyhow::Result<Event> {
             .mode
             .as_ref()
             .map(|m| m.workspace.clone())
-            .or_else(|| workspace_in(&value))
+            .or_else(|| mode::workspace_named_in(&value))
             .unwrap_or_default();
         return mode::from_value(value, &workspace, now_rfc3339())
             .with_context(|| path.display().to_string());
@@ -182,15 +182,4 @@ fn read_event(path: &Path, config: &Config) -> anyhow::Result<Event> {
         "{}: neither a dbt Cloud webhook, a Mode webhook nor a journaled event",
         path.display()
     )
-}
-
-fn workspace_in(value: &Value) -> Option<String> {
-    let url = value
-        .as_object()?
-        .iter()
-        .find(|(k, _)| k.ends_with("_url"))?
-        .1
-        .as_str()?;
-    let after = &url[url.find("/api/")? + 5..];
-    after.split('/').next().map(String::from)
 }

@@ -227,15 +227,6 @@ impl Config {
         config.rules.dir = PathBuf::from("rules");
         Ok(config)
     }
-
-    /// The folder relative paths in the config are anchored to.
-    pub fn base_dir(&self) -> PathBuf {
-        self.path
-            .as_deref()
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."))
-    }
 }
 
 /// Reads the generated dbt secret from the data dir, creating it (mode 0600) the first time.

@@ -49,15 +49,7 @@ pub fn from_value(raw: Value, workspace: &str, received_at: String) -> Result<Ev
         .ok_or_else(|| {
             shape("event is missing or not a name such as report_run_completed".into())
         })?;
-    let url_text = URL_KEYS
-        .iter()
-        .find_map(|key| top.get(*key).and_then(Value::as_str))
-        .or_else(|| {
-            top.iter()
-                .filter(|(key, _)| key.ends_with("_url"))
-                .find_map(|(_, value)| value.as_str())
-        })
-        .ok_or_else(|| shape("no *_url field".into()))?;
+    let url_text = resource_url(top).ok_or_else(|| shape("no *_url field".into()))?;
     let path =
         resource_path(url_text).ok_or_else(|| shape("the *_url is not a URL or path".into()))?;
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -101,6 +93,28 @@ pub fn from_value(raw: Value, workspace: &str, received_at: String) -> Result<Ev
         fields,
         raw,
     })
+}
+
+/// The payload's resource URL: a known key first, else any `*_url` field.
+fn resource_url(top: &Map<String, Value>) -> Option<&str> {
+    URL_KEYS
+        .iter()
+        .find_map(|key| top.get(*key).and_then(Value::as_str))
+        .or_else(|| {
+            top.iter()
+                .filter(|(key, _)| key.ends_with("_url"))
+                .find_map(|(_, value)| value.as_str())
+        })
+}
+
+/// The workspace a body's resource URL names (`/api/{workspace}/...`), for dry runs
+/// without a configured workspace. Intake never uses it: there the config decides.
+pub fn workspace_named_in(value: &Value) -> Option<String> {
+    let path = resource_path(resource_url(value.as_object()?)?)?;
+    let mut segments = path.trim_start_matches('/').split('/');
+    (segments.next() == Some("api"))
+        .then(|| segments.next().map(String::from))
+        .flatten()
 }
 
 /// Whether a parsed body looks like a Mode webhook (for `freshet test`'s detection).

@@ -136,8 +136,8 @@ pub struct AlertCall {
     pub rule: String,
     pub name: String,
     pub firing: bool,
-    /// The Slack post to make on a transition (payload of a `slack_post` job), built
-    /// for the firing text; the resolved text is made from it.
+    /// What to post when the alert starts firing (or renotifies). The resolved message
+    /// is `Resolved: <name>` and does not use it.
     pub text: String,
     pub channel: Option<String>,
     pub renotify_minutes: Option<u64>,

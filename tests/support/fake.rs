@@ -34,15 +34,7 @@ pub type Log = Arc<Mutex<Vec<Seen>>>;
 /// A server that answers every request with 200 `{}` and records it: stands for a host
 /// that must never be contacted.
 pub async fn recorder() -> (SocketAddr, Log) {
-    let log: Log = Arc::default();
-    let seen = Arc::clone(&log);
-    let route = capture().map(move |request: Seen| {
-        seen.lock().unwrap().push(request);
-        warp::reply::json(&serde_json::json!({}))
-    });
-    let (addr, server) = warp::serve(route).bind_ephemeral(([127, 0, 0, 1], 0));
-    tokio::spawn(server);
-    (addr, log)
+    serve(|_| Reply::json(200, serde_json::json!({})))
 }
 
 /// A filter that extracts the whole request as a [`Seen`].
@@ -148,6 +140,38 @@ where
     (addr, log)
 }
 
+/// A running fake service: where it listens, every request it saw, and its state, which
+/// tests read and change (canned faults, content).
+pub struct Fake<S> {
+    pub addr: SocketAddr,
+    pub log: Log,
+    pub state: Arc<Mutex<S>>,
+}
+
+impl<S> Clone for Fake<S> {
+    fn clone(&self) -> Self {
+        Fake {
+            addr: self.addr,
+            log: Arc::clone(&self.log),
+            state: Arc::clone(&self.state),
+        }
+    }
+}
+
+impl<S: Send + 'static> Fake<S> {
+    /// Serves `handle` over `state` on 127.0.0.1:0.
+    fn spawn(state: S, handle: fn(&mut S, &Seen) -> Reply) -> Fake<S> {
+        let state = Arc::new(Mutex::new(state));
+        let handler_state = Arc::clone(&state);
+        let (addr, log) = serve(move |seen| handle(&mut handler_state.lock().unwrap(), seen));
+        Fake { addr, log, state }
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
 fn basic_auth(user: &str, password: &str) -> String {
     use std::io::Write;
     let mut raw = Vec::new();
@@ -221,28 +245,15 @@ pub struct ModeState {
 }
 
 /// A fake Mode API: Basic auth, one workspace, known reports, stateful runs.
-#[derive(Clone)]
-pub struct FakeMode {
-    pub addr: SocketAddr,
-    pub log: Log,
-    pub state: Arc<Mutex<ModeState>>,
-}
+pub type FakeMode = Fake<ModeState>;
 
 impl FakeMode {
     pub async fn start() -> FakeMode {
-        let state: Arc<Mutex<ModeState>> = Arc::default();
+        let mut state = ModeState::default();
         state
-            .lock()
-            .unwrap()
             .reports
             .push(("2b3c4d5e6f70".into(), "Daily revenue".into()));
-        let handler_state = Arc::clone(&state);
-        let (addr, log) = serve(move |seen| mode_handle(&mut handler_state.lock().unwrap(), seen));
-        FakeMode { addr, log, state }
-    }
-
-    pub fn base(&self) -> String {
-        format!("http://{}", self.addr)
+        Fake::spawn(state, mode_handle)
     }
 
     /// Adds a finished run directly (as if run outside freshet).
@@ -440,42 +451,27 @@ pub struct TableauState {
 
 /// A fake Tableau REST API 3.22 (JSON): PAT sign-in with one live session per PAT,
 /// name filters, pagination, refresh jobs.
-#[derive(Clone)]
-pub struct FakeTableau {
-    pub addr: SocketAddr,
-    pub log: Log,
-    pub state: Arc<Mutex<TableauState>>,
-}
+pub type FakeTableau = Fake<TableauState>;
 
 impl FakeTableau {
     pub async fn start() -> FakeTableau {
-        let state: Arc<Mutex<TableauState>> = Arc::default();
-        {
-            let mut st = state.lock().unwrap();
-            st.content.push((
-                "3cc6cd06-89ce-4fdc-b935-5294135d6d42".into(),
-                "Sales Overview, Q3".into(),
-                "workbooks".into(),
-            ));
-            st.content.push((
-                "9a1b2c3d-0000-4000-8000-000000000001".into(),
-                "Finance Overview".into(),
-                "workbooks".into(),
-            ));
-            st.content.push((
-                "7d6c5b4a-0000-4000-8000-000000000002".into(),
-                "Revenue Extract".into(),
-                "datasources".into(),
-            ));
-        }
-        let handler_state = Arc::clone(&state);
-        let (addr, log) =
-            serve(move |seen| tableau_handle(&mut handler_state.lock().unwrap(), seen));
-        FakeTableau { addr, log, state }
-    }
-
-    pub fn base(&self) -> String {
-        format!("http://{}", self.addr)
+        let mut state = TableauState::default();
+        state.content.push((
+            "3cc6cd06-89ce-4fdc-b935-5294135d6d42".into(),
+            "Sales Overview, Q3".into(),
+            "workbooks".into(),
+        ));
+        state.content.push((
+            "9a1b2c3d-0000-4000-8000-000000000001".into(),
+            "Finance Overview".into(),
+            "workbooks".into(),
+        ));
+        state.content.push((
+            "7d6c5b4a-0000-4000-8000-000000000002".into(),
+            "Revenue Extract".into(),
+            "datasources".into(),
+        ));
+        Fake::spawn(state, tableau_handle)
     }
 
     /// Ends the current session, as an expiry or another sign-in would.
@@ -635,19 +631,11 @@ pub struct SlackState {
 
 /// A fake Slack: the incoming webhook answers plain `ok`; chat.postMessage needs the bot
 /// token and answers `{"ok": ..}` with HTTP 200 for method errors, like Slack.
-#[derive(Clone)]
-pub struct FakeSlack {
-    pub addr: SocketAddr,
-    pub log: Log,
-    pub state: Arc<Mutex<SlackState>>,
-}
+pub type FakeSlack = Fake<SlackState>;
 
 impl FakeSlack {
     pub async fn start() -> FakeSlack {
-        let state: Arc<Mutex<SlackState>> = Arc::default();
-        let handler_state = Arc::clone(&state);
-        let (addr, log) = serve(move |seen| slack_handle(&mut handler_state.lock().unwrap(), seen));
-        FakeSlack { addr, log, state }
+        Fake::spawn(SlackState::default(), slack_handle)
     }
 
     pub fn webhook_url(&self) -> String {

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::schema::{MIGRATIONS, NOW_MS};
 use super::{
     AlertState, Appended, Evaluation, EventSummary, Job, JobOutcome, JobSummary, JournalError,
-    JournalStore, NewJob, Queue, RuleRun,
+    JournalStore, Queue, RuleRun,
 };
 use crate::event::Event;
 
@@ -345,24 +345,15 @@ impl JournalStore for SqliteJournal {
             if !end_job(&tx, job, "succeeded")? {
                 return Ok(false);
             }
-            let body = serde_json::to_string(&event.to_json())
-                .map_err(|e| JournalError::Invalid(e.to_string()))?;
+            let body =
+                serde_json::to_string(event).map_err(|e| JournalError::Invalid(e.to_string()))?;
             tx.execute(
                 "UPDATE events SET body = ?1 WHERE id = ?2",
                 params![body, event.id],
             )?;
             insert_job(
                 &tx,
-                &NewJob {
-                    queue: Queue::Evaluate,
-                    kind: "evaluate".into(),
-                    event_id: event.id.clone(),
-                    rule: None,
-                    job_key: format!("evaluate:{}", event.id),
-                    coalesce_key: None,
-                    payload: Value::Null,
-                    max_attempts: 5,
-                },
+                &stage_job(Queue::Evaluate, &event.id, None, Value::Null),
             )?;
             tx.commit()?;
             Ok(true)
@@ -403,16 +394,12 @@ impl JournalStore for SqliteJournal {
             // the first evaluation's, so the actions run again.
             insert_job(
                 &tx,
-                &NewJob {
-                    queue: Queue::Evaluate,
-                    kind: "evaluate".into(),
-                    event_id: event_id.to_string(),
-                    rule: None,
-                    job_key: format!("evaluate:{event_id}:replay{replays}"),
-                    coalesce_key: None,
-                    payload: serde_json::json!({ "replay": replays }),
-                    max_attempts: 5,
-                },
+                &stage_job(
+                    Queue::Evaluate,
+                    event_id,
+                    Some(&format!("replay{replays}")),
+                    serde_json::json!({ "replay": replays }),
+                ),
             )?;
             let id = tx.last_insert_rowid();
             tx.commit()?;

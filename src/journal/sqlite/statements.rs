@@ -49,21 +49,33 @@ pub(super) fn insert_event(
     if inserted == 0 {
         return Ok(Appended::Duplicate);
     }
-    insert_job(
-        tx,
-        &NewJob {
-            queue: first_job,
-            kind: first_job.as_str().to_string(),
-            event_id: event.id.clone(),
-            rule: None,
-            job_key: format!("{}:{}", first_job.as_str(), event.id),
-            coalesce_key: None,
-            payload: Value::Null,
-            // Enrichment retries like an action; evaluation is local and retried on lease expiry.
-            max_attempts: 5,
-        },
-    )?;
+    insert_job(tx, &stage_job(first_job, &event.id, None, Value::Null))?;
     Ok(Appended::New)
+}
+
+/// An `enrich` or `evaluate` job for an event. Its key is `<queue>:<event id>`, plus
+/// `suffix` for a later evaluation of the same event (a replay).
+pub(super) fn stage_job(
+    queue: Queue,
+    event_id: &str,
+    suffix: Option<&str>,
+    payload: Value,
+) -> NewJob {
+    let mut job_key = format!("{}:{event_id}", queue.as_str());
+    if let Some(suffix) = suffix {
+        job_key = format!("{job_key}:{suffix}");
+    }
+    NewJob {
+        queue,
+        kind: queue.as_str().to_string(),
+        event_id: event_id.to_string(),
+        rule: None,
+        job_key,
+        coalesce_key: None,
+        payload,
+        // Enrichment retries like an action; evaluation is local and retried on lease expiry.
+        max_attempts: 5,
+    }
 }
 
 /// Inserts a job; an existing job key or a pending identical call makes it a no-op.

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::event::Source;
+use crate::journal::NewJob;
 use serde_json::json;
 
 fn event(id: &str) -> Event {
