@@ -292,15 +292,15 @@ async fn journal_event(
     event: Event,
     first: Queue,
 ) -> Result<(Event, Appended), IntakeError> {
-    let event_id = event.id.clone();
-    let (event, appended) = blocking(&intake.journal, move |j| {
-        j.append(&event, first).map(|appended| (event, appended))
-    })
-    .await
-    .map_err(|error| {
-        tracing::error!(error = %error, event_id = %event_id, "Could not journal the event.");
-        IntakeError::Journal
-    })?;
+    let appended = intake
+        .journal
+        .append(&event, first)
+        .committed()
+        .await
+        .map_err(|error| {
+            tracing::error!(error = %error, event_id = %event.id, "Could not journal the event.");
+            IntakeError::Journal
+        })?;
     if appended == Appended::New {
         intake.wake.notify_waiters();
     }
@@ -339,8 +339,8 @@ fn respond(
 mod tests {
     use super::*;
     use crate::journal::{
-        AlertState, Evaluation, EventSummary, Job, JobOutcome, JobSummary, JournalError,
-        JournalStore,
+        AlertState, AppendTicket, Evaluation, EventSummary, Job, JobOutcome, JobSummary,
+        JournalError, JournalStore,
     };
 
     /// A journal whose disk is gone: every call fails.
@@ -351,8 +351,8 @@ mod tests {
     }
 
     impl JournalStore for BrokenJournal {
-        fn append(&self, _: &Event, _: Queue) -> Result<Appended, JournalError> {
-            down()
+        fn append(&self, _: &Event, _: Queue) -> AppendTicket {
+            AppendTicket::ready(down())
         }
         fn check_writable(&self) -> Result<(), JournalError> {
             down()

@@ -38,6 +38,60 @@ pub enum JournalError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("the journal could not commit: {0}")]
+    Commit(String),
+}
+
+/// The answer to [`JournalStore::append`], given once the transaction that holds the event
+/// is committed (on disk) or has failed. Concurrent appends share one commit, so a caller
+/// waits here rather than holding a thread while it waits its turn for the database.
+pub struct AppendTicket(tokio::sync::oneshot::Receiver<Result<Appended, String>>);
+
+/// The journal's side of an [`AppendTicket`]: answers it after the commit.
+pub struct AppendReply(tokio::sync::oneshot::Sender<Result<Appended, String>>);
+
+impl AppendTicket {
+    /// A ticket and the reply that answers it.
+    pub fn new() -> (AppendReply, AppendTicket) {
+        let (reply, ticket) = tokio::sync::oneshot::channel();
+        (AppendReply(reply), AppendTicket(ticket))
+    }
+
+    /// A ticket answered already (a failure found before anything was queued).
+    pub fn ready(result: Result<Appended, JournalError>) -> AppendTicket {
+        let (reply, ticket) = AppendTicket::new();
+        reply.send(result.map_err(|error| error.to_string()));
+        ticket
+    }
+
+    /// Waits for the commit.
+    pub async fn committed(self) -> Result<Appended, JournalError> {
+        Self::answer(self.0.await)
+    }
+
+    /// Blocks until the commit; for callers that are not on an async worker.
+    pub fn wait(self) -> Result<Appended, JournalError> {
+        Self::answer(self.0.blocking_recv())
+    }
+
+    fn answer(
+        received: Result<Result<Appended, String>, tokio::sync::oneshot::error::RecvError>,
+    ) -> Result<Appended, JournalError> {
+        match received {
+            Ok(Ok(appended)) => Ok(appended),
+            Ok(Err(message)) => Err(JournalError::Commit(message)),
+            Err(_) => Err(JournalError::Commit(
+                "the journal closed before the event was committed".into(),
+            )),
+        }
+    }
+}
+
+impl AppendReply {
+    pub fn send(self, result: Result<Appended, String>) {
+        // The caller may have gone (its request was dropped); the commit stands regardless.
+        let _ = self.0.send(result);
+    }
 }
 
 /// The result of appending an event.
@@ -181,12 +235,14 @@ pub struct JobSummary {
     pub result: Option<Value>,
 }
 
-/// The journal interface every backend implements. Methods are blocking; async callers go
-/// through [`blocking`].
+/// The journal interface every backend implements. Methods other than `append` are
+/// blocking; async callers go through [`blocking`].
 pub trait JournalStore: Send + Sync + 'static {
-    /// In one transaction: insert the event and its first job (`enrich` for Mode run
-    /// events, else `evaluate`). A known id inserts nothing and answers `Duplicate`.
-    fn append(&self, event: &Event, first_job: Queue) -> Result<Appended, JournalError>;
+    /// Queues the event and its first job (`enrich` for Mode run events, else `evaluate`)
+    /// to be inserted in one transaction, and returns at once without blocking. The ticket
+    /// answers after that transaction is committed: a known id inserts nothing and answers
+    /// `Duplicate`. Appends queued together may share a transaction (group commit).
+    fn append(&self, event: &Event, first_job: Queue) -> AppendTicket;
 
     /// Fails when the journal cannot be written (for `/healthz`).
     fn check_writable(&self) -> Result<(), JournalError>;

@@ -2,7 +2,7 @@
 //! before intake answers 200.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::schema::{MIGRATIONS, NOW_MS};
 use super::{
-    AlertState, Appended, Evaluation, EventSummary, Job, JobOutcome, JobSummary, JournalError,
-    JournalStore, Queue, RuleRun,
+    AlertState, AppendReply, AppendTicket, Evaluation, EventSummary, Job, JobOutcome, JobSummary,
+    JournalError, JournalStore, Queue, RuleRun,
 };
 use crate::event::Event;
 
@@ -24,19 +24,21 @@ use statements::*;
 /// The SQLite implementation of [`JournalStore`].
 pub struct SqliteJournal {
     /// One connection, behind a std mutex: every call is short and runs on a blocking
-    /// thread, and SQLite serializes writers anyway.
-    conn: Mutex<Connection>,
-    /// Appends waiting for a commit. Group commit: whichever caller next holds `conn`
-    /// commits every queued append in one transaction (one fsync), and each caller gets
-    /// its own answer back, only after that commit.
-    appends: Mutex<Vec<PendingAppend>>,
+    /// thread (or the commit thread), and SQLite serializes writers anyway.
+    conn: Arc<Mutex<Connection>>,
+    /// Feeds the appends to the commit thread ([`commit_appends`]); None once dropping.
+    appends: Option<mpsc::Sender<PendingAppend>>,
+    committer: Option<std::thread::JoinHandle<()>>,
 }
 
 struct PendingAppend {
     event: EventRow,
     first_job: Queue,
-    reply: std::sync::mpsc::SyncSender<Result<Appended, String>>,
+    reply: AppendReply,
 }
+
+/// Most appends in one transaction, so that one commit cannot grow without bound.
+const MAX_APPEND_BATCH: usize = 1024;
 
 impl SqliteJournal {
     /// Opens (creating if needed) the journal at `path` and applies migrations.
@@ -58,9 +60,19 @@ impl SqliteJournal {
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
         migrate(&conn)?;
+        let conn = Arc::new(Mutex::new(conn));
+        let (appends, queued) = mpsc::channel();
+        let committer = std::thread::Builder::new()
+            .name("freshet-journal".into())
+            .spawn({
+                let conn = Arc::clone(&conn);
+                move || commit_appends(&conn, &queued)
+            })
+            .map_err(|e| open_error(format!("cannot start the commit thread: {e}")))?;
         Ok(SqliteJournal {
-            conn: Mutex::new(conn),
-            appends: Mutex::new(Vec::new()),
+            conn,
+            appends: Some(appends),
+            committer: Some(committer),
         })
     }
 
@@ -68,21 +80,63 @@ impl SqliteJournal {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, JournalError>,
     ) -> Result<T, JournalError> {
-        // A poisoned lock means a panic mid-call; the connection itself is still sound
-        // (SQLite rolls back an unfinished transaction), so carry on with it.
-        let mut conn = self
-            .conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        f(&mut conn)
+        f(&mut lock(&self.conn))
     }
 }
 
-/// Locks a std mutex, carrying on after a panic elsewhere (the data is a plain queue).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+impl Drop for SqliteJournal {
+    /// Ends the commit thread after it has committed what was queued, so that the
+    /// connection is closed (and the WAL checkpointed) when the journal is dropped.
+    fn drop(&mut self) {
+        self.appends = None;
+        if let Some(committer) = self.committer.take() {
+            let _ = committer.join();
+        }
+    }
+}
+
+/// Locks the connection, carrying on after a panic elsewhere: SQLite rolls back an
+/// unfinished transaction, so the connection itself is still sound.
+fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The commit thread: group commit for intake. It takes the first queued append, and
+/// everything else queued by the time it holds the connection, commits them in one
+/// transaction (one fsync), and only then answers each. Under load the batch grows by
+/// itself, because appends queue up while the previous commit waits for the disk; alone,
+/// an append is committed at once. Waiting callers hold no thread, so none of them has to
+/// take the connection in turn just to learn that its append is already committed.
+fn commit_appends(conn: &Mutex<Connection>, queued: &mpsc::Receiver<PendingAppend>) {
+    while let Ok(first) = queued.recv() {
+        let mut conn = lock(conn);
+        let batch: Vec<PendingAppend> = std::iter::once(first)
+            .chain(queued.try_iter().take(MAX_APPEND_BATCH - 1))
+            .collect();
+        let result = (|| {
+            let tx = conn.transaction()?;
+            let mut outcomes = Vec::with_capacity(batch.len());
+            for pending in &batch {
+                outcomes.push(insert_event(&tx, &pending.event, pending.first_job)?);
+            }
+            tx.commit()?;
+            Ok::<_, JournalError>(outcomes)
+        })();
+        drop(conn);
+        match result {
+            Ok(outcomes) => {
+                for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                    pending.reply.send(Ok(outcome));
+                }
+            }
+            Err(error) => {
+                let message = error.to_string();
+                for pending in batch {
+                    pending.reply.send(Err(message.clone()));
+                }
+            }
+        }
+    }
 }
 
 fn migrate(conn: &Connection) -> Result<(), JournalError> {
@@ -117,51 +171,27 @@ pub(super) fn now_ms(tx: &Connection) -> Result<i64, JournalError> {
 }
 
 impl JournalStore for SqliteJournal {
-    fn append(&self, event: &Event, first_job: Queue) -> Result<Appended, JournalError> {
-        let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        lock(&self.appends).push(PendingAppend {
-            event: EventRow::new(event)?,
+    fn append(&self, event: &Event, first_job: Queue) -> AppendTicket {
+        let row = match EventRow::new(event) {
+            Ok(row) => row,
+            Err(error) => return AppendTicket::ready(Err(error)),
+        };
+        let (reply, ticket) = AppendTicket::new();
+        let pending = PendingAppend {
+            event: row,
             first_job,
             reply,
-        });
-        self.with(|conn| {
-            // Everything queued until now, ours included unless an earlier holder of the
-            // connection already committed it.
-            let batch = std::mem::take(&mut *lock(&self.appends));
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let result = (|| {
-                let tx = conn.transaction()?;
-                let mut outcomes = Vec::with_capacity(batch.len());
-                for pending in &batch {
-                    outcomes.push(insert_event(&tx, &pending.event, pending.first_job)?);
-                }
-                tx.commit()?;
-                Ok::<_, JournalError>(outcomes)
-            })();
-            match result {
-                Ok(outcomes) => {
-                    for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                        let _ = pending.reply.send(Ok(outcome));
-                    }
-                }
-                Err(error) => {
-                    let message = error.to_string();
-                    for pending in batch {
-                        let _ = pending.reply.send(Err(message.clone()));
-                    }
-                }
-            }
-            Ok(())
-        })?;
-        match answer.recv() {
-            Ok(Ok(appended)) => Ok(appended),
-            Ok(Err(message)) => Err(JournalError::Invalid(message)),
-            Err(_) => Err(JournalError::Invalid(
-                "the append was dropped before its commit".into(),
-            )),
+        };
+        let queued = match &self.appends {
+            Some(appends) => appends.send(pending).map_err(|failed| failed.0),
+            None => Err(pending),
+        };
+        if let Err(pending) = queued {
+            pending
+                .reply
+                .send(Err("the journal's commit thread has stopped".into()));
         }
+        ticket
     }
 
     fn check_writable(&self) -> Result<(), JournalError> {

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::event::Source;
-use crate::journal::NewJob;
+use crate::journal::{Appended, NewJob};
 use serde_json::json;
 
 fn event(id: &str) -> Event {
@@ -40,11 +40,17 @@ fn action(event_id: &str, key: &str, coalesce: Option<&str>) -> NewJob {
 fn duplicate_ids_insert_nothing() {
     let (_dir, journal) = open();
     assert_eq!(
-        journal.append(&event("dbt:a"), Queue::Evaluate).unwrap(),
+        journal
+            .append(&event("dbt:a"), Queue::Evaluate)
+            .wait()
+            .unwrap(),
         Appended::New
     );
     assert_eq!(
-        journal.append(&event("dbt:a"), Queue::Evaluate).unwrap(),
+        journal
+            .append(&event("dbt:a"), Queue::Evaluate)
+            .wait()
+            .unwrap(),
         Appended::Duplicate
     );
     let jobs = journal.claim(Queue::Evaluate, 10, 60_000).unwrap();
@@ -59,9 +65,60 @@ fn duplicate_ids_insert_nothing() {
 }
 
 #[test]
+fn concurrent_appends_are_each_answered_after_their_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let journal = SqliteJournal::open(&path).unwrap();
+    // Queued all at once, so that the commit thread takes them in batches; each id is sent
+    // twice in a row (most often into the same transaction), and only one may be new.
+    let tickets: Vec<_> = (0..300)
+        .map(|i| {
+            let id = format!("dbt:{}", i / 2);
+            (id.clone(), journal.append(&event(&id), Queue::Evaluate))
+        })
+        .collect();
+    let mut new = std::collections::BTreeSet::new();
+    for (id, ticket) in tickets {
+        if ticket.wait().unwrap() == Appended::New {
+            assert!(new.insert(id.clone()), "{id} was new twice");
+        }
+    }
+    // Every answered event is in the file, seen by a connection of its own.
+    drop(journal);
+    let reopened = SqliteJournal::open(&path).unwrap();
+    let stored = reopened.events(1000, None).unwrap();
+    assert_eq!(new.len(), 150);
+    assert_eq!(stored.len(), 150);
+    assert_eq!(
+        reopened.claim(Queue::Evaluate, 1000, 60_000).unwrap().len(),
+        150,
+        "one evaluate job per new event"
+    );
+}
+
+#[test]
+fn appends_still_queued_when_the_journal_is_dropped_are_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    let journal = SqliteJournal::open(&path).unwrap();
+    let tickets: Vec<_> = (0..50)
+        .map(|i| journal.append(&event(&format!("dbt:{i}")), Queue::Evaluate))
+        .collect();
+    drop(journal);
+    for ticket in tickets {
+        assert_eq!(ticket.wait().unwrap(), Appended::New);
+    }
+    let reopened = SqliteJournal::open(&path).unwrap();
+    assert_eq!(reopened.events(100, None).unwrap().len(), 50);
+}
+
+#[test]
 fn evaluation_is_recorded_once_and_actions_coalesce() {
     let (_dir, journal) = open();
-    journal.append(&event("dbt:a"), Queue::Evaluate).unwrap();
+    journal
+        .append(&event("dbt:a"), Queue::Evaluate)
+        .wait()
+        .unwrap();
     let job = journal.claim(Queue::Evaluate, 1, 60_000).unwrap().remove(0);
     let evaluation = Evaluation {
         rule_runs: vec![RuleRun {
@@ -98,7 +155,10 @@ fn evaluation_is_recorded_once_and_actions_coalesce() {
 #[test]
 fn retries_then_dead_then_manual_retry() {
     let (_dir, journal) = open();
-    journal.append(&event("dbt:a"), Queue::Evaluate).unwrap();
+    journal
+        .append(&event("dbt:a"), Queue::Evaluate)
+        .wait()
+        .unwrap();
     let eval = journal.claim(Queue::Evaluate, 1, 60_000).unwrap().remove(0);
     let evaluation = Evaluation {
         jobs: vec![action("dbt:a", "k1", None)],
@@ -152,7 +212,10 @@ fn running_jobs_are_released_at_start() {
     let path = dir.path().join("j.db");
     {
         let journal = SqliteJournal::open(&path).unwrap();
-        journal.append(&event("dbt:a"), Queue::Evaluate).unwrap();
+        journal
+            .append(&event("dbt:a"), Queue::Evaluate)
+            .wait()
+            .unwrap();
         assert_eq!(journal.claim(Queue::Evaluate, 1, 600_000).unwrap().len(), 1);
     }
     let journal = SqliteJournal::open(&path).unwrap();
@@ -167,7 +230,10 @@ fn running_jobs_are_released_at_start() {
 #[test]
 fn prune_keeps_recent_events() {
     let (_dir, journal) = open();
-    journal.append(&event("dbt:a"), Queue::Evaluate).unwrap();
+    journal
+        .append(&event("dbt:a"), Queue::Evaluate)
+        .wait()
+        .unwrap();
     assert_eq!(journal.prune(30).unwrap(), 0);
     journal
         .with(|c| Ok(c.execute("UPDATE events SET received_ms = 0", [])?))
