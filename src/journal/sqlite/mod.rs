@@ -266,17 +266,7 @@ impl JournalStore for SqliteJournal {
 
     fn claim(&self, queue: Queue, limit: usize, lease_ms: u64) -> Result<Vec<Job>, JournalError> {
         self.with(|conn| {
-            let mut statement = conn.prepare_cached(&format!(
-                "UPDATE jobs SET status = 'running', attempt = attempt + 1,
-                                 lease_until = {NOW_MS} + ?3
-                 WHERE id IN (
-                     SELECT id FROM jobs
-                     WHERE queue = ?1
-                       AND ((status IN ('pending', 'retrying') AND scheduled_at <= {NOW_MS})
-                            OR (status = 'running' AND lease_until < {NOW_MS}))
-                     ORDER BY scheduled_at, id LIMIT ?2)
-                 RETURNING id, queue, kind, event_id, rule, payload, attempt, max_attempts"
-            ))?;
+            let mut statement = conn.prepare_cached(&claim_sql())?;
             let rows = statement.query_map(
                 params![queue.as_str(), limit as i64, lease_ms as i64],
                 |row| {
@@ -308,14 +298,8 @@ impl JournalStore for SqliteJournal {
 
     fn next_due_in(&self, queue: Queue) -> Result<Option<u64>, JournalError> {
         self.with(|conn| {
-            let due: Option<i64> = conn.query_row(
-                &format!(
-                    "SELECT MIN(CASE WHEN status = 'running' THEN lease_until ELSE scheduled_at END) - {NOW_MS}
-                     FROM jobs WHERE queue = ?1 AND status IN ('pending', 'retrying', 'running')"
-                ),
-                [queue.as_str()],
-                |row| row.get(0),
-            )?;
+            let due: Option<i64> =
+                conn.query_row(&next_due_sql(), [queue.as_str()], |row| row.get(0))?;
             Ok(due.map(|ms| ms.max(0) as u64))
         })
     }
@@ -497,13 +481,7 @@ impl JournalStore for SqliteJournal {
     }
 
     fn backlog(&self) -> Result<u64, JournalError> {
-        self.with(|conn| {
-            Ok(conn.query_row(
-                "SELECT COUNT(*) FROM jobs WHERE queue = 'action' AND status IN ('pending', 'retrying', 'running')",
-                [],
-                |row| row.get::<_, i64>(0),
-            )? as u64)
-        })
+        self.with(|conn| Ok(conn.query_row(BACKLOG_SQL, [], |row| row.get::<_, i64>(0))? as u64))
     }
 
     fn alerts(&self) -> Result<Vec<AlertState>, JournalError> {

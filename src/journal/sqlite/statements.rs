@@ -34,6 +34,37 @@ impl EventRow {
     }
 }
 
+// The three queries below read only open jobs. Each repeats the `jobs_open` index's
+// `status IN ('pending', 'retrying', 'running')` term verbatim: that is how SQLite knows it
+// may use the partial index (tests check the plans).
+
+/// Leases up to ?2 due jobs of queue ?1 for ?3 ms: pending or retrying jobs whose time has
+/// come, and running jobs whose lease has ended (a crashed attempt).
+pub(super) fn claim_sql() -> String {
+    format!(
+        "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_until = {NOW_MS} + ?3
+         WHERE id IN (
+             SELECT id FROM jobs
+             WHERE queue = ?1 AND status IN ('pending', 'retrying', 'running')
+               AND ((status IN ('pending', 'retrying') AND scheduled_at <= {NOW_MS})
+                    OR (status = 'running' AND lease_until < {NOW_MS}))
+             ORDER BY scheduled_at, id LIMIT ?2)
+         RETURNING id, queue, kind, event_id, rule, payload, attempt, max_attempts"
+    )
+}
+
+/// Milliseconds until the next job of queue ?1 is due (NULL: none open).
+pub(super) fn next_due_sql() -> String {
+    format!(
+        "SELECT MIN(CASE WHEN status = 'running' THEN lease_until ELSE scheduled_at END) - {NOW_MS}
+         FROM jobs WHERE queue = ?1 AND status IN ('pending', 'retrying', 'running')"
+    )
+}
+
+/// Open action jobs.
+pub(super) const BACKLOG_SQL: &str =
+    "SELECT COUNT(*) FROM jobs WHERE queue = 'action' AND status IN ('pending', 'retrying', 'running')";
+
 pub(super) fn insert_event(
     tx: &Transaction,
     event: &EventRow,

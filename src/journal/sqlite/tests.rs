@@ -249,3 +249,68 @@ fn prune_keeps_recent_events() {
     assert_eq!(journal.prune(30).unwrap(), 1);
     assert!(journal.event("dbt:a").unwrap().is_none());
 }
+
+#[test]
+fn open_job_queries_use_the_open_jobs_index() {
+    let (_dir, journal) = open();
+    let plan = |sql: &str| -> String {
+        journal
+            .with(|c| {
+                let mut statement = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+                // Parameters left unbound are NULL; the plan does not depend on them.
+                let mut rows = statement.raw_query();
+                let mut lines = Vec::new();
+                while let Some(row) = rows.next()? {
+                    lines.push(row.get::<_, String>(3)?);
+                }
+                Ok(lines.join("\n"))
+            })
+            .unwrap()
+    };
+    for (name, sql) in [
+        ("claim", statements::claim_sql()),
+        ("next due", statements::next_due_sql()),
+        ("backlog", statements::BACKLOG_SQL.to_string()),
+    ] {
+        let plan = plan(&sql);
+        assert!(
+            plan.contains("USING INDEX jobs_open"),
+            "{name} plan:\n{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{name} sorts:\n{plan}");
+    }
+}
+
+#[test]
+fn a_journal_of_the_first_schema_is_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(&format!(
+            "BEGIN; {}; PRAGMA user_version = 1; COMMIT;",
+            MIGRATIONS[0]
+        ))
+        .unwrap();
+        conn.execute_batch(
+            "INSERT INTO events (id, source, type, received_at, received_ms, status, body)
+             VALUES ('dbt:old', 'dbt', 'dbt.job.run.completed', 't', 0, 'received', '{}');
+             INSERT INTO jobs (queue, kind, event_id, job_key, payload, status, max_attempts,
+                               scheduled_at, created_at)
+             VALUES ('evaluate', 'evaluate', 'dbt:old', 'evaluate:dbt:old', 'null', 'pending', 1, 0, 0);",
+        )
+        .unwrap();
+    }
+    let journal = SqliteJournal::open(&path).unwrap();
+    let version: usize = journal
+        .with(|c| Ok(c.query_row("PRAGMA user_version", [], |row| row.get(0))?))
+        .unwrap();
+    assert_eq!(version, MIGRATIONS.len());
+    let claimed = journal.claim(Queue::Evaluate, 10, 60_000).unwrap();
+    assert_eq!(
+        claimed.len(),
+        1,
+        "the old journal's pending job is still claimed"
+    );
+    assert_eq!(claimed[0].event_id, "dbt:old");
+}
