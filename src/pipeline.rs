@@ -56,7 +56,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let metrics = Arc::new(Metrics::new());
     let current = Arc::new(ArcSwap::from_pointee(config.clone()));
     let secrets = Arc::new(ArcSwap::from_pointee(IntakeSecrets::from_config(&config)));
-    let wake = Arc::new(Notify::new());
+    let evaluate_wake = Arc::new(Notify::new());
+    let enrich_wake = Arc::new(Notify::new());
     // One client (and connection pool) for every call to Mode, Tableau and Slack.
     let http = crate::actions::client::build_client(&config.actions);
     let actions_wake = Arc::new(Notify::new());
@@ -75,7 +76,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         secrets: Arc::clone(&secrets),
         metrics: Arc::clone(&metrics),
         max_body_bytes: config.server.max_body_bytes,
-        wake: Arc::clone(&wake),
+        evaluate_wake: Arc::clone(&evaluate_wake),
+        enrich_wake: Arc::clone(&enrich_wake),
     };
 
     // `stop_http` ends the listener first; `stop_workers` follows once requests are done.
@@ -96,7 +98,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             rules,
             config: Arc::clone(&current),
             metrics: Arc::clone(&metrics),
-            wake: Arc::clone(&wake),
+            wake: Arc::clone(&evaluate_wake),
             actions_wake: Arc::clone(&actions_wake),
         }
         .run(stop_workers.clone()),
@@ -105,8 +107,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         EnrichWorker {
             journal: Arc::clone(&journal),
             config: Arc::clone(&current),
-            wake: Arc::clone(&wake),
-            evaluate_wake: Arc::clone(&wake),
+            wake: enrich_wake,
+            evaluate_wake: Arc::clone(&evaluate_wake),
             http: http.clone(),
         }
         .run(stop_workers.clone()),
@@ -117,7 +119,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             config: Arc::clone(&current),
             metrics: Arc::clone(&metrics),
             wake: Arc::clone(&actions_wake),
-            events_wake: Arc::clone(&wake),
+            events_wake: Arc::clone(&evaluate_wake),
             http,
         }
         .run(stop_workers.clone()),

@@ -72,8 +72,9 @@ pub struct Intake {
     pub secrets: Arc<ArcSwap<IntakeSecrets>>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
-    /// Wakes the pipeline's workers when new work is journaled.
-    pub wake: Arc<Notify>,
+    /// Wake the stage that takes a new event's first job.
+    pub evaluate_wake: Arc<Notify>,
+    pub enrich_wake: Arc<Notify>,
 }
 
 /// Everything intake answers, as a typed error mapped to a status in one place.
@@ -302,7 +303,10 @@ async fn journal_event(
             IntakeError::Journal
         })?;
     if appended == Appended::New {
-        intake.wake.notify_waiters();
+        match first {
+            Queue::Enrich => intake.enrich_wake.notify_waiters(),
+            _ => intake.evaluate_wake.notify_waiters(),
+        }
     }
     Ok((event, appended))
 }
@@ -416,7 +420,8 @@ mod tests {
             })),
             metrics: Arc::new(Metrics::new()),
             max_body_bytes: 1024,
-            wake: Arc::new(Notify::new()),
+            evaluate_wake: Arc::new(Notify::new()),
+            enrich_wake: Arc::new(Notify::new()),
         };
         let filter = routes(intake);
         let body = br#"{"eventId":"wev_1","eventType":"job.run.completed","data":{}}"#;
