@@ -38,7 +38,8 @@ pub struct EnrichWorker {
 
 impl EnrichWorker {
     pub async fn run(self, stop: CancellationToken) {
-        loop {
+        // As in the evaluate stage: a stop ends the stage between batches, backlog or not.
+        while !stop.is_cancelled() {
             let jobs = match blocking(&self.journal, |j| j.claim(Queue::Enrich, 4, LEASE_MS)).await
             {
                 Ok(jobs) => jobs,

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
 use std::time::Duration;
 
-use support::{sample, sign, Daemon, Setup};
+use support::{count_in_log, dbt_completed, eventually, sample, send_dbt, sign, Daemon, Setup};
 
 const SECRET: &str = "service-test-secret-4";
 
@@ -98,6 +98,45 @@ fn sigterm_answers_the_request_in_flight_and_exits_0() {
         listing.contains("dbt:wev_2L6ZDoilyiWzKkSA59Gmc2d7FDD"),
         "{listing}"
     );
+}
+
+/// A stop that finds a backlog of evaluations ends after the batch in hand instead of
+/// working through the backlog; the next start evaluates the rest, each event once.
+#[tokio::test]
+async fn sigterm_with_a_backlog_stops_between_batches_and_loses_nothing() {
+    const EVENTS: usize = 200;
+    // Each evaluation spins for a while, so that events arrive faster than they are
+    // evaluated and a backlog is waiting when the stop comes.
+    let rule = "let n = 0; for i in 0..20000 { n += i; } print(`seen <${event.id}>`);";
+    let mut daemon = Daemon::start(setup().rule("slow.rhai", rule));
+    for i in 0..EVENTS {
+        let body = dbt_completed(&format!("wev_backlog_{i}"), "nightly", "Success");
+        send_dbt(&daemon, SECRET, body).await;
+    }
+    let (status, _) = daemon.stop();
+    assert!(status.success(), "exit status {status}");
+    let seen_before_stop = count_in_log(&daemon, "seen <dbt:wev_backlog_");
+    assert!(
+        seen_before_stop < EVENTS,
+        "the stop waited for the whole backlog; log:\n{}",
+        daemon.log()
+    );
+    assert_eq!(
+        count_in_log(&daemon, "at the deadline"),
+        0,
+        "{}",
+        daemon.log()
+    );
+
+    daemon.spawn();
+    eventually(&daemon, "the rest of the backlog", || {
+        (count_in_log(&daemon, "seen <dbt:wev_backlog_") >= EVENTS).then_some(())
+    })
+    .await;
+    for i in 0..EVENTS {
+        let needle = format!("seen <dbt:wev_backlog_{i}>");
+        assert_eq!(count_in_log(&daemon, &needle), 1, "{needle}");
+    }
 }
 
 #[tokio::test]

@@ -35,7 +35,9 @@ pub struct EvaluateWorker {
 
 impl EvaluateWorker {
     pub async fn run(self, stop: CancellationToken) {
-        loop {
+        // Checked before each claim, not only when idle: with a backlog, a stop ends the
+        // stage after the batch in hand; the rest stays queued for the next start.
+        while !stop.is_cancelled() {
             let jobs =
                 match blocking(&self.journal, |j| j.claim(Queue::Evaluate, 16, LEASE_MS)).await {
                     Ok(jobs) => jobs,
