@@ -195,6 +195,12 @@ impl JournalStore for SqliteJournal {
     }
 
     fn check_writable(&self) -> Result<(), JournalError> {
+        // Intake can only journal through the commit thread.
+        if !self.committer.as_ref().is_some_and(|c| !c.is_finished()) {
+            return Err(JournalError::Commit(
+                "the journal's commit thread has stopped".into(),
+            ));
+        }
         self.with(|conn| {
             // Takes the write lock and gives it back: fails if the file is read-only, the
             // disk is gone or another process holds the lock for too long.
