@@ -1,0 +1,61 @@
+# Shared by bench/run and bench/compare (sourced, not run). Expects $work (a temp dir) and
+# the repository root as the current directory.
+
+BENCH_SECRET=bench-secret
+
+# wrk, installed when missing.
+ensure_wrk() {
+  if ! command -v wrk >/dev/null 2>&1; then
+    echo "installing wrk" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+  fi
+}
+
+# Signed bodies for wrk: one eventId per request, signatures precomputed (wrk's Lua has no
+# HMAC). Exports what bench/intake.lua reads.
+make_signed_bodies() {
+  python3 - "$work" "$BENCH_SECRET" <<'PY'
+import hashlib, hmac, json, sys
+work, secret = sys.argv[1], sys.argv[2].encode()
+body = json.load(open('tests/fixtures/samples/dbt-job-run-completed.json'))
+body['eventId'] = 'EVENT_ID'
+template = json.dumps(body)
+open(f'{work}/template.json', 'w').write(template)
+with open(f'{work}/sigs.txt', 'w') as out:
+    for i in range(400000):
+        out.write(hmac.new(secret, template.replace('EVENT_ID', 'wev_bench_%09d' % i).encode(), hashlib.sha256).hexdigest() + '\n')
+PY
+  export FRESHET_BENCH_SIGS=$work/sigs.txt FRESHET_BENCH_TEMPLATE=$work/template.json
+}
+
+# Runs wrk against $1 with $2 connections for $DURATION s; prints "req_per_s p50 p99".
+run_wrk() {
+  local threads=$(( $2 < 2 ? 1 : 2 ))
+  FRESHET_BENCH_THREADS=$threads wrk -t"$threads" -c"$2" -d"${DURATION}s" --latency -s bench/intake.lua "$1" > "$work/wrk.out"
+  if grep -q "Non-2xx" "$work/wrk.out"; then echo "non-2xx answers during the run:" >&2; cat "$work/wrk.out" >&2; exit 1; fi
+  awk '/Requests\/sec/ {r=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} END {print r, p50, p99}' "$work/wrk.out"
+}
+
+# Prints the address a server logged ("addr=..."), waiting for it to start.
+wait_for_addr() {
+  for _ in $(seq 1 200); do
+    addr=$(sed -n 's/.*addr=\([0-9.:]*\).*/\1/p' "$1" | head -1)
+    [ -n "$addr" ] && { echo "$addr"; return; }
+    sleep 0.05
+  done
+  echo "server did not start" >&2; cat "$1" >&2; exit 1
+}
+
+# Starts freshet binary $1 on a fresh journal in $work/$2 (no rules) and runs wrk with $3
+# connections against it; prints run_wrk's line.
+bench_freshet() {
+  local dir=$work/$2
+  mkdir -p "$dir/rules"
+  printf '[server]\nlisten = "127.0.0.1:0"\n[journal]\npath = "journal.db"\n[rules]\ndir = "rules"\n[dbt]\nwebhook_secrets = ["%s"]\n' "$BENCH_SECRET" > "$dir/freshet.toml"
+  RUST_LOG=warn,freshet=info "$1" serve --config "$dir/freshet.toml" > "$dir/stdout" 2> "$dir/log" &
+  local pid=$! result status=0
+  result=$(run_wrk "http://$(wait_for_addr "$dir/log")" "$3") || status=$?
+  kill "$pid"; wait "$pid" || true
+  [ "$status" -eq 0 ] || exit "$status"
+  echo "$result"
+}
