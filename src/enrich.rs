@@ -18,7 +18,7 @@ use crate::actions::mode::Mode;
 use crate::config::{Config, ModeConfig};
 use crate::event::Event;
 use crate::journal::{blocking, Job, JobOutcome, Journal, Queue};
-use crate::worker::wait_for_work;
+use crate::worker::next_jobs;
 
 /// How long one enrichment may hold its job: the run, the report, the query runs and
 /// each query's results.
@@ -38,22 +38,9 @@ pub struct EnrichWorker {
 
 impl EnrichWorker {
     pub async fn run(self, stop: CancellationToken) {
-        // As in the evaluate stage: a stop ends the stage between batches, backlog or not.
-        while !stop.is_cancelled() {
-            let jobs = match blocking(&self.journal, |j| j.claim(Queue::Enrich, 4, LEASE_MS)).await
-            {
-                Ok(jobs) => jobs,
-                Err(error) => {
-                    tracing::error!(error = %error, "Cannot claim enrichments.");
-                    Vec::new()
-                }
-            };
-            if jobs.is_empty() {
-                if !wait_for_work(&self.journal, Queue::Enrich, &self.wake, &stop).await {
-                    return;
-                }
-                continue;
-            }
+        while let Some(jobs) =
+            next_jobs(&self.journal, Queue::Enrich, 4, LEASE_MS, &self.wake, &stop).await
+        {
             for job in jobs {
                 self.enrich(&self.http, job).await;
             }

@@ -7,11 +7,38 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::journal::{blocking, Journal, Queue};
+use crate::journal::{blocking, Job, Journal, Queue};
 
 /// Longest idle sleep. Work queued by another process (`freshet replay`, `freshet retry`)
 /// cannot wake us, so it is picked up within this time.
 const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// The next batch of due jobs of `queue` (at most `limit`, leased for `lease_ms`), waiting
+/// while there are none. None once a stop is asked: checked before each claim, not only
+/// when idle, so that with a backlog a stage ends after the batch in hand and the rest
+/// stays queued for the next start.
+pub async fn next_jobs(
+    journal: &Journal,
+    queue: Queue,
+    limit: usize,
+    lease_ms: u64,
+    wake: &Arc<Notify>,
+    stop: &CancellationToken,
+) -> Option<Vec<Job>> {
+    while !stop.is_cancelled() {
+        match blocking(journal, move |j| j.claim(queue, limit, lease_ms)).await {
+            Ok(jobs) if !jobs.is_empty() => return Some(jobs),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(error = %error, queue = queue.as_str(), "Cannot claim jobs.")
+            }
+        }
+        if !wait_for_work(journal, queue, wake, stop).await {
+            break;
+        }
+    }
+    None
+}
 
 /// Waits until work of `queue` may be due. Returns false when it is time to stop.
 pub async fn wait_for_work(

@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::event::Event;
 use crate::journal::{blocking, Evaluation, Job, Journal, NewJob, Queue, RuleRun};
 use crate::metrics::{Metrics, RuleLabels};
-use crate::worker::wait_for_work;
+use crate::worker::next_jobs;
 
 /// Events at this chain depth (freshet reacting to its own events) queue no more actions.
 pub const MAX_CHAIN_DEPTH: u32 = 3;
@@ -35,23 +35,16 @@ pub struct EvaluateWorker {
 
 impl EvaluateWorker {
     pub async fn run(self, stop: CancellationToken) {
-        // Checked before each claim, not only when idle: with a backlog, a stop ends the
-        // stage after the batch in hand; the rest stays queued for the next start.
-        while !stop.is_cancelled() {
-            let jobs =
-                match blocking(&self.journal, |j| j.claim(Queue::Evaluate, 16, LEASE_MS)).await {
-                    Ok(jobs) => jobs,
-                    Err(error) => {
-                        tracing::error!(error = %error, "Cannot claim evaluations.");
-                        Vec::new()
-                    }
-                };
-            if jobs.is_empty() {
-                if !wait_for_work(&self.journal, Queue::Evaluate, &self.wake, &stop).await {
-                    return;
-                }
-                continue;
-            }
+        while let Some(jobs) = next_jobs(
+            &self.journal,
+            Queue::Evaluate,
+            16,
+            LEASE_MS,
+            &self.wake,
+            &stop,
+        )
+        .await
+        {
             // An evaluation is short and local: finish the batch even when asked to stop.
             let batch = self.evaluate(jobs).await;
             self.finish(batch).await;

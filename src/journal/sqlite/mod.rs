@@ -37,6 +37,8 @@ struct PendingAppend {
     reply: AppendReply,
 }
 
+const COMMIT_THREAD_STOPPED: &str = "the journal's commit thread has stopped";
+
 /// Most appends in one transaction, so that one commit cannot grow without bound.
 const MAX_APPEND_BATCH: usize = 1024;
 
@@ -187,9 +189,7 @@ impl JournalStore for SqliteJournal {
             None => Err(pending),
         };
         if let Err(pending) = queued {
-            pending
-                .reply
-                .send(Err("the journal's commit thread has stopped".into()));
+            pending.reply.send(Err(COMMIT_THREAD_STOPPED.into()));
         }
         ticket
     }
@@ -197,9 +197,7 @@ impl JournalStore for SqliteJournal {
     fn check_writable(&self) -> Result<(), JournalError> {
         // Intake can only journal through the commit thread.
         if !self.committer.as_ref().is_some_and(|c| !c.is_finished()) {
-            return Err(JournalError::Commit(
-                "the journal's commit thread has stopped".into(),
-            ));
+            return Err(JournalError::Commit(COMMIT_THREAD_STOPPED.into()));
         }
         self.with(|conn| {
             // Takes the write lock and gives it back: fails if the file is read-only, the

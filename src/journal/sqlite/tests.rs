@@ -77,13 +77,21 @@ fn concurrent_appends_are_each_answered_after_their_commit() {
             (id.clone(), journal.append(&event(&id), Queue::Evaluate))
         })
         .collect();
+    // A connection of its own sees only committed rows: an event answered before its
+    // commit would be missing here.
+    let reader = Connection::open(&path).unwrap();
     let mut new = std::collections::BTreeSet::new();
     for (id, ticket) in tickets {
         if ticket.wait().unwrap() == Appended::New {
             assert!(new.insert(id.clone()), "{id} was new twice");
+            let committed: i64 = reader
+                .query_row("SELECT COUNT(*) FROM events WHERE id = ?1", [&id], |row| {
+                    row.get(0)
+                })
+                .unwrap();
+            assert_eq!(committed, 1, "{id} was answered before its commit");
         }
     }
-    // Every answered event is in the file, seen by a connection of its own.
     drop(journal);
     let reopened = SqliteJournal::open(&path).unwrap();
     let stored = reopened.events(1000, None).unwrap();
