@@ -6,8 +6,8 @@ mod support;
 
 use freshet::journal::{JobSummary, JournalStore, SqliteJournal};
 use support::fake::{
-    FakeMode, FakeSlack, FakeTableau, Reply, MODE_SECRET, MODE_TOKEN, SLACK_BOT_TOKEN,
-    SLACK_WEBHOOK_PATH, TABLEAU_PAT_SECRET,
+    FakeMode, FakeSlack, FakeTableau, Reply, SLACK_BOT_TOKEN, SLACK_WEBHOOK_PATH,
+    TABLEAU_PAT_SECRET,
 };
 use support::{dbt_completed, eventually, send_dbt, Daemon, Setup};
 
@@ -41,38 +41,23 @@ fn setup_with(fakes: &Fakes, max_attempts: u32, tableau: bool) -> Setup {
     } else {
         String::new()
     };
-    Setup::new(&format!(
+    let setup = Setup::new(&format!(
         r#"
 [dbt]
 webhook_secrets = [{{ env = "T_SECRET" }}]
 
-[mode]
-api_base = "{mode}"
-workspace = "acme"
-api_token = {{ env = "T_MODE_TOKEN" }}
-api_secret = {{ env = "T_MODE_SECRET" }}
-
 {tableau_section}
-[slack]
-webhook_url = {{ env = "T_SLACK_URL" }}
-bot_token = {{ env = "T_SLACK_BOT" }}
-api_base = "{slack}"
-
 [actions]
 max_attempts = {max_attempts}
 backoff_initial_ms = 10
 backoff_max_ms = 40
 timeout_ms = 5000
 "#,
-        mode = fakes.mode.base(),
-        slack = fakes.slack.api_base(),
     ))
     .env("T_SECRET", SECRET)
-    .env("T_MODE_TOKEN", MODE_TOKEN)
-    .env("T_MODE_SECRET", MODE_SECRET)
-    .env("T_PAT", TABLEAU_PAT_SECRET)
-    .env("T_SLACK_URL", &fakes.slack.webhook_url())
-    .env("T_SLACK_BOT", SLACK_BOT_TOKEN)
+    .env("T_PAT", TABLEAU_PAT_SECRET);
+    let setup = fakes.mode.configure(setup, None);
+    fakes.slack.configure(setup)
 }
 
 fn jobs(daemon: &Daemon) -> Vec<JobSummary> {

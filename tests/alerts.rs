@@ -7,7 +7,7 @@ mod support;
 use std::path::Path;
 
 use serde_json::{json, Value};
-use support::fake::{recorder, FakeMode, FakeSlack, MODE_SECRET, MODE_TOKEN, SLACK_BOT_TOKEN};
+use support::fake::{recorder, FakeMode, FakeSlack};
 use support::{dbt_completed, evaluated, eventually, send_dbt, Daemon, Setup};
 
 const SECRET: &str = "alerts-test-secret-2";
@@ -24,22 +24,10 @@ fn example_rule(name: &str) -> String {
 }
 
 fn setup(mode: &FakeMode, slack: &FakeSlack) -> Setup {
-    Setup::new(&format!(
+    let setup = Setup::new(
         r##"
 [dbt]
-webhook_secrets = [{{ env = "T_SECRET" }}]
-
-[mode]
-api_base = "{mode}"
-workspace = "acme"
-api_token = {{ env = "T_MODE_TOKEN" }}
-api_secret = {{ env = "T_MODE_SECRET" }}
-webhook_token = {{ env = "T_HOOK" }}
-
-[slack]
-webhook_url = {{ env = "T_SLACK_URL" }}
-bot_token = {{ env = "T_SLACK_BOT" }}
-api_base = "{slack}"
+webhook_secrets = [{ env = "T_SECRET" }]
 
 [actions]
 max_attempts = 3
@@ -50,20 +38,15 @@ backoff_max_ms = 40
 finance_channel = "#finance"
 revenue_floor = 1000.0
 "##,
-        mode = mode.base(),
-        slack = slack.api_base(),
-    ))
-    .env("T_SECRET", SECRET)
-    .env("T_MODE_TOKEN", MODE_TOKEN)
-    .env("T_MODE_SECRET", MODE_SECRET)
-    .env("T_HOOK", HOOK_TOKEN)
-    .env("T_SLACK_URL", &slack.webhook_url())
-    .env("T_SLACK_BOT", SLACK_BOT_TOKEN)
-    .rule("revenue_floor.rhai", &example_rule("revenue_floor.rhai"))
-    .rule(
-        "mode_run_failed.rhai",
-        &example_rule("mode_run_failed.rhai"),
     )
+    .env("T_SECRET", SECRET);
+    slack
+        .configure(mode.configure(setup, Some(HOOK_TOKEN)))
+        .rule("revenue_floor.rhai", &example_rule("revenue_floor.rhai"))
+        .rule(
+            "mode_run_failed.rhai",
+            &example_rule("mode_run_failed.rhai"),
+        )
 }
 
 /// Posts a Mode webhook for `run` of the report; returns the event id.

@@ -4,14 +4,14 @@
 mod support;
 
 use freshet::journal::{JournalStore, SqliteJournal};
-use support::fake::{FakeSlack, Reply, SLACK_BOT_TOKEN, SLACK_WEBHOOK_PATH};
+use support::fake::{FakeSlack, Reply, SLACK_WEBHOOK_PATH};
 use support::{dbt_completed, eventually, send_dbt, sign, Daemon, Setup};
 
 const SECRET: &str = "faults-test-secret-8";
 const MODE_HOOK: &str = "faults-mode-hook-3";
 
 fn setup(slack: &FakeSlack, backoff_ms: u64) -> Setup {
-    Setup::new(&format!(
+    let setup = Setup::new(&format!(
         r#"
 [dbt]
 webhook_secrets = [{{ env = "T_SECRET" }}]
@@ -21,23 +21,15 @@ api_base = "http://127.0.0.1:9"
 workspace = "acme"
 webhook_token = {{ env = "T_HOOK" }}
 
-[slack]
-webhook_url = {{ env = "T_SLACK_URL" }}
-bot_token = {{ env = "T_SLACK_BOT" }}
-api_base = "{}"
-
 [actions]
 max_attempts = 1000
 backoff_initial_ms = {backoff_ms}
 backoff_max_ms = {backoff_ms}
-"#,
-        slack.api_base()
+"#
     ))
     .env("T_SECRET", SECRET)
-    .env("T_HOOK", MODE_HOOK)
-    .env("T_SLACK_URL", &slack.webhook_url())
-    .env("T_SLACK_BOT", SLACK_BOT_TOKEN)
-    .rule(
+    .env("T_HOOK", MODE_HOOK);
+    slack.configure(setup).rule(
         "post.rhai",
         r#"if event.source == "dbt" { slack_post(`event ${event.id}`); }"#,
     )

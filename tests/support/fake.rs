@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use warp::Filter;
 
+use super::Setup;
+
 /// One request as a fake saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -244,10 +246,40 @@ pub struct ModeState {
     next_run: u64,
 }
 
+impl ModeState {
+    /// A run of `report` by its token, as Mode's run URLs name it.
+    fn run(&self, report: &str, token: &str) -> Option<&ModeRun> {
+        self.runs
+            .iter()
+            .find(|r| r.report == report && r.token == token)
+    }
+}
+
 /// A fake Mode API: Basic auth, one workspace, known reports, stateful runs.
 pub type FakeMode = Fake<ModeState>;
 
 impl FakeMode {
+    /// Adds a `[mode]` section pointing at this fake, with its credentials, and the Mode
+    /// webhook token when given.
+    pub fn configure(&self, setup: Setup, webhook_token: Option<&str>) -> Setup {
+        let hook = if webhook_token.is_some() {
+            "webhook_token = { env = \"T_HOOK\" }\n"
+        } else {
+            ""
+        };
+        let setup = setup
+            .section(&format!(
+                "[mode]\napi_base = \"{}\"\nworkspace = \"{MODE_WORKSPACE}\"\napi_token = {{ env = \"T_MODE_TOKEN\" }}\napi_secret = {{ env = \"T_MODE_SECRET\" }}\n{hook}",
+                self.base()
+            ))
+            .env("T_MODE_TOKEN", MODE_TOKEN)
+            .env("T_MODE_SECRET", MODE_SECRET);
+        match webhook_token {
+            Some(token) => setup.env("T_HOOK", token),
+            None => setup,
+        }
+    }
+
     pub async fn start() -> FakeMode {
         let mut state = ModeState::default();
         state
@@ -367,20 +399,12 @@ fn mode_handle(state: &mut ModeState, seen: &Seen) -> Reply {
             state.runs.push(run);
             reply
         }
-        ("GET", ["reports", report, "runs", run]) => match state
-            .runs
-            .iter()
-            .find(|r| r.report == *report && r.token == *run)
-        {
+        ("GET", ["reports", report, "runs", run]) => match state.run(report, run) {
             Some(run) => Reply::json(200, mode_run_json(run)),
             None => not_found("report run not found"),
         },
         ("GET", ["reports", report, "runs", run, "query_runs"]) => {
-            let Some(run) = state
-                .runs
-                .iter()
-                .find(|r| r.report == *report && r.token == *run)
-            else {
+            let Some(run) = state.run(report, run) else {
                 return not_found("report run not found");
             };
             let base = format!("/api/{MODE_WORKSPACE}/reports/{report}/runs/{}", run.token);
@@ -401,11 +425,7 @@ fn mode_handle(state: &mut ModeState, seen: &Seen) -> Reply {
             )
         }
         ("GET", ["reports", report, "runs", run, "query_runs", qr, "results", "content.json"]) => {
-            let Some(run) = state
-                .runs
-                .iter()
-                .find(|r| r.report == *report && r.token == *run)
-            else {
+            let Some(run) = state.run(report, run) else {
                 return not_found("report run not found");
             };
             let Some(queries) = &run.queries else {
@@ -634,6 +654,17 @@ pub struct SlackState {
 pub type FakeSlack = Fake<SlackState>;
 
 impl FakeSlack {
+    /// Adds a `[slack]` section pointing at this fake, with its webhook URL and bot token.
+    pub fn configure(&self, setup: Setup) -> Setup {
+        setup
+            .section(&format!(
+                "[slack]\nwebhook_url = {{ env = \"T_SLACK_URL\" }}\nbot_token = {{ env = \"T_SLACK_BOT\" }}\napi_base = \"{}\"\n",
+                self.api_base()
+            ))
+            .env("T_SLACK_URL", &self.webhook_url())
+            .env("T_SLACK_BOT", SLACK_BOT_TOKEN)
+    }
+
     pub async fn start() -> FakeSlack {
         Fake::spawn(SlackState::default(), slack_handle)
     }

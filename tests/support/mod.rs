@@ -55,6 +55,12 @@ impl Setup {
             ..Default::default()
         }
     }
+    /// Appends a TOML section to the config.
+    pub fn section(mut self, toml: &str) -> Setup {
+        self.extra_config.push('\n');
+        self.extra_config.push_str(toml);
+        self
+    }
     pub fn env(mut self, key: &str, value: &str) -> Setup {
         self.env.push((key.into(), value.into()));
         self
