@@ -31,7 +31,8 @@ use crate::metrics::Metrics;
 use crate::rules::engine::build_engine;
 use crate::rules::watch::{self, Rules};
 use crate::rules::worker::EvaluateWorker;
-use crate::{service, shutdown};
+use crate::service;
+use crate::shutdown::Signals;
 
 /// How long a stop may take before in-flight work is abandoned (SPEC: at most 10 s).
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -39,6 +40,7 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 /// Runs the daemon until SIGTERM or SIGINT. `config_path` is what `--config` named, so
 /// SIGHUP can read the same file again.
 pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let signals = Signals::install();
     let journal_path = config.journal.path.clone();
     let journal: Journal = Arc::new(
         tokio::task::spawn_blocking(move || SqliteJournal::open(&journal_path))
@@ -131,8 +133,9 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     ));
     tracker.close();
 
-    service::spawn_watchdog(stop_workers.clone());
+    // READY=1 first: the watchdog's first ping goes out at once.
     service::ready();
+    service::spawn_watchdog(stop_workers.clone());
 
     let reload = {
         let current = Arc::clone(&current);
@@ -143,7 +146,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             let _ = reload_rules.try_send(());
         }
     };
-    shutdown::wait_for_stop(reload).await;
+    signals.wait_for_stop(reload).await;
 
     tracing::info!("Stopping: finishing requests in flight.");
     service::stopping();
