@@ -52,7 +52,7 @@ impl SqliteJournal {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| open_error(e.to_string()))?;
         }
-        let conn = Connection::open(path).map_err(|e| open_error(e.to_string()))?;
+        let mut conn = Connection::open(path).map_err(|e| open_error(e.to_string()))?;
         conn.busy_timeout(Duration::from_secs(5))?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -61,7 +61,7 @@ impl SqliteJournal {
             )));
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
-        migrate(&conn)?;
+        migrate(&mut conn)?;
         let conn = Arc::new(Mutex::new(conn));
         let (appends, queued) = mpsc::channel();
         let committer = std::thread::Builder::new()
@@ -116,7 +116,7 @@ fn commit_appends(conn: &Mutex<Connection>, queued: &mpsc::Receiver<PendingAppen
             .chain(queued.try_iter().take(MAX_APPEND_BATCH - 1))
             .collect();
         let result = (|| {
-            let tx = conn.transaction()?;
+            let tx = write_transaction(&mut conn)?;
             let mut outcomes = Vec::with_capacity(batch.len());
             for pending in &batch {
                 outcomes.push(insert_event(&tx, &pending.event, pending.first_job)?);
@@ -141,20 +141,23 @@ fn commit_appends(conn: &Mutex<Connection>, queued: &mpsc::Receiver<PendingAppen
     }
 }
 
-fn migrate(conn: &Connection) -> Result<(), JournalError> {
-    let version: usize = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+/// Brings the schema up to date in one write transaction, reading the version inside it,
+/// so that two processes opening an old journal together (the daemon and a CLI command)
+/// cannot both apply a migration.
+fn migrate(conn: &mut Connection) -> Result<(), JournalError> {
+    let tx = write_transaction(conn)?;
+    let version: usize = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if version > MIGRATIONS.len() {
         return Err(JournalError::Corrupt(format!(
             "the journal has schema version {version}, newer than this freshet knows ({})",
             MIGRATIONS.len()
         )));
     }
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
-        conn.execute_batch(&format!(
-            "BEGIN; {migration}; PRAGMA user_version = {}; COMMIT;",
-            index + 1
-        ))?;
+    for migration in &MIGRATIONS[version..] {
+        tx.execute_batch(migration)?;
     }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
+    tx.commit()?;
     Ok(())
 }
 
@@ -166,6 +169,15 @@ pub(super) fn exec(
     params: impl rusqlite::Params,
 ) -> rusqlite::Result<usize> {
     conn.prepare_cached(sql)?.execute(params)
+}
+
+/// Begins a write transaction that takes SQLite's write lock at once (IMMEDIATE). The
+/// CLI writes the same file from another process; a deferred transaction that read first
+/// would fail outright when it then tried to write after the other process's commit,
+/// since SQLite cannot wait out a stale read snapshot. Taking the lock first makes the
+/// busy timeout apply instead.
+fn write_transaction(conn: &mut Connection) -> rusqlite::Result<rusqlite::Transaction<'_>> {
+    conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
 }
 
 pub(super) fn now_ms(tx: &Connection) -> Result<i64, JournalError> {
@@ -315,7 +327,7 @@ impl JournalStore for SqliteJournal {
         failure_event: Option<&Event>,
     ) -> Result<Option<String>, JournalError> {
         self.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = write_transaction(conn)?;
             let status = match outcome {
                 JobOutcome::Succeeded(_) => "succeeded",
                 JobOutcome::Retry { .. } if job.attempt < job.max_attempts => "retrying",
@@ -359,7 +371,7 @@ impl JournalStore for SqliteJournal {
 
     fn finish_enrichment(&self, job: &Job, event: &Event) -> Result<bool, JournalError> {
         self.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = write_transaction(conn)?;
             if !end_job(&tx, job, "succeeded")? {
                 return Ok(false);
             }
@@ -380,7 +392,7 @@ impl JournalStore for SqliteJournal {
 
     fn finish_evaluations(&self, batch: &[(Job, Evaluation)]) -> Result<Vec<bool>, JournalError> {
         self.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = write_transaction(conn)?;
             let mut recorded = Vec::with_capacity(batch.len());
             for (job, evaluation) in batch {
                 recorded.push(record_evaluation(&tx, job, evaluation)?);
@@ -392,7 +404,7 @@ impl JournalStore for SqliteJournal {
 
     fn queue_replay(&self, event_id: &str) -> Result<i64, JournalError> {
         self.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = write_transaction(conn)?;
             let exists: Option<i64> = tx
                 .query_row("SELECT 1 FROM events WHERE id = ?1", [event_id], |row| {
                     row.get(0)
@@ -500,7 +512,7 @@ impl JournalStore for SqliteJournal {
 
     fn prune(&self, days: u32) -> Result<usize, JournalError> {
         self.with(|conn| {
-            let tx = conn.transaction()?;
+            let tx = write_transaction(conn)?;
             let cutoff = format!("{NOW_MS} - {}", i64::from(days) * 86_400_000);
             tx.execute_batch(&format!(
                 "CREATE TEMP TABLE IF NOT EXISTS prunable (id TEXT PRIMARY KEY);

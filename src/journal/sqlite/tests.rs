@@ -322,3 +322,55 @@ fn a_journal_of_the_first_schema_is_migrated() {
     );
     assert_eq!(claimed[0].event_id, "dbt:old");
 }
+
+/// Set when the journal's connection first waits for a lock, or its write has ended.
+static BLOCKED_OR_DONE: (Mutex<bool>, std::sync::Condvar) =
+    (Mutex::new(false), std::sync::Condvar::new());
+
+fn set_blocked_or_done() {
+    *BLOCKED_OR_DONE.0.lock().unwrap() = true;
+    BLOCKED_OR_DONE.1.notify_all();
+}
+
+/// A busy handler that records the wait (so the test knows the write is blocked) and
+/// keeps waiting, like `busy_timeout`, for up to about 10 s.
+fn note_busy(attempt: i32) -> bool {
+    set_blocked_or_done();
+    std::thread::sleep(Duration::from_millis(1));
+    attempt < 10_000
+}
+
+/// `freshet replay` and the daemon write the same file from two processes. A write
+/// transaction that has to wait for the other process must carry on after its commit,
+/// not fail: SQLite does not wait out a read snapshot that went stale before the write
+/// (SQLITE_BUSY_SNAPSHOT), so the journal's write transactions take the lock first.
+#[test]
+fn a_write_that_waits_for_another_process_carries_on_after_its_commit() {
+    let (dir, journal) = open();
+    journal
+        .append(&event("dbt:a"), Queue::Evaluate)
+        .wait()
+        .unwrap();
+    let other = Connection::open(dir.path().join("j.db")).unwrap();
+    other
+        .execute_batch("BEGIN IMMEDIATE; UPDATE events SET received_at = received_at;")
+        .unwrap();
+    lock(&journal.conn).busy_handler(Some(note_busy)).unwrap();
+    let replay = std::thread::scope(|scope| {
+        let replay = scope.spawn(|| {
+            let result = journal.queue_replay("dbt:a");
+            // SQLite may also fail the write at once, without waiting.
+            set_blocked_or_done();
+            result
+        });
+        let mut flag = BLOCKED_OR_DONE.0.lock().unwrap();
+        while !*flag {
+            flag = BLOCKED_OR_DONE.1.wait(flag).unwrap();
+        }
+        drop(flag);
+        other.execute_batch("COMMIT").unwrap();
+        replay.join().unwrap()
+    });
+    replay.expect("the replay waits for the other process and then commits");
+    assert_eq!(journal.claim(Queue::Evaluate, 10, 60_000).unwrap().len(), 2);
+}
