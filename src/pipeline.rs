@@ -90,7 +90,6 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let (addr, server) = warp::serve(ingest::routes(intake))
         .try_bind_with_graceful_shutdown(config.server.listen, stop_http.clone().cancelled_owned())
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    tracing::info!(addr = %addr, journal = %config.journal.path.display(), "Listening.");
     let server = tokio::spawn(server);
 
     let (reload_rules, _watch) = watch::spawn(rules.clone(), stop_workers.clone());
@@ -133,6 +132,9 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     ));
     tracker.close();
 
+    // Logged once every stage and the rules watcher are running: tests and operators
+    // take this line to mean the daemon is up, not only its port.
+    tracing::info!(addr = %addr, journal = %config.journal.path.display(), "Listening.");
     // READY=1 first: the watchdog's first ping goes out at once.
     service::ready();
     service::spawn_watchdog(stop_workers.clone());
