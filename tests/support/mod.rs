@@ -269,6 +269,10 @@ impl Drop for Daemon {
     }
 }
 
+/// How long [`eventually`] waits before it fails a test. Generous, because it only runs
+/// out when a test is failing anyway, and CI machines are slower and shared.
+const EVENTUALLY_BOUND: Duration = Duration::from_secs(60);
+
 /// Polls `check` until it returns Some, or panics with `what` and the daemon's log.
 pub async fn eventually<T>(daemon: &Daemon, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
@@ -276,7 +280,7 @@ pub async fn eventually<T>(daemon: &Daemon, what: &str, mut check: impl FnMut() 
         if let Some(value) = check() {
             return value;
         }
-        if start.elapsed() > Duration::from_secs(20) {
+        if start.elapsed() > EVENTUALLY_BOUND {
             panic!(
                 "timed out waiting for {what}; daemon log:\n{}",
                 daemon.log()
