@@ -6,6 +6,7 @@ mod support;
 use std::path::Path;
 
 use serde_json::Value;
+use support::fake::FakeSlack;
 use support::{count_in_log, dbt_completed, evaluated, eventually, send_dbt, Daemon, Setup, BIN};
 
 const SECRET: &str = "rules-test-secret-91";
@@ -250,8 +251,12 @@ async fn rules_reload_while_running() {
 
 #[tokio::test]
 async fn runaway_rules_are_stopped_and_the_others_fire() {
+    // The good rule's post must succeed: a dead one would emit `freshet.action.failed`,
+    // which every rule here evaluates again, and the counts below would be racing it.
+    let slack = FakeSlack::start().await;
     let daemon = Daemon::start(
-        setup()
+        slack
+            .configure(setup())
             .rule(
                 "spin.rhai",
                 &std::fs::read_to_string(fixture("rules/spin.rhai")).unwrap(),
@@ -289,6 +294,11 @@ async fn runaway_rules_are_stopped_and_the_others_fire() {
         metrics.contains(r#"freshet_rule_evaluations_total{rule="good"} 1"#),
         "{metrics}"
     );
+    eventually(&daemon, "the good rule's post", || {
+        (!slack.posts().is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(slack.posts(), [("webhook".to_string(), "fine".to_string())]);
 }
 
 #[tokio::test]
