@@ -29,7 +29,7 @@ use crate::ingest::{self, Intake, IntakeSecrets};
 use crate::journal::{blocking, Journal, SqliteJournal};
 use crate::metrics::Metrics;
 use crate::rules::engine::build_engine;
-use crate::rules::watch::{self, Rules};
+use crate::rules::watch::{Rules, Watch};
 use crate::rules::worker::EvaluateWorker;
 use crate::service;
 use crate::shutdown::Signals;
@@ -64,6 +64,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let http = crate::actions::client::build_client(&config.actions);
     let actions_wake = Arc::new(Notify::new());
 
+    let watch = Watch::start(&config.rules.dir);
     let rules = {
         let engine = Arc::new(build_engine(config.rules.max_operations));
         let dir = config.rules.dir.clone();
@@ -92,7 +93,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let server = tokio::spawn(server);
 
-    let (reload_rules, _watch) = watch::spawn(rules.clone(), stop_workers.clone());
+    let (reload_rules, _watch) = watch.spawn(rules.clone(), stop_workers.clone());
     tracker.spawn(
         EvaluateWorker {
             journal: Arc::clone(&journal),

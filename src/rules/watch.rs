@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use rhai::Engine;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -80,52 +80,118 @@ impl Rules {
     }
 }
 
-/// Sends a reload request to [`run`] (from SIGHUP).
+/// Sends a reload request to the watch task (from SIGHUP).
 pub type ReloadRequests = mpsc::Sender<()>;
 
-/// Watches the rules folder until `stop`, reloading on changes and on requests.
-pub fn spawn(
-    rules: Rules,
-    stop: CancellationToken,
-) -> (ReloadRequests, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::channel::<()>(16);
-    let watcher_tx = tx.clone();
-    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let relevant = match &event {
-            Ok(event) => !event.kind.is_access(),
-            Err(_) => true,
-        };
-        if relevant {
-            // A full channel already has a reload queued, which will see this change too.
-            let _ = watcher_tx.try_send(());
-        }
-    });
-    let watcher = match watcher {
-        Ok(mut watcher) => match watcher.watch(&rules.dir, RecursiveMode::NonRecursive) {
-            Ok(()) => Some(watcher),
+/// The rules folder's watcher and the reloads it has queued, before the task that acts on
+/// them runs.
+pub struct Watch {
+    requests: ReloadRequests,
+    queued: mpsc::Receiver<()>,
+    watcher: Option<RecommendedWatcher>,
+}
+
+impl Watch {
+    /// Starts watching `dir`. Called before the first load, so that a file changed while
+    /// the rules compile (or before the daemon is up) queues a reload instead of being
+    /// missed until the next change.
+    pub fn start(dir: &Path) -> Watch {
+        let (requests, queued) = mpsc::channel::<()>(16);
+        let watcher_tx = requests.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            // Reading the files to compile them shows up as access events.
+            let relevant = match &event {
+                Ok(event) => !event.kind.is_access(),
+                Err(_) => true,
+            };
+            if relevant {
+                // A full channel already has a reload queued, which will see this change too.
+                let _ = watcher_tx.try_send(());
+            }
+        });
+        let watcher = match watcher {
+            Ok(mut watcher) => match watcher.watch(dir, RecursiveMode::NonRecursive) {
+                Ok(()) => Some(watcher),
+                Err(error) => {
+                    tracing::warn!(dir = %dir.display(), error = %error,
+                        "Cannot watch the rules folder; rules reload on SIGHUP only.");
+                    None
+                }
+            },
             Err(error) => {
-                tracing::warn!(dir = %rules.dir.display(), error = %error,
-                    "Cannot watch the rules folder; rules reload on SIGHUP only.");
+                tracing::warn!(error = %error, "File watching is unavailable; rules reload on SIGHUP only.");
                 None
             }
-        },
-        Err(error) => {
-            tracing::warn!(error = %error, "File watching is unavailable; rules reload on SIGHUP only.");
-            None
+        };
+        Watch {
+            requests,
+            queued,
+            watcher,
         }
-    };
-    let handle = tokio::spawn(async move {
-        // The watcher lives as long as this task.
-        let _watcher = watcher;
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                request = rx.recv() => if request.is_none() { return },
+    }
+
+    /// Reloads `rules` on every queued change or request until `stop`.
+    pub fn spawn(
+        self,
+        rules: Rules,
+        stop: CancellationToken,
+    ) -> (ReloadRequests, tokio::task::JoinHandle<()>) {
+        let Watch {
+            requests,
+            mut queued,
+            watcher,
+        } = self;
+        let handle = tokio::spawn(async move {
+            // The watcher lives as long as this task.
+            let _watcher = watcher;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    request = queued.recv() => if request.is_none() { return },
+                }
+                tokio::time::sleep(DEBOUNCE).await;
+                while queued.try_recv().is_ok() {}
+                rules.reload_async().await;
             }
-            tokio::time::sleep(DEBOUNCE).await;
-            while rx.try_recv().is_ok() {}
-            rules.reload_async().await;
+        });
+        (requests, handle)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::engine::build_engine;
+
+    /// A rule file written after the first load, but before the watch task runs, is
+    /// picked up: the folder was already being watched while the rules compiled.
+    #[tokio::test]
+    async fn a_change_before_the_watch_task_runs_is_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.rhai"), "print(1);\n").unwrap();
+        let watch = Watch::start(dir.path());
+        let rules = Rules::load(
+            Arc::new(build_engine(100_000)),
+            dir.path(),
+            Arc::new(Metrics::new()),
+        );
+        assert_eq!(rules.current.load().rules.len(), 1);
+        std::fs::write(dir.path().join("b.rhai"), "print(2);\n").unwrap();
+
+        let stop = CancellationToken::new();
+        let (_requests, task) = watch.spawn(rules.clone(), stop.clone());
+        // Nothing announces a reload but the swapped rule set, so look at it until it
+        // changes, within a bound that only a failing test reaches.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while rules.current.load().rules.len() < 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the change was never reloaded"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    });
-    (tx, handle)
+        assert!(rules.current.load().rules.contains_key("b"));
+        stop.cancel();
+        task.await.unwrap();
+    }
 }
