@@ -1,7 +1,7 @@
 //! What every action shares: the HTTP client, the classification of failures into
 //! "try again" and "final" (SPEC section 6), and the backoff between attempts.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use reqwest::{Response, StatusCode};
@@ -124,17 +124,25 @@ pub async fn send(service: &str, request: reqwest::RequestBuilder) -> Result<Ans
     })
 }
 
-/// The `Retry-After` header in seconds (the HTTP-date form is ignored).
+/// The `Retry-After` header: delay-seconds, or an HTTP-date (RFC 9110 allows both; a
+/// proxy in front of a service may send the date). Unreadable values are ignored.
 pub fn retry_after(response: &Response) -> Option<Duration> {
-    response
+    let value = response
         .headers()
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+        .ok()?;
+    parse_retry_after(value, SystemTime::now())
+}
+
+fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    // A date already past means "now".
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// At most this much of a body goes into an error message.
@@ -211,5 +219,25 @@ mod tests {
             status_error("x", StatusCode::NOT_FOUND, None, ""),
             ActionError::Final(_)
         ));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        // 2015-10-21T07:28:00Z, the example date of RFC 9110.
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480);
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:30 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
     }
 }
