@@ -141,24 +141,34 @@ fn commit_appends(conn: &Mutex<Connection>, queued: &mpsc::Receiver<PendingAppen
     }
 }
 
-/// Brings the schema up to date in one write transaction, reading the version inside it,
-/// so that two processes opening an old journal together (the daemon and a CLI command)
-/// cannot both apply a migration.
+/// Brings the schema up to date. An up-to-date journal (every open but the first after
+/// an upgrade) is only read, so read-only CLI commands take no write lock. Otherwise the
+/// version is read again inside one write transaction, so that two processes opening an
+/// old journal together (the daemon and a CLI command) cannot both apply a migration.
 fn migrate(conn: &mut Connection) -> Result<(), JournalError> {
-    let tx = write_transaction(conn)?;
-    let version: usize = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
-    if version > MIGRATIONS.len() {
-        return Err(JournalError::Corrupt(format!(
-            "the journal has schema version {version}, newer than this freshet knows ({})",
-            MIGRATIONS.len()
-        )));
+    if schema_version(conn)? == MIGRATIONS.len() {
+        return Ok(());
     }
+    let tx = write_transaction(conn)?;
+    let version = schema_version(&tx)?;
     for migration in &MIGRATIONS[version..] {
         tx.execute_batch(migration)?;
     }
     tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
     tx.commit()?;
     Ok(())
+}
+
+/// The journal's schema version, refusing one newer than this build knows.
+fn schema_version(conn: &Connection) -> Result<usize, JournalError> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(JournalError::Corrupt(format!(
+            "the journal has schema version {version}, newer than this freshet knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    Ok(version)
 }
 
 /// Runs one statement through the connection's statement cache: these run per event or
