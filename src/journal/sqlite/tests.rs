@@ -374,3 +374,20 @@ fn a_write_that_waits_for_another_process_carries_on_after_its_commit() {
     replay.expect("the replay waits for the other process and then commits");
     assert_eq!(journal.claim(Queue::Evaluate, 10, 60_000).unwrap().len(), 2);
 }
+
+/// A journal written by a newer freshet is refused, not opened and misread.
+#[test]
+fn a_journal_of_a_newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("j.db");
+    drop(SqliteJournal::open(&path).unwrap());
+    Connection::open(&path)
+        .unwrap()
+        .pragma_update(None, "user_version", MIGRATIONS.len() + 1)
+        .unwrap();
+    let error = SqliteJournal::open(&path).err().expect("refused");
+    assert!(
+        error.to_string().contains("newer than this freshet knows"),
+        "{error}"
+    );
+}
