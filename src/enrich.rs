@@ -42,12 +42,12 @@ impl EnrichWorker {
             next_jobs(&self.journal, Queue::Enrich, 4, LEASE_MS, &self.wake, &stop).await
         {
             for job in jobs {
-                self.enrich(&self.http, job).await;
+                self.enrich(job).await;
             }
         }
     }
 
-    async fn enrich(&self, http: &reqwest::Client, job: Job) {
+    async fn enrich(&self, job: Job) {
         let event_id = job.event_id.clone();
         let mut event = match blocking(&self.journal, move |j| j.event(&event_id)).await {
             Ok(Some(event)) => event,
@@ -58,7 +58,7 @@ impl EnrichWorker {
         };
         let config = self.config.load_full();
         let result = match &config.mode {
-            Some(mode) => fetch(http, mode, &event).await,
+            Some(mode) => fetch(&self.http, mode, &event).await,
             None => Err(ActionError::not_configured("mode")),
         };
         match result {

@@ -292,7 +292,7 @@ impl JournalStore for SqliteJournal {
 
     fn claim(&self, queue: Queue, limit: usize, lease_ms: u64) -> Result<Vec<Job>, JournalError> {
         self.with(|conn| {
-            let mut statement = conn.prepare_cached(&claim_sql())?;
+            let mut statement = conn.prepare_cached(&CLAIM_SQL)?;
             let rows = statement.query_map(
                 params![queue.as_str(), limit as i64, lease_ms as i64],
                 |row| {
@@ -325,7 +325,7 @@ impl JournalStore for SqliteJournal {
     fn next_due_in(&self, queue: Queue) -> Result<Option<u64>, JournalError> {
         self.with(|conn| {
             let due: Option<i64> =
-                conn.query_row(&next_due_sql(), [queue.as_str()], |row| row.get(0))?;
+                conn.query_row(&NEXT_DUE_SQL, [queue.as_str()], |row| row.get(0))?;
             Ok(due.map(|ms| ms.max(0) as u64))
         })
     }

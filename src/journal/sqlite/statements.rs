@@ -1,6 +1,8 @@
 //! The statements transactions are built from: inserting events and jobs, ending a
 //! job's lease, reading rows, and recording one evaluation.
 
+use std::sync::LazyLock;
+
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
 
@@ -39,8 +41,9 @@ impl EventRow {
 // may use the partial index (tests check the plans).
 
 /// Leases up to ?2 due jobs of queue ?1 for ?3 ms: pending or retrying jobs whose time has
-/// come, and running jobs whose lease has ended (a crashed attempt).
-pub(super) fn claim_sql() -> String {
+/// come, and running jobs whose lease has ended (a crashed attempt). Built once: it runs
+/// for every claim.
+pub(super) static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_until = {NOW_MS} + ?3
          WHERE id IN (
@@ -51,15 +54,15 @@ pub(super) fn claim_sql() -> String {
              ORDER BY scheduled_at, id LIMIT ?2)
          RETURNING id, queue, kind, event_id, rule, payload, attempt, max_attempts"
     )
-}
+});
 
 /// Milliseconds until the next job of queue ?1 is due (NULL: none open).
-pub(super) fn next_due_sql() -> String {
+pub(super) static NEXT_DUE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT MIN(CASE WHEN status = 'running' THEN lease_until ELSE scheduled_at END) - {NOW_MS}
          FROM jobs WHERE queue = ?1 AND status IN ('pending', 'retrying', 'running')"
     )
-}
+});
 
 /// Open action jobs.
 pub(super) const BACKLOG_SQL: &str =

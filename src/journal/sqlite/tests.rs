@@ -1,6 +1,8 @@
 //! The SQLite journal against real files in a temp dir.
 
 use super::*;
+use std::path::PathBuf;
+
 use crate::event::Source;
 use crate::journal::{Appended, NewJob};
 use serde_json::json;
@@ -17,10 +19,16 @@ fn event(id: &str) -> Event {
     }
 }
 
-fn open() -> (tempfile::TempDir, SqliteJournal) {
+/// A journal file's path in a new temp dir (the dir goes when dropped).
+fn temp_path() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let journal = SqliteJournal::open(&dir.path().join("j.db")).unwrap();
-    (dir, journal)
+    let path = dir.path().join("j.db");
+    (dir, path)
+}
+
+fn open() -> (tempfile::TempDir, SqliteJournal) {
+    let (dir, path) = temp_path();
+    (dir, SqliteJournal::open(&path).unwrap())
 }
 
 fn action(event_id: &str, key: &str, coalesce: Option<&str>) -> NewJob {
@@ -66,8 +74,7 @@ fn duplicate_ids_insert_nothing() {
 
 #[test]
 fn concurrent_appends_are_each_answered_after_their_commit() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("j.db");
+    let (_dir, path) = temp_path();
     let journal = SqliteJournal::open(&path).unwrap();
     // Queued all at once, so that the commit thread takes them in batches; each id is sent
     // twice in a row (most often into the same transaction), and only one may be new.
@@ -106,8 +113,7 @@ fn concurrent_appends_are_each_answered_after_their_commit() {
 
 #[test]
 fn appends_still_queued_when_the_journal_is_dropped_are_committed() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("j.db");
+    let (_dir, path) = temp_path();
     let journal = SqliteJournal::open(&path).unwrap();
     let tickets: Vec<_> = (0..50)
         .map(|i| journal.append(&event(&format!("dbt:{i}")), Queue::Evaluate))
@@ -216,8 +222,7 @@ fn retries_then_dead_then_manual_retry() {
 
 #[test]
 fn running_jobs_are_released_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("j.db");
+    let (_dir, path) = temp_path();
     {
         let journal = SqliteJournal::open(&path).unwrap();
         journal
@@ -276,11 +281,11 @@ fn open_job_queries_use_the_open_jobs_index() {
             .unwrap()
     };
     for (name, sql) in [
-        ("claim", statements::claim_sql()),
-        ("next due", statements::next_due_sql()),
-        ("backlog", statements::BACKLOG_SQL.to_string()),
+        ("claim", statements::CLAIM_SQL.as_str()),
+        ("next due", statements::NEXT_DUE_SQL.as_str()),
+        ("backlog", statements::BACKLOG_SQL),
     ] {
-        let plan = plan(&sql);
+        let plan = plan(sql);
         assert!(
             plan.contains("USING INDEX jobs_open"),
             "{name} plan:\n{plan}"
@@ -291,8 +296,7 @@ fn open_job_queries_use_the_open_jobs_index() {
 
 #[test]
 fn a_journal_of_the_first_schema_is_migrated() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("j.db");
+    let (_dir, path) = temp_path();
     {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch(&format!(
@@ -346,12 +350,13 @@ fn note_busy(attempt: i32) -> bool {
 /// (SQLITE_BUSY_SNAPSHOT), so the journal's write transactions take the lock first.
 #[test]
 fn a_write_that_waits_for_another_process_carries_on_after_its_commit() {
-    let (dir, journal) = open();
+    let (_dir, path) = temp_path();
+    let journal = SqliteJournal::open(&path).unwrap();
     journal
         .append(&event("dbt:a"), Queue::Evaluate)
         .wait()
         .unwrap();
-    let other = Connection::open(dir.path().join("j.db")).unwrap();
+    let other = Connection::open(&path).unwrap();
     other
         .execute_batch("BEGIN IMMEDIATE; UPDATE events SET received_at = received_at;")
         .unwrap();
@@ -378,8 +383,7 @@ fn a_write_that_waits_for_another_process_carries_on_after_its_commit() {
 /// A journal written by a newer freshet is refused, not opened and misread.
 #[test]
 fn a_journal_of_a_newer_schema_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("j.db");
+    let (_dir, path) = temp_path();
     drop(SqliteJournal::open(&path).unwrap());
     Connection::open(&path)
         .unwrap()
