@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use crate::journal::{AlertCall, AlertState};
+use crate::journal::{job_key, AlertCall, AlertState};
 
 /// What an `alert(..)` call leads to.
 #[derive(Debug, Clone, PartialEq)]
@@ -39,7 +39,7 @@ pub fn decide(previous: Option<&AlertState>, call: &AlertCall, now_ms: i64) -> D
                     last_notified_ms: Some(now_ms),
                 }),
                 post: Some((
-                    format!("alert:{}:v{version}:firing", call.name),
+                    job_key(&["alert", &call.name, &format!("v{version}"), "firing"]),
                     payload(call.text.clone()),
                 )),
                 summary: "ok -> firing: posts the alert".into(),
@@ -61,10 +61,13 @@ pub fn decide(previous: Option<&AlertState>, call: &AlertCall, now_ms: i64) -> D
                         ..previous.clone()
                     }),
                     post: Some((
-                        format!(
-                            "alert:{}:v{}:renotify:{now_ms}",
-                            call.name, previous.version
-                        ),
+                        job_key(&[
+                            "alert",
+                            &call.name,
+                            &format!("v{}", previous.version),
+                            "renotify",
+                            &now_ms.to_string(),
+                        ]),
                         payload(call.text.clone()),
                     )),
                     summary: "still firing, renotify interval passed: posts again".into(),
@@ -81,7 +84,7 @@ pub fn decide(previous: Option<&AlertState>, call: &AlertCall, now_ms: i64) -> D
             let version = version + 1;
             let post = call.resolve.then(|| {
                 (
-                    format!("alert:{}:v{version}:resolved", call.name),
+                    job_key(&["alert", &call.name, &format!("v{version}"), "resolved"]),
                     payload(format!("Resolved: {}", call.name)),
                 )
             });

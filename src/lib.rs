@@ -35,3 +35,8 @@ pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod worker;
+
+/// Counts each thread's live allocations, so rule evaluations have a memory budget
+/// (`rules::memory`).
+#[global_allocator]
+static ALLOCATOR: rules::memory::CountingAllocator = rules::memory::CountingAllocator;

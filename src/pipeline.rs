@@ -12,20 +12,20 @@
 //! Workers find their work in the journal, not in channels: intake only *wakes* them
 //! (`Notify`), so a crash between two stages loses nothing.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::actions::runner::ActionWorker;
 use crate::config::{self, Config};
 use crate::enrich::EnrichWorker;
-use crate::ingest::{self, Intake, IntakeSecrets};
+use crate::ingest::{self, listener, Health, Intake, IntakeSecrets};
 use crate::journal::{blocking, Journal, SqliteJournal};
 use crate::metrics::Metrics;
 use crate::rules::engine::build_engine;
@@ -41,6 +41,8 @@ pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 /// SIGHUP can read the same file again.
 pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let signals = Signals::install();
+    ensure_rules_folder(&config.rules.dir)?;
+    let file_limit = listener::raise_file_limit().unwrap_or(1024);
     let journal_path = config.journal.path.clone();
     let journal: Journal = Arc::new(
         tokio::task::spawn_blocking(move || SqliteJournal::open(&journal_path))
@@ -48,14 +50,21 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             .context("journal open task failed")??,
     );
     let released = blocking(&journal, |j| j.release_running()).await?;
-    if released > 0 {
+    if released.again > 0 {
         tracing::warn!(
-            jobs = released,
+            jobs = released.again,
             "Jobs left running by the last stop will run again."
+        );
+    }
+    if released.dead > 0 {
+        tracing::error!(
+            jobs = released.dead,
+            "Jobs left running by the last stop had no attempts left and are dead; `freshet actions --status dead` lists them."
         );
     }
 
     let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
     let current = Arc::new(ArcSwap::from_pointee(config.clone()));
     let secrets = Arc::new(ArcSwap::from_pointee(IntakeSecrets::from_config(&config)));
     let evaluate_wake = Arc::new(Notify::new());
@@ -79,6 +88,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         secrets: Arc::clone(&secrets),
         metrics: Arc::clone(&metrics),
         max_body_bytes: config.server.max_body_bytes,
+        body_budget: Arc::new(Semaphore::new(config.server.max_pending_body_bytes)),
+        health: Arc::clone(&health),
         evaluate_wake: Arc::clone(&evaluate_wake),
         enrich_wake: Arc::clone(&enrich_wake),
     };
@@ -88,10 +99,24 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let stop_workers = CancellationToken::new();
     let tracker = TaskTracker::new();
 
-    let (addr, server) = warp::serve(ingest::routes(intake))
-        .try_bind_with_graceful_shutdown(config.server.listen, stop_http.clone().cancelled_owned())
-        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    let server = tokio::spawn(server);
+    let tcp = listener::bind(config.server.listen)?;
+    let addr = tcp.local_addr()?;
+    let limits = listener::Limits {
+        max_connections: listener::connection_cap(config.server.max_connections, file_limit),
+    };
+    if limits.max_connections < config.server.max_connections {
+        tracing::warn!(
+            max_connections = limits.max_connections,
+            file_limit,
+            "The open-file limit allows fewer connections than server.max_connections."
+        );
+    }
+    let server = tokio::spawn(listener::serve(
+        tcp,
+        warp::service(ingest::routes(intake)),
+        limits,
+        stop_http.clone(),
+    ));
 
     let (reload_rules, _watch) = watch.spawn(rules.clone(), stop_workers.clone());
     tracker.spawn(
@@ -144,7 +169,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         let current = Arc::clone(&current);
         let secrets = Arc::clone(&secrets);
         move || {
-            reload_config(config_path.clone(), &current, &secrets);
+            let outcome = reload_config(config_path.clone(), &current, &secrets);
+            health.reloaded(outcome);
             // A full queue already holds a reload that will read the same files.
             let _ = reload_rules.try_send(());
         }
@@ -169,24 +195,79 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     Ok(())
 }
 
-/// SIGHUP: read the config again and swap in its secrets. A config that no longer loads
-/// keeps the running one and says why.
+/// `serve` refuses to start without its rules folder (SPEC section 9): running with no
+/// rules would look healthy and do nothing.
+fn ensure_rules_folder(dir: &Path) -> anyhow::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{}: rules folder not found; create it (`mkdir -p {}`), or write a config and the example rules with `freshet init DIR`, or set rules.dir",
+        dir.display(),
+        dir.display()
+    )
+}
+
+/// SIGHUP: reads the config again and swaps in its secrets. A config that does not load,
+/// or that would leave a source that has a secret now without one (a file caught
+/// half-written, emptied by mistake), is refused: the running one stays (SPEC section
+/// 11). Returns the outcome for `/healthz`.
 fn reload_config(
     path: Option<PathBuf>,
     current: &ArcSwap<Config>,
     secrets: &ArcSwap<IntakeSecrets>,
-) {
-    match config::load(path.as_deref()) {
-        Ok(config) => {
-            secrets.store(Arc::new(IntakeSecrets::from_config(&config)));
-            current.store(Arc::new(config));
-            tracing::info!("Configuration reloaded.");
-        }
+) -> Result<(), String> {
+    let config = match config::load(path.as_deref()) {
+        Ok(config) => config,
         Err(errors) => {
             for problem in &errors.0 {
                 tracing::error!(problem = %problem, "Configuration reload failed; keeping the running one.");
             }
+            return Err(errors.to_string());
         }
+    };
+    let next = IntakeSecrets::from_config(&config);
+    if let Some(lost) = secrets.load().sources_lost_in(&next) {
+        let error = format!(
+            "the reloaded config has no {lost}, which the running one has; kept the running config (a source is removed by a restart)"
+        );
+        tracing::error!(error = %error, "Configuration reload refused.");
+        return Err(error);
+    }
+    warn_about_restart_only_changes(&current.load(), &config);
+    secrets.store(Arc::new(next));
+    current.store(Arc::new(config));
+    tracing::info!("Configuration reloaded.");
+    Ok(())
+}
+
+/// Settings a reload cannot apply (the listener, the journal, the rule engine and the
+/// HTTP client are built at start): say so rather than pretend.
+fn warn_about_restart_only_changes(running: &Config, next: &Config) {
+    let changed = [
+        ("server.listen", running.server.listen != next.server.listen),
+        (
+            "server limits",
+            running.server.max_connections != next.server.max_connections
+                || running.server.max_body_bytes != next.server.max_body_bytes
+                || running.server.max_pending_body_bytes != next.server.max_pending_body_bytes,
+        ),
+        ("journal.path", running.journal.path != next.journal.path),
+        ("rules.dir", running.rules.dir != next.rules.dir),
+        (
+            "rules.max_operations",
+            running.rules.max_operations != next.rules.max_operations,
+        ),
+        (
+            "actions.timeout_ms",
+            running.actions.timeout_ms != next.actions.timeout_ms,
+        ),
+    ];
+    for (key, _) in changed.iter().filter(|(_, changed)| *changed) {
+        tracing::warn!(
+            key,
+            "This setting changed; it takes effect at the next restart."
+        );
     }
 }
 

@@ -145,10 +145,10 @@ async fn tableau_refresh_signs_in_once_finds_the_id_and_renews_an_expired_sessio
 }
 
 #[tokio::test]
-async fn a_sign_in_redirected_to_a_pod_is_posted_again_there_and_the_pod_is_used() {
+async fn a_sign_in_redirected_on_the_same_server_is_posted_again_there_and_used() {
     let fakes = fakes().await;
-    let pod = FakeTableau::start().await;
-    fakes.tableau.state.lock().unwrap().redirect_signin_to = Some(pod.base());
+    fakes.tableau.state.lock().unwrap().redirect_signin_to =
+        Some("/pod/api/3.22/auth/signin".into());
     let daemon = Daemon::start(setup(&fakes, 3).rule(
         "r.rhai",
         r#"if event.source == "dbt" { tableau_refresh("Finance Overview"); }"#,
@@ -161,9 +161,7 @@ async fn a_sign_in_redirected_to_a_pod_is_posted_again_there_and_the_pod_is_used
     .await;
     let done = settled(&daemon, 1).await;
     assert_eq!(done[0].status, "succeeded", "{done:?}");
-    assert_eq!(pod.sign_ins(), 1, "the sign-in was POSTed again at the pod");
-    assert_eq!(pod.refreshes().len(), 1, "the refresh went to the pod");
-    let first: Vec<String> = fakes
+    let calls: Vec<String> = fakes
         .tableau
         .log
         .lock()
@@ -171,10 +169,56 @@ async fn a_sign_in_redirected_to_a_pod_is_posted_again_there_and_the_pod_is_used
         .iter()
         .map(|s| format!("{} {}", s.method, s.path))
         .collect();
+    assert_eq!(calls[0], "POST /api/3.22/auth/signin");
+    assert_eq!(calls[1], "POST /pod/api/3.22/auth/signin", "{calls:#?}");
+    assert!(
+        calls[2..]
+            .iter()
+            .all(|c| c.contains(" /pod/api/3.22/sites/")),
+        "later calls go where the sign-in was answered: {calls:#?}"
+    );
+    assert_eq!(fakes.tableau.sign_ins(), 1);
+}
+
+/// SPEC section 7 and the hardening issue: a sign-in redirected to another host must not
+/// take the PAT there.
+#[tokio::test]
+async fn a_sign_in_redirected_to_another_host_is_refused_and_sends_it_nothing() {
+    let fakes = fakes().await;
+    let (elsewhere, seen_elsewhere) = support::fake::recorder().await;
+    // "localhost" is another host name than the configured 127.0.0.1.
+    fakes.tableau.state.lock().unwrap().redirect_signin_to = Some(format!(
+        "http://localhost:{}/api/3.22/auth/signin",
+        elsewhere.port()
+    ));
+    let daemon = Daemon::start(setup(&fakes, 3).rule(
+        "r.rhai",
+        r#"if event.source == "dbt" { tableau_refresh("Finance Overview"); }"#,
+    ));
+    send_dbt(
+        &daemon,
+        SECRET,
+        dbt_completed("wev_p2", "nightly", "Success"),
+    )
+    .await;
+    let done = settled(&daemon, 1).await;
+    assert_eq!(done[0].status, "dead", "{done:?}");
+    let error = done[0].last_error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains(&format!(
+            "refused a redirect to another server (localhost:{})",
+            elsewhere.port()
+        )),
+        "{error}"
+    );
+    assert!(
+        seen_elsewhere.lock().unwrap().is_empty(),
+        "the other host was contacted"
+    );
     assert_eq!(
-        first,
-        vec!["POST /api/3.22/auth/signin"],
-        "only the sign-in reached the first server"
+        fakes.tableau.log.lock().unwrap().len(),
+        1,
+        "one sign-in, not followed"
     );
 }
 

@@ -5,6 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 use reqwest::{Response, StatusCode};
+use url::Url;
 
 use crate::config::ActionsConfig;
 
@@ -89,12 +90,23 @@ pub fn status_error(
     }
 }
 
-/// A service's answer, read in full.
+/// Longest answer read from a service (SPEC section 11): their answers are small JSON
+/// documents, and a misbehaving server or proxy must not be able to fill our memory.
+/// Mode's result rows are streamed separately, bounded by `mode.max_result_bytes`.
+pub const MAX_ANSWER_BYTES: usize = 4 << 20;
+
+/// Most redirects followed for one request.
+const MAX_REDIRECTS: usize = 3;
+
+/// A service's answer, read in full (up to [`MAX_ANSWER_BYTES`]).
 pub struct Answer {
     pub status: StatusCode,
     /// The `Retry-After` header, when the service sent one in seconds.
     pub retry_after: Option<Duration>,
     pub body: String,
+    /// Where the answer came from, after any redirect. May be a secret (a Slack webhook):
+    /// never log it.
+    pub url: Url,
 }
 
 impl Answer {
@@ -104,24 +116,126 @@ impl Answer {
     }
 }
 
-/// Sends a request and reads the whole answer; transport failures are retryable errors
-/// that never carry the URL.
+/// Sends a request and reads the whole answer (up to [`MAX_ANSWER_BYTES`]). Redirects are
+/// followed only where credentials stay safe ([`safe_redirect`]); the request is sent
+/// again as it was, method and body included, as tableauserverclient re-POSTs a sign-in
+/// (`auth_endpoint.py`). Transport failures are retryable errors that never carry the URL.
 pub async fn send(service: &str, request: reqwest::RequestBuilder) -> Result<Answer, ActionError> {
-    let response = request
-        .send()
-        .await
-        .map_err(|e| transport_error(service, e))?;
+    let response = send_following_redirects(service, request).await?;
     let status = response.status();
     let retry_after = retry_after(&response);
-    let body = response
-        .text()
-        .await
-        .map_err(|e| transport_error(service, e))?;
+    let url = response.url().clone();
+    let body = read_capped(service, response, MAX_ANSWER_BYTES).await?;
     Ok(Answer {
         status,
         retry_after,
-        body,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        url,
     })
+}
+
+/// Sends `request`, following safe redirects; returns the first answer that is not one.
+pub async fn send_following_redirects(
+    service: &str,
+    request: reqwest::RequestBuilder,
+) -> Result<Response, ActionError> {
+    let (client, request) = request.build_split();
+    let mut request = request.map_err(|e| transport_error(service, e))?;
+    for _ in 0..=MAX_REDIRECTS {
+        let again = request.try_clone();
+        let response = client
+            .execute(request)
+            .await
+            .map_err(|e| transport_error(service, e))?;
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|l| l.to_str().ok());
+        let (true, Some(location)) = (response.status().is_redirection(), location) else {
+            return Ok(response);
+        };
+        let target = safe_redirect(response.url(), location)
+            .map_err(|why| ActionError::final_error(format!("{service}: {why}")))?;
+        let Some(mut next) = again else {
+            return Err(ActionError::final_error(format!(
+                "{service}: redirected, and the request cannot be sent again"
+            )));
+        };
+        *next.url_mut() = target;
+        request = next;
+    }
+    Err(ActionError::final_error(format!(
+        "{service}: more than {MAX_REDIRECTS} redirects"
+    )))
+}
+
+/// Where a redirect from `from` to `location` may be followed: a relative `Location`, the
+/// same scheme, host and port, or the same host from http to https (SPEC section 7). Any
+/// other target would receive the credentials the request carries (a Tableau PAT or
+/// token, a Mode key, a Slack token), so it is refused. The error names only the host.
+pub fn safe_redirect(from: &Url, location: &str) -> Result<Url, String> {
+    let target = from
+        .join(location)
+        .map_err(|_| "redirected to an unreadable Location".to_string())?;
+    let same_host = target.host_str() == from.host_str();
+    let same_origin = same_host
+        && target.scheme() == from.scheme()
+        && target.port_or_known_default() == from.port_or_known_default();
+    let upgrade = same_host && from.scheme() == "http" && target.scheme() == "https";
+    if same_origin || upgrade {
+        return Ok(target);
+    }
+    if same_host && from.scheme() == "https" && target.scheme() == "http" {
+        return Err("refused a redirect from https to plain http".into());
+    }
+    let server = match (target.host_str(), target.port()) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (host, None) => host.unwrap_or("?").to_string(),
+        (None, Some(_)) => "?".to_string(),
+    };
+    Err(format!(
+        "refused a redirect to another server ({server}): credentials are only sent to the configured one"
+    ))
+}
+
+/// Reads a body up to `cap` bytes. A longer one is an error of the attempt: retryable when
+/// the status was a 5xx (the server is in trouble), final otherwise.
+pub async fn read_capped(
+    service: &str,
+    mut response: Response,
+    cap: usize,
+) -> Result<Vec<u8>, ActionError> {
+    let status = response.status();
+    if response
+        .content_length()
+        .is_some_and(|length| length > cap as u64)
+    {
+        return Err(too_long(service, status, cap));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| transport_error(service, e))?
+    {
+        if body.len() + chunk.len() > cap {
+            return Err(too_long(service, status, cap));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+fn too_long(service: &str, status: StatusCode, cap: usize) -> ActionError {
+    let message = format!(
+        "{service}: HTTP {}: the answer is longer than {cap} bytes",
+        status.as_u16()
+    );
+    if status.is_server_error() {
+        ActionError::retryable(message)
+    } else {
+        ActionError::Final(message)
+    }
 }
 
 /// The `Retry-After` header: delay-seconds, or an HTTP-date (RFC 9110 allows both; a
@@ -219,6 +333,35 @@ mod tests {
             status_error("x", StatusCode::NOT_FOUND, None, ""),
             ActionError::Final(_)
         ));
+    }
+
+    #[test]
+    fn redirects_keep_credentials_on_the_configured_server() {
+        let from = Url::parse("https://tableau.example.com/api/3.22/auth/signin").unwrap();
+        let ok = |location: &str| safe_redirect(&from, location).unwrap().to_string();
+        assert_eq!(
+            ok("/pod/api/3.22/auth/signin"),
+            "https://tableau.example.com/pod/api/3.22/auth/signin"
+        );
+        assert_eq!(
+            ok("https://tableau.example.com:443/x"),
+            "https://tableau.example.com/x"
+        );
+        let refused = |location: &str| safe_redirect(&from, location).unwrap_err();
+        assert!(refused("https://evil.example/api").contains("another server (evil.example)"));
+        assert!(refused("https://tableau.example.com.evil.example/").contains("another server"));
+        assert!(refused("http://tableau.example.com/x").contains("https to plain http"));
+        assert!(
+            refused("https://tableau.example.com:8443/x").contains("(tableau.example.com:8443)")
+        );
+        let http = Url::parse("http://tableau.example.com/api").unwrap();
+        assert_eq!(
+            safe_redirect(&http, "https://tableau.example.com/api")
+                .unwrap()
+                .scheme(),
+            "https"
+        );
+        assert!(safe_redirect(&http, "https://other.example/api").is_err());
     }
 
     #[test]

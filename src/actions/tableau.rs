@@ -9,7 +9,7 @@ use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
-use super::client::{excerpt, retry_after, send, status_error, transport_error, ActionError};
+use super::client::{excerpt, send, status_error, ActionError};
 use crate::config::TableauConfig;
 
 const SERVICE: &str = "tableau";
@@ -240,73 +240,47 @@ async fn sign_in(http: &Client, config: &TableauConfig) -> Result<Session, Actio
         "personalAccessTokenSecret": config.pat_secret.expose(),
         "site": { "contentUrl": config.site },
     }});
-    let mut url = format!("{}/auth/signin", api_root(config));
-    // Tableau Cloud answers 301 with the pod's address; POST again there, once.
-    for _ in 0..2 {
-        let response = http
-            .post(&url)
-            .header("Accept", "application/json")
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| transport_error(SERVICE, e))?;
-        let status = response.status();
-        if status.is_redirection() {
-            let location = response
-                .headers()
-                .get("location")
-                .and_then(|l| l.to_str().ok())
-                .map(String::from);
-            match location {
-                Some(location)
-                    if location.starts_with("https://") || location.starts_with("http://") =>
-                {
-                    url = location;
-                    continue;
-                }
-                _ => {
-                    return Err(ActionError::final_error(
-                        "tableau: sign-in redirected without a usable Location",
-                    ))
-                }
-            }
-        }
-        let wait = retry_after(&response);
-        let text = response
-            .text()
-            .await
-            .map_err(|e| transport_error(SERVICE, e))?;
-        let parsed = parse_body(&text);
-        if !status.is_success() {
-            return Err(match status {
-                StatusCode::UNAUTHORIZED => ActionError::final_error(format!(
-                    "tableau: sign-in refused ({}): check tableau.pat_name, pat_secret and site",
-                    error_code(&parsed).unwrap_or_else(|| "401".into())
-                )),
-                _ => tableau_error(status, wait, &parsed),
-            });
-        }
-        let token = parsed.pointer("/credentials/token").and_then(Value::as_str);
-        let site_id = parsed
-            .pointer("/credentials/site/id")
-            .and_then(Value::as_str);
-        return match (token, site_id) {
-            (Some(token), Some(site_id)) => {
-                tracing::info!(action = "tableau", "Signed in to Tableau.");
-                Ok(Session {
-                    token: token.to_string(),
-                    site_id: site_id.to_string(),
-                    api_root: url.trim_end_matches("/auth/signin").to_string(),
-                })
-            }
-            _ => Err(ActionError::retryable(
-                "tableau: sign-in answer has no credentials token or site id",
+    let url = format!("{}/auth/signin", api_root(config));
+    // A redirect (a load balancer's path, http -> https) is followed by `send` only on the
+    // configured server: the PAT never goes anywhere else.
+    let request = http
+        .post(&url)
+        .header("Accept", "application/json")
+        .json(&body);
+    let answer = send(SERVICE, request).await?;
+    let (status, wait) = (answer.status, answer.retry_after);
+    let parsed = parse_body(&answer.body);
+    if !status.is_success() {
+        return Err(match status {
+            StatusCode::UNAUTHORIZED => ActionError::final_error(format!(
+                "tableau: sign-in refused ({}): check tableau.pat_name, pat_secret and site",
+                error_code(&parsed).unwrap_or_else(|| "401".into())
             )),
-        };
+            _ => tableau_error(status, wait, &parsed),
+        });
     }
-    Err(ActionError::final_error(
-        "tableau: sign-in redirected more than once",
-    ))
+    let token = parsed.pointer("/credentials/token").and_then(Value::as_str);
+    let site_id = parsed
+        .pointer("/credentials/site/id")
+        .and_then(Value::as_str);
+    match (token, site_id) {
+        (Some(token), Some(site_id)) => {
+            tracing::info!(action = "tableau", "Signed in to Tableau.");
+            Ok(Session {
+                token: token.to_string(),
+                site_id: site_id.to_string(),
+                // Where the sign-in was answered: later calls go there too.
+                api_root: answer
+                    .url
+                    .as_str()
+                    .trim_end_matches("/auth/signin")
+                    .to_string(),
+            })
+        }
+        _ => Err(ActionError::retryable(
+            "tableau: sign-in answer has no credentials token or site id",
+        )),
+    }
 }
 
 /// JSON bodies as JSON; anything else (XML errors, proxy pages) kept as text.

@@ -33,6 +33,8 @@ struct RawConfig {
 struct RawServer {
     listen: String,
     max_body_bytes: usize,
+    max_connections: usize,
+    max_pending_body_bytes: usize,
 }
 
 impl Default for RawServer {
@@ -40,6 +42,8 @@ impl Default for RawServer {
         RawServer {
             listen: "127.0.0.1:8787".into(),
             max_body_bytes: 262_144,
+            max_connections: 4096,
+            max_pending_body_bytes: 64 << 20,
         }
     }
 }
@@ -221,6 +225,10 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
             let key = error.path().to_string();
             let inner = error.into_inner();
             let mut message = inner.message().to_string();
+            if is_secret_key(&key) {
+                // serde quotes the value it could not use; here that value is a secret.
+                message = hide_quoted_values(&message);
+            }
             if let Some(span) = inner.span() {
                 let (line, column) = line_column(text, span.start);
                 message = format!("{message} (line {line}, column {column})");
@@ -257,6 +265,18 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     };
     if raw.server.max_body_bytes == 0 {
         problems.error("server.max_body_bytes", "must be greater than 0");
+    }
+    if raw.server.max_connections == 0 {
+        problems.error("server.max_connections", "must be greater than 0");
+    }
+    if raw.server.max_pending_body_bytes < raw.server.max_body_bytes {
+        problems.error(
+            "server.max_pending_body_bytes",
+            "must be at least server.max_body_bytes, or a body of the largest size could never be read",
+        );
+    }
+    if raw.server.max_pending_body_bytes > u32::MAX as usize {
+        problems.error("server.max_pending_body_bytes", "must be below 4 GiB");
     }
     if raw.rules.max_operations == 0 {
         problems.error("rules.max_operations", "must be greater than 0");
@@ -388,6 +408,8 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         server: ServerConfig {
             listen,
             max_body_bytes: raw.server.max_body_bytes,
+            max_connections: raw.server.max_connections,
+            max_pending_body_bytes: raw.server.max_pending_body_bytes,
         },
         rules: RulesConfig {
             dir: base_dir.join(&raw.rules.dir),
@@ -410,6 +432,44 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         vars,
         warnings: problems.warnings,
     })
+}
+
+/// The keys that hold secrets (or secret references): errors about them never quote a
+/// value (SPEC section 11).
+const SECRET_KEYS: [&str; 8] = [
+    "dbt.webhook_secrets",
+    "mode.api_token",
+    "mode.api_secret",
+    "mode.webhook_token",
+    "tableau.pat_secret",
+    "slack.webhook_url",
+    "slack.bot_token",
+    "journal.url",
+];
+
+fn is_secret_key(key: &str) -> bool {
+    SECRET_KEYS.iter().any(|secret| {
+        key.strip_prefix(secret)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+    })
+}
+
+/// `message` with every "quoted" or `quoted` part replaced by `(value hidden)`.
+fn hide_quoted_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut quote: Option<char> = None;
+    for c in message.chars() {
+        match quote {
+            Some(open) if c == open => quote = None,
+            Some(_) => {}
+            None if c == '"' || c == '`' => {
+                quote = Some(c);
+                out.push_str("(value hidden)");
+            }
+            None => out.push(c),
+        }
+    }
+    out
 }
 
 /// 1-based line and column of a byte offset.
@@ -460,6 +520,32 @@ mod tests {
         let error = parse_str("[dbt]\nwebhook_secrets = [{ env = \"FRESHET_TEST_UNSET_X\" }]\n")
             .unwrap_err();
         assert_eq!(error.0[0].key, "dbt.webhook_secrets[0]");
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_is_never_quoted() {
+        for text in [
+            "[dbt]\nwebhook_secrets = \"s3cr3t-value\"\n",
+            "[slack]\nwebhook_url = [\"s3cr3t-value\"]\n",
+            "[tableau]\nserver = \"https://t\"\npat_name = \"n\"\npat_secret = 31415926\n",
+        ] {
+            let error = parse_str(text).unwrap_err().to_string();
+            assert!(
+                !error.contains("s3cr3t-value") && !error.contains("31415926"),
+                "{error}"
+            );
+            assert!(error.contains("line"), "{error}");
+        }
+        let error = parse_str("[dbt]\nwebhook_secrets = \"s3cr3t-value\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("dbt.webhook_secrets: invalid type: string (value hidden)"),
+            "{error}"
+        );
+        // Other keys keep their values in messages: they help and hide nothing.
+        let error = parse_str("[server]\nlisten = 5\n").unwrap_err().to_string();
+        assert!(error.contains("5"), "{error}");
     }
 
     #[test]

@@ -79,6 +79,10 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
+    /// Most client connections open at once (SPEC section 11).
+    pub max_connections: usize,
+    /// Memory that request bodies being read may hold at once (SPEC section 11).
+    pub max_pending_body_bytes: usize,
 }
 
 #[derive(Debug, Clone)]

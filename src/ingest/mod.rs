@@ -3,18 +3,20 @@
 //! everything after that (enrichment, rules, actions) happens in the pipeline.
 
 pub mod dbt_cloud;
+pub mod listener;
 pub mod mode;
 mod rejection;
 pub mod signature;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
@@ -65,6 +67,19 @@ impl IntakeSecrets {
     }
 }
 
+impl IntakeSecrets {
+    /// The source (named as in the config) that has a secret here and none in `next`.
+    pub fn sources_lost_in(&self, next: &IntakeSecrets) -> Option<&'static str> {
+        if !self.dbt.is_empty() && next.dbt.is_empty() {
+            return Some("dbt.webhook_secrets");
+        }
+        if self.mode.is_some() && next.mode.is_none() {
+            return Some("mode.webhook_token");
+        }
+        None
+    }
+}
+
 /// What the routes need. Cloned into every request (all fields are shared handles).
 #[derive(Clone)]
 pub struct Intake {
@@ -72,9 +87,63 @@ pub struct Intake {
     pub secrets: Arc<ArcSwap<IntakeSecrets>>,
     pub metrics: Arc<Metrics>,
     pub max_body_bytes: usize,
+    /// The memory that request bodies being read may hold at once, in bytes
+    /// (`server.max_pending_body_bytes`): bodies are read before their signature can be
+    /// checked, so without a shared budget unauthenticated clients could fill memory.
+    pub body_budget: Arc<Semaphore>,
+    /// What `/healthz` reports besides the journal.
+    pub health: Arc<Health>,
     /// Wake the stage that takes a new event's first job.
     pub evaluate_wake: Arc<Notify>,
     pub enrich_wake: Arc<Notify>,
+}
+
+/// How long a request waits for room in the body budget before it gets 503.
+const BODY_BUDGET_WAIT: Duration = Duration::from_secs(5);
+/// How long a client may take to send a whole body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// State `/healthz` shows that only the daemon knows: the last SIGHUP reload.
+#[derive(Debug, Default)]
+pub struct Health {
+    last_reload: std::sync::Mutex<Option<ReloadOutcome>>,
+}
+
+/// How the last reload of the config went.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReloadOutcome {
+    pub ok: bool,
+    pub at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl Health {
+    pub fn reloaded(&self, result: Result<(), String>) {
+        let outcome = ReloadOutcome {
+            ok: result.is_ok(),
+            at: now_rfc3339(),
+            error: result.err(),
+        };
+        *self
+            .last_reload
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(outcome);
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadOutcome> {
+        self.last_reload
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+/// What intake did with a webhook it accepted.
+enum Accepted {
+    Journaled(Event, Appended),
+    /// Answered 200 and journaled nothing (Mode's test delivery), with why.
+    Ignored(String),
 }
 
 /// Everything intake answers, as a typed error mapped to a status in one place.
@@ -92,6 +161,10 @@ enum IntakeError {
     Body(#[from] BodyError),
     #[error("journal unavailable")]
     Journal,
+    #[error("too many request bodies are being read; try again")]
+    Busy,
+    #[error("the body did not arrive within {} s", BODY_TIMEOUT.as_secs())]
+    BodyTimeout,
 }
 
 impl IntakeError {
@@ -101,7 +174,8 @@ impl IntakeError {
             IntakeError::BodyRead | IntakeError::Body(_) => StatusCode::BAD_REQUEST,
             IntakeError::Signature(_) => StatusCode::UNAUTHORIZED,
             IntakeError::NotFound => StatusCode::NOT_FOUND,
-            IntakeError::Journal => StatusCode::SERVICE_UNAVAILABLE,
+            IntakeError::Journal | IntakeError::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            IntakeError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -114,6 +188,8 @@ impl IntakeError {
             IntakeError::Body(BodyError::NotJson(_)) => "not_json",
             IntakeError::Body(BodyError::Shape(_)) => "bad_shape",
             IntakeError::Journal => "journal_unavailable",
+            IntakeError::Busy => "busy",
+            IntakeError::BodyTimeout => "body_timeout",
         }
     }
 }
@@ -158,14 +234,21 @@ fn dbt_route(
 fn mode_route(
     intake: Intake,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    warp::path!("webhooks" / "mode" / String)
+    // The token is taken as the path's tail, not with `path::param`: warp logs every
+    // param it parses at TRACE, and the token is a secret (SPEC section 11).
+    warp::path("webhooks")
+        .and(warp::path("mode"))
+        .and(warp::path::tail())
         .and(warp::post())
         .and(with_intake(intake))
         .and(warp::header::optional::<u64>("content-length"))
         .and(raw_body())
         .then(
-            |token: String, intake: Intake, length: Option<u64>, body: BodyStream| async move {
-                let result = receive_mode(&intake, &token, length, body).await;
+            |token: warp::path::Tail,
+             intake: Intake,
+             length: Option<u64>,
+             body: BodyStream| async move {
+                let result = receive_mode(&intake, token.as_str(), length, body).await;
                 respond(&intake, "mode", result)
             },
         )
@@ -185,40 +268,45 @@ where
     Box::pin(stream.map(|chunk| chunk.map(|mut buf| buf.copy_to_bytes(buf.remaining()))))
 }
 
+/// GET, and HEAD (the same answer without its body: hyper leaves it out).
+fn get_or_head() -> impl Filter<Extract = (), Error = Rejection> + Clone {
+    warp::get().or(warp::head()).unify()
+}
+
 fn healthz_route(
     intake: Intake,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    warp::path!("healthz").and(warp::get()).and(with_intake(intake)).then(|intake: Intake| async move {
-        let rules_loaded = intake.metrics.rules_loaded.get();
-        let rule_errors = intake.metrics.rule_compile_errors.get();
-        match blocking(&intake.journal, |j| j.check_writable()).await {
-            Ok(()) => warp::reply::with_status(
-                warp::reply::json(&json!({
-                    "status": "ok", "rules_loaded": rules_loaded, "rule_errors": rule_errors, "journal": "ok"
-                })),
-                StatusCode::OK,
-            )
-            .into_response(),
-            Err(error) => {
+    warp::path!("healthz")
+        .and(get_or_head())
+        .and(with_intake(intake))
+        .then(|intake: Intake| async move {
+            let mut health = json!({
+                "status": "ok",
+                "rules_loaded": intake.metrics.rules_loaded.get(),
+                "rule_errors": intake.metrics.rule_compile_errors.get(),
+                "journal": "ok",
+                "last_reload": intake.health.last_reload(),
+            });
+            let mut status = StatusCode::OK;
+            if let Err(error) = blocking(&intake.journal, |j| j.check_writable()).await {
                 tracing::error!(error = %error, "Journal is not writable.");
-                warp::reply::with_status(
-                    warp::reply::json(&json!({
-                        "status": "unavailable", "rules_loaded": rules_loaded, "rule_errors": rule_errors,
-                        "journal": "unavailable", "error": "journal is not writable"
-                    })),
-                    StatusCode::SERVICE_UNAVAILABLE,
-                )
-                .into_response()
+                health["status"] = json!("unavailable");
+                health["journal"] = json!("unavailable");
+                health["error"] = json!(error.to_string());
+                status = StatusCode::SERVICE_UNAVAILABLE;
+            } else if health["last_reload"]["ok"] == json!(false) {
+                // Still serving on the config it had: degraded, not down.
+                health["status"] = json!("degraded");
             }
-        }
-    })
+            warp::reply::with_status(warp::reply::json(&health), status).into_response()
+        })
 }
 
 fn metrics_route(
     intake: Intake,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     warp::path!("metrics")
-        .and(warp::get())
+        .and(get_or_head())
         .and(with_intake(intake))
         .then(|intake: Intake| async move {
             if let Ok(backlog) = blocking(&intake.journal, |j| j.backlog()).await {
@@ -233,24 +321,59 @@ fn metrics_route(
         })
 }
 
-/// Reads at most `limit` bytes; a declared or actual larger body is refused.
+/// Reads at most `limit` bytes; a declared or actual larger body is refused. The bytes
+/// held count against the shared body budget until the request ends (the permits are
+/// returned with the body); a body that finds no room within [`BODY_BUDGET_WAIT`] gets
+/// 503, and one that takes longer than [`BODY_TIMEOUT`] to arrive gets 408.
 async fn read_limited(
+    intake: &Intake,
     length: Option<u64>,
-    mut body: BodyStream,
-    limit: usize,
-) -> Result<Bytes, IntakeError> {
+    body: BodyStream,
+) -> Result<(Bytes, OwnedSemaphorePermit), IntakeError> {
+    let limit = intake.max_body_bytes;
     if length.is_some_and(|declared| declared > limit as u64) {
         return Err(IntakeError::TooLarge(limit));
     }
+    tokio::time::timeout(
+        BODY_TIMEOUT,
+        read_within_budget(intake, length, body, limit),
+    )
+    .await
+    .unwrap_or(Err(IntakeError::BodyTimeout))
+}
+
+async fn read_within_budget(
+    intake: &Intake,
+    length: Option<u64>,
+    mut body: BodyStream,
+    limit: usize,
+) -> Result<(Bytes, OwnedSemaphorePermit), IntakeError> {
+    // A declared length is reserved at once; otherwise each chunk as it comes.
+    let mut held = reserve(intake, length.unwrap_or(0) as usize).await?;
     let mut collected = BytesMut::new();
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|_| IntakeError::BodyRead)?;
         if collected.len() + chunk.len() > limit {
             return Err(IntakeError::TooLarge(limit));
         }
+        let needed = (collected.len() + chunk.len()).saturating_sub(held.num_permits());
+        if needed > 0 {
+            held.merge(reserve(intake, needed).await?);
+        }
         collected.extend_from_slice(&chunk);
     }
-    Ok(collected.freeze())
+    Ok((collected.freeze(), held))
+}
+
+/// Takes `bytes` from the body budget, waiting at most [`BODY_BUDGET_WAIT`].
+async fn reserve(intake: &Intake, bytes: usize) -> Result<OwnedSemaphorePermit, IntakeError> {
+    let permits = u32::try_from(bytes).map_err(|_| IntakeError::TooLarge(bytes))?;
+    let acquire = Arc::clone(&intake.body_budget).acquire_many_owned(permits);
+    match tokio::time::timeout(BODY_BUDGET_WAIT, acquire).await {
+        Ok(Ok(permit)) => Ok(permit),
+        // Timed out, or (never) closed.
+        _ => Err(IntakeError::Busy),
+    }
 }
 
 async fn receive_dbt(
@@ -258,8 +381,8 @@ async fn receive_dbt(
     length: Option<u64>,
     authorization: Option<&str>,
     body: BodyStream,
-) -> Result<(Event, Appended), IntakeError> {
-    let body = read_limited(length, body, intake.max_body_bytes).await?;
+) -> Result<Accepted, IntakeError> {
+    let (body, _budget) = read_limited(intake, length, body).await?;
     let secrets = intake.secrets.load();
     signature::verify(authorization, &body, &secrets.dbt)?;
     let event = dbt_cloud::parse(&body, now_rfc3339())?;
@@ -271,14 +394,19 @@ async fn receive_mode(
     token: &str,
     length: Option<u64>,
     body: BodyStream,
-) -> Result<(Event, Appended), IntakeError> {
+) -> Result<Accepted, IntakeError> {
     let secrets = intake.secrets.load();
     let mode = secrets.mode.as_ref().ok_or(IntakeError::NotFound)?;
     if !signature::secrets_equal(token, &mode.webhook_token) {
         return Err(IntakeError::NotFound);
     }
-    let body = read_limited(length, body, intake.max_body_bytes).await?;
-    let event = mode::parse(&body, &mode.workspace, now_rfc3339())?;
+    let (body, _budget) = read_limited(intake, length, body).await?;
+    let raw: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| BodyError::NotJson(e.to_string()))?;
+    if let Some(why) = mode::test_delivery(&raw) {
+        return Ok(Accepted::Ignored(why));
+    }
+    let event = mode::from_value(raw, &mode.workspace, now_rfc3339())?;
     // Run events are fetched from the Mode API before the rules see them.
     let first = if event.field("run_token").is_some_and(|t| !t.is_null()) {
         Queue::Enrich
@@ -292,7 +420,7 @@ async fn journal_event(
     intake: &Intake,
     event: Event,
     first: Queue,
-) -> Result<(Event, Appended), IntakeError> {
+) -> Result<Accepted, IntakeError> {
     let appended = intake
         .journal
         .append(&event, first)
@@ -308,16 +436,24 @@ async fn journal_event(
             _ => intake.evaluate_wake.notify_waiters(),
         }
     }
-    Ok((event, appended))
+    Ok(Accepted::Journaled(event, appended))
 }
 
 fn respond(
     intake: &Intake,
     source: &str,
-    result: Result<(Event, Appended), IntakeError>,
+    result: Result<Accepted, IntakeError>,
 ) -> warp::reply::Response {
     match result {
-        Ok((event, appended)) => {
+        Ok(Accepted::Ignored(why)) => {
+            tracing::info!(source, reason = %why, "Webhook answered and ignored.");
+            warp::reply::with_status(
+                warp::reply::json(&json!({ "event_id": null, "ignored": why })),
+                StatusCode::OK,
+            )
+            .into_response()
+        }
+        Ok(Accepted::Journaled(event, appended)) => {
             let duplicate = appended == Appended::Duplicate;
             if duplicate {
                 tracing::info!(event_id = %event.id, source, "Duplicate event ignored.");
@@ -390,7 +526,7 @@ mod tests {
         fn queue_replay(&self, _: &str) -> Result<i64, JournalError> {
             down()
         }
-        fn release_running(&self) -> Result<usize, JournalError> {
+        fn release_running(&self) -> Result<crate::journal::Released, JournalError> {
             down()
         }
         fn jobs(&self, _: Option<&str>, _: usize) -> Result<Vec<JobSummary>, JournalError> {
@@ -420,6 +556,8 @@ mod tests {
             })),
             metrics: Arc::new(Metrics::new()),
             max_body_bytes: 1024,
+            body_budget: Arc::new(Semaphore::new(1 << 20)),
+            health: Arc::default(),
             evaluate_wake: Arc::new(Notify::new()),
             enrich_wake: Arc::new(Notify::new()),
         };

@@ -31,6 +31,18 @@ pub fn parse(body: &[u8], workspace: &str, received_at: String) -> Result<Event,
     from_value(raw, workspace, received_at)
 }
 
+/// Mode's test delivery: when a webhook is created, Mode posts to it to see that it
+/// answers (../shared/api/dbt-cloud-and-mode.md section 2: the payload is unconfirmed).
+/// A JSON object that names no resource URL is taken as one: answered 200 so that
+/// creating the webhook succeeds, and journaled nothing, since there is nothing to fetch.
+/// Returns why it was ignored.
+pub fn test_delivery(raw: &Value) -> Option<String> {
+    let top = raw.as_object()?;
+    resource_url(top).is_none().then(|| {
+        "a Mode webhook test delivery (it names no report or run): nothing to journal".to_string()
+    })
+}
+
 /// Builds the event from an already parsed body.
 pub fn from_value(raw: Value, workspace: &str, received_at: String) -> Result<Event, BodyError> {
     let shape = |message: String| BodyError::Shape(format!("not a Mode webhook: {message}"));
@@ -200,6 +212,13 @@ mod tests {
             parse(br#"{"event":"x"}"#, "acme", "t".into()),
             Err(BodyError::Shape(_))
         ));
+        assert!(test_delivery(&serde_json::json!({"event": "x"})).is_some());
+        assert!(test_delivery(&serde_json::json!({})).is_some());
+        assert!(test_delivery(&serde_json::json!([])).is_none());
+        assert!(test_delivery(
+            &serde_json::json!({"event": "report_created", "report_url": "/api/acme/reports/a"})
+        )
+        .is_none());
         assert!(matches!(
             parse(b"{", "acme", "t".into()),
             Err(BodyError::NotJson(_))

@@ -102,6 +102,15 @@ pub enum Appended {
     Duplicate,
 }
 
+/// What [`JournalStore::release_running`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Jobs that will run again.
+    pub again: usize,
+    /// Jobs whose interrupted attempt was their last: now dead.
+    pub dead: usize,
+}
+
 /// Which worker takes a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -122,6 +131,13 @@ impl Queue {
             Queue::Action => "action",
         }
     }
+}
+
+/// A job key made of `parts`, unambiguous whatever the parts contain: the parts are
+/// written as a JSON array, so an event id holding `:` (or anything else) can never make
+/// two different keys look alike (SPEC section 11, "Job keys").
+pub fn job_key(parts: &[&str]) -> String {
+    serde_json::to_string(parts).expect("a list of strings always serializes")
 }
 
 /// A job to insert.
@@ -254,7 +270,9 @@ pub trait JournalStore: Send + Sync + 'static {
     fn events(&self, limit: usize, status: Option<&str>)
         -> Result<Vec<EventSummary>, JournalError>;
 
-    /// Claims up to `limit` due jobs of `queue`, leasing them for `lease_ms`.
+    /// Claims up to `limit` due jobs of `queue`, leasing them for `lease_ms`. A job that
+    /// was tried before is claimed alone (it may be the one that stopped the process), and
+    /// a job whose lease ran out with no attempts left becomes dead instead.
     fn claim(&self, queue: Queue, limit: usize, lease_ms: u64) -> Result<Vec<Job>, JournalError>;
 
     /// Milliseconds until the next job of `queue` is due (None: nothing waiting).
@@ -283,8 +301,9 @@ pub trait JournalStore: Send + Sync + 'static {
     fn queue_replay(&self, event_id: &str) -> Result<i64, JournalError>;
 
     /// Makes every `running` job claimable again (called at start: with SQLite only one
-    /// process uses the journal, so they were left by a crash). Returns how many.
-    fn release_running(&self) -> Result<usize, JournalError>;
+    /// process uses the journal, so they were left by a crash). The interrupted attempt
+    /// counts: a job with no attempts left is dead instead.
+    fn release_running(&self) -> Result<Released, JournalError>;
 
     /// Jobs of the action queue, newest first, optionally by status.
     fn jobs(&self, status: Option<&str>, limit: usize) -> Result<Vec<JobSummary>, JournalError>;

@@ -9,6 +9,8 @@ use std::cell::RefCell;
 
 use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, Map, NativeCallContext, Position};
 
+use super::engine::MAX_STRING_SIZE;
+
 use crate::actions::ActionRequest;
 
 /// One action call made by a rule.
@@ -19,12 +21,23 @@ pub struct RecordedCall {
     pub column: usize,
 }
 
+/// Most action calls one rule may make for one event (SPEC section 11).
+pub const MAX_CALLS: usize = 100;
+/// Largest serialized arguments of one action call, in bytes (SPEC section 11).
+pub const MAX_CALL_ARGS_BYTES: usize = 64 << 10;
+/// Most `log`/`print`/`debug` lines kept from one evaluation, and the longest kept line:
+/// a rule printing in a loop must not fill memory or the log.
+const MAX_LOG_LINES: usize = 100;
+const MAX_LOG_LINE_BYTES: usize = 4 << 10;
+
 /// What one rule evaluation recorded.
 #[derive(Debug, Default)]
 pub struct Recording {
     pub calls: Vec<RecordedCall>,
     /// `log(..)`, `print(..)` and `debug(..)` lines, with their line number.
     pub logs: Vec<(usize, String)>,
+    /// Log lines past [`MAX_LOG_LINES`], counted but not kept.
+    pub logs_dropped: usize,
 }
 
 thread_local! {
@@ -41,24 +54,63 @@ pub fn recording<T>(f: impl FnOnce() -> T) -> (T, Recording) {
     (result, recorded)
 }
 
-fn record(position: Position, request: ActionRequest) {
+/// Records an action call, refusing one over the limits of SPEC section 11: the error stops
+/// the rule, and the calls it made in this run are then dropped with it.
+fn record(ctx: &NativeCallContext, request: ActionRequest) -> Fallible {
+    let size = serde_json::to_vec(&request.args()).map_or(usize::MAX, |bytes| bytes.len());
+    if size > MAX_CALL_ARGS_BYTES {
+        return Err(bad_argument(
+            ctx,
+            format!(
+                "{}: the arguments are {size} bytes, over the limit of {MAX_CALL_ARGS_BYTES} bytes per call",
+                request.kind()
+            ),
+        ));
+    }
+    let position = ctx.call_position();
     RECORDING.with(|r| {
-        if let Some(recording) = r.borrow_mut().as_mut() {
-            recording.calls.push(RecordedCall {
-                request,
-                line: position.line().unwrap_or(0),
-                column: position.position().unwrap_or(0),
-            });
+        let mut recording = r.borrow_mut();
+        let Some(recording) = recording.as_mut() else {
+            return Ok(());
+        };
+        if recording.calls.len() >= MAX_CALLS {
+            return Err(bad_argument(
+                ctx,
+                format!(
+                    "{}: more than {MAX_CALLS} action calls for one event",
+                    request.kind()
+                ),
+            ));
         }
-    });
+        recording.calls.push(RecordedCall {
+            request,
+            line: position.line().unwrap_or(0),
+            column: position.position().unwrap_or(0),
+        });
+        Ok(())
+    })
 }
 
 /// Records a log line from the rule (also used for `print` and `debug`).
-pub fn record_log(position: Position, text: String) {
+pub fn record_log(position: Position, mut text: String) {
     RECORDING.with(|r| {
-        if let Some(recording) = r.borrow_mut().as_mut() {
-            recording.logs.push((position.line().unwrap_or(0), text));
+        let mut recording = r.borrow_mut();
+        let Some(recording) = recording.as_mut() else {
+            return;
+        };
+        if recording.logs.len() >= MAX_LOG_LINES {
+            recording.logs_dropped += 1;
+            return;
         }
+        if text.len() > MAX_LOG_LINE_BYTES {
+            let mut end = MAX_LOG_LINE_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
+        recording.logs.push((position.line().unwrap_or(0), text));
     });
 }
 
@@ -122,14 +174,13 @@ fn slack_message(ctx: &NativeCallContext, channel: Option<String>, message: Map)
         }
     };
     record(
-        ctx.call_position(),
+        ctx,
         ActionRequest::SlackPost {
             channel,
             text,
             blocks,
         },
-    );
-    Ok(())
+    )
 }
 
 fn alert(ctx: &NativeCallContext, name: &str, firing: bool, options: Map) -> Fallible {
@@ -161,7 +212,7 @@ fn alert(ctx: &NativeCallContext, name: &str, firing: bool, options: Map) -> Fal
         }
     }
     record(
-        ctx.call_position(),
+        ctx,
         ActionRequest::Alert {
             name,
             firing,
@@ -170,8 +221,7 @@ fn alert(ctx: &NativeCallContext, name: &str, firing: bool, options: Map) -> Fal
             renotify_minutes,
             resolve,
         },
-    );
-    Ok(())
+    )
 }
 
 /// Escapes `&`, `<` and `>` for Slack mrkdwn, for text that came from data.
@@ -188,13 +238,12 @@ pub fn register(engine: &mut Engine) {
         |ctx: NativeCallContext, report: &str| -> Fallible {
             let report = non_empty(&ctx, "mode_run", "the report token", report)?;
             record(
-                ctx.call_position(),
+                &ctx,
                 ActionRequest::ModeRun {
                     report,
                     parameters: Default::default(),
                 },
-            );
-            Ok(())
+            )
         },
     );
     engine.register_fn(
@@ -202,22 +251,14 @@ pub fn register(engine: &mut Engine) {
         |ctx: NativeCallContext, report: &str, params: Map| -> Fallible {
             let report = non_empty(&ctx, "mode_run", "the report token", report)?;
             let parameters = to_json(&ctx, "mode_run", params)?;
-            record(
-                ctx.call_position(),
-                ActionRequest::ModeRun { report, parameters },
-            );
-            Ok(())
+            record(&ctx, ActionRequest::ModeRun { report, parameters })
         },
     );
     engine.register_fn(
         "tableau_refresh",
         |ctx: NativeCallContext, workbook: &str| -> Fallible {
             let workbook = non_empty(&ctx, "tableau_refresh", "the workbook name", workbook)?;
-            record(
-                ctx.call_position(),
-                ActionRequest::TableauRefresh { workbook },
-            );
-            Ok(())
+            record(&ctx, ActionRequest::TableauRefresh { workbook })
         },
     );
     engine.register_fn(
@@ -229,11 +270,7 @@ pub fn register(engine: &mut Engine) {
                 "the data source name",
                 name,
             )?;
-            record(
-                ctx.call_position(),
-                ActionRequest::TableauRefreshDatasource { datasource },
-            );
-            Ok(())
+            record(&ctx, ActionRequest::TableauRefreshDatasource { datasource })
         },
     );
     engine.register_fn(
@@ -241,14 +278,13 @@ pub fn register(engine: &mut Engine) {
         |ctx: NativeCallContext, text: &str| -> Fallible {
             let text = non_empty(&ctx, "slack_post", "the text", text)?;
             record(
-                ctx.call_position(),
+                &ctx,
                 ActionRequest::SlackPost {
                     channel: None,
                     text,
                     blocks: None,
                 },
-            );
-            Ok(())
+            )
         },
     );
     engine.register_fn(
@@ -261,14 +297,13 @@ pub fn register(engine: &mut Engine) {
             let channel = non_empty(&ctx, "slack_post", "the channel", channel)?;
             let text = non_empty(&ctx, "slack_post", "the text", text)?;
             record(
-                ctx.call_position(),
+                &ctx,
                 ActionRequest::SlackPost {
                     channel: Some(channel),
                     text,
                     blocks: None,
                 },
-            );
-            Ok(())
+            )
         },
     );
     engine.register_fn(
@@ -296,4 +331,70 @@ pub fn register(engine: &mut Engine) {
         record_log(ctx.call_position(), value.to_string());
     });
     engine.register_fn("slack_escape", |text: &str| slack_escape(text));
+    register_checked_replace(engine);
+}
+
+/// Replaces Rhai's own `replace` for strings, which builds its result before the engine
+/// checks the size: `s.replace("x", s)` on a 1 MB string would ask for a terabyte. These
+/// compute the result's length first and refuse one over the string limit. Registered in
+/// the engine's own namespace, they take precedence over the standard package's.
+fn register_checked_replace(engine: &mut Engine) {
+    fn checked(
+        ctx: &NativeCallContext,
+        string: &mut ImmutableString,
+        find: &str,
+        substitute: &str,
+    ) -> Fallible {
+        if find.is_empty() {
+            // As Rhai's own: an empty pattern matches between every two characters.
+            let count = string.chars().count() + 1;
+            ensure_string_size(ctx, string.len() + count.saturating_mul(substitute.len()))?;
+        } else if substitute.len() > find.len() {
+            let count = string.matches(find).count();
+            let grows = count.saturating_mul(substitute.len() - find.len());
+            ensure_string_size(ctx, string.len().saturating_add(grows))?;
+        }
+        *string = string.replace(find, substitute).into();
+        Ok(())
+    }
+    engine.register_fn(
+        "replace",
+        |ctx: NativeCallContext, string: &mut ImmutableString, find: &str, substitute: &str| {
+            checked(&ctx, string, find, substitute)
+        },
+    );
+    engine.register_fn(
+        "replace",
+        |ctx: NativeCallContext, string: &mut ImmutableString, find: &str, substitute: char| {
+            checked(&ctx, string, find, substitute.encode_utf8(&mut [0; 4]))
+        },
+    );
+    engine.register_fn(
+        "replace",
+        |ctx: NativeCallContext, string: &mut ImmutableString, find: char, substitute: &str| {
+            checked(&ctx, string, find.encode_utf8(&mut [0; 4]), substitute)
+        },
+    );
+    engine.register_fn(
+        "replace",
+        |ctx: NativeCallContext, string: &mut ImmutableString, find: char, substitute: char| {
+            checked(
+                &ctx,
+                string,
+                find.encode_utf8(&mut [0; 4]),
+                substitute.encode_utf8(&mut [0; 4]),
+            )
+        },
+    );
+}
+
+fn ensure_string_size(ctx: &NativeCallContext, length: usize) -> Fallible {
+    if length > MAX_STRING_SIZE {
+        return Err(EvalAltResult::ErrorDataTooLarge(
+            "Length of string".into(),
+            ctx.call_position(),
+        )
+        .into());
+    }
+    Ok(())
 }

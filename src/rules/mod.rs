@@ -5,12 +5,14 @@
 //! - [`engine`]: the sandboxed engine and its limits.
 //! - [`api`]: the functions rules call; they only record.
 //! - [`load`]: compile a folder, keeping the last good version of a broken file.
+//! - [`memory`]: the memory budget of one evaluation.
 //! - [`watch`]: hot reload (notify, debounced) into an `ArcSwap<RuleSet>`.
 //! - [`worker`]: the pipeline stage that claims `evaluate` jobs and journals the outcome.
 
 pub mod api;
 pub mod engine;
 pub mod load;
+pub mod memory;
 pub mod watch;
 pub mod worker;
 
@@ -75,11 +77,20 @@ fn evaluate_rule(engine: &Engine, rule: &Rule, event: &Dynamic, vars: &Dynamic) 
     let mut scope = Scope::new();
     scope.push_constant("event", event.clone());
     scope.push_constant("vars", vars.clone());
-    let (result, recording) = api::recording(|| {
-        engine::with_deadline(engine::WALL_CLOCK_LIMIT, || {
+    let (result, mut recording) = api::recording(|| {
+        engine::with_budget(engine::WALL_CLOCK_LIMIT, || {
             engine.run_ast_with_scope(&mut scope, &rule.ast)
         })
     });
+    if recording.logs_dropped > 0 {
+        recording.logs.push((
+            0,
+            format!(
+                "... {} more log lines of this evaluation were dropped",
+                recording.logs_dropped
+            ),
+        ));
+    }
     match result {
         Ok(()) => RuleOutcome {
             rule: rule.name.clone(),
@@ -245,6 +256,103 @@ mod tests {
         let (_dir, engine, set) = rule_set(&[("mutate.rhai", "event.x = 1;")]);
         let outcomes = set.evaluate(&engine, &json!({"x": 0}), &json!({}));
         assert!(outcomes[0].error.is_some(), "event is a constant");
+    }
+
+    /// Scripts that tried to take the process down (SPEC section 11): each must end in a
+    /// rule error, never in an allocation that aborts the process.
+    #[test]
+    fn no_function_builds_a_value_over_the_limits() {
+        let (_dir, engine, set) = rule_set(&[
+            (
+                "replace.rhai",
+                r#"let s = "x"; while s.len() < 1000000 { s += s }; s.truncate(1000000); s.replace("x", s);"#,
+            ),
+            (
+                "replace_char.rhai",
+                r#"let s = "x"; while s.len() < 1000000 { s += s }; s.truncate(1000000); s.replace('x', s);"#,
+            ),
+            (
+                "replace_empty.rhai",
+                r#"let s = "x"; while s.len() < 1000000 { s += s }; s.truncate(1000000); s.replace("", s);"#,
+            ),
+            (
+                "hoard.rhai",
+                r#"fn f(x) { x }
+                   let keep = []; let s = "x"; while s.len() < 500000 { s += s };
+                   for i in 0..100000 { keep.push(Fn("f").curry(s + i)); }"#,
+            ),
+            (
+                "fine.rhai",
+                r#"let s = "ab"; s.replace("a", "xyz"); slack_post(s);"#,
+            ),
+        ]);
+        assert!(set.errors.is_empty(), "{:?}", set.errors);
+        let outcomes = set.evaluate(&engine, &json!({}), &json!({}));
+        for rule in ["replace", "replace_char", "replace_empty"] {
+            let error = outcome(&outcomes, rule).error.as_ref().expect(rule);
+            assert!(
+                matches!(*error.1, EvalAltResult::ErrorDataTooLarge(..)),
+                "{rule}: {:?}",
+                error.1
+            );
+        }
+        let hoard = outcome(&outcomes, "hoard").error.as_ref().unwrap();
+        assert!(
+            hoard.0.message.contains("memory limit exceeded"),
+            "{}",
+            hoard.0
+        );
+        let fine = outcome(&outcomes, "fine");
+        assert!(fine.error.is_none(), "{:?}", fine.error);
+        assert_eq!(
+            fine.calls[0].request,
+            ActionRequest::SlackPost {
+                channel: None,
+                text: "xyzb".into(),
+                blocks: None
+            }
+        );
+    }
+
+    #[test]
+    fn calls_per_event_and_argument_sizes_are_limited() {
+        let (_dir, engine, set) = rule_set(&[
+            ("hundred.rhai", "for i in 0..100 { slack_post(`m${i}`); }"),
+            ("flood.rhai", "for i in 0..101 { slack_post(`m${i}`); }"),
+            (
+                "big.rhai",
+                "let s = \"x\"; while s.len() < 65536 { s += s }; slack_post(\"ok\");\ntableau_refresh(s);",
+            ),
+            ("chatty.rhai", "for i in 0..1000 { print(i); }"),
+        ]);
+        let outcomes = set.evaluate(&engine, &json!({}), &json!({}));
+        assert_eq!(outcome(&outcomes, "hundred").calls.len(), 100);
+        let flood = outcome(&outcomes, "flood");
+        assert!(
+            flood.calls.is_empty(),
+            "calls of a stopped rule are dropped"
+        );
+        let error = &flood.error.as_ref().unwrap().0;
+        assert!(
+            error.message.contains("more than 100 action calls"),
+            "{error}"
+        );
+        assert_eq!(error.line, 1);
+        let big = outcome(&outcomes, "big");
+        assert!(big.calls.is_empty());
+        let error = &big.error.as_ref().unwrap().0;
+        assert!(
+            error.message.contains("over the limit of 65536 bytes"),
+            "{error}"
+        );
+        assert_eq!(error.line, 2);
+        let chatty = outcome(&outcomes, "chatty");
+        assert_eq!(chatty.logs.len(), 101);
+        assert!(
+            chatty.logs[100].1.contains("900 more log lines"),
+            "{:?}",
+            chatty.logs[100]
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::watch::Rules;
 use super::RuleOutcome;
 use crate::config::Config;
 use crate::event::Event;
-use crate::journal::{blocking, Evaluation, Job, Journal, NewJob, Queue, RuleRun};
+use crate::journal::{blocking, job_key, Evaluation, Job, Journal, NewJob, Queue, RuleRun};
 use crate::metrics::{Metrics, RuleLabels};
 use crate::worker::next_jobs;
 
@@ -128,10 +128,11 @@ pub fn build_evaluation(
     metrics: &Metrics,
 ) -> Evaluation {
     // A replay is a new evaluation, so its job keys must differ from the first one's.
-    let prefix = match job.payload.get("replay").and_then(|r| r.as_i64()) {
-        Some(n) => format!("{}:replay{n}", event.id),
-        None => event.id.clone(),
-    };
+    let replay = job
+        .payload
+        .get("replay")
+        .and_then(|r| r.as_i64())
+        .map(|n| format!("replay{n}"));
     let too_deep = event.chain_depth >= MAX_CHAIN_DEPTH;
     let mut evaluation = Evaluation {
         alert_max_attempts: config.actions.max_attempts,
@@ -192,10 +193,14 @@ pub fn build_evaluation(
                 kind: call.request.kind().to_string(),
                 event_id: event.id.clone(),
                 rule: Some(outcome.rule.clone()),
-                job_key: format!(
-                    "{prefix}:{}:{}:{}:{seq}",
-                    outcome.rule, call.line, call.column
-                ),
+                job_key: job_key(&[
+                    &event.id,
+                    replay.as_deref().unwrap_or(""),
+                    &outcome.rule,
+                    &call.line.to_string(),
+                    &call.column.to_string(),
+                    &seq.to_string(),
+                ]),
                 coalesce_key: call.request.coalesce_key(),
                 payload: call.request.args(),
                 max_attempts: config.actions.max_attempts,

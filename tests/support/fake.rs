@@ -465,7 +465,8 @@ pub struct TableauState {
     /// (kind, id) of every accepted refresh.
     pub refreshes: Vec<(String, String)>,
     pub faults: Faults,
-    /// Answer sign-ins with 301 to this base (Tableau Cloud's pod redirect).
+    /// Answer sign-ins with a 301 to this `Location` (absolute or relative). Paths under
+    /// `/pod` are served too, as a load balancer's path on the same server would be.
     pub redirect_signin_to: Option<String>,
 }
 
@@ -516,7 +517,9 @@ fn tableau_error(status: u16, code: &str, summary: &str) -> Reply {
 }
 
 fn tableau_handle(state: &mut TableauState, seen: &Seen) -> Reply {
-    let Some(rest) = seen.path.strip_prefix("/api/3.22/") else {
+    let under_pod = seen.path.starts_with("/pod/");
+    let path = seen.path.strip_prefix("/pod").unwrap_or(&seen.path);
+    let Some(rest) = path.strip_prefix("/api/3.22/") else {
         return tableau_error(404, "404000", "Resource Not Found");
     };
     // Without these headers Tableau reads the body as XML and answers in XML.
@@ -540,9 +543,8 @@ fn tableau_handle(state: &mut TableauState, seen: &Seen) -> Reply {
         if seen.method != "POST" {
             return tableau_error(405, "405000", "Method Not Allowed");
         }
-        if let Some(pod) = &state.redirect_signin_to {
-            return Reply::text(301, "")
-                .with_header("location", &format!("{pod}/api/3.22/auth/signin"));
+        if let (Some(location), false) = (&state.redirect_signin_to, under_pod) {
+            return Reply::text(301, "").with_header("location", location);
         }
         let body = seen.json();
         let credentials = &body["credentials"];

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::schema::{MIGRATIONS, NOW_MS};
 use super::{
     AlertState, AppendReply, AppendTicket, Evaluation, EventSummary, Job, JobOutcome, JobSummary,
-    JournalError, JournalStore, Queue, RuleRun,
+    JournalError, JournalStore, Queue, Released, RuleRun,
 };
 use crate::event::Event;
 
@@ -38,6 +38,22 @@ struct PendingAppend {
 }
 
 const COMMIT_THREAD_STOPPED: &str = "the journal's commit thread has stopped";
+
+/// Which of the claim candidates (soonest first) to lease. A job tried before may be the
+/// one that killed the process last time, so it is leased alone: if it does so again, it
+/// takes no other job's attempt with it (SPEC section 11, poison events). Fresh jobs are
+/// leased together, the earliest due deciding which kind goes first.
+fn isolate_retried(candidates: &[(i64, u32)]) -> Vec<i64> {
+    match candidates.first() {
+        None => Vec::new(),
+        Some(&(id, attempt)) if attempt > 0 => vec![id],
+        Some(_) => candidates
+            .iter()
+            .filter(|(_, attempt)| *attempt == 0)
+            .map(|(id, _)| *id)
+            .collect(),
+    }
+}
 
 /// Most appends in one transaction, so that one commit cannot grow without bound.
 const MAX_APPEND_BATCH: usize = 1024;
@@ -292,32 +308,40 @@ impl JournalStore for SqliteJournal {
 
     fn claim(&self, queue: Queue, limit: usize, lease_ms: u64) -> Result<Vec<Job>, JournalError> {
         self.with(|conn| {
-            let mut statement = conn.prepare_cached(&CLAIM_SQL)?;
-            let rows = statement.query_map(
-                params![queue.as_str(), limit as i64, lease_ms as i64],
-                |row| {
-                    Ok((
-                        Job {
-                            id: row.get(0)?,
-                            queue: row.get(1)?,
-                            kind: row.get(2)?,
-                            event_id: row.get(3)?,
-                            rule: row.get(4)?,
-                            payload: Value::Null,
-                            attempt: row.get(6)?,
-                            max_attempts: row.get(7)?,
-                        },
-                        row.get::<_, String>(5)?,
-                    ))
-                },
-            )?;
-            let mut jobs = Vec::new();
-            for row in rows {
-                let (mut job, payload) = row?;
-                job.payload = parse_json(&payload)?;
-                jobs.push(job);
+            let tx = write_transaction(conn)?;
+            exec(&tx, &REAP_SQL, params![queue.as_str(), INTERRUPTED])?;
+            let candidates: Vec<(i64, u32)> = tx
+                .prepare_cached(&CLAIM_CANDIDATES_SQL)?
+                .query_map(params![queue.as_str(), limit as i64], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let chosen = isolate_retried(&candidates);
+            let mut jobs = Vec::with_capacity(chosen.len());
+            {
+                let mut claim_one = tx.prepare_cached(&CLAIM_ONE_SQL)?;
+                for id in chosen {
+                    let (mut job, payload) =
+                        claim_one.query_row(params![id, lease_ms as i64], |row| {
+                            Ok((
+                                Job {
+                                    id: row.get(0)?,
+                                    queue: row.get(1)?,
+                                    kind: row.get(2)?,
+                                    event_id: row.get(3)?,
+                                    rule: row.get(4)?,
+                                    payload: Value::Null,
+                                    attempt: row.get(6)?,
+                                    max_attempts: row.get(7)?,
+                                },
+                                row.get::<_, String>(5)?,
+                            ))
+                        })?;
+                    job.payload = parse_json(&payload)?;
+                    jobs.push(job);
+                }
             }
-            jobs.sort_by_key(|job| job.id);
+            tx.commit()?;
             Ok(jobs)
         })
     }
@@ -432,7 +456,7 @@ impl JournalStore for SqliteJournal {
             )?;
             // A replay is a new evaluation: its key (and so its action keys) differ from
             // the first evaluation's, so the actions run again.
-            insert_job(
+            let inserted = insert_job(
                 &tx,
                 &stage_job(
                     Queue::Evaluate,
@@ -441,28 +465,50 @@ impl JournalStore for SqliteJournal {
                     serde_json::json!({ "replay": replays }),
                 ),
             )?;
+            if !inserted {
+                return Err(JournalError::Invalid(format!(
+                    "a replay of {event_id} is already queued"
+                )));
+            }
             let id = tx.last_insert_rowid();
             tx.commit()?;
             Ok(id)
         })
     }
 
-    fn release_running(&self) -> Result<usize, JournalError> {
+    fn release_running(&self) -> Result<Released, JournalError> {
         self.with(|conn| {
-            Ok(conn.execute(
+            let tx = write_transaction(conn)?;
+            // The attempt that was running counts: with none left, the job is dead.
+            let dead = tx.execute(
                 &format!(
-                    "UPDATE jobs SET status = 'retrying', lease_until = NULL, scheduled_at = {NOW_MS}
+                    "UPDATE jobs SET status = 'dead', lease_until = NULL, finished_at = {NOW_MS},
+                        last_error = ?1,
+                        errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?1))
+                     WHERE status = 'running' AND attempt >= max_attempts"
+                ),
+                [INTERRUPTED],
+            )?;
+            let again = tx.execute(
+                &format!(
+                    "UPDATE jobs SET status = 'retrying', lease_until = NULL, scheduled_at = {NOW_MS},
+                        last_error = ?1,
+                        errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?1))
                      WHERE status = 'running'"
                 ),
-                [],
-            )?)
+                [INTERRUPTED],
+            )?;
+            tx.commit()?;
+            Ok(Released { again, dead })
         })
     }
 
     fn jobs(&self, status: Option<&str>, limit: usize) -> Result<Vec<JobSummary>, JournalError> {
         self.with(|conn| {
             let mut statement = conn.prepare(
-                "SELECT * FROM jobs WHERE queue = 'action' AND (?1 IS NULL OR status = ?1)
+                "SELECT * FROM jobs
+                 WHERE (queue = 'action' OR status IN ('dead', 'retrying'))
+                   AND (?1 IS NULL OR status = ?1)
                  ORDER BY id DESC LIMIT ?2",
             )?;
             let mut jobs = Vec::new();
@@ -478,11 +524,9 @@ impl JournalStore for SqliteJournal {
     fn retry(&self, job_id: i64) -> Result<(), JournalError> {
         self.with(|conn| {
             let status: Option<String> = conn
-                .query_row(
-                    "SELECT status FROM jobs WHERE id = ?1 AND queue = 'action'",
-                    [job_id],
-                    |row| row.get(0),
-                )
+                .query_row("SELECT status FROM jobs WHERE id = ?1", [job_id], |row| {
+                    row.get(0)
+                })
                 .optional()?;
             match status.as_deref() {
                 None => Err(JournalError::NotFound(format!(

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::super::schema::NOW_MS;
 use super::super::{
-    AlertState, Appended, Evaluation, Job, JobSummary, JournalError, NewJob, Queue,
+    job_key, AlertState, Appended, Evaluation, Job, JobSummary, JournalError, NewJob, Queue,
 };
 use super::{exec, now_ms};
 use crate::event::Event;
@@ -40,19 +40,43 @@ impl EventRow {
 // `status IN ('pending', 'retrying', 'running')` term verbatim: that is how SQLite knows it
 // may use the partial index (tests check the plans).
 
-/// Leases up to ?2 due jobs of queue ?1 for ?3 ms: pending or retrying jobs whose time has
-/// come, and running jobs whose lease has ended (a crashed attempt). Built once: it runs
-/// for every claim.
-pub(super) static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
+/// Up to ?2 due jobs of queue ?1, soonest first: pending or retrying jobs whose time has
+/// come, and running jobs whose lease has ended (a crashed attempt) with attempts left.
+/// Built once: it runs for every claim.
+pub(super) static CLAIM_CANDIDATES_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_until = {NOW_MS} + ?3
-         WHERE id IN (
-             SELECT id FROM jobs
-             WHERE queue = ?1 AND status IN ('pending', 'retrying', 'running')
-               AND ((status IN ('pending', 'retrying') AND scheduled_at <= {NOW_MS})
-                    OR (status = 'running' AND lease_until < {NOW_MS}))
-             ORDER BY scheduled_at, id LIMIT ?2)
+        "SELECT id, attempt FROM jobs
+         WHERE queue = ?1 AND status IN ('pending', 'retrying', 'running')
+           AND ((status IN ('pending', 'retrying') AND scheduled_at <= {NOW_MS})
+                OR (status = 'running' AND lease_until < {NOW_MS} AND attempt < max_attempts))
+         ORDER BY scheduled_at, id LIMIT ?2"
+    )
+});
+
+/// Leases job ?1 for ?2 ms.
+pub(super) static CLAIM_ONE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_until = {NOW_MS} + ?2
+         WHERE id = ?1
          RETURNING id, queue, kind, event_id, rule, payload, attempt, max_attempts"
+    )
+});
+
+/// What an attempt that never finished leaves in a job's errors: the process stopped (or
+/// stalled past the lease) while it ran. It counts as an attempt, so a job that kills the
+/// process every time it runs ends dead instead of crash-looping (SPEC section 11).
+pub(super) const INTERRUPTED: &str =
+    "interrupted: the attempt never finished (the process stopped or lost the lease while it ran)";
+
+/// Ends running jobs of queue ?1 whose lease has run out and whose attempts are used up:
+/// they are dead, with [`INTERRUPTED`] as their error (?2).
+pub(super) static REAP_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE jobs SET status = 'dead', lease_until = NULL, finished_at = {NOW_MS},
+            last_error = ?2,
+            errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?2))
+         WHERE queue = ?1 AND status IN ('pending', 'retrying', 'running')
+           AND status = 'running' AND lease_until < {NOW_MS} AND attempt >= max_attempts"
     )
 });
 
@@ -87,18 +111,17 @@ pub(super) fn insert_event(
     Ok(Appended::New)
 }
 
-/// An `enrich` or `evaluate` job for an event. Its key is `<queue>:<event id>`, plus
-/// `suffix` for a later evaluation of the same event (a replay).
+/// An `enrich` or `evaluate` job for an event. Its key is made of the queue and the event
+/// id, plus `suffix` for a later evaluation of the same event (a replay).
 pub(super) fn stage_job(
     queue: Queue,
     event_id: &str,
     suffix: Option<&str>,
     payload: Value,
 ) -> NewJob {
-    let mut job_key = format!("{}:{event_id}", queue.as_str());
-    if let Some(suffix) = suffix {
-        job_key = format!("{job_key}:{suffix}");
-    }
+    let mut parts = vec![queue.as_str(), event_id];
+    parts.extend(suffix);
+    let job_key = job_key(&parts);
     NewJob {
         queue,
         kind: queue.as_str().to_string(),

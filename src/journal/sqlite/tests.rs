@@ -4,7 +4,7 @@ use super::*;
 use std::path::PathBuf;
 
 use crate::event::Source;
-use crate::journal::{Appended, NewJob};
+use crate::journal::{Appended, NewJob, Released};
 use serde_json::json;
 
 fn event(id: &str) -> Event {
@@ -236,8 +236,130 @@ fn running_jobs_are_released_at_start() {
         .claim(Queue::Evaluate, 1, 600_000)
         .unwrap()
         .is_empty());
-    assert_eq!(journal.release_running().unwrap(), 1);
+    assert_eq!(
+        journal.release_running().unwrap(),
+        Released { again: 1, dead: 0 }
+    );
     assert_eq!(journal.claim(Queue::Evaluate, 1, 600_000).unwrap().len(), 1);
+}
+
+/// A job that stops the process every time it runs (SPEC section 11, poison events):
+/// each interrupted attempt counts, so it ends dead; the other event claimed with it the
+/// first time is still evaluated, and no attempt of its is spent after that.
+#[test]
+fn a_job_that_keeps_stopping_the_process_ends_dead_and_holds_nothing_back() {
+    let (_dir, path) = temp_path();
+    for id in ["dbt:poison", "dbt:innocent", "dbt:later"] {
+        let journal = SqliteJournal::open(&path).unwrap();
+        journal.append(&event(id), Queue::Evaluate).wait().unwrap();
+        if id == "dbt:innocent" {
+            // Both claimed in one batch; then the process dies.
+            assert_eq!(
+                journal.claim(Queue::Evaluate, 16, 600_000).unwrap().len(),
+                2
+            );
+        }
+    }
+    let mut evaluated = Vec::new();
+    let mut restarts = 0;
+    loop {
+        let journal = SqliteJournal::open(&path).unwrap();
+        let released = journal.release_running().unwrap();
+        if released.dead == 1 {
+            break;
+        }
+        restarts += 1;
+        assert!(restarts <= 5, "the poison job never ended");
+        // Evaluate until the poison job is claimed, then "crash" (drop without finishing).
+        loop {
+            let batch = journal.claim(Queue::Evaluate, 16, 600_000).unwrap();
+            assert!(!batch.is_empty(), "the poison job is always claimed again");
+            if batch.iter().any(|job| job.event_id == "dbt:poison") {
+                assert_eq!(batch.len(), 1, "a job tried before is claimed alone");
+                break;
+            }
+            for job in batch {
+                evaluated.push(job.event_id.clone());
+                journal
+                    .finish_evaluations(&[(job, Evaluation::default())])
+                    .unwrap();
+            }
+        }
+    }
+    assert_eq!(restarts, 4, "5 attempts: the first batch and 4 restarts");
+    let journal = SqliteJournal::open(&path).unwrap();
+    let innocent = journal.events(10, None).unwrap();
+    assert!(
+        innocent
+            .iter()
+            .filter(|e| e.id != "dbt:poison")
+            .all(|e| e.status == "evaluated"),
+        "{innocent:?}"
+    );
+    drop(journal);
+    let journal = SqliteJournal::open(&path).unwrap();
+    let dead = journal.jobs(Some("dead"), 10).unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].event_id, "dbt:poison");
+    assert_eq!((dead[0].attempt, dead[0].max_attempts), (5, 5));
+    assert!(dead[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .starts_with("interrupted"));
+    // The event claimed with it, and the one that came later, were each evaluated once.
+    evaluated.sort();
+    assert_eq!(evaluated, vec!["dbt:innocent", "dbt:later"]);
+    assert!(journal
+        .claim(Queue::Evaluate, 16, 600_000)
+        .unwrap()
+        .is_empty());
+    // Listed and retryable like a dead action.
+    journal.retry(dead[0].id).unwrap();
+}
+
+/// An expired lease with no attempts left ends the job instead of running it again.
+#[test]
+fn an_expired_lease_with_no_attempts_left_is_dead() {
+    let (_dir, journal) = open();
+    journal
+        .append(&event("dbt:a"), Queue::Evaluate)
+        .wait()
+        .unwrap();
+    journal
+        .with(|c| Ok(c.execute("UPDATE jobs SET max_attempts = 1", [])?))
+        .unwrap();
+    assert_eq!(journal.claim(Queue::Evaluate, 1, 0).unwrap().len(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    assert!(journal
+        .claim(Queue::Evaluate, 1, 60_000)
+        .unwrap()
+        .is_empty());
+    assert_eq!(journal.jobs(Some("dead"), 10).unwrap().len(), 1);
+}
+
+/// Event ids may contain `:`; job keys must still never collide (SPEC section 11).
+#[test]
+fn job_keys_are_unambiguous_whatever_an_id_contains() {
+    for order in [
+        ["dbt:wev_R:replay1", "dbt:wev_R"],
+        ["dbt:wev_R", "dbt:wev_R:replay1"],
+    ] {
+        let (_dir, journal) = open();
+        for id in order {
+            journal.append(&event(id), Queue::Evaluate).wait().unwrap();
+        }
+        let first = journal.claim(Queue::Evaluate, 16, 60_000).unwrap();
+        assert_eq!(
+            first.len(),
+            2,
+            "{order:?}: both events get their evaluation"
+        );
+        journal.queue_replay("dbt:wev_R").unwrap();
+        let replay = journal.claim(Queue::Evaluate, 16, 60_000).unwrap();
+        assert_eq!(replay.len(), 1, "{order:?}: the replay is queued");
+        assert_eq!(replay[0].event_id, "dbt:wev_R");
+    }
 }
 
 #[test]
@@ -281,7 +403,8 @@ fn open_job_queries_use_the_open_jobs_index() {
             .unwrap()
     };
     for (name, sql) in [
-        ("claim", statements::CLAIM_SQL.as_str()),
+        ("claim", statements::CLAIM_CANDIDATES_SQL.as_str()),
+        ("reap", statements::REAP_SQL.as_str()),
         ("next due", statements::NEXT_DUE_SQL.as_str()),
         ("backlog", statements::BACKLOG_SQL),
     ] {

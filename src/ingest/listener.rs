@@ -1,0 +1,522 @@
+//! The HTTP listener: accepts connections and serves the routes on each, under the limits
+//! of SPEC section 11, so that clients that hold connections open cannot lock others out.
+//!
+//! - A connection must send a complete request head within [`HEAD_TIMEOUT`] of its
+//!   first byte (or of being accepted); slowloris clients are closed.
+//! - A keep-alive connection with no request in flight is closed after [`IDLE_TIMEOUT`].
+//! - At most `max_connections` are open at once, fewer when the file limit is lower.
+//!   When the cap is reached, or `accept` runs out of file descriptors, the connection
+//!   that has been idle longest (no request in flight) is closed to make room, the way
+//!   nginx reuses idle connections, so a new client is served even while an attacker
+//!   holds every slot.
+//!
+//! warp's own `serve` has none of these, so each connection is served by hyper directly,
+//! with the routes as a `warp::service`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use hyper::service::Service;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a client may take to send a complete request head.
+pub const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a keep-alive connection may sit with no request before it is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// File descriptors kept for everything but client connections: the journal, the HTTP
+/// client's pool to Mode, Tableau and Slack, the rules watcher, logs.
+const RESERVED_FDS: u64 = 128;
+/// How often the timeouts are enforced.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Raises this process's soft limit on open files to the hard limit (SPEC section 11) and
+/// returns the soft limit now in force.
+pub fn raise_file_limit() -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// The cap on open connections: the configured one, or what the file limit leaves room
+/// for after [`RESERVED_FDS`], whichever is lower.
+pub fn connection_cap(configured: usize, file_limit: u64) -> usize {
+    let room = file_limit.saturating_sub(RESERVED_FDS).max(1);
+    configured.min(usize::try_from(room).unwrap_or(usize::MAX))
+}
+
+/// Milliseconds since the listener started: one cheap clock for every connection.
+#[derive(Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now(self) -> u64 {
+        self.0.elapsed().as_millis() as u64
+    }
+}
+
+/// No time recorded (a `head_started` of a connection that is not sending a head).
+const NEVER: u64 = u64::MAX;
+
+/// What the listener knows of one open connection.
+struct Connection {
+    /// Requests whose handler is running (a request in flight is never closed).
+    in_flight: AtomicUsize,
+    /// When it was accepted or last answered a request.
+    last_done: AtomicU64,
+    /// When the first byte of the request head now being received arrived ([`NEVER`]
+    /// while no head is being received).
+    head_started: AtomicU64,
+    /// Closes the connection at once.
+    close: CancellationToken,
+}
+
+impl Connection {
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0
+    }
+}
+
+/// The open connections.
+struct Registry {
+    clock: Clock,
+    open: Mutex<HashMap<u64, Arc<Connection>>>,
+    next_id: AtomicU64,
+    /// Woken whenever a connection ends.
+    ended: tokio::sync::Notify,
+}
+
+impl Registry {
+    fn open(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Connection>>> {
+        // Every critical section is a few map operations; a panic cannot leave the map
+        // half-changed, so a poisoned lock is still sound.
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn add(&self) -> (u64, Arc<Connection>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let now = self.clock.now();
+        let connection = Arc::new(Connection {
+            in_flight: AtomicUsize::new(0),
+            last_done: AtomicU64::new(now),
+            // A new connection owes its first request head from now.
+            head_started: AtomicU64::new(now),
+            close: CancellationToken::new(),
+        });
+        self.open().insert(id, Arc::clone(&connection));
+        (id, connection)
+    }
+
+    fn remove(&self, id: u64) {
+        self.open().remove(&id);
+        self.ended.notify_waiters();
+    }
+
+    fn len(&self) -> usize {
+        self.open().len()
+    }
+
+    /// Closes the connection idle longest; false if every one has a request in flight.
+    fn evict_one(&self) -> bool {
+        let open = self.open();
+        let oldest = open
+            .values()
+            .filter(|c| c.is_idle() && !c.close.is_cancelled())
+            .min_by_key(|c| c.last_done.load(Ordering::Acquire));
+        match oldest {
+            Some(connection) => {
+                connection.close.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Closes connections whose head is overdue or that have been idle too long.
+    fn sweep(&self) -> usize {
+        let now = self.clock.now();
+        let head_limit = HEAD_TIMEOUT.as_millis() as u64;
+        let idle_limit = IDLE_TIMEOUT.as_millis() as u64;
+        let mut closed = 0;
+        for connection in self.open().values() {
+            if !connection.is_idle() || connection.close.is_cancelled() {
+                continue;
+            }
+            let head_started = connection.head_started.load(Ordering::Acquire);
+            let overdue = if head_started != NEVER {
+                now.saturating_sub(head_started) > head_limit
+            } else {
+                now.saturating_sub(connection.last_done.load(Ordering::Acquire)) > idle_limit
+            };
+            if overdue {
+                connection.close.cancel();
+                closed += 1;
+            }
+        }
+        closed
+    }
+}
+
+/// The limits the listener enforces.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most connections open at once (after [`connection_cap`]).
+    pub max_connections: usize,
+}
+
+/// Serves `service` (the routes, as `warp::service(..)`) on `listener` until `stop`; then
+/// stops accepting, lets the requests in flight finish and closes idle connections.
+/// Returns once every connection has ended.
+pub async fn serve<S>(listener: TcpListener, service: S, limits: Limits, stop: CancellationToken)
+where
+    S: Service<Request, Response = hyper::Response<hyper::Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let registry = Arc::new(Registry {
+        clock: Clock(Instant::now()),
+        open: Mutex::new(HashMap::new()),
+        next_id: AtomicU64::new(0),
+        ended: tokio::sync::Notify::new(),
+    });
+    let connections = TaskTracker::new();
+    let sweeper = tokio::spawn({
+        let registry = Arc::clone(&registry);
+        let stop = stop.clone();
+        async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let closed = registry.sweep();
+                if closed > 0 {
+                    tracing::debug!(connections = closed, "Closed idle or overdue connections.");
+                }
+            }
+        }
+    });
+    let mut http = hyper::server::conn::Http::new();
+    http.http1_only(true).http1_keep_alive(true);
+    'accepting: loop {
+        while registry.len() >= limits.max_connections {
+            if !make_room(&registry, &stop).await {
+                break 'accepting;
+            }
+        }
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) if out_of_descriptors(&error) => {
+                tracing::warn!(error = %error, "Out of file descriptors; closing an idle connection.");
+                if !make_room(&registry, &stop).await {
+                    break;
+                }
+                continue;
+            }
+            // A connection reset before it was accepted, and the like: nothing to do.
+            Err(error) => {
+                tracing::debug!(error = %error, "A connection failed before it was accepted.");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let (id, connection) = registry.add();
+        let io = TrackedIo {
+            inner: stream,
+            connection: Arc::clone(&connection),
+            clock: registry.clock,
+        };
+        let handler = RequestCounter {
+            inner: service.clone(),
+            connection: Arc::clone(&connection),
+            clock: registry.clock,
+        };
+        let served = http.serve_connection(io, handler);
+        let registry = Arc::clone(&registry);
+        let stop = stop.clone();
+        connections.spawn(async move {
+            tokio::pin!(served);
+            tokio::select! {
+                result = &mut served => {
+                    if let Err(error) = result {
+                        tracing::debug!(error = %error, "Connection ended with an error.");
+                    }
+                }
+                // Evicted or timed out: dropping the connection closes the socket.
+                _ = connection.close.cancelled() => {}
+                _ = stop.cancelled() => {
+                    served.as_mut().graceful_shutdown();
+                    let _ = served.await;
+                }
+            }
+            registry.remove(id);
+        });
+    }
+    sweeper.abort();
+    connections.close();
+    connections.wait().await;
+}
+
+/// At the cap: closes the longest-idle connection, or waits for one to end. False when
+/// the stop came first.
+async fn make_room(registry: &Registry, stop: &CancellationToken) -> bool {
+    let ended = registry.ended.notified();
+    tokio::pin!(ended);
+    ended.as_mut().enable();
+    if registry.evict_one() {
+        tracing::debug!("Connection cap reached; closed the connection idle longest.");
+    }
+    // Every connection has a request in flight (each ends within the head or body
+    // timeout), or one was just closed: either way, wait for one to end. The timeout only
+    // bounds the wait when `accept` failed for want of descriptors that a connection of
+    // ours did not hold.
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = &mut ended => true,
+        _ = tokio::time::sleep(Duration::from_millis(100)) => true,
+    }
+}
+
+fn out_of_descriptors(error: &io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// The socket, noting when a request head starts to arrive.
+struct TrackedIo {
+    inner: TcpStream,
+    connection: Arc<Connection>,
+    clock: Clock,
+}
+
+impl AsyncRead for TrackedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let connection = &self.connection;
+        if buf.filled().len() > before
+            && connection.is_idle()
+            && connection.head_started.load(Ordering::Acquire) == NEVER
+        {
+            connection
+                .head_started
+                .store(self.clock.now(), Ordering::Release);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for TrackedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// The routes, counting the requests in flight on the connection: from the moment the
+/// head is parsed until the answer is ready.
+struct RequestCounter<S> {
+    inner: S,
+    connection: Arc<Connection>,
+    clock: Clock,
+}
+
+/// Ends a request's count when its handler finishes (or is dropped).
+struct InFlight {
+    connection: Arc<Connection>,
+    clock: Clock,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.connection
+            .last_done
+            .store(self.clock.now(), Ordering::Release);
+        self.connection.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+type Request = hyper::Request<hyper::Body>;
+
+impl<S> Service<Request> for RequestCounter<S>
+where
+    S: Service<Request, Error = Infallible>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<S::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        self.connection.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.connection.head_started.store(NEVER, Ordering::Release);
+        let guard = InFlight {
+            connection: Arc::clone(&self.connection),
+            clock: self.clock,
+        };
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let answer = answer.await;
+            drop(guard);
+            answer
+        })
+    }
+}
+
+/// Binds the listen address, with a message that says what to do when it cannot.
+pub fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let listener = std::net::TcpListener::bind(addr).map_err(|error| {
+        let hint = match error.kind() {
+            io::ErrorKind::AddrInUse => {
+                "the address is already in use: another freshet (or another program) listens there; stop it or set server.listen"
+            }
+            io::ErrorKind::PermissionDenied => {
+                "permission denied: ports below 1024 need privileges; pick another port in server.listen"
+            }
+            io::ErrorKind::AddrNotAvailable => {
+                "this machine has no such address; set server.listen to one of its addresses"
+            }
+            _ => "",
+        };
+        if hint.is_empty() {
+            anyhow::anyhow!("cannot listen on {addr}: {error}")
+        } else {
+            anyhow::anyhow!("cannot listen on {addr}: {hint}")
+        }
+    })?;
+    listener.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(listener)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cap_leaves_room_for_the_daemons_own_files() {
+        assert_eq!(connection_cap(4096, 1024), 896);
+        assert_eq!(connection_cap(4096, 1_048_576), 4096);
+        assert_eq!(connection_cap(4096, 10), 1);
+    }
+
+    fn registry() -> Registry {
+        Registry {
+            clock: Clock(Instant::now()),
+            open: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            ended: tokio::sync::Notify::new(),
+        }
+    }
+
+    #[test]
+    fn eviction_takes_the_longest_idle_connection_and_never_a_busy_one() {
+        let registry = registry();
+        let (_, busy) = registry.add();
+        busy.in_flight.store(1, Ordering::Release);
+        busy.last_done.store(0, Ordering::Release);
+        let (_, old) = registry.add();
+        old.last_done.store(10, Ordering::Release);
+        let (_, new) = registry.add();
+        new.last_done.store(20, Ordering::Release);
+        assert!(registry.evict_one());
+        assert!(old.close.is_cancelled());
+        assert!(!busy.close.is_cancelled() && !new.close.is_cancelled());
+        assert!(registry.evict_one());
+        assert!(new.close.is_cancelled());
+        assert!(!registry.evict_one(), "only a busy connection is left");
+    }
+
+    #[test]
+    fn overdue_heads_and_long_idle_connections_are_swept() {
+        let registry = registry();
+        let long = HEAD_TIMEOUT.as_millis() as u64 + IDLE_TIMEOUT.as_millis() as u64 + 10;
+        // The clock starts "long" ago, so times near 0 are old.
+        let registry = Registry {
+            clock: Clock(Instant::now() - Duration::from_millis(long)),
+            ..registry
+        };
+        let (_, slow_head) = registry.add();
+        slow_head.head_started.store(0, Ordering::Release);
+        let (_, idle) = registry.add();
+        idle.head_started.store(NEVER, Ordering::Release);
+        idle.last_done.store(0, Ordering::Release);
+        let (_, fresh) = registry.add();
+        fresh.head_started.store(NEVER, Ordering::Release);
+        let (_, busy) = registry.add();
+        busy.in_flight.store(1, Ordering::Release);
+        busy.last_done.store(0, Ordering::Release);
+        assert_eq!(registry.sweep(), 2);
+        assert!(slow_head.close.is_cancelled() && idle.close.is_cancelled());
+        assert!(!fresh.close.is_cancelled() && !busy.close.is_cancelled());
+    }
+}
