@@ -45,7 +45,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let file_limit = listener::raise_file_limit().unwrap_or(1024);
     let journal_path = config.journal.path.clone();
     let journal: Journal = Arc::new(
-        tokio::task::spawn_blocking(move || SqliteJournal::open(&journal_path))
+        tokio::task::spawn_blocking(move || SqliteJournal::open_for_serve(&journal_path))
             .await
             .context("journal open task failed")??,
     );

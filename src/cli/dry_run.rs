@@ -14,9 +14,10 @@ use crate::rules::engine::build_engine;
 use crate::rules::load::{load_dir, load_files};
 use crate::rules::RuleSet;
 
-/// The config for a dry run: the file if there is one, else the defaults (without
-/// generating the embedded secret: a dry run creates nothing).
-fn dry_run_config(explicit: Option<&Path>) -> Result<Config, config::ConfigErrors> {
+/// The config for `check`: the file if there is one, with its secrets read (check says
+/// when one is missing), else the defaults (without generating the embedded secret: a
+/// check creates nothing).
+fn check_config(explicit: Option<&Path>) -> Result<Config, config::ConfigErrors> {
     match config::locate(explicit)? {
         ConfigLocation::File(path) => Config::from_file(&path),
         ConfigLocation::Embedded => Config::defaults(),
@@ -26,7 +27,7 @@ fn dry_run_config(explicit: Option<&Path>) -> Result<Config, config::ConfigError
 /// `freshet check`: every config problem as `PATH: key: message`, every rule problem as
 /// `PATH:LINE:COL: message` with the source line and a caret.
 pub fn check(explicit: Option<&Path>) -> anyhow::Result<bool> {
-    let config = match dry_run_config(explicit) {
+    let config = match check_config(explicit) {
         Ok(config) => config,
         Err(errors) => {
             for problem in &errors.0 {
@@ -48,10 +49,14 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<bool> {
     for error in &set.errors {
         println!("{}", error.with_source_excerpt());
     }
-    if !config.rules.dir.is_dir() {
-        println!("{}: rules folder not found", config.rules.dir.display());
+    let folder_found = config.rules.dir.is_dir();
+    if !folder_found {
+        println!(
+            "{}: rules folder not found (create it, or write the example rules with `freshet init DIR`)",
+            config.rules.dir.display()
+        );
     }
-    let ok = set.errors.is_empty();
+    let ok = set.errors.is_empty() && folder_found;
     println!(
         "{}: {} rule(s) compiled, {} with errors",
         config
@@ -72,7 +77,7 @@ pub fn test(
     json_lines: bool,
     events: &[PathBuf],
 ) -> anyhow::Result<bool> {
-    let config = dry_run_config(explicit)?;
+    let config = config::load_without_secrets(explicit)?;
     let engine = build_engine(config.rules.max_operations);
     let set = load_rules(&engine, rules.unwrap_or(&config.rules.dir))?;
     let mut ok = true;
@@ -147,7 +152,7 @@ fn current_alerts(config: &Config) -> Vec<AlertState> {
     if !config.journal.path.is_file() {
         return Vec::new();
     }
-    SqliteJournal::open(&config.journal.path)
+    SqliteJournal::open_existing(&config.journal.path)
         .and_then(|journal| journal.alerts())
         .unwrap_or_default()
 }

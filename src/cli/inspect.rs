@@ -6,9 +6,10 @@ use anyhow::Context;
 use crate::config::Config;
 use crate::journal::{JournalStore, SqliteJournal};
 
+/// The journal the config names; it must exist (a mistyped path creates nothing). The
+/// error names the path once.
 fn open(config: &Config) -> anyhow::Result<SqliteJournal> {
-    SqliteJournal::open(&config.journal.path)
-        .with_context(|| format!("cannot open the journal {}", config.journal.path.display()))
+    Ok(SqliteJournal::open_existing(&config.journal.path)?)
 }
 
 pub fn list_events(config: &Config, limit: usize, status: Option<&str>) -> anyhow::Result<bool> {

@@ -65,18 +65,18 @@ pub enum Command {
         /// How many events to list.
         #[arg(long, default_value_t = 20)]
         limit: usize,
-        /// Only events with this status (received, evaluated).
-        #[arg(long)]
-        status: Option<String>,
+        /// Only events with this status.
+        #[arg(long, value_enum)]
+        status: Option<EventStatus>,
         /// Print this event as JSON, enriched fields included.
         #[arg(long, value_name = "ID")]
         show: Option<String>,
     },
     /// List queued and finished actions.
     Actions {
-        /// Only actions with this status (pending, running, retrying, succeeded, dead).
-        #[arg(long)]
-        status: Option<String>,
+        /// Only actions with this status.
+        #[arg(long, value_enum)]
+        status: Option<JobStatus>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
     },
@@ -90,6 +90,46 @@ pub enum Command {
         #[arg(value_name = "ID")]
         id: String,
     },
+}
+
+/// An event's status in the journal, for `events --status`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum EventStatus {
+    /// Journaled, not evaluated yet (Mode runs: not fetched yet).
+    Received,
+    /// The rules have run on it.
+    Evaluated,
+}
+
+/// A job's status, for `actions --status` (SPEC section 6).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Retrying,
+    Succeeded,
+    Dead,
+}
+
+impl EventStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            EventStatus::Received => "received",
+            EventStatus::Evaluated => "evaluated",
+        }
+    }
+}
+
+impl JobStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Retrying => "retrying",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Dead => "dead",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,22 +183,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             status,
             show,
         } => {
-            let config = config::load(config_path.as_deref())?;
+            let config = config::load_without_secrets(config_path.as_deref())?;
             match show {
                 Some(id) => inspect::show_event(&config, &id),
-                None => inspect::list_events(&config, limit, status.as_deref()),
+                None => inspect::list_events(&config, limit, status.map(EventStatus::as_str)),
             }
         }
         Command::Actions { status, limit } => {
-            let config = config::load(config_path.as_deref())?;
-            inspect::list_actions(&config, status.as_deref(), limit)
+            let config = config::load_without_secrets(config_path.as_deref())?;
+            inspect::list_actions(&config, status.map(JobStatus::as_str), limit)
         }
         Command::Retry { id } => {
-            let config = config::load(config_path.as_deref())?;
+            let config = config::load_without_secrets(config_path.as_deref())?;
             inspect::retry(&config, id)
         }
         Command::Replay { id } => {
-            let config = config::load(config_path.as_deref())?;
+            let config = config::load_without_secrets(config_path.as_deref())?;
             inspect::replay(&config, &id)
         }
     }

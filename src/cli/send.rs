@@ -60,10 +60,22 @@ pub async fn run(config_path: Option<&Path>, target: SendTarget) -> anyhow::Resu
             )
         }
     };
-    let response = request
-        .send()
-        .await
-        .map_err(|error| anyhow::anyhow!("cannot reach {shown_url}: {}", error.without_url()))?;
+    let request = request
+        .build()
+        .map_err(|error| anyhow::anyhow!("cannot post to {shown_url}: {}", error.without_url()))?;
+    // Host and port are not secret (a Mode route's token is): name them when no one answers.
+    let addr = format!(
+        "{}:{}",
+        request.url().host_str().unwrap_or("?"),
+        request.url().port_or_known_default().unwrap_or(0)
+    );
+    let response = client.execute(request).await.map_err(|error| {
+        if error.is_connect() {
+            anyhow::anyhow!("connection refused: is freshet serve running on {addr}?")
+        } else {
+            anyhow::anyhow!("cannot reach {shown_url}: {}", error.without_url())
+        }
+    })?;
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
     println!("POST {shown_url} -> {}", status.as_u16());

@@ -11,7 +11,7 @@ use url::Url;
 
 use super::{
     ActionsConfig, Config, ConfigErrors, ConfigProblem, DbtConfig, JournalConfig, ModeConfig,
-    RulesConfig, SecretRef, ServerConfig, SlackConfig, TableauConfig,
+    RulesConfig, SecretRef, Secrets, ServerConfig, SlackConfig, TableauConfig,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +163,9 @@ impl Default for RawActions {
 /// Collects problems so that `freshet check` can show all of them at once.
 struct Problems<'a> {
     path: &'a Path,
+    /// Whether secret references are read; commands that never contact a service leave
+    /// them unresolved (SPEC section 9), so they run without the secrets in place.
+    secrets: Secrets,
     base_dir: PathBuf,
     errors: Vec<ConfigProblem>,
     warnings: Vec<ConfigProblem>,
@@ -178,6 +181,9 @@ impl Problems<'_> {
     }
 
     fn secret(&mut self, key: &str, reference: &SecretRef) -> Option<super::Secret> {
+        if self.secrets == Secrets::Skip {
+            return Some(super::Secret::unresolved());
+        }
         if reference.is_literal() {
             self.warnings.push(ConfigProblem {
                 path: self.path.to_path_buf(),
@@ -218,7 +224,7 @@ impl Problems<'_> {
 }
 
 /// Parses and validates config text. `path` is used in messages and to anchor relative paths.
-pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
+pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config, ConfigErrors> {
     let raw: RawConfig = {
         let deserializer = toml::Deserializer::new(text);
         serde_path_to_error::deserialize(deserializer).map_err(|error| {
@@ -248,6 +254,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
         .unwrap_or_else(|| PathBuf::from("."));
     let mut problems = Problems {
         path,
+        secrets,
         base_dir: base_dir.clone(),
         errors: Vec::new(),
         warnings: Vec::new(),
@@ -353,7 +360,7 @@ pub(super) fn parse(path: &Path, text: &str) -> Result<Config, ConfigErrors> {
     let slack = raw.slack.as_ref().and_then(|slack| {
         let api_base = problems.url("slack.api_base", &slack.api_base);
         let webhook_url = problems.optional_secret("slack.webhook_url", &slack.webhook_url);
-        if let Some(url) = &webhook_url {
+        if let Some(url) = webhook_url.as_ref().filter(|url| url.is_resolved()) {
             // Checked here, but never echoed: the whole URL is the secret.
             if Url::parse(url.expose())
                 .map(|u| !matches!(u.scheme(), "http" | "https"))
@@ -490,7 +497,11 @@ mod tests {
     use super::*;
 
     fn parse_str(text: &str) -> Result<Config, ConfigErrors> {
-        parse(Path::new("/etc/freshet/freshet.toml"), text)
+        parse(
+            Path::new("/etc/freshet/freshet.toml"),
+            text,
+            Secrets::Resolve,
+        )
     }
 
     #[test]
@@ -546,6 +557,14 @@ mod tests {
         // Other keys keep their values in messages: they help and hide nothing.
         let error = parse_str("[server]\nlisten = 5\n").unwrap_err().to_string();
         assert!(error.contains("5"), "{error}");
+    }
+
+    #[test]
+    fn read_only_commands_leave_secret_references_unresolved() {
+        let text = "[dbt]\nwebhook_secrets = [{ env = \"FRESHET_TEST_UNSET_Y\" }]\n[tableau]\nserver = \"https://t\"\npat_name = \"n\"\npat_secret = { credential = \"pat\" }\n";
+        assert!(parse_str(text).is_err());
+        let config = parse(Path::new("/etc/freshet/freshet.toml"), text, Secrets::Skip).unwrap();
+        assert!(!config.tableau.unwrap().pat_secret.is_resolved());
     }
 
     #[test]

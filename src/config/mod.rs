@@ -171,11 +171,30 @@ pub fn locate(explicit: Option<&Path>) -> Result<ConfigLocation, ConfigErrors> {
     Ok(ConfigLocation::Embedded)
 }
 
-/// Loads the config from wherever [`locate`] finds it.
+/// Whether loading a config reads the secrets it refers to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Secrets {
+    /// Read every secret: `serve`, `check` and `send`, which use them.
+    Resolve,
+    /// Leave them unread: the commands that only read or steer the journal, or evaluate
+    /// rules offline, must work without the daemon's secrets in place (SPEC section 9).
+    Skip,
+}
+
+/// Loads the config from wherever [`locate`] finds it, with every secret resolved.
 pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigErrors> {
     match locate(explicit)? {
         ConfigLocation::File(path) => Config::from_file(&path),
         ConfigLocation::Embedded => Config::embedded(),
+    }
+}
+
+/// Loads the config for a command that never contacts a service: secrets are not read,
+/// and with no config file nothing is created (no generated secret).
+pub fn load_without_secrets(explicit: Option<&Path>) -> Result<Config, ConfigErrors> {
+    match locate(explicit)? {
+        ConfigLocation::File(path) => Config::read(&path, Secrets::Skip),
+        ConfigLocation::Embedded => Config::defaults(),
     }
 }
 
@@ -192,8 +211,12 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 impl Config {
-    /// Reads and validates a config file.
+    /// Reads and validates a config file, resolving its secrets.
     pub fn from_file(path: &Path) -> Result<Config, ConfigErrors> {
+        Config::read(path, Secrets::Resolve)
+    }
+
+    fn read(path: &Path, secrets: Secrets) -> Result<Config, ConfigErrors> {
         let text = std::fs::read_to_string(path).map_err(|error| {
             ConfigErrors(vec![ConfigProblem {
                 path: path.to_path_buf(),
@@ -201,7 +224,7 @@ impl Config {
                 message: format!("cannot read the config file: {error}"),
             }])
         })?;
-        file::parse(path, &text)
+        file::parse(path, &text, secrets)
     }
 
     /// The embedded defaults: no services, rules from `./rules`, the journal in the user
@@ -225,7 +248,7 @@ impl Config {
     /// The defaults of SPEC section 3 with no services and no secrets (for dry runs that
     /// must not create anything).
     pub fn defaults() -> Result<Config, ConfigErrors> {
-        let mut config = file::parse(Path::new("<embedded defaults>"), "")?;
+        let mut config = file::parse(Path::new("<embedded defaults>"), "", Secrets::Resolve)?;
         config.path = None;
         config.journal.path = default_data_dir().join("journal.db");
         config.rules.dir = PathBuf::from("rules");

@@ -31,8 +31,10 @@ pub enum SecretRef {
 }
 
 /// A resolved secret value. Deliberately not `Display`; `Debug` prints `Secret(***)`.
+/// Commands that never use secrets load the config without reading them: theirs are
+/// unresolved ([`Secret::unresolved`]).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(Option<String>);
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -42,12 +44,28 @@ impl fmt::Debug for Secret {
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        Secret(Some(value.into()))
+    }
+
+    /// A secret that was referred to but not read.
+    pub fn unresolved() -> Self {
+        Secret(None)
+    }
+
+    pub fn is_resolved(&self) -> bool {
+        self.0.is_some()
     }
 
     /// The secret value, for the few places that must send it somewhere.
+    ///
+    /// # Panics
+    ///
+    /// On an unresolved secret: only `serve`, `check` and `send` use secrets, and they
+    /// load the config with every secret read, so this is a bug, never bad input.
     pub fn expose(&self) -> &str {
-        &self.0
+        self.0
+            .as_deref()
+            .expect("secrets are read by every command that uses them")
     }
 }
 
@@ -85,7 +103,7 @@ impl SecretRef {
         if value.is_empty() {
             return Err("the secret is empty".to_string());
         }
-        Ok(Secret(value))
+        Ok(Secret(Some(value)))
     }
 }
 

@@ -30,7 +30,7 @@ pub type Journal = Arc<dyn JournalStore>;
 pub enum JournalError {
     #[error("journal database error: {0}")]
     Database(#[from] rusqlite::Error),
-    #[error("cannot open the journal at {path}: {message}")]
+    #[error("cannot open the journal {path}: {message}")]
     Open { path: String, message: String },
     #[error("journal data is corrupt: {0}")]
     Corrupt(String),

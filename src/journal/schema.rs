@@ -80,4 +80,12 @@ DROP INDEX jobs_due;
 CREATE INDEX jobs_open ON jobs(queue, scheduled_at)
     WHERE status IN ('pending', 'retrying', 'running');
 "#,
+    // One row that `/healthz` writes when the last commit failed, to learn whether the
+    // journal takes commits again.
+    r#"
+CREATE TABLE health (
+    id          INTEGER PRIMARY KEY,
+    checked_ms  INTEGER NOT NULL
+);
+"#,
 ];

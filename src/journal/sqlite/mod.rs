@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 
 use super::schema::{MIGRATIONS, NOW_MS};
@@ -15,9 +15,12 @@ use super::{
 };
 use crate::event::Event;
 
+mod file;
 mod statements;
 #[cfg(test)]
 mod tests;
+
+use file::{FileWatch, Opener, ServeLock};
 
 use statements::*;
 
@@ -29,6 +32,11 @@ pub struct SqliteJournal {
     /// Feeds the appends to the commit thread ([`commit_appends`]); None once dropping.
     appends: Option<mpsc::Sender<PendingAppend>>,
     committer: Option<std::thread::JoinHandle<()>>,
+    /// Whether the file is still the one at the journal's path, and the last commit's
+    /// outcome (`/healthz`).
+    watch: Arc<FileWatch>,
+    /// `serve`'s exclusive hold on the journal, for the life of the process.
+    _lock: Option<ServeLock>,
 }
 
 struct PendingAppend {
@@ -59,38 +67,72 @@ fn isolate_retried(candidates: &[(i64, u32)]) -> Vec<i64> {
 const MAX_APPEND_BATCH: usize = 1024;
 
 impl SqliteJournal {
-    /// Opens (creating if needed) the journal at `path` and applies migrations.
+    /// Opens (creating if needed) the journal at `path` and applies migrations. Takes no
+    /// lock: for tests and tools.
     pub fn open(path: &Path) -> Result<SqliteJournal, JournalError> {
-        let open_error = |message: String| JournalError::Open {
-            path: path.display().to_string(),
-            message,
-        };
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| open_error(e.to_string()))?;
+        SqliteJournal::open_as(path, Opener::Any)
+    }
+
+    /// Opens the journal for `freshet serve`: holds it exclusively (a second `serve` on
+    /// the same file fails at once, naming the pid that holds it), creates it if needed,
+    /// and refuses a file that fails `PRAGMA quick_check`.
+    pub fn open_for_serve(path: &Path) -> Result<SqliteJournal, JournalError> {
+        SqliteJournal::open_as(path, Opener::Serve)
+    }
+
+    /// Opens an existing journal for a CLI command; never creates one.
+    pub fn open_existing(path: &Path) -> Result<SqliteJournal, JournalError> {
+        SqliteJournal::open_as(path, Opener::Command)
+    }
+
+    fn open_as(path: &Path, opener: Opener) -> Result<SqliteJournal, JournalError> {
+        if opener == Opener::Command {
+            file::ensure_exists(path)?;
+        } else {
+            file::create_folder(path)?;
         }
-        let mut conn = Connection::open(path).map_err(|e| open_error(e.to_string()))?;
+        let lock = match opener {
+            Opener::Serve => Some(ServeLock::acquire(path)?),
+            Opener::Command | Opener::Any => None,
+        };
+        let flags = match opener {
+            Opener::Command => OpenFlags::default() - OpenFlags::SQLITE_OPEN_CREATE,
+            Opener::Serve | Opener::Any => OpenFlags::default(),
+        };
+        let mut conn =
+            Connection::open_with_flags(path, flags).map_err(|e| file::open_error(path, &e))?;
         conn.busy_timeout(Duration::from_secs(5))?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(|e| file::open_error(path, &e))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(open_error(format!(
-                "could not switch to WAL mode (got {mode})"
-            )));
+            return Err(file::open_error(
+                path,
+                &format!("could not switch to WAL mode (got {mode})"),
+            ));
         }
         conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")?;
+        if opener == Opener::Serve {
+            file::quick_check(&conn, path)?;
+        }
         migrate(&mut conn)?;
+        let watch = Arc::new(FileWatch::new(path));
         let conn = Arc::new(Mutex::new(conn));
         let (appends, queued) = mpsc::channel();
         let committer = std::thread::Builder::new()
             .name("freshet-journal".into())
             .spawn({
                 let conn = Arc::clone(&conn);
-                move || commit_appends(&conn, &queued)
+                let watch = Arc::clone(&watch);
+                move || commit_appends(&conn, &queued, &watch)
             })
-            .map_err(|e| open_error(format!("cannot start the commit thread: {e}")))?;
+            .map_err(|e| file::open_error(path, &format!("cannot start the commit thread: {e}")))?;
         Ok(SqliteJournal {
             conn,
             appends: Some(appends),
             committer: Some(committer),
+            watch,
+            _lock: lock,
         })
     }
 
@@ -99,6 +141,36 @@ impl SqliteJournal {
         f: impl FnOnce(&mut Connection) -> Result<T, JournalError>,
     ) -> Result<T, JournalError> {
         f(&mut lock(&self.conn))
+    }
+
+    /// Runs `f` in one write transaction and commits it, recording the outcome for
+    /// `/healthz`, and fails once the journal file is found removed or replaced.
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        self.with(|conn| {
+            self.watch.ensure_present()?;
+            let outcome = write_transaction(conn)
+                .map_err(JournalError::from)
+                .and_then(|tx| {
+                    let value = f(&tx)?;
+                    tx.commit()?;
+                    Ok(value)
+                });
+            match &outcome {
+                Ok(_) => self.watch.committed(&Ok(())),
+                // A failed statement is a failed write as much as a failed commit; a
+                // refusal (no such job, not dead) says nothing about the journal.
+                Err(error @ JournalError::Database(_)) => {
+                    self.watch.committed(&Err(error.to_string()))
+                }
+                Err(_) => {}
+            }
+            let value = outcome?;
+            self.watch.verify()?;
+            Ok(value)
+        })
     }
 }
 
@@ -125,13 +197,18 @@ fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
 /// itself, because appends queue up while the previous commit waits for the disk; alone,
 /// an append is committed at once. Waiting callers hold no thread, so none of them has to
 /// take the connection in turn just to learn that its append is already committed.
-fn commit_appends(conn: &Mutex<Connection>, queued: &mpsc::Receiver<PendingAppend>) {
+fn commit_appends(
+    conn: &Mutex<Connection>,
+    queued: &mpsc::Receiver<PendingAppend>,
+    watch: &FileWatch,
+) {
     while let Ok(first) = queued.recv() {
         let mut conn = lock(conn);
         let batch: Vec<PendingAppend> = std::iter::once(first)
             .chain(queued.try_iter().take(MAX_APPEND_BATCH - 1))
             .collect();
         let result = (|| {
+            watch.ensure_present()?;
             let tx = write_transaction(&mut conn)?;
             let mut outcomes = Vec::with_capacity(batch.len());
             for pending in &batch {
@@ -141,6 +218,10 @@ fn commit_appends(conn: &Mutex<Connection>, queued: &mpsc::Receiver<PendingAppen
             Ok::<_, JournalError>(outcomes)
         })();
         drop(conn);
+        watch.committed(&result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        // Committed into the file we hold; but if the path no longer names that file, the
+        // next start will not see these events: answer as if the commit had failed.
+        let result = result.and_then(|outcomes| watch.verify().map(|()| outcomes));
         match result {
             Ok(outcomes) => {
                 for (pending, outcome) in batch.into_iter().zip(outcomes) {
@@ -237,9 +318,26 @@ impl JournalStore for SqliteJournal {
         if !self.committer.as_ref().is_some_and(|c| !c.is_finished()) {
             return Err(JournalError::Commit(COMMIT_THREAD_STOPPED.into()));
         }
+        self.watch.verify()?;
+        if let Some(error) = self.watch.last_commit_error() {
+            // The last commit failed: try one (a row of its own) to learn whether the
+            // journal has recovered, rather than report the past forever.
+            self.write(|tx| {
+                exec(
+                    tx,
+                    &format!(
+                        "INSERT INTO health (id, checked_ms) VALUES (1, {NOW_MS})
+                         ON CONFLICT (id) DO UPDATE SET checked_ms = excluded.checked_ms"
+                    ),
+                    [],
+                )?;
+                Ok(())
+            })
+            .map_err(|_| JournalError::Commit(format!("the last commit failed: {error}")))?;
+        }
         self.with(|conn| {
-            // Takes the write lock and gives it back: fails if the file is read-only, the
-            // disk is gone or another process holds the lock for too long.
+            // Takes the write lock and gives it back: fails if another process holds the
+            // lock for too long.
             conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
             Ok(())
         })
@@ -307,9 +405,8 @@ impl JournalStore for SqliteJournal {
     }
 
     fn claim(&self, queue: Queue, limit: usize, lease_ms: u64) -> Result<Vec<Job>, JournalError> {
-        self.with(|conn| {
-            let tx = write_transaction(conn)?;
-            exec(&tx, &REAP_SQL, params![queue.as_str(), INTERRUPTED])?;
+        self.write(|tx| {
+            exec(tx, &REAP_SQL, params![queue.as_str(), INTERRUPTED])?;
             let candidates: Vec<(i64, u32)> = tx
                 .prepare_cached(&CLAIM_CANDIDATES_SQL)?
                 .query_map(params![queue.as_str(), limit as i64], |row| {
@@ -341,7 +438,6 @@ impl JournalStore for SqliteJournal {
                     jobs.push(job);
                 }
             }
-            tx.commit()?;
             Ok(jobs)
         })
     }
@@ -360,8 +456,7 @@ impl JournalStore for SqliteJournal {
         outcome: &JobOutcome,
         failure_event: Option<&Event>,
     ) -> Result<Option<String>, JournalError> {
-        self.with(|conn| {
-            let tx = write_transaction(conn)?;
+        self.write(|tx| {
             let status = match outcome {
                 JobOutcome::Succeeded(_) => "succeeded",
                 JobOutcome::Retry { .. } if job.attempt < job.max_attempts => "retrying",
@@ -376,10 +471,10 @@ impl JournalStore for SqliteJournal {
                 JobOutcome::Retry { delay_ms, error } => (Some(error.as_str()), *delay_ms),
                 JobOutcome::Dead { error } => (Some(error.as_str()), 0),
             };
-            let updated = exec(&tx,
+            let updated = exec(tx,
                 &format!(
                     "UPDATE jobs SET status = ?1,
-                        last_error = COALESCE(?2, last_error),
+                        last_error = ?2,
                         errors = CASE WHEN ?2 IS NULL THEN errors
                                       ELSE json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?2)) END,
                         scheduled_at = CASE WHEN ?1 = 'retrying' THEN {NOW_MS} + ?3 ELSE scheduled_at END,
@@ -395,18 +490,16 @@ impl JournalStore for SqliteJournal {
             }
             if status == "dead" {
                 if let Some(event) = failure_event {
-                    insert_event(&tx, &EventRow::new(event)?, Queue::Evaluate)?;
+                    insert_event(tx, &EventRow::new(event)?, Queue::Evaluate)?;
                 }
             }
-            tx.commit()?;
             Ok(Some(status.to_string()))
         })
     }
 
     fn finish_enrichment(&self, job: &Job, event: &Event) -> Result<bool, JournalError> {
-        self.with(|conn| {
-            let tx = write_transaction(conn)?;
-            if !end_job(&tx, job, "succeeded")? {
+        self.write(|tx| {
+            if !end_job(tx, job, "succeeded")? {
                 return Ok(false);
             }
             let body =
@@ -416,29 +509,25 @@ impl JournalStore for SqliteJournal {
                 params![body, event.id],
             )?;
             insert_job(
-                &tx,
+                tx,
                 &stage_job(Queue::Evaluate, &event.id, None, Value::Null),
             )?;
-            tx.commit()?;
             Ok(true)
         })
     }
 
     fn finish_evaluations(&self, batch: &[(Job, Evaluation)]) -> Result<Vec<bool>, JournalError> {
-        self.with(|conn| {
-            let tx = write_transaction(conn)?;
+        self.write(|tx| {
             let mut recorded = Vec::with_capacity(batch.len());
             for (job, evaluation) in batch {
-                recorded.push(record_evaluation(&tx, job, evaluation)?);
+                recorded.push(record_evaluation(tx, job, evaluation)?);
             }
-            tx.commit()?;
             Ok(recorded)
         })
     }
 
     fn queue_replay(&self, event_id: &str) -> Result<i64, JournalError> {
-        self.with(|conn| {
-            let tx = write_transaction(conn)?;
+        self.write(|tx| {
             let exists: Option<i64> = tx
                 .query_row("SELECT 1 FROM events WHERE id = ?1", [event_id], |row| {
                     row.get(0)
@@ -457,7 +546,7 @@ impl JournalStore for SqliteJournal {
             // A replay is a new evaluation: its key (and so its action keys) differ from
             // the first evaluation's, so the actions run again.
             let inserted = insert_job(
-                &tx,
+                tx,
                 &stage_job(
                     Queue::Evaluate,
                     event_id,
@@ -471,14 +560,12 @@ impl JournalStore for SqliteJournal {
                 )));
             }
             let id = tx.last_insert_rowid();
-            tx.commit()?;
             Ok(id)
         })
     }
 
     fn release_running(&self) -> Result<Released, JournalError> {
-        self.with(|conn| {
-            let tx = write_transaction(conn)?;
+        self.write(|tx| {
             // The attempt that was running counts: with none left, the job is dead.
             let dead = tx.execute(
                 &format!(
@@ -498,7 +585,6 @@ impl JournalStore for SqliteJournal {
                 ),
                 [INTERRUPTED],
             )?;
-            tx.commit()?;
             Ok(Released { again, dead })
         })
     }
@@ -522,8 +608,8 @@ impl JournalStore for SqliteJournal {
     }
 
     fn retry(&self, job_id: i64) -> Result<(), JournalError> {
-        self.with(|conn| {
-            let status: Option<String> = conn
+        self.write(|tx| {
+            let status: Option<String> = tx
                 .query_row("SELECT status FROM jobs WHERE id = ?1", [job_id], |row| {
                     row.get(0)
                 })
@@ -533,7 +619,7 @@ impl JournalStore for SqliteJournal {
                     "no action with id {job_id}"
                 ))),
                 Some("dead") => {
-                    conn.execute(
+                    tx.execute(
                         &format!(
                             "UPDATE jobs SET status = 'pending', max_attempts = attempt + 1,
                                 scheduled_at = {NOW_MS}, finished_at = NULL
@@ -565,8 +651,7 @@ impl JournalStore for SqliteJournal {
     }
 
     fn prune(&self, days: u32) -> Result<usize, JournalError> {
-        self.with(|conn| {
-            let tx = write_transaction(conn)?;
+        self.write(|tx| {
             let cutoff = format!("{NOW_MS} - {}", i64::from(days) * 86_400_000);
             tx.execute_batch(&format!(
                 "CREATE TEMP TABLE IF NOT EXISTS prunable (id TEXT PRIMARY KEY);
@@ -582,7 +667,6 @@ impl JournalStore for SqliteJournal {
                 "DELETE FROM events WHERE id IN (SELECT id FROM prunable)",
                 [],
             )?;
-            tx.commit()?;
             Ok(pruned)
         })
     }

@@ -1,0 +1,235 @@
+//! The journal as a file on disk: how it is opened (by `serve`, which may create it and
+//! holds it exclusively, or by a CLI command, which may not create it), and how the daemon
+//! notices that the file under it was removed or replaced, or that commits fail.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use super::super::JournalError;
+
+/// Who opens the journal, which decides what the open may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opener {
+    /// `freshet serve`: creates the journal if needed, holds it exclusively for the life
+    /// of the process, and refuses a file that fails `PRAGMA quick_check`.
+    Serve,
+    /// A CLI command: the journal must exist (a mistyped path must not create an empty
+    /// journal and report "no events").
+    Command,
+    /// Tests and tools: creates the journal if needed, takes no lock.
+    Any,
+}
+
+/// A SQLite error at open, as the cause an operator can act on, naming the path.
+pub fn open_error(path: &Path, error: &dyn std::fmt::Display) -> JournalError {
+    let text = error.to_string();
+    let message = if text.contains("unable to open database file")
+        || text.contains("Permission denied")
+        || text.contains("readonly")
+    {
+        let folder = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        format!(
+            "cannot read or write it: check that the user running freshet may write {} and the folder {}",
+            path.display(),
+            folder.display()
+        )
+    } else if text.contains("file is not a database") || text.contains("malformed") {
+        "it is not a freshet journal, or it is corrupt: restore it from a backup, or move it aside to start with an empty journal".to_string()
+    } else {
+        text
+    };
+    JournalError::Open {
+        path: path.display().to_string(),
+        message,
+    }
+}
+
+/// Creates the journal's folder, saying which part of the path is in the way.
+pub fn create_folder(path: &Path) -> Result<(), JournalError> {
+    let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if parent.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(parent).map_err(|error| {
+        let blocker = parent
+            .ancestors()
+            .find(|p| !p.as_os_str().is_empty() && p.exists() && !p.is_dir());
+        let message = match blocker {
+            Some(file) => format!(
+                "{} is a file, not a folder: set journal.path to a path in a folder",
+                file.display()
+            ),
+            None if error.kind() == std::io::ErrorKind::PermissionDenied => format!(
+                "cannot create the folder {}: permission denied",
+                parent.display()
+            ),
+            None => format!("cannot create the folder {}: {error}", parent.display()),
+        };
+        JournalError::Open {
+            path: path.display().to_string(),
+            message,
+        }
+    })
+}
+
+/// The journal exists (for [`Opener::Command`]).
+pub fn ensure_exists(path: &Path) -> Result<(), JournalError> {
+    if path.is_file() {
+        return Ok(());
+    }
+    Err(JournalError::Open {
+        path: path.display().to_string(),
+        message: "no journal there: `freshet serve` creates it on its first start; check journal.path in the config (or --config)".into(),
+    })
+}
+
+/// `PRAGMA quick_check` at the start of `serve` (SPEC section 11): a corrupt journal is
+/// refused with a clear error instead of failing webhooks one by one later.
+pub fn quick_check(conn: &rusqlite::Connection, path: &Path) -> Result<(), JournalError> {
+    let verdict: String = conn
+        .query_row("PRAGMA quick_check", [], |row| row.get(0))
+        .map_err(|error| open_error(path, &error))?;
+    if verdict == "ok" {
+        return Ok(());
+    }
+    Err(JournalError::Open {
+        path: path.display().to_string(),
+        message: format!(
+            "it failed its integrity check ({verdict}): restore it from a backup, or move it aside to start with an empty journal"
+        ),
+    })
+}
+
+/// The exclusive hold of `serve` on a SQLite journal: an OS lock (`flock`) on
+/// `<journal>.lock`, held for the life of the process and released by the kernel when
+/// it ends, however it ends, so a kill -9 never leaves a stale lock. The file holds the
+/// holder's pid, for the message a second `serve` prints.
+pub struct ServeLock {
+    _file: File,
+}
+
+impl ServeLock {
+    pub fn acquire(journal: &Path) -> Result<ServeLock, JournalError> {
+        let path = lock_path(journal);
+        let fail = |message: String| JournalError::Open {
+            path: journal.display().to_string(),
+            message,
+        };
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|error| fail(format!("cannot create {}: {error}", path.display())))?;
+        // SAFETY: flock takes a file descriptor we own and flags; it touches no memory.
+        let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if locked != 0 {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            return Err(fail(format!(
+                "another `freshet serve` (pid {}) holds it; one serve per SQLite journal (several instances share a PostgreSQL journal)",
+                if holder.is_empty() { "unknown" } else { holder }
+            )));
+        }
+        let written = file
+            .set_len(0)
+            .and_then(|()| file.rewind())
+            .and_then(|()| writeln!(file, "{}", std::process::id()))
+            .and_then(|()| file.flush());
+        if let Err(error) = written {
+            return Err(fail(format!("cannot write {}: {error}", path.display())));
+        }
+        Ok(ServeLock { _file: file })
+    }
+}
+
+fn lock_path(journal: &Path) -> PathBuf {
+    let mut name = journal.as_os_str().to_os_string();
+    name.push(".lock");
+    PathBuf::from(name)
+}
+
+/// Device and inode: what says "this is the same file" across renames and unlinks.
+type Identity = (u64, u64);
+
+fn identity(path: &Path) -> Option<Identity> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Watches over the open journal file: whether it is still the file at its path, and
+/// how the last commit went. `/healthz` and intake read it; commits write it.
+pub struct FileWatch {
+    path: PathBuf,
+    opened: Option<Identity>,
+    state: Mutex<WatchState>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    /// Set once the path no longer names the file we hold: nothing written from then on
+    /// would be in the journal the next start opens.
+    gone: Option<String>,
+    /// The error of the last commit, while it is the latest outcome.
+    last_commit_error: Option<String>,
+}
+
+impl FileWatch {
+    /// Notes the identity of the file just opened at `path`.
+    pub fn new(path: &Path) -> FileWatch {
+        FileWatch {
+            path: path.to_path_buf(),
+            opened: identity(path),
+            state: Mutex::default(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, WatchState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fails if the file was already found gone.
+    pub fn ensure_present(&self) -> Result<(), JournalError> {
+        match &self.state().gone {
+            Some(message) => Err(JournalError::Commit(message.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Looks at the path again (one `stat`): fails, for good, if the file there is not the
+    /// one we opened. Called after each commit and before answering for it, so a commit
+    /// that landed in a removed file is never acknowledged.
+    pub fn verify(&self) -> Result<(), JournalError> {
+        self.ensure_present()?;
+        if identity(&self.path) == self.opened {
+            return Ok(());
+        }
+        let message = format!(
+            "the journal file {} was removed or replaced while freshet ran; restart freshet (what was committed since is in the old file only)",
+            self.path.display()
+        );
+        tracing::error!(journal = %self.path.display(), "The journal file was removed or replaced; refusing webhooks until a restart.");
+        self.state().gone = Some(message.clone());
+        Err(JournalError::Commit(message))
+    }
+
+    /// Records how a commit went.
+    pub fn committed(&self, outcome: &Result<(), String>) {
+        self.state().last_commit_error = outcome.as_ref().err().cloned();
+    }
+
+    /// The last commit's error, if the last commit failed.
+    pub fn last_commit_error(&self) -> Option<String> {
+        self.state().last_commit_error.clone()
+    }
+}
