@@ -75,6 +75,8 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+    /// Send the body in chunks with no Content-Length, as a streaming server does.
+    pub chunked: bool,
 }
 
 impl Reply {
@@ -83,6 +85,7 @@ impl Reply {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.to_string().into_bytes(),
+            chunked: false,
         }
     }
     pub fn text(status: u16, body: &str) -> Reply {
@@ -90,6 +93,16 @@ impl Reply {
             status,
             headers: vec![("content-type".into(), "text/plain".into())],
             body: body.as_bytes().to_vec(),
+            chunked: false,
+        }
+    }
+    /// `body`, sent in 64 KiB chunks without a Content-Length.
+    pub fn streamed(status: u16, content_type: &str, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type".into(), content_type.into())],
+            body,
+            chunked: true,
         }
     }
     pub fn with_header(mut self, name: &str, value: &str) -> Reply {
@@ -135,7 +148,17 @@ where
         for (name, value) in &reply.headers {
             response = response.header(name, value);
         }
-        response.body(reply.body).unwrap()
+        let body = if reply.chunked {
+            let chunks: Vec<Result<Vec<u8>, std::convert::Infallible>> = reply
+                .body
+                .chunks(64 << 10)
+                .map(|chunk| Ok(chunk.to_vec()))
+                .collect();
+            warp::hyper::Body::wrap_stream(futures_util::stream::iter(chunks))
+        } else {
+            warp::hyper::Body::from(reply.body)
+        };
+        response.body(body).unwrap()
     });
     let (addr, server) = warp::serve(route).bind_ephemeral(([127, 0, 0, 1], 0));
     tokio::spawn(server);

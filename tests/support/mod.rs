@@ -33,6 +33,7 @@ pub struct Daemon {
     _temp: Option<tempfile::TempDir>,
     log: Arc<Mutex<Vec<String>>>,
     env: Vec<(String, String)>,
+    file_limit: Option<u64>,
 }
 
 /// What to put in the daemon's config and environment.
@@ -46,6 +47,11 @@ pub struct Setup {
     /// Other files to write next to the config (secret files).
     pub files: Vec<(String, String)>,
     pub max_body_bytes: Option<usize>,
+    /// Soft and hard limit on open files for the daemon (`RLIMIT_NOFILE`).
+    pub file_limit: Option<u64>,
+    /// More keys for the `[server]` and `[rules]` sections.
+    pub server_keys: String,
+    pub rules_keys: String,
 }
 
 impl Setup {
@@ -85,11 +91,15 @@ impl Daemon {
             std::fs::write(dir.join("rules").join(name), source).unwrap();
         }
         for (name, contents) in &setup.files {
-            std::fs::write(dir.join(name), contents).unwrap();
+            let path = dir.join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, contents).unwrap();
         }
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = {}\n\n[journal]\npath = \"journal.db\"\n\n[rules]\ndir = \"rules\"\n\n{}\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = {}\n{}\n\n[journal]\npath = \"journal.db\"\n\n[rules]\ndir = \"rules\"\n{}\n\n{}\n",
             setup.max_body_bytes.unwrap_or(262_144),
+            setup.server_keys,
+            setup.rules_keys,
             setup.extra_config
         );
         std::fs::write(dir.join("freshet.toml"), config).unwrap();
@@ -100,13 +110,14 @@ impl Daemon {
             _temp: Some(temp),
             log: Arc::new(Mutex::new(Vec::new())),
             env: setup.env,
+            file_limit: setup.file_limit,
         };
         daemon.spawn();
         daemon
     }
 
-    /// (Re)starts the process on the same dir and journal.
-    pub fn spawn(&mut self) {
+    /// The `freshet serve` command for this daemon's dir and config.
+    fn serve_command(&self) -> Command {
         let mut command = Command::new(BIN);
         command
             .args(["serve", "--config"])
@@ -120,7 +131,63 @@ impl Daemon {
         for (key, value) in &self.env {
             command.env(key, value);
         }
-        let mut child = command.spawn().expect("start freshet");
+        if let Some(limit) = self.file_limit {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs in the child here.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        command
+    }
+
+    /// Runs another `freshet serve` on this dir that is expected to exit by itself
+    /// (refusing to start); panics if it is still running after 30 s.
+    pub fn serve_expecting_exit(&self) -> Output {
+        let child = self
+            .serve_command()
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start freshet");
+        wait_with_timeout(child, Duration::from_secs(30))
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The daemon's resident memory, in bytes (from /proc).
+    pub fn rss_bytes(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .expect("VmRSS in /proc/PID/status");
+        kib * 1024
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| child.try_wait().unwrap().is_none())
+    }
+
+    /// (Re)starts the process on the same dir and journal.
+    pub fn spawn(&mut self) {
+        let mut child = self.serve_command().spawn().expect("start freshet");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::clone(&self.log);
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -207,6 +274,19 @@ impl Daemon {
         command.output().expect("run freshet")
     }
 
+    /// Runs another `freshet` command against the same config with none of the daemon's
+    /// environment (its secrets).
+    pub fn cli_without_env(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .current_dir(&self.dir)
+            .env_remove("CREDENTIALS_DIRECTORY")
+            .output()
+            .expect("run freshet")
+    }
+
     /// Like `cli`, but panics with everything if the command did not exit 0.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let output = self.cli(args);
@@ -267,6 +347,30 @@ impl Drop for Daemon {
             let _ = child.wait();
         }
     }
+}
+
+/// Waits for a child to exit; kills it and panics with its output after `timeout`.
+pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
+    let start = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "the command did not exit within {timeout:?}; stderr:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Raises this test process's own soft limit on open files to its hard limit.
+pub fn raise_own_file_limit() -> u64 {
+    freshet::ingest::listener::raise_file_limit().unwrap()
 }
 
 /// How long [`eventually`] waits before it fails a test. Generous, because it only runs

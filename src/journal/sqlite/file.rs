@@ -27,7 +27,10 @@ pub enum Opener {
 /// A SQLite error at open, as the cause an operator can act on, naming the path.
 pub fn open_error(path: &Path, error: &dyn std::fmt::Display) -> JournalError {
     let text = error.to_string();
-    let message = if text.contains("unable to open database file")
+    let message = if path.is_dir() {
+        "it is a folder: set journal.path to a file's path (such as journal.db in that folder)"
+            .to_string()
+    } else if text.contains("unable to open database file")
         || text.contains("Permission denied")
         || text.contains("readonly")
     {

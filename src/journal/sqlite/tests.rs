@@ -518,3 +518,64 @@ fn a_journal_of_a_newer_schema_is_refused() {
         "{error}"
     );
 }
+
+/// SPEC section 11: `/healthz` reports the last commit's outcome, and sees the journal
+/// recover without waiting for traffic.
+#[test]
+fn health_follows_the_last_commit_and_its_recovery() {
+    let (_dir, journal) = open();
+    journal.check_writable().unwrap();
+    // A read-only journal (as on a full or remounted disk): every write fails.
+    journal
+        .with(|c| Ok(c.execute_batch("PRAGMA query_only = ON")?))
+        .unwrap();
+    assert!(journal
+        .append(&event("dbt:a"), Queue::Evaluate)
+        .wait()
+        .is_err());
+    let error = journal.check_writable().unwrap_err().to_string();
+    assert!(error.contains("the last commit failed"), "{error}");
+    journal
+        .with(|c| Ok(c.execute_batch("PRAGMA query_only = OFF")?))
+        .unwrap();
+    journal.check_writable().unwrap();
+    assert_eq!(
+        journal
+            .append(&event("dbt:a"), Queue::Evaluate)
+            .wait()
+            .unwrap(),
+        Appended::New
+    );
+}
+
+/// SPEC section 9: one serve per SQLite journal; the second names the holder's pid.
+#[test]
+fn a_second_serve_on_one_journal_is_refused_naming_the_holder() {
+    let (_dir, path) = temp_path();
+    let first = SqliteJournal::open_for_serve(&path).unwrap();
+    let error = SqliteJournal::open_for_serve(&path)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains(&path.display().to_string()), "{error}");
+    assert!(
+        error.contains(&format!("(pid {})", std::process::id())),
+        "{error}"
+    );
+    // Commands open it beside the serve.
+    SqliteJournal::open_existing(&path).unwrap();
+    drop(first);
+    SqliteJournal::open_for_serve(&path).unwrap();
+}
+
+/// SPEC section 9: a command never creates a journal.
+#[test]
+fn a_command_on_a_missing_journal_creates_nothing() {
+    let (_dir, path) = temp_path();
+    let error = SqliteJournal::open_existing(&path)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(error.contains("no journal there"), "{error}");
+    assert!(!path.exists());
+}
