@@ -27,6 +27,15 @@ pub fn decide(previous: Option<&AlertState>, call: &AlertCall, now_ms: i64) -> D
         Some(channel) => json!({ "channel": channel, "text": text }),
         None => json!({ "text": text }),
     };
+    // Posted with the bot token, an alert's later posts go in the thread of the post
+    // that announced it (SPEC section 7): they name that post's job.
+    let in_thread = |text: String, firing_version: i64| {
+        let mut post = payload(text);
+        if call.channel.is_some() {
+            post["thread_of"] = json!(firing_key(&call.name, firing_version));
+        }
+        post
+    };
     match (was_firing, call.firing) {
         (false, true) => {
             let version = version + 1;
@@ -38,10 +47,7 @@ pub fn decide(previous: Option<&AlertState>, call: &AlertCall, now_ms: i64) -> D
                     since_ms: now_ms,
                     last_notified_ms: Some(now_ms),
                 }),
-                post: Some((
-                    job_key(&["alert", &call.name, &format!("v{version}"), "firing"]),
-                    payload(call.text.clone()),
-                )),
+                post: Some((firing_key(&call.name, version), payload(call.text.clone()))),
                 summary: "ok -> firing: posts the alert".into(),
             }
         }
@@ -68,7 +74,7 @@ pub fn decide(previous: Option<&AlertState>, call: &AlertCall, now_ms: i64) -> D
                             "renotify",
                             &now_ms.to_string(),
                         ]),
-                        payload(call.text.clone()),
+                        in_thread(call.text.clone(), previous.version),
                     )),
                     summary: "still firing, renotify interval passed: posts again".into(),
                 }
@@ -85,7 +91,8 @@ pub fn decide(previous: Option<&AlertState>, call: &AlertCall, now_ms: i64) -> D
             let post = call.resolve.then(|| {
                 (
                     job_key(&["alert", &call.name, &format!("v{version}"), "resolved"]),
-                    payload(format!("Resolved: {}", call.name)),
+                    // `version - 1`: the transition to firing that this one ends.
+                    in_thread(format!("Resolved: {}", call.name), version - 1),
                 )
             });
             Decision {
@@ -110,6 +117,11 @@ pub fn decide(previous: Option<&AlertState>, call: &AlertCall, now_ms: i64) -> D
             summary: "ok: nothing to do".into(),
         },
     }
+}
+
+/// The key of the job that posts alert `name`'s announcement at state `version`.
+fn firing_key(name: &str, version: i64) -> String {
+    job_key(&["alert", name, &format!("v{version}"), "firing"])
 }
 
 #[cfg(test)]
@@ -144,7 +156,13 @@ mod tests {
         let resolved = decide(Some(&state), &call(false), 3_000);
         let resolved_state = resolved.new_state.unwrap();
         assert!(!resolved_state.firing && resolved_state.version == 2);
-        assert_eq!(resolved.post.unwrap().1["text"], "Resolved: revenue-floor");
+        let (_, post) = resolved.post.unwrap();
+        assert_eq!(post["text"], "Resolved: revenue-floor");
+        assert_eq!(
+            post["thread_of"],
+            json!(first.post.as_ref().unwrap().0),
+            "the resolution goes in the thread of the firing post"
+        );
 
         assert!(decide(Some(&resolved_state), &call(false), 4_000)
             .post

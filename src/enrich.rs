@@ -1,10 +1,14 @@
 //! The enrich stage: Mode webhooks carry only a link, and a failed run also says
 //! `report_run_completed`. Before the rules see a Mode run event, this stage fetches the
 //! run from the configured `mode.api_base` (never the host in the payload) and, for a
-//! succeeded run, its result rows, then hands the event on to evaluation.
+//! succeeded (or `completed`) run, its result rows, then hands the event on to evaluation.
 //!
-//! Fetch failures that may pass (5xx, 429, timeouts) retry like actions; when they do not
-//! pass, the event still reaches the rules, with `verified: false` and the `error`.
+//! Rules never see a half-fetched event as if Mode had no results (SPEC section 7): a
+//! fetch that fails is retried like an action (the `actions.*` backoff, `Retry-After`
+//! honoured), and when it gives up the job is `dead`, listed and retryable, with a
+//! `freshet.action.failed` event. Only a query whose results cannot be had (purged, too
+//! large) is left out, named in `result_errors`. Without Mode API credentials nothing
+//! can be fetched, and the event reaches the rules unverified.
 
 use std::sync::Arc;
 
@@ -13,16 +17,20 @@ use serde_json::{json, Map, Value};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::actions::client::{backoff, ActionError};
-use crate::actions::mode::Mode;
+use crate::actions::client::ActionError;
+use crate::actions::mode::{Mode, RowsError};
+use crate::actions::runner::failure_event;
 use crate::config::{Config, ModeConfig};
 use crate::event::Event;
-use crate::journal::{blocking, Job, JobOutcome, Journal, Queue};
+use crate::journal::{blocking, FollowUp, Job, JobOutcome, Journal, Queue};
 use crate::worker::next_jobs;
 
 /// How long one enrichment may hold its job: the run, the report, the query runs and
 /// each query's results.
 const LEASE_MS: u64 = 600_000;
+
+/// The run states whose results are fetched: Mode documents both for a finished run.
+const FINISHED_WITH_RESULTS: [&str; 2] = ["succeeded", "completed"];
 
 /// The enrich stage's dependencies.
 pub struct EnrichWorker {
@@ -30,7 +38,7 @@ pub struct EnrichWorker {
     pub config: Arc<ArcSwap<Config>>,
     /// Woken by intake.
     pub wake: Arc<Notify>,
-    /// Wakes the evaluate stage once the event is ready.
+    /// Wakes the evaluate stage once the event is ready (or a failure event was emitted).
     pub evaluate_wake: Arc<Notify>,
     /// The daemon's one HTTP client.
     pub http: reqwest::Client,
@@ -57,42 +65,33 @@ impl EnrichWorker {
             }
         };
         let config = self.config.load_full();
-        let result = match &config.mode {
-            Some(mode) => fetch(&self.http, mode, &event).await,
-            None => Err(ActionError::not_configured("mode")),
+        let mode = config
+            .mode
+            .as_ref()
+            .filter(|mode| mode.api_token.is_some() && mode.api_secret.is_some());
+        let Some(mode) = mode else {
+            tracing::warn!(event_id = %event.id, "No Mode API credentials (mode.api_token, mode.api_secret): the run cannot be fetched; rules see the event unverified.");
+            event.fields.insert("verified".into(), Value::Bool(false));
+            return self.enriched(job, event).await;
         };
-        match result {
+        match fetch(&self.http, mode, &event).await {
             Ok(fields) => {
                 let run_state = fields.get("run_state").cloned().unwrap_or(Value::Null);
                 tracing::info!(event_id = %event.id, run_state = %run_state, "Mode run fetched.");
                 event.fields.extend(fields);
-            }
-            Err(ActionError::Retryable {
-                message,
-                retry_after,
-            }) if job.attempt < job.max_attempts => {
-                let delay_ms =
-                    backoff(&config.actions, job.attempt, retry_after).as_millis() as u64;
-                tracing::warn!(event_id = %event.id, attempt = job.attempt, error = %message, "Fetching the Mode run failed; will retry.");
-                let outcome = JobOutcome::Retry {
-                    delay_ms,
-                    error: message,
-                };
-                if let Err(error) =
-                    blocking(&self.journal, move |j| j.finish(&job, &outcome, None)).await
-                {
-                    tracing::error!(error = %error, "Cannot journal the enrichment retry.");
-                }
-                return;
+                self.enriched(job, event).await;
             }
             Err(error) => {
-                tracing::warn!(event_id = %event.id, error = %error, "Mode run could not be fetched; rules see it unverified.");
-                event.fields.insert("verified".into(), Value::Bool(false));
-                event
-                    .fields
-                    .insert("error".into(), json!(error.to_string()));
+                tracing::warn!(event_id = %event.id, attempt = job.attempt, max_attempts = job.max_attempts,
+                    error = %error, "Fetching the Mode run failed.");
+                let outcome = error.into_outcome(&config, &job);
+                self.failed(job, outcome).await;
             }
         }
+    }
+
+    /// Journals the enriched event with its `evaluate` job.
+    async fn enriched(&self, job: Job, event: Event) {
         let finished = blocking(&self.journal, move |j| j.finish_enrichment(&job, &event)).await;
         match finished {
             Ok(true) => self.evaluate_wake.notify_waiters(),
@@ -100,9 +99,34 @@ impl EnrichWorker {
             Err(error) => tracing::error!(error = %error, "Cannot journal the enriched event."),
         }
     }
+
+    /// Journals a failed attempt: retrying, or dead with a `freshet.action.failed` event.
+    async fn failed(&self, job: Job, outcome: JobOutcome) {
+        let goes_dead = match &outcome {
+            JobOutcome::Dead { .. } => true,
+            JobOutcome::Retry { .. } => job.attempt >= job.max_attempts,
+            JobOutcome::Succeeded(_) | JobOutcome::Wait { .. } => false,
+        };
+        let mut follow_up = FollowUp::default();
+        if goes_dead {
+            follow_up.event = Some(failure_event(&self.journal, &job, &outcome).await);
+        }
+        let id = job.id;
+        match blocking(&self.journal, move |j| j.finish(&job, &outcome, &follow_up)).await {
+            Ok(Some(status)) if status == "dead" => {
+                tracing::error!(
+                    job_id = id,
+                    "Mode enrichment is dead; `freshet retry` queues it again."
+                );
+                self.evaluate_wake.notify_waiters();
+            }
+            Ok(_) => {}
+            Err(error) => tracing::error!(error = %error, "Cannot journal the enrichment attempt."),
+        }
+    }
 }
 
-/// Fetches the run (and for a succeeded completion, its results) into event fields.
+/// Fetches the run (and for a finished run, its results) into event fields.
 async fn fetch(
     http: &reqwest::Client,
     config: &ModeConfig,
@@ -139,69 +163,82 @@ async fn fetch(
         .and_then(|r| r.get("name").and_then(Value::as_str).map(String::from));
     fields.insert("report_name".into(), json!(report_name));
 
-    if event.kind == "mode.report_run_completed" && state == "succeeded" && config.fetch_results {
-        match fetch_results(&mode, &run_path, config.max_result_rows).await {
-            Ok(results) => {
-                fields.insert("results".into(), Value::Object(results));
-            }
-            // Purged results (404) and other final answers: the run is known, the rows are not.
-            Err(ActionError::Final(message)) => {
-                fields.insert("results".into(), json!({}));
-                fields.insert("error".into(), json!(message));
-            }
-            Err(retryable) => return Err(retryable),
-        }
+    if event.kind == "mode.report_run_completed"
+        && FINISHED_WITH_RESULTS.contains(&state.as_str())
+        && config.fetch_results
+    {
+        let (results, errors) = fetch_results(&mode, &run_path, config).await?;
+        fields.insert("results".into(), Value::Object(results));
+        fields.insert("result_errors".into(), Value::Object(errors));
     }
     Ok(fields)
 }
 
-/// Query name -> rows, for every query run of the report run.
+/// Query name -> rows, for every query run of the report run, and query name -> why for
+/// the queries whose rows could not be had. A failure that may pass (Mode down, 429)
+/// fails the whole fetch, to be retried: the rules get all the rows Mode has, or wait.
 async fn fetch_results(
     mode: &Mode<'_>,
     run_path: &str,
-    max_rows: usize,
-) -> Result<Map<String, Value>, ActionError> {
-    let listing = mode.get(&format!("{run_path}/query_runs")).await?;
+    config: &ModeConfig,
+) -> Result<(Map<String, Value>, Map<String, Value>), ActionError> {
+    let mut results = Map::new();
+    let mut errors = Map::new();
+    let listing = match mode.get(&format!("{run_path}/query_runs")).await {
+        Ok(listing) => listing,
+        Err(ActionError::Final(message)) => {
+            // The run's queries are gone (purged): the run is known, its rows are not.
+            errors.insert("query_runs".into(), json!(message));
+            return Ok((results, errors));
+        }
+        Err(retryable) => return Err(retryable),
+    };
     let query_runs = listing
         .pointer("/_embedded/query_runs")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let mut results = Map::new();
     for query_run in query_runs {
         let Some(token) = query_run.get("token").and_then(Value::as_str) else {
             continue;
         };
-        if !token
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            continue;
-        }
         let name = query_run
             .get("query_name")
             .and_then(Value::as_str)
             .or_else(|| query_run.get("query_token").and_then(Value::as_str))
             .unwrap_or(token)
             .to_string();
-        let rows = mode
-            .get(&format!(
-                "{run_path}/query_runs/{token}/results/content.json"
-            ))
-            .await?;
-        let Value::Array(rows) = rows else {
-            return Err(ActionError::final_error(format!(
-                "mode: results of query {name:?} are not an array of rows"
-            )));
-        };
-        let rows: Vec<Value> = rows
-            .into_iter()
-            .take(max_rows)
-            .map(numbers_as_numbers)
-            .collect();
-        results.insert(name, Value::Array(rows));
+        if !token
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            errors.insert(name, json!("mode: the query run's token is not a token"));
+            continue;
+        }
+        let path = format!("{run_path}/query_runs/{token}/results/content.json");
+        match mode
+            .result_rows(&path, config.max_result_rows, config.max_result_bytes)
+            .await
+        {
+            Ok(rows) => {
+                let rows = rows.into_iter().map(numbers_as_numbers).collect();
+                results.insert(name, Value::Array(rows));
+            }
+            Err(RowsError::TooLarge(limit)) => {
+                errors.insert(
+                    name,
+                    json!(format!(
+                        "the results are larger than {limit} bytes (mode.max_result_bytes)"
+                    )),
+                );
+            }
+            Err(RowsError::Action(ActionError::Final(message))) => {
+                errors.insert(name, json!(message));
+            }
+            Err(RowsError::Action(retryable)) => return Err(retryable),
+        }
     }
-    Ok(results)
+    Ok((results, errors))
 }
 
 /// Mode may send numbers as strings; turn plain numeric strings into numbers so rules can

@@ -14,6 +14,8 @@ use serde_json::{Map, Value};
 pub enum Source {
     Dbt,
     Mode,
+    /// Outcomes of the Tableau refreshes freshet started (`tableau.refresh.completed`).
+    Tableau,
     /// Events freshet emits itself, such as action outcomes.
     Freshet,
 }
@@ -23,6 +25,7 @@ impl Source {
         match self {
             Source::Dbt => "dbt",
             Source::Mode => "mode",
+            Source::Tableau => "tableau",
             Source::Freshet => "freshet",
         }
     }

@@ -90,6 +90,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         max_body_bytes: config.server.max_body_bytes,
         body_budget: Arc::new(Semaphore::new(config.server.max_pending_body_bytes)),
         health: Arc::clone(&health),
+        enrich_attempts: config.actions.max_attempts,
         evaluate_wake: Arc::clone(&evaluate_wake),
         enrich_wake: Arc::clone(&enrich_wake),
     };

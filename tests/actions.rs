@@ -34,10 +34,7 @@ fn setup(fakes: &Fakes, max_attempts: u32) -> Setup {
 /// The config for the fakes; without `tableau`, the [tableau] section is left out.
 fn setup_with(fakes: &Fakes, max_attempts: u32, tableau: bool) -> Setup {
     let tableau_section = if tableau {
-        format!(
-            "[tableau]\nserver = \"{}\"\nsite = \"finance\"\napi_version = \"3.22\"\npat_name = \"freshet\"\npat_secret = {{ env = \"T_PAT\" }}\n",
-            fakes.tableau.base()
-        )
+        fakes.tableau.section(Some("3.22"))
     } else {
         String::new()
     };
@@ -67,15 +64,19 @@ fn jobs(daemon: &Daemon) -> Vec<JobSummary> {
         .unwrap()
 }
 
-/// Waits until every action job is finished (succeeded or dead) and returns them.
+/// Waits until `expected` calls have been made and every job is finished (succeeded or
+/// dead), the jobs following Tableau refreshes included, and returns the calls' jobs.
 async fn settled(daemon: &Daemon, expected: usize) -> Vec<JobSummary> {
     eventually(daemon, &format!("{expected} finished actions"), || {
         let jobs = jobs(daemon);
-        let done = jobs.len() >= expected
-            && jobs
-                .iter()
-                .all(|j| j.status == "succeeded" || j.status == "dead");
-        done.then_some(jobs)
+        let done = jobs
+            .iter()
+            .all(|j| j.status == "succeeded" || j.status == "dead");
+        let calls: Vec<JobSummary> = jobs
+            .into_iter()
+            .filter(|j| j.kind != "tableau_job")
+            .collect();
+        (done && calls.len() >= expected).then_some(calls)
     })
     .await
 }
@@ -83,8 +84,10 @@ async fn settled(daemon: &Daemon, expected: usize) -> Vec<JobSummary> {
 #[tokio::test]
 async fn tableau_refresh_signs_in_once_finds_the_id_and_renews_an_expired_session() {
     let fakes = fakes().await;
-    let daemon =
-        Daemon::start(setup(&fakes, 3).rule("r.rhai", r#"tableau_refresh("Finance Overview");"#));
+    let daemon = Daemon::start(setup(&fakes, 3).rule(
+        "r.rhai",
+        r#"if event.source == "dbt" { tableau_refresh("Finance Overview"); }"#,
+    ));
 
     send_dbt(
         &daemon,
@@ -107,7 +110,7 @@ async fn tableau_refresh_signs_in_once_finds_the_id_and_renews_an_expired_sessio
         .lock()
         .unwrap()
         .iter()
-        .filter(|s| s.method == "GET")
+        .filter(|s| s.method == "GET" && s.path.ends_with("/workbooks"))
         .map(|s| s.query.clone())
         .collect();
     assert_eq!(
@@ -135,7 +138,7 @@ async fn tableau_refresh_signs_in_once_finds_the_id_and_renews_an_expired_sessio
     .await;
     let done = settled(&daemon, 3).await;
     assert!(done.iter().all(|j| j.status == "succeeded"), "{done:?}");
-    assert_eq!(fakes.tableau.sign_ins(), 2);
+    assert_eq!(fakes.tableau.sign_ins(), 2, "{:#?}", fakes.tableau.calls());
     assert_eq!(fakes.tableau.refreshes().len(), 3);
     let log = daemon.log();
     assert!(
@@ -227,20 +230,10 @@ async fn names_with_commas_already_queued_unknown_names_and_datasources() {
     let fakes = fakes().await;
     fakes.tableau.state.lock().unwrap().faults.add("/workbooks/3cc6cd06-89ce-4fdc-b935-5294135d6d42/refresh", 1, Reply::json(409, serde_json::json!({
         "error": {"code": "409093", "summary": "Resource Conflict", "detail": "Job for 'Sales Overview, Q3' is already queued."}})));
-    // The same workbook name twice on the site: a refresh cannot know which one is meant.
-    for id in [
-        "ab000000-0000-4000-8000-00000000000a",
-        "ab000000-0000-4000-8000-00000000000b",
-    ] {
-        fakes.tableau.state.lock().unwrap().content.push((
-            id.into(),
-            "Ops Board".into(),
-            "workbooks".into(),
-        ));
-    }
+    // "Quarterly" is a workbook in two projects: a bare name cannot say which is meant.
     let daemon = Daemon::start(setup(&fakes, 3).rule(
         "r.rhai",
-        r#"if event.source == "dbt" { tableau_refresh("Sales Overview, Q3"); tableau_refresh("No Such Book"); tableau_refresh_datasource("Revenue Extract"); tableau_refresh("Ops Board"); }"#,
+        r#"if event.source == "dbt" { tableau_refresh("Sales Overview, Q3"); tableau_refresh("No Such Book"); tableau_refresh_datasource("Revenue Extract"); tableau_refresh("Quarterly"); }"#,
     ));
     send_dbt(
         &daemon,
@@ -251,7 +244,7 @@ async fn names_with_commas_already_queued_unknown_names_and_datasources() {
     let done = settled(&daemon, 4).await;
     let by_arg = |needle: &str| {
         done.iter()
-            .find(|j| j.payload.to_string().contains(needle))
+            .find(|j| j.kind != "tableau_job" && j.payload.to_string().contains(needle))
             .unwrap()
             .clone()
     };
@@ -272,14 +265,14 @@ async fn names_with_commas_already_queued_unknown_names_and_datasources() {
         "{missing:?}"
     );
     assert_eq!(by_arg("Revenue Extract").status, "succeeded");
-    let ambiguous = by_arg("Ops Board");
+    let ambiguous = by_arg("Quarterly");
     assert_eq!((ambiguous.status.as_str(), ambiguous.attempt), ("dead", 1));
     assert!(
         ambiguous
             .last_error
             .as_deref()
             .unwrap()
-            .contains("2 workbooks are named \"Ops Board\""),
+            .contains("2 workbooks are named \"Quarterly\", in projects \"Finance\", \"Sales\""),
         "{ambiguous:?}"
     );
     assert!(fakes.tableau.refreshes().contains(&(

@@ -143,7 +143,7 @@ async fn failed_and_purged_runs_reach_the_rules() {
     let (mode, slack) = (FakeMode::start().await, FakeSlack::start().await);
     let daemon = Daemon::start(setup(&mode, &slack).rule(
         "purged.rhai",
-        r#"if event.run_state == "succeeded" && event.error != () { slack_post(`no rows: ${event.error}`); }"#,
+        r#"if event.run_state == "succeeded" && event.result_errors.len() > 0 { slack_post(`no rows: ${event.result_errors}`); }"#,
     ));
     mode.add_run(REPORT, "bad1", "failed", None);
     let id = mode_webhook(&daemon, "https://app.mode.com", "bad1").await;
@@ -167,7 +167,7 @@ async fn failed_and_purged_runs_reach_the_rules() {
         slack
             .posts()
             .iter()
-            .any(|(c, t)| c == "#finance" && t.starts_with("Mode report Daily revenue failed")),
+            .any(|(c, t)| c == "#finance" && t.starts_with("Mode report Daily revenue failed:")),
         "{:?}",
         slack.posts()
     );
@@ -193,7 +193,7 @@ async fn failed_and_purged_runs_reach_the_rules() {
         slack
             .posts()
             .iter()
-            .any(|(_, t)| t.starts_with("no rows: mode: HTTP 404")),
+            .any(|(_, t)| t.starts_with("no rows: ") && t.contains("mode: HTTP 404")),
         "{:?}",
         slack.posts()
     );

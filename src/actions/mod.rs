@@ -2,9 +2,11 @@
 //! calls against Mode, Tableau and Slack with retries ([`runner::ActionWorker`]).
 //!
 //! One file per service, behind the request enum: [`mode`], [`tableau`], [`slack`];
-//! [`client`] holds what they share (HTTP client, error classification, backoff).
+//! [`client`] holds what they share (HTTP client, error classification, backoff);
+//! [`follow`] polls an accepted Tableau refresh to its end.
 
 pub mod client;
+pub mod follow;
 pub mod mode;
 mod request;
 pub mod runner;

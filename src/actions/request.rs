@@ -17,9 +17,14 @@ pub enum ActionRequest {
     },
     TableauRefresh {
         workbook: String,
+        /// The project that holds it, when the name alone is ambiguous.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        project: Option<String>,
     },
     TableauRefreshDatasource {
         datasource: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        project: Option<String>,
     },
     SlackPost {
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -27,6 +32,13 @@ pub enum ActionRequest {
         text: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         blocks: Option<Value>,
+        /// Post as a reply in this message's thread (a chat.postMessage `ts`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread_ts: Option<String>,
+        /// An alert's renotification or resolution: posted in the thread of the post that
+        /// announced the alert, the job with this key, once its `ts` is known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thread_of: Option<String>,
     },
     Alert {
         name: String,
@@ -139,15 +151,19 @@ mod tests {
     fn identical_refreshes_share_a_coalesce_key() {
         let a = ActionRequest::TableauRefresh {
             workbook: "Finance".into(),
+            project: None,
         };
         let b = ActionRequest::TableauRefresh {
             workbook: "Finance".into(),
+            project: None,
         };
         assert_eq!(a.coalesce_key(), b.coalesce_key());
         let post = ActionRequest::SlackPost {
             channel: None,
             text: "x".into(),
             blocks: None,
+            thread_ts: None,
+            thread_of: None,
         };
         assert_eq!(post.coalesce_key(), None);
     }

@@ -14,12 +14,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::client::{backoff, ActionError};
+use super::follow;
 use super::mode::Mode;
-use super::tableau::{Content, Tableau};
+use super::tableau::{Content, Tableau, Target};
 use super::{slack, ActionRequest};
 use crate::config::Config;
 use crate::event::{now_rfc3339, Event, Source};
-use crate::journal::{blocking, Job, JobOutcome, Journal, Queue};
+use crate::journal::{blocking, FollowUp, Job, JobOutcome, Journal, Queue};
 use crate::metrics::{ActionLabels, KindLabels, Metrics};
 use crate::worker::wait_for_work;
 
@@ -43,13 +44,13 @@ pub struct ActionWorker {
 }
 
 /// What a running job needs, shared by all of them.
-struct Shared {
-    journal: Journal,
+pub struct Shared {
+    pub(super) journal: Journal,
     config: Arc<ArcSwap<Config>>,
     metrics: Arc<Metrics>,
     events_wake: Arc<Notify>,
-    http: reqwest::Client,
-    tableau: Tableau,
+    pub(super) http: reqwest::Client,
+    pub(super) tableau: Tableau,
     services: HashMap<&'static str, Arc<Semaphore>>,
 }
 
@@ -124,17 +125,26 @@ impl ActionWorker {
 
 async fn run_job(shared: &Shared, job: Job) {
     let config = shared.config.load_full();
+    let (outcome, follow_up) = if job.kind == follow::KIND {
+        follow::poll(shared, &config, &job).await
+    } else {
+        run_action(shared, &config, &job).await
+    };
+    finish(shared, &job, outcome, follow_up).await;
+}
+
+/// One attempt at a call a rule made.
+async fn run_action(shared: &Shared, config: &Config, job: &Job) -> (JobOutcome, FollowUp) {
     let request = match ActionRequest::from_job(&job.kind, &job.payload) {
         Ok(request) => request,
         Err(error) => {
-            finish(
-                shared,
-                &job,
-                ActionError::final_error(error).into_outcome(&config, &job),
-            )
-            .await;
-            return;
+            let outcome = ActionError::final_error(error).into_outcome(config, job);
+            return (outcome, FollowUp::default());
         }
+    };
+    let request = match thread_of_alert(shared, request).await {
+        Ok(request) => request,
+        Err(wait) => return (wait, FollowUp::default()),
     };
     let service = request.service();
     let _slot = match shared.services.get(service) {
@@ -147,7 +157,7 @@ async fn run_job(shared: &Shared, job: Job) {
         None => None,
     };
     let started = Instant::now();
-    let result = execute(shared, &config, &request).await;
+    let result = execute(shared, config, &request).await;
     shared
         .metrics
         .action_latency
@@ -155,23 +165,77 @@ async fn run_job(shared: &Shared, job: Job) {
             kind: job.kind.clone(),
         })
         .observe(started.elapsed().as_secs_f64());
-    let outcome = match result {
+    match result {
         Ok(value) => {
             tracing::info!(action = %job.kind, job_id = job.id, event_id = %job.event_id,
                 rule = job.rule.as_deref().unwrap_or("-"), "Action succeeded.");
-            JobOutcome::Succeeded(Some(value).filter(|v| !v.is_null()))
+            let follow_up = FollowUp {
+                event: None,
+                job: follow::start(config, job, &request, &value),
+            };
+            (
+                JobOutcome::Succeeded(Some(value).filter(|v| !v.is_null())),
+                follow_up,
+            )
         }
         Err(error) => {
             tracing::warn!(action = %job.kind, job_id = job.id, event_id = %job.event_id, attempt = job.attempt,
                 max_attempts = job.max_attempts, error = %error, "Action attempt failed.");
-            error.into_outcome(&config, &job)
+            (error.into_outcome(config, job), FollowUp::default())
         }
-    };
-    finish(shared, &job, outcome).await;
+    }
 }
 
+/// An alert's renotification or resolution goes in the thread of the post that announced
+/// the alert (SPEC section 7), whose `ts` is known once that post has been delivered. Until
+/// then this one waits; if that post never went out (dead, or not through the bot
+/// token), this one is posted on its own.
+async fn thread_of_alert(
+    shared: &Shared,
+    request: ActionRequest,
+) -> Result<ActionRequest, JobOutcome> {
+    let ActionRequest::SlackPost {
+        channel,
+        text,
+        blocks,
+        thread_ts: None,
+        thread_of: Some(key),
+    } = request
+    else {
+        return Ok(request);
+    };
+    let lookup = key.clone();
+    let announcing = blocking(&shared.journal, move |j| j.job_by_key(&lookup))
+        .await
+        .ok()
+        .flatten();
+    let thread_ts = match announcing {
+        Some(job) if matches!(job.status.as_str(), "pending" | "running" | "retrying") => {
+            return Err(JobOutcome::Wait {
+                delay_ms: THREAD_WAIT_MS,
+            })
+        }
+        Some(job) => job
+            .result
+            .and_then(|result| result.get("ts").and_then(Value::as_str).map(String::from)),
+        None => None,
+    };
+    Ok(ActionRequest::SlackPost {
+        channel,
+        text,
+        blocks,
+        thread_ts,
+        thread_of: Some(key),
+    })
+}
+
+/// How long an alert's follow-up post waits for the announcing post to be delivered.
+const THREAD_WAIT_MS: u64 = 1_000;
+
 impl ActionError {
-    fn into_outcome(self, config: &Config, job: &Job) -> JobOutcome {
+    /// The attempt's outcome: a retry after the backoff (at least the server's
+    /// Retry-After), or dead.
+    pub fn into_outcome(self, config: &Config, job: &Job) -> JobOutcome {
         match self {
             ActionError::Retryable {
                 message,
@@ -203,29 +267,43 @@ async fn execute(
             .run_report(report, parameters)
             .await
         }
-        ActionRequest::TableauRefresh { workbook } => {
-            refresh_tableau(shared, config, Content::Workbook, workbook).await
+        ActionRequest::TableauRefresh { workbook, project } => {
+            let target = Target {
+                content: Content::Workbook,
+                name: workbook,
+                project: project.as_deref(),
+            };
+            refresh_tableau(shared, config, target).await
         }
-        ActionRequest::TableauRefreshDatasource { datasource } => {
-            refresh_tableau(shared, config, Content::Datasource, datasource).await
+        ActionRequest::TableauRefreshDatasource {
+            datasource,
+            project,
+        } => {
+            let target = Target {
+                content: Content::Datasource,
+                name: datasource,
+                project: project.as_deref(),
+            };
+            refresh_tableau(shared, config, target).await
         }
         ActionRequest::SlackPost {
             channel,
             text,
             blocks,
+            thread_ts,
+            ..
         } => {
             let slack = config
                 .slack
                 .as_ref()
                 .ok_or_else(|| ActionError::not_configured("slack"))?;
-            slack::post(
-                &shared.http,
-                slack,
-                channel.as_deref(),
+            let message = slack::Message {
+                channel: channel.as_deref(),
                 text,
-                blocks.as_ref(),
-            )
-            .await
+                blocks: blocks.as_ref(),
+                thread_ts: thread_ts.as_deref(),
+            };
+            slack::post(&shared.http, slack, &message).await
         }
         ActionRequest::Alert { .. } => Err(ActionError::final_error(
             "alert calls are decided at evaluation, not run",
@@ -236,39 +314,34 @@ async fn execute(
 async fn refresh_tableau(
     shared: &Shared,
     config: &Config,
-    content: Content,
-    name: &str,
+    target: Target<'_>,
 ) -> Result<Value, ActionError> {
     let tableau = config
         .tableau
         .as_ref()
         .ok_or_else(|| ActionError::not_configured("tableau"))?;
-    shared
-        .tableau
-        .refresh(&shared.http, tableau, content, name)
-        .await
+    shared.tableau.refresh(&shared.http, tableau, target).await
 }
 
-async fn finish(shared: &Shared, job: &Job, outcome: JobOutcome) {
+async fn finish(shared: &Shared, job: &Job, outcome: JobOutcome, mut follow_up: FollowUp) {
     let goes_dead = match &outcome {
         JobOutcome::Dead { .. } => true,
         JobOutcome::Retry { .. } => job.attempt >= job.max_attempts,
-        JobOutcome::Succeeded(_) => false,
+        JobOutcome::Succeeded(_) | JobOutcome::Wait { .. } => false,
     };
-    let failure = if goes_dead {
-        Some(failure_event(shared, job, &outcome).await)
-    } else {
-        None
-    };
+    if goes_dead {
+        follow_up.event = Some(failure_event(&shared.journal, job, &outcome).await);
+    }
     let status = {
         let job = job.clone();
         let outcome = outcome.clone();
         blocking(&shared.journal, move |j| {
-            j.finish(&job, &outcome, failure.as_ref())
+            j.finish(&job, &outcome, &follow_up)
         })
         .await
     };
     match status {
+        Ok(Some(status)) if status == "pending" => {}
         Ok(Some(status)) => {
             shared
                 .metrics
@@ -281,8 +354,9 @@ async fn finish(shared: &Shared, job: &Job, outcome: JobOutcome) {
             if status == "dead" {
                 tracing::error!(action = %job.kind, job_id = job.id, event_id = %job.event_id,
                     rule = job.rule.as_deref().unwrap_or("-"), "Action is dead; `freshet retry` queues it again.");
-                shared.events_wake.notify_waiters();
             }
+            // A dead job and a followed refresh both emit an event for the rules.
+            shared.events_wake.notify_waiters();
         }
         Ok(None) => {
             tracing::warn!(action = %job.kind, job_id = job.id, "Action lease lost; its outcome was not recorded.")
@@ -293,19 +367,40 @@ async fn finish(shared: &Shared, job: &Job, outcome: JobOutcome) {
     }
 }
 
-/// The `freshet.action.failed` event for a job that is dead.
-async fn failure_event(shared: &Shared, job: &Job, outcome: &JobOutcome) -> Event {
-    let error = match outcome {
-        JobOutcome::Retry { error, .. } | JobOutcome::Dead { error } => error.clone(),
-        JobOutcome::Succeeded(_) => String::new(),
-    };
-    let cause_id = job.event_id.clone();
-    let cause_depth = blocking(&shared.journal, move |j| j.event(&cause_id))
+/// An event freshet emits about job `job` of event `cause_event_id`: one step further
+/// down its chain (SPEC section 6), so rules reacting to their own outcomes stop.
+pub async fn emitted_event(
+    journal: &Journal,
+    cause_event_id: &str,
+    id: String,
+    source: Source,
+    kind: &str,
+    fields: Map<String, Value>,
+) -> Event {
+    let cause_id = cause_event_id.to_string();
+    let cause_depth = blocking(journal, move |j| j.event(&cause_id))
         .await
         .ok()
         .flatten()
         .map(|event| event.chain_depth)
         .unwrap_or(0);
+    Event {
+        id,
+        source,
+        kind: kind.to_string(),
+        received_at: now_rfc3339(),
+        chain_depth: cause_depth + 1,
+        fields,
+        raw: Value::Null,
+    }
+}
+
+/// The `freshet.action.failed` event for a job that is dead.
+pub async fn failure_event(journal: &Journal, job: &Job, outcome: &JobOutcome) -> Event {
+    let error = match outcome {
+        JobOutcome::Retry { error, .. } | JobOutcome::Dead { error } => error.clone(),
+        JobOutcome::Succeeded(_) | JobOutcome::Wait { .. } => String::new(),
+    };
     let mut fields = Map::new();
     fields.insert("action".into(), json!(job.kind));
     fields.insert("args".into(), job.payload.clone());
@@ -313,13 +408,13 @@ async fn failure_event(shared: &Shared, job: &Job, outcome: &JobOutcome) -> Even
     fields.insert("rule".into(), json!(job.rule));
     fields.insert("cause_event_id".into(), json!(job.event_id));
     fields.insert("action_id".into(), json!(job.id));
-    Event {
-        id: format!("freshet:action.failed:{}:{}", job.id, job.attempt),
-        source: Source::Freshet,
-        kind: "freshet.action.failed".into(),
-        received_at: now_rfc3339(),
-        chain_depth: cause_depth + 1,
+    emitted_event(
+        journal,
+        &job.event_id,
+        format!("freshet:action.failed:{}:{}", job.id, job.attempt),
+        Source::Freshet,
+        "freshet.action.failed",
         fields,
-        raw: Value::Null,
-    }
+    )
+    .await
 }

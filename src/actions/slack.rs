@@ -2,6 +2,7 @@
 //! webhook for `slack_post(text)` and `chat.postMessage` with the bot token for
 //! `slack_post(channel, text)`. The webhook URL is a secret and never appears in an error.
 
+use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 
@@ -19,25 +20,41 @@ const RETRYABLE_API_ERRORS: [&str; 5] = [
     "service_unavailable",
 ];
 
-/// Posts `text` (and `blocks`) to `channel` with the bot token, or to the incoming webhook
-/// when there is no channel.
+/// One message to post.
+pub struct Message<'a> {
+    /// With a channel: chat.postMessage with the bot token; without: the incoming webhook.
+    pub channel: Option<&'a str>,
+    pub text: &'a str,
+    pub blocks: Option<&'a Value>,
+    /// Reply in this message's thread (chat.postMessage only).
+    pub thread_ts: Option<&'a str>,
+}
+
+/// Slack asks for the charset on JSON bodies, and warns (`missing_charset`) without it.
+const JSON_UTF8: &str = "application/json; charset=utf-8";
+
+/// Posts `message`. chat.postMessage answers with the message's `channel` and `ts`, kept
+/// as the job's result (an alert's later posts go in its thread).
 pub async fn post(
     http: &Client,
     config: &SlackConfig,
-    channel: Option<&str>,
-    text: &str,
-    blocks: Option<&Value>,
+    message: &Message<'_>,
 ) -> Result<Value, ActionError> {
-    let mut message = json!({ "text": text });
-    if let Some(blocks) = blocks {
-        message["blocks"] = blocks.clone();
+    let mut body = json!({ "text": message.text });
+    if let Some(blocks) = message.blocks {
+        body["blocks"] = blocks.clone();
     }
-    match channel {
+    let body_for = |body: &Value| serde_json::to_vec(body).expect("JSON always serializes");
+    match message.channel {
         None => {
             let url = config.webhook_url.as_ref().ok_or_else(|| {
                 ActionError::final_error("slack is not configured (slack.webhook_url)")
             })?;
-            let answer = send(SERVICE, http.post(url.expose()).json(&message)).await?;
+            let request = http
+                .post(url.expose())
+                .header(CONTENT_TYPE, JSON_UTF8)
+                .body(body_for(&body));
+            let answer = send(SERVICE, request).await?;
             if answer.status == StatusCode::OK {
                 return Ok(Value::Null);
             }
@@ -47,16 +64,20 @@ pub async fn post(
             let token = config.bot_token.as_ref().ok_or_else(|| {
                 ActionError::final_error("slack is not configured (slack.bot_token)")
             })?;
-            message["channel"] = json!(channel);
+            body["channel"] = json!(channel);
+            if let Some(thread_ts) = message.thread_ts {
+                body["thread_ts"] = json!(thread_ts);
+            }
             let url = format!(
                 "{}/chat.postMessage",
                 config.api_base.as_str().trim_end_matches('/')
             );
-            let answer = send(
-                SERVICE,
-                http.post(url).bearer_auth(token.expose()).json(&message),
-            )
-            .await?;
+            let request = http
+                .post(url)
+                .bearer_auth(token.expose())
+                .header(CONTENT_TYPE, JSON_UTF8)
+                .body(body_for(&body));
+            let answer = send(SERVICE, request).await?;
             let (status, wait, body) = (answer.status, answer.retry_after, answer.body);
             if !status.is_success() {
                 return Err(status_error(

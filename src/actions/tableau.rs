@@ -3,6 +3,12 @@
 //! A personal access token allows one live session: signing in again ends the previous
 //! one. So one [`Tableau`] holds the one session for every job, signs in under a lock,
 //! reuses the token until Tableau refuses it (401002/401000), then signs in once more.
+//!
+//! Unless `tableau.api_version` pins one, the REST API version is the server's own,
+//! asked of `serverinfo` before each sign-in (SPEC section 7): a fixed default is refused
+//! by every server older than it. Names are unique only within a project, so a name may
+//! come with its project. An accepted refresh is only queued; [`Tableau::job`] reads the
+//! job that runs it, which `follow.rs` polls to its end.
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{Client, Method, StatusCode};
@@ -20,6 +26,27 @@ const FILTER_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'.')
     .remove(b'~');
+
+/// What to refresh: an item's name, and the project it is in when the name alone is
+/// ambiguous.
+#[derive(Debug, Clone, Copy)]
+pub struct Target<'a> {
+    pub content: Content,
+    pub name: &'a str,
+    pub project: Option<&'a str>,
+}
+
+/// A refresh job as Tableau reports it (../shared/api section 1.8).
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobState {
+    /// Set once the job has ended; until then the job is queued or running.
+    pub completed_at: Option<String>,
+    pub started_at: Option<String>,
+    /// 0 success, 1 failed, 2 cancelled, 3 completed (success); None while running.
+    pub finish_code: Option<i64>,
+    /// The error text of a failed job (`extractRefreshJob.notes`).
+    pub notes: Option<String>,
+}
 
 /// A signed-in session.
 #[derive(Clone)]
@@ -68,38 +95,84 @@ pub struct Tableau {
 }
 
 impl Tableau {
-    /// Refreshes the extracts of the workbook or data source called `name`.
+    /// Refreshes the extracts of the workbook or data source `target`. The answer holds
+    /// the item's id and project and, when Tableau queued a job, its `job_id`.
     pub async fn refresh(
         &self,
         http: &Client,
         config: &TableauConfig,
-        content: Content,
-        name: &str,
+        target: Target<'_>,
     ) -> Result<Value, ActionError> {
-        let id = self.find(http, config, content, name).await?;
+        let content = target.content;
+        let (id, project) = self.find(http, config, target).await?;
         let path = format!("{}/{id}/refresh", content.collection());
         let (status, body) = self
             .call(http, config, Method::POST, &path, Some(json!({})))
             .await?;
         if status.is_success() {
             let job = body.pointer("/job/id").cloned().unwrap_or(Value::Null);
-            return Ok(json!({ "id": id, "job_id": job }));
+            return Ok(json!({ "id": id, "project": project, "job_id": job }));
         }
         if error_code(&body).as_deref() == Some("409093") {
-            // A refresh is already queued or running: what we asked for will happen.
-            return Ok(json!({ "id": id, "already_queued": true }));
+            // A refresh is already queued or running: what we asked for will happen. No
+            // job id comes with it (tableauserverclient #1090), so there is none to follow.
+            return Ok(json!({ "id": id, "project": project, "already_queued": true }));
         }
         Err(tableau_error(status, None, &body))
     }
 
-    /// The id of the one item named exactly `name` on the site.
+    /// The state of refresh job `job_id` (`GET .../sites/{site-id}/jobs/{job-id}`).
+    pub async fn job(
+        &self,
+        http: &Client,
+        config: &TableauConfig,
+        job_id: &str,
+    ) -> Result<JobState, ActionError> {
+        if !job_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            return Err(ActionError::final_error(format!(
+                "tableau: {job_id:?} is not a job id"
+            )));
+        }
+        let (status, body) = self
+            .call(http, config, Method::GET, &format!("jobs/{job_id}"), None)
+            .await?;
+        if !status.is_success() {
+            return Err(tableau_error(status, None, &body));
+        }
+        let job = body
+            .get("job")
+            .ok_or_else(|| ActionError::retryable("tableau: the job answer has no job"))?;
+        let text = |key: &str| job.get(key).and_then(Value::as_str).map(String::from);
+        // The job's own kind of child (extractRefreshJob, ...) holds the notes.
+        let notes = job
+            .as_object()
+            .into_iter()
+            .flat_map(|fields| fields.values())
+            .find_map(|child| child.get("notes").and_then(Value::as_str))
+            .map(String::from);
+        Ok(JobState {
+            completed_at: text("completedAt"),
+            started_at: text("startedAt"),
+            finish_code: number(job.get("finishCode")).map(|code| code as i64),
+            notes,
+        })
+    }
+
+    /// The id and project of the one item named exactly `name` (in `project`, if given).
     async fn find(
         &self,
         http: &Client,
         config: &TableauConfig,
-        content: Content,
-        name: &str,
-    ) -> Result<String, ActionError> {
+        target: Target<'_>,
+    ) -> Result<(String, String), ActionError> {
+        let Target {
+            content,
+            name,
+            project,
+        } = target;
         // Filter expressions cannot contain ',' or '&', even encoded: list and compare here.
         let filter = if name.contains(',') || name.contains('&') {
             String::new()
@@ -127,18 +200,16 @@ impl Tableau {
                 .cloned()
                 .unwrap_or_default();
             for item in &items {
-                if item.get("name").and_then(Value::as_str) == Some(name) {
-                    let id = item
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string();
-                    let project = item
-                        .pointer("/project/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("?")
-                        .to_string();
-                    matches.push((id, project));
+                if item.get("name").and_then(Value::as_str) != Some(name) {
+                    continue;
+                }
+                let id = item.get("id").and_then(Value::as_str).unwrap_or_default();
+                let in_project = item
+                    .pointer("/project/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?");
+                if project.map_or(true, |wanted| wanted == in_project) {
+                    matches.push((id.to_string(), in_project.to_string()));
                 }
             }
             let total = number(body.pointer("/pagination/totalAvailable")).unwrap_or(0);
@@ -147,18 +218,28 @@ impl Tableau {
             }
             page += 1;
         }
-        match matches.len() {
-            0 => Err(ActionError::final_error(format!(
-                "tableau: no {} named {name:?} on site {:?}",
-                content.noun(),
+        let noun = content.noun();
+        match (matches.len(), project) {
+            (0, None) => Err(ActionError::final_error(format!(
+                "tableau: no {noun} named {name:?} on site {:?}",
                 config.site
             ))),
-            1 => Ok(matches.remove(0).0),
-            _ => Err(ActionError::final_error(format!(
-                "tableau: {} {}s are named {name:?} (projects: {}); names must be unique on the site",
-                matches.len(),
-                content.noun(),
-                matches.iter().map(|(_, p)| p.as_str()).collect::<Vec<_>>().join(", ")
+            (0, Some(project)) => Err(ActionError::final_error(format!(
+                "tableau: no {noun} named {name:?} in project {project:?} on site {:?}",
+                config.site
+            ))),
+            (1, _) => Ok(matches.remove(0)),
+            (n, None) => Err(ActionError::final_error(format!(
+                "tableau: {n} {noun}s are named {name:?}, in projects {}; name the project: #{{ {}: {name:?}, project: \"...\" }}",
+                matches
+                    .iter()
+                    .map(|(_, p)| format!("{p:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                content.item()
+            ))),
+            (n, Some(project)) => Err(ActionError::final_error(format!(
+                "tableau: {n} {noun}s are named {name:?} in project {project:?}"
             ))),
         }
     }
@@ -226,21 +307,53 @@ impl Tableau {
     }
 }
 
-fn api_root(config: &TableauConfig) -> String {
-    format!(
-        "{}/api/{}",
-        config.server.as_str().trim_end_matches('/'),
-        config.api_version
-    )
+/// The REST API version to use: the configured one, or the server's own from
+/// `GET {server}/api/2.4/serverinfo` (no sign-in needed; 2.4 is the oldest version that
+/// has it, so every server answers it). tableauserverclient does the same with
+/// `server.use_server_version()` (server/server.py).
+async fn api_version(http: &Client, config: &TableauConfig) -> Result<String, ActionError> {
+    if let Some(pinned) = &config.api_version {
+        return Ok(pinned.clone());
+    }
+    let url = format!(
+        "{}/api/2.4/serverinfo",
+        config.server.as_str().trim_end_matches('/')
+    );
+    let answer = send(SERVICE, http.get(url).header("Accept", "application/json")).await?;
+    let (status, wait) = (answer.status, answer.retry_after);
+    let parsed = parse_body(&answer.body);
+    if !status.is_success() {
+        return Err(tableau_error(status, wait, &parsed));
+    }
+    let version = match parsed.pointer("/serverInfo/restApiVersion") {
+        Some(Value::String(version)) => Some(version.clone()),
+        // The JSON shape is unconfirmed (../shared/api section 1.4): accept {"value": ..}.
+        Some(other) => other.get("value").and_then(Value::as_str).map(String::from),
+        None => None,
+    };
+    match version {
+        Some(version)
+            if !version.is_empty() && version.chars().all(|c| c.is_ascii_digit() || c == '.') =>
+        {
+            Ok(version)
+        }
+        _ => Err(ActionError::retryable(
+            "tableau: serverinfo gave no restApiVersion; set tableau.api_version",
+        )),
+    }
 }
 
 async fn sign_in(http: &Client, config: &TableauConfig) -> Result<Session, ActionError> {
+    let version = api_version(http, config).await?;
     let body = json!({ "credentials": {
         "personalAccessTokenName": config.pat_name,
         "personalAccessTokenSecret": config.pat_secret.expose(),
         "site": { "contentUrl": config.site },
     }});
-    let url = format!("{}/auth/signin", api_root(config));
+    let url = format!(
+        "{}/api/{version}/auth/signin",
+        config.server.as_str().trim_end_matches('/')
+    );
     // A redirect (a load balancer's path, http -> https) is followed by `send` only on the
     // configured server: the PAT never goes anywhere else.
     let request = http
@@ -251,10 +364,13 @@ async fn sign_in(http: &Client, config: &TableauConfig) -> Result<Session, Actio
     let (status, wait) = (answer.status, answer.retry_after);
     let parsed = parse_body(&answer.body);
     if !status.is_success() {
-        return Err(match status {
-            StatusCode::UNAUTHORIZED => ActionError::final_error(format!(
+        return Err(match (status, error_code(&parsed).as_deref()) {
+            (StatusCode::UNAUTHORIZED, code) => ActionError::final_error(format!(
                 "tableau: sign-in refused ({}): check tableau.pat_name, pat_secret and site",
-                error_code(&parsed).unwrap_or_else(|| "401".into())
+                code.unwrap_or("401")
+            )),
+            (StatusCode::NOT_FOUND, Some("404001")) => ActionError::final_error(format!(
+                "tableau: the server does not support REST API version {version}; leave tableau.api_version out to use the server's own"
             )),
             _ => tableau_error(status, wait, &parsed),
         });
@@ -265,7 +381,7 @@ async fn sign_in(http: &Client, config: &TableauConfig) -> Result<Session, Actio
         .and_then(Value::as_str);
     match (token, site_id) {
         (Some(token), Some(site_id)) => {
-            tracing::info!(action = "tableau", "Signed in to Tableau.");
+            tracing::info!(action = "tableau", api_version = %version, "Signed in to Tableau.");
             Ok(Session {
                 token: token.to_string(),
                 site_id: site_id.to_string(),

@@ -30,6 +30,10 @@ pub const EXAMPLE_RULES: &[(&str, &str)] = &[
         "action_failures.rhai",
         include_str!("../../rules/action_failures.rhai"),
     ),
+    (
+        "tableau_refresh_failed.rhai",
+        include_str!("../../rules/tableau_refresh_failed.rhai"),
+    ),
 ];
 
 pub fn run(dir: Option<PathBuf>) -> anyhow::Result<bool> {

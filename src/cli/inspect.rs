@@ -4,7 +4,7 @@
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::journal::{JournalStore, SqliteJournal};
+use crate::journal::{FirstJob, JournalStore, Replay, SqliteJournal};
 
 /// The journal the config names; it must exist (a mistyped path creates nothing). The
 /// error names the path once.
@@ -94,7 +94,24 @@ pub fn retry(config: &Config, id: i64) -> anyhow::Result<bool> {
 }
 
 pub fn replay(config: &Config, id: &str) -> anyhow::Result<bool> {
-    let job = open(config)?.queue_replay(id)?;
-    println!("event {id} queued for evaluation (job #{job}); a running daemon picks it up");
+    let journal = open(config)?;
+    let event = journal
+        .event(id)?
+        .with_context(|| format!("no journaled event with id {id}"))?;
+    // A Mode run event whose run was never fetched (Mode was down, the enrichment died)
+    // is fetched first: the rules must not see it as if Mode had no results.
+    let unverified_run = event.field("run_token").is_some_and(|t| !t.is_null())
+        && event.field("verified") != Some(&serde_json::Value::Bool(true));
+    let first = if unverified_run {
+        FirstJob::enrich(config.actions.max_attempts)
+    } else {
+        FirstJob::EVALUATE
+    };
+    let job = journal.queue_replay(id, &Replay { first, rule: None })?;
+    if unverified_run {
+        println!("event {id} queued: its Mode run is fetched from Mode first, then the rules run (job #{job}); a running daemon picks it up");
+    } else {
+        println!("event {id} queued for evaluation (job #{job}); a running daemon picks it up");
+    }
     Ok(true)
 }

@@ -99,6 +99,8 @@ struct RawMode {
     fetch_results: bool,
     #[serde(default = "default_max_result_rows")]
     max_result_rows: usize,
+    #[serde(default = "default_max_result_bytes")]
+    max_result_bytes: usize,
 }
 
 fn default_mode_api_base() -> String {
@@ -110,6 +112,9 @@ fn yes() -> bool {
 fn default_max_result_rows() -> usize {
     10_000
 }
+fn default_max_result_bytes() -> usize {
+    10 << 20
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -117,14 +122,21 @@ struct RawTableau {
     server: String,
     #[serde(default)]
     site: String,
-    #[serde(default = "default_tableau_api_version")]
-    api_version: String,
+    /// Unset: the server's own version, from serverinfo (SPEC section 7).
+    api_version: Option<String>,
+    #[serde(default = "default_job_poll_seconds")]
+    job_poll_seconds: u64,
+    #[serde(default = "default_job_timeout_minutes")]
+    job_timeout_minutes: u64,
     pat_name: String,
     pat_secret: SecretRef,
 }
 
-fn default_tableau_api_version() -> String {
-    "3.22".into()
+fn default_job_poll_seconds() -> u64 {
+    15
+}
+fn default_job_timeout_minutes() -> u64 {
+    240
 }
 
 #[derive(Debug, Deserialize)]
@@ -332,6 +344,7 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
             webhook_token,
             fetch_results: mode.fetch_results,
             max_result_rows: mode.max_result_rows,
+            max_result_bytes: mode.max_result_bytes,
         })
     });
 
@@ -341,17 +354,26 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
         if tableau.pat_name.is_empty() {
             problems.error("tableau.pat_name", "must not be empty");
         }
-        let version_ok = tableau
-            .api_version
-            .split('.')
-            .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit()));
+        let version_ok = tableau.api_version.as_deref().map_or(true, |version| {
+            version
+                .split('.')
+                .all(|part| !part.is_empty() && part.chars().all(|c| c.is_ascii_digit()))
+        });
         if !version_ok {
-            problems.error("tableau.api_version", "must look like 3.22");
+            problems.error(
+                "tableau.api_version",
+                "must look like 3.21 (or be left out: the server's own version is used)",
+            );
+        }
+        if tableau.job_poll_seconds == 0 {
+            problems.error("tableau.job_poll_seconds", "must be at least 1");
         }
         Some(TableauConfig {
             server: server?,
             site: tableau.site.clone(),
             api_version: tableau.api_version.clone(),
+            job_poll_seconds: tableau.job_poll_seconds,
+            job_timeout_minutes: tableau.job_timeout_minutes,
             pat_name: tableau.pat_name.clone(),
             pat_secret: pat_secret?,
         })

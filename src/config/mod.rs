@@ -112,13 +112,19 @@ pub struct ModeConfig {
     pub webhook_token: Option<Secret>,
     pub fetch_results: bool,
     pub max_result_rows: usize,
+    /// Most bytes of one query's results read (SPEC section 7).
+    pub max_result_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct TableauConfig {
     pub server: Url,
     pub site: String,
-    pub api_version: String,
+    /// A pinned REST API version; None: the server's own, from serverinfo.
+    pub api_version: Option<String>,
+    /// How often an accepted refresh job is polled, and when following it gives up.
+    pub job_poll_seconds: u64,
+    pub job_timeout_minutes: u64,
     pub pat_name: String,
     pub pat_secret: Secret,
 }

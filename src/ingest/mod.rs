@@ -22,7 +22,7 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::config::{Config, Secret};
 use crate::event::{now_rfc3339, Event};
-use crate::journal::{blocking, Appended, Journal, Queue};
+use crate::journal::{blocking, Appended, FirstJob, Journal, Queue};
 use crate::metrics::Metrics;
 
 pub use rejection::{error_reply, handle_rejection};
@@ -93,6 +93,9 @@ pub struct Intake {
     pub body_budget: Arc<Semaphore>,
     /// What `/healthz` reports besides the journal.
     pub health: Arc<Health>,
+    /// Attempts of a Mode run's enrichment (`actions.max_attempts`: it retries like an
+    /// action).
+    pub enrich_attempts: u32,
     /// Wake the stage that takes a new event's first job.
     pub evaluate_wake: Arc<Notify>,
     pub enrich_wake: Arc<Notify>,
@@ -386,7 +389,7 @@ async fn receive_dbt(
     let secrets = intake.secrets.load();
     signature::verify(authorization, &body, &secrets.dbt)?;
     let event = dbt_cloud::parse(&body, now_rfc3339())?;
-    journal_event(intake, event, Queue::Evaluate).await
+    journal_event(intake, event, FirstJob::EVALUATE).await
 }
 
 async fn receive_mode(
@@ -409,9 +412,9 @@ async fn receive_mode(
     let event = mode::from_value(raw, &mode.workspace, now_rfc3339())?;
     // Run events are fetched from the Mode API before the rules see them.
     let first = if event.field("run_token").is_some_and(|t| !t.is_null()) {
-        Queue::Enrich
+        FirstJob::enrich(intake.enrich_attempts)
     } else {
-        Queue::Evaluate
+        FirstJob::EVALUATE
     };
     journal_event(intake, event, first).await
 }
@@ -419,7 +422,7 @@ async fn receive_mode(
 async fn journal_event(
     intake: &Intake,
     event: Event,
-    first: Queue,
+    first: FirstJob,
 ) -> Result<Accepted, IntakeError> {
     let appended = intake
         .journal
@@ -431,7 +434,7 @@ async fn journal_event(
             IntakeError::Journal
         })?;
     if appended == Appended::New {
-        match first {
+        match first.queue {
             Queue::Enrich => intake.enrich_wake.notify_waiters(),
             _ => intake.evaluate_wake.notify_waiters(),
         }
@@ -491,7 +494,7 @@ mod tests {
     }
 
     impl JournalStore for BrokenJournal {
-        fn append(&self, _: &Event, _: Queue) -> AppendTicket {
+        fn append(&self, _: &Event, _: FirstJob) -> AppendTicket {
             AppendTicket::ready(down())
         }
         fn check_writable(&self) -> Result<(), JournalError> {
@@ -513,8 +516,11 @@ mod tests {
             &self,
             _: &Job,
             _: &JobOutcome,
-            _: Option<&Event>,
+            _: &crate::journal::FollowUp,
         ) -> Result<Option<String>, JournalError> {
+            down()
+        }
+        fn job_by_key(&self, _: &str) -> Result<Option<crate::journal::KeyedJob>, JournalError> {
             down()
         }
         fn finish_enrichment(&self, _: &Job, _: &Event) -> Result<bool, JournalError> {
@@ -523,7 +529,7 @@ mod tests {
         fn finish_evaluations(&self, _: &[(Job, Evaluation)]) -> Result<Vec<bool>, JournalError> {
             down()
         }
-        fn queue_replay(&self, _: &str) -> Result<i64, JournalError> {
+        fn queue_replay(&self, _: &str, _: &crate::journal::Replay) -> Result<i64, JournalError> {
             down()
         }
         fn release_running(&self) -> Result<crate::journal::Released, JournalError> {
@@ -558,6 +564,7 @@ mod tests {
             max_body_bytes: 1024,
             body_budget: Arc::new(Semaphore::new(1 << 20)),
             health: Arc::default(),
+            enrich_attempts: 3,
             evaluate_wake: Arc::new(Notify::new()),
             enrich_wake: Arc::new(Notify::new()),
         };

@@ -111,6 +111,38 @@ pub struct Released {
     pub dead: usize,
 }
 
+/// The job an event is journaled with: `evaluate`, or `enrich` for a Mode run event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstJob {
+    pub queue: Queue,
+    pub max_attempts: u32,
+}
+
+impl FirstJob {
+    /// Evaluation is local: its attempts count only stops and crashes (poison events).
+    pub const EVALUATE: FirstJob = FirstJob {
+        queue: Queue::Evaluate,
+        max_attempts: 5,
+    };
+
+    /// Enrichment calls the Mode API and retries like an action (SPEC section 7).
+    pub fn enrich(max_attempts: u32) -> FirstJob {
+        FirstJob {
+            queue: Queue::Enrich,
+            max_attempts,
+        }
+    }
+}
+
+/// How to replay an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// `evaluate`, or `enrich` for a Mode event whose run was never fetched.
+    pub first: FirstJob,
+    /// Evaluate only this rule (`--rule NAME`).
+    pub rule: Option<String>,
+}
+
 /// Which worker takes a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -178,6 +210,25 @@ pub enum JobOutcome {
     Retry { delay_ms: u64, error: String },
     /// Final failure.
     Dead { error: String },
+    /// Nothing went wrong, but the job is not done: look again after `delay_ms` (polling
+    /// a Tableau job, waiting for another job). Not an attempt: it spends none.
+    Wait { delay_ms: u64 },
+}
+
+/// What a finished attempt writes besides its own outcome, in the same transaction: an
+/// event it emits (`freshet.action.failed`, `tableau.refresh.completed`) with its
+/// `evaluate` job, and a job it starts (following a Tableau refresh).
+#[derive(Debug, Clone, Default)]
+pub struct FollowUp {
+    pub event: Option<Event>,
+    pub job: Option<NewJob>,
+}
+
+/// A job's state, looked up by its key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyedJob {
+    pub status: String,
+    pub result: Option<Value>,
 }
 
 /// What one rule did with one event.
@@ -258,7 +309,7 @@ pub trait JournalStore: Send + Sync + 'static {
     /// to be inserted in one transaction, and returns at once without blocking. The ticket
     /// answers after that transaction is committed: a known id inserts nothing and answers
     /// `Duplicate`. Appends queued together may share a transaction (group commit).
-    fn append(&self, event: &Event, first_job: Queue) -> AppendTicket;
+    fn append(&self, event: &Event, first_job: FirstJob) -> AppendTicket;
 
     /// Fails when the journal cannot be written (for `/healthz`).
     fn check_writable(&self) -> Result<(), JournalError>;
@@ -278,15 +329,18 @@ pub trait JournalStore: Send + Sync + 'static {
     /// Milliseconds until the next job of `queue` is due (None: nothing waiting).
     fn next_due_in(&self, queue: Queue) -> Result<Option<u64>, JournalError>;
 
-    /// Records an attempt's outcome if the lease is still ours. When the job ends dead and
-    /// `failure_event` is given, that event is appended in the same transaction. Returns
-    /// the job's new status, or None if the lease was lost.
+    /// Records an attempt's outcome if the lease is still ours, with its `follow_up` in the
+    /// same transaction. Returns the job's new status, or None if the lease was lost (and
+    /// then nothing is written).
     fn finish(
         &self,
         job: &Job,
         outcome: &JobOutcome,
-        failure_event: Option<&Event>,
+        follow_up: &FollowUp,
     ) -> Result<Option<String>, JournalError>;
+
+    /// The job with `job_key`, if there is one.
+    fn job_by_key(&self, job_key: &str) -> Result<Option<KeyedJob>, JournalError>;
 
     /// Replaces the event's body (enrichment), finishes the `enrich` job and queues the
     /// `evaluate` job, in one transaction.
@@ -297,8 +351,9 @@ pub trait JournalStore: Send + Sync + 'static {
     /// For each, false if its lease was lost (nothing is written for it).
     fn finish_evaluations(&self, batch: &[(Job, Evaluation)]) -> Result<Vec<bool>, JournalError>;
 
-    /// Queues a new evaluation of a journaled event (`freshet replay`); returns its job id.
-    fn queue_replay(&self, event_id: &str) -> Result<i64, JournalError>;
+    /// Queues a new evaluation of a journaled event (`freshet replay`), or a new
+    /// enrichment that is followed by one; returns the job's id.
+    fn queue_replay(&self, event_id: &str, replay: &Replay) -> Result<i64, JournalError>;
 
     /// Makes every `running` job claimable again (called at start: with SQLite only one
     /// process uses the journal, so they were left by a crash). The interrupted attempt

@@ -17,6 +17,9 @@ use crate::actions::ActionRequest;
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordedCall {
     pub request: ActionRequest,
+    /// The arguments as the rule wrote them: a list for positional calls, the map for a
+    /// call with one map (what rule tests compare against, SPEC section 8).
+    pub written: serde_json::Value,
     pub line: usize,
     pub column: usize,
 }
@@ -56,7 +59,7 @@ pub fn recording<T>(f: impl FnOnce() -> T) -> (T, Recording) {
 
 /// Records an action call, refusing one over the limits of SPEC section 11: the error stops
 /// the rule, and the calls it made in this run are then dropped with it.
-fn record(ctx: &NativeCallContext, request: ActionRequest) -> Fallible {
+fn record(ctx: &NativeCallContext, request: ActionRequest, written: serde_json::Value) -> Fallible {
     let size = serde_json::to_vec(&request.args()).map_or(usize::MAX, |bytes| bytes.len());
     if size > MAX_CALL_ARGS_BYTES {
         return Err(bad_argument(
@@ -84,6 +87,7 @@ fn record(ctx: &NativeCallContext, request: ActionRequest) -> Fallible {
         }
         recording.calls.push(RecordedCall {
             request,
+            written,
             line: position.line().unwrap_or(0),
             column: position.position().unwrap_or(0),
         });
@@ -152,8 +156,22 @@ fn get_string(map: &Map, key: &str) -> Option<String> {
     map.get(key).filter(|v| !v.is_unit()).map(|v| v.to_string())
 }
 
-/// `slack_post` with a map: `text` (required, the notification fallback) and `blocks`.
+/// `slack_post` with a map: `text` (required, the notification fallback), `blocks`, and
+/// `thread_ts` (post as a reply in that message's thread, SPEC section 7).
 fn slack_message(ctx: &NativeCallContext, channel: Option<String>, message: Map) -> Fallible {
+    let written_map = to_plain_json(&Dynamic::from_map(message.clone()));
+    let written = match &channel {
+        Some(channel) => serde_json::json!([channel, written_map]),
+        None => written_map,
+    };
+    for key in message.keys() {
+        if !["text", "blocks", "thread_ts"].contains(&key.as_str()) {
+            return Err(bad_argument(
+                ctx,
+                format!("slack_post: unknown key `{key}` (text, blocks, thread_ts)"),
+            ));
+        }
+    }
     let text = get_string(&message, "text").ok_or_else(|| {
         bad_argument(
             ctx,
@@ -173,17 +191,66 @@ fn slack_message(ctx: &NativeCallContext, channel: Option<String>, message: Map)
             ))
         }
     };
+    let thread_ts = get_string(&message, "thread_ts");
+    if thread_ts.is_some() && channel.is_none() {
+        return Err(bad_argument(
+            ctx,
+            "slack_post: thread_ts needs a channel: slack_post(channel, #{ text, thread_ts })"
+                .into(),
+        ));
+    }
     record(
         ctx,
         ActionRequest::SlackPost {
             channel,
             text,
             blocks,
+            thread_ts,
+            thread_of: None,
         },
+        written,
     )
 }
 
-fn alert(ctx: &NativeCallContext, name: &str, firing: bool, options: Map) -> Fallible {
+/// A rule's value as plain JSON (for the arguments as written).
+fn to_plain_json(value: &Dynamic) -> serde_json::Value {
+    rhai::serde::from_dynamic::<serde_json::Value>(value)
+        .unwrap_or_else(|_| serde_json::Value::String(value.to_string()))
+}
+
+/// `tableau_refresh(#{ workbook, project })` and `tableau_refresh_datasource(#{
+/// datasource, project })`: the name, and the project that holds it.
+fn tableau_target(
+    ctx: &NativeCallContext,
+    function: &str,
+    name_key: &str,
+    map: &Map,
+) -> Result<(String, Option<String>), Box<EvalAltResult>> {
+    for key in map.keys() {
+        if key.as_str() != name_key && key.as_str() != "project" {
+            return Err(bad_argument(
+                ctx,
+                format!("{function}: unknown key `{key}` ({name_key}, project)"),
+            ));
+        }
+    }
+    let name = get_string(map, name_key)
+        .ok_or_else(|| bad_argument(ctx, format!("{function}: the map needs `{name_key}`")))?;
+    let name = non_empty(ctx, function, &format!("`{name_key}`"), &name)?;
+    let project = match get_string(map, "project") {
+        Some(project) => Some(non_empty(ctx, function, "`project`", &project)?),
+        None => None,
+    };
+    Ok((name, project))
+}
+
+fn alert(
+    ctx: &NativeCallContext,
+    name: &str,
+    firing: bool,
+    options: Map,
+    written: serde_json::Value,
+) -> Fallible {
     let name = non_empty(ctx, "alert", "the name", name)?;
     let text = get_string(&options, "text")
         .ok_or_else(|| bad_argument(ctx, "alert: options need a `text`".into()))?;
@@ -221,6 +288,7 @@ fn alert(ctx: &NativeCallContext, name: &str, firing: bool, options: Map) -> Fal
             renotify_minutes,
             resolve,
         },
+        written,
     )
 }
 
@@ -237,12 +305,14 @@ pub fn register(engine: &mut Engine) {
         "mode_run",
         |ctx: NativeCallContext, report: &str| -> Fallible {
             let report = non_empty(&ctx, "mode_run", "the report token", report)?;
+            let written = serde_json::json!([report]);
             record(
                 &ctx,
                 ActionRequest::ModeRun {
                     report,
                     parameters: Default::default(),
                 },
+                written,
             )
         },
     );
@@ -251,14 +321,35 @@ pub fn register(engine: &mut Engine) {
         |ctx: NativeCallContext, report: &str, params: Map| -> Fallible {
             let report = non_empty(&ctx, "mode_run", "the report token", report)?;
             let parameters = to_json(&ctx, "mode_run", params)?;
-            record(&ctx, ActionRequest::ModeRun { report, parameters })
+            let written = serde_json::json!([report, parameters]);
+            record(&ctx, ActionRequest::ModeRun { report, parameters }, written)
         },
     );
     engine.register_fn(
         "tableau_refresh",
         |ctx: NativeCallContext, workbook: &str| -> Fallible {
             let workbook = non_empty(&ctx, "tableau_refresh", "the workbook name", workbook)?;
-            record(&ctx, ActionRequest::TableauRefresh { workbook })
+            let written = serde_json::json!([workbook]);
+            record(
+                &ctx,
+                ActionRequest::TableauRefresh {
+                    workbook,
+                    project: None,
+                },
+                written,
+            )
+        },
+    );
+    engine.register_fn(
+        "tableau_refresh",
+        |ctx: NativeCallContext, target: Map| -> Fallible {
+            let (workbook, project) = tableau_target(&ctx, "tableau_refresh", "workbook", &target)?;
+            let written = to_plain_json(&Dynamic::from_map(target));
+            record(
+                &ctx,
+                ActionRequest::TableauRefresh { workbook, project },
+                written,
+            )
         },
     );
     engine.register_fn(
@@ -270,20 +361,48 @@ pub fn register(engine: &mut Engine) {
                 "the data source name",
                 name,
             )?;
-            record(&ctx, ActionRequest::TableauRefreshDatasource { datasource })
+            let written = serde_json::json!([datasource]);
+            record(
+                &ctx,
+                ActionRequest::TableauRefreshDatasource {
+                    datasource,
+                    project: None,
+                },
+                written,
+            )
+        },
+    );
+    engine.register_fn(
+        "tableau_refresh_datasource",
+        |ctx: NativeCallContext, target: Map| -> Fallible {
+            let (datasource, project) =
+                tableau_target(&ctx, "tableau_refresh_datasource", "datasource", &target)?;
+            let written = to_plain_json(&Dynamic::from_map(target));
+            record(
+                &ctx,
+                ActionRequest::TableauRefreshDatasource {
+                    datasource,
+                    project,
+                },
+                written,
+            )
         },
     );
     engine.register_fn(
         "slack_post",
         |ctx: NativeCallContext, text: &str| -> Fallible {
             let text = non_empty(&ctx, "slack_post", "the text", text)?;
+            let written = serde_json::json!([text]);
             record(
                 &ctx,
                 ActionRequest::SlackPost {
                     channel: None,
                     text,
                     blocks: None,
+                    thread_ts: None,
+                    thread_of: None,
                 },
+                written,
             )
         },
     );
@@ -296,13 +415,17 @@ pub fn register(engine: &mut Engine) {
         |ctx: NativeCallContext, channel: &str, text: &str| -> Fallible {
             let channel = non_empty(&ctx, "slack_post", "the channel", channel)?;
             let text = non_empty(&ctx, "slack_post", "the text", text)?;
+            let written = serde_json::json!([channel, text]);
             record(
                 &ctx,
                 ActionRequest::SlackPost {
                     channel: Some(channel),
                     text,
                     blocks: None,
+                    thread_ts: None,
+                    thread_of: None,
                 },
+                written,
             )
         },
     );
@@ -316,15 +439,21 @@ pub fn register(engine: &mut Engine) {
     engine.register_fn(
         "alert",
         |ctx: NativeCallContext, name: &str, firing: bool, text: &str| -> Fallible {
+            let written = serde_json::json!([name, firing, text]);
             let mut options = Map::new();
             options.insert("text".into(), Dynamic::from(ImmutableString::from(text)));
-            alert(&ctx, name, firing, options)
+            alert(&ctx, name, firing, options, written)
         },
     );
     engine.register_fn(
         "alert",
         |ctx: NativeCallContext, name: &str, firing: bool, options: Map| -> Fallible {
-            alert(&ctx, name, firing, options)
+            let written = serde_json::json!([
+                name,
+                firing,
+                to_plain_json(&Dynamic::from_map(options.clone()))
+            ]);
+            alert(&ctx, name, firing, options, written)
         },
     );
     engine.register_fn("log", |ctx: NativeCallContext, value: Dynamic| {

@@ -56,13 +56,30 @@ impl RuleSet {
     /// Runs every rule on `event`. A rule that fails is stopped and reported; the others
     /// still run. Blocking: call it off the async workers.
     pub fn evaluate(&self, engine: &Engine, event: &Value, vars: &Value) -> Vec<RuleOutcome> {
-        if self.rules.is_empty() {
+        self.evaluate_only(engine, event, vars, None)
+    }
+
+    /// Like [`RuleSet::evaluate`], with only the rule named `only`, when given (`freshet
+    /// replay --rule`).
+    pub fn evaluate_only(
+        &self,
+        engine: &Engine,
+        event: &Value,
+        vars: &Value,
+        only: Option<&str>,
+    ) -> Vec<RuleOutcome> {
+        let rules: Vec<&Arc<Rule>> = self
+            .rules
+            .values()
+            .filter(|rule| only.map_or(true, |name| rule.name == name))
+            .collect();
+        if rules.is_empty() {
             return Vec::new();
         }
         let event = to_dynamic(event);
         let vars = to_dynamic(vars);
-        self.rules
-            .values()
+        rules
+            .into_iter()
             .map(|rule| evaluate_rule(engine, rule, &event, &vars))
             .collect()
     }
@@ -177,12 +194,15 @@ mod tests {
             calls,
             vec![
                 ActionRequest::TableauRefresh {
-                    workbook: "Finance".into()
+                    workbook: "Finance".into(),
+                    project: None,
                 },
                 ActionRequest::SlackPost {
                     channel: Some("#fin".into()),
                     text: "done".into(),
-                    blocks: None
+                    blocks: None,
+                    thread_ts: None,
+                    thread_of: None,
                 },
             ]
         );
@@ -309,7 +329,9 @@ mod tests {
             ActionRequest::SlackPost {
                 channel: None,
                 text: "xyzb".into(),
-                blocks: None
+                blocks: None,
+                thread_ts: None,
+                thread_of: None,
             }
         );
     }

@@ -66,7 +66,9 @@ impl EvaluateWorker {
             for job in jobs {
                 let evaluation = match journal.event(&job.event_id) {
                     Ok(Some(event)) => {
-                        let outcomes = set.evaluate(&engine, &event.to_json(), &vars);
+                        // A replay may name one rule (`freshet replay --rule`).
+                        let only = job.payload.get("rule").and_then(|r| r.as_str());
+                        let outcomes = set.evaluate_only(&engine, &event.to_json(), &vars, only);
                         build_evaluation(&job, &event, &outcomes, &config, &metrics)
                     }
                     Ok(None) => {

@@ -251,14 +251,24 @@ pub const MODE_WORKSPACE: &str = "acme";
 pub const MODE_TOKEN: &str = "mode-api-token-1";
 pub const MODE_SECRET: &str = "mode-api-secret-1";
 
+/// What a query run's results give.
+#[derive(Debug, Clone)]
+pub enum QueryResult {
+    Rows(serde_json::Value),
+    /// Purged: 404 `run results not found`.
+    Purged,
+    /// A JSON array of rows this many bytes long, streamed.
+    Huge(usize),
+}
+
 #[derive(Debug, Clone)]
 pub struct ModeRun {
     pub report: String,
     pub token: String,
     pub state: String,
     pub parameters: serde_json::Value,
-    /// (query name, rows); None when the results were purged.
-    pub queries: Option<Vec<(String, serde_json::Value)>>,
+    /// (query name, results); None when the run's results were purged.
+    pub queries: Option<Vec<(String, QueryResult)>>,
 }
 
 #[derive(Default)]
@@ -319,6 +329,22 @@ impl FakeMode {
         state: &str,
         queries: Option<Vec<(&str, serde_json::Value)>>,
     ) {
+        let queries = queries.map(|q| {
+            q.into_iter()
+                .map(|(n, r)| (n, QueryResult::Rows(r)))
+                .collect()
+        });
+        self.add_run_with(report, run, state, queries);
+    }
+
+    /// Adds a finished run whose queries give `queries`.
+    pub fn add_run_with(
+        &self,
+        report: &str,
+        run: &str,
+        state: &str,
+        queries: Option<Vec<(&str, QueryResult)>>,
+    ) {
         self.state.lock().unwrap().runs.push(ModeRun {
             report: report.into(),
             token: run.into(),
@@ -340,7 +366,7 @@ impl FakeMode {
         run.queries = Some(
             queries
                 .into_iter()
-                .map(|(n, r)| (n.to_string(), r))
+                .map(|(n, r)| (n.to_string(), QueryResult::Rows(r)))
                 .collect(),
         );
     }
@@ -456,7 +482,19 @@ fn mode_handle(state: &mut ModeState, seen: &Seen) -> Reply {
             };
             let index: usize = qr.trim_start_matches("qr").parse().unwrap_or(usize::MAX);
             match queries.get(index) {
-                Some((_, rows)) => Reply::json(200, rows.clone()),
+                Some((_, QueryResult::Rows(rows))) => Reply::json(200, rows.clone()),
+                Some((_, QueryResult::Purged)) => not_found("run results not found"),
+                Some((_, QueryResult::Huge(bytes))) => {
+                    let row = br#"{"order_date":"2026-08-06","total_amt_usd":1250.75},"#;
+                    let mut body = Vec::with_capacity(*bytes + row.len());
+                    body.push(b'[');
+                    while body.len() < *bytes {
+                        body.extend_from_slice(row);
+                    }
+                    body.pop();
+                    body.push(b']');
+                    Reply::streamed(200, "application/json", body)
+                }
                 None => not_found("query run not found"),
             }
         }
@@ -479,43 +517,123 @@ pub const TABLEAU_PAT_SECRET: &str = "tableau-pat-secret-1";
 pub const TABLEAU_SITE: &str = "finance";
 pub const TABLEAU_SITE_ID: &str = "6b7179ba-b82b-4f0f-91ed-812074ac5da6";
 
-#[derive(Default)]
+/// A workbook or data source on the fake site.
+#[derive(Debug, Clone)]
+pub struct TableauItem {
+    pub id: String,
+    pub name: String,
+    /// "workbooks" or "datasources".
+    pub kind: String,
+    pub project: String,
+}
+
+/// A refresh job, and how it will end.
+#[derive(Debug, Clone)]
+pub struct TableauJob {
+    pub id: String,
+    pub kind: String,
+    pub item: String,
+    /// Polls still answered "in progress".
+    pub polls_left: usize,
+    /// finishCode once done (0 ok, 1 failed, 2 cancelled); None never finishes.
+    pub finish_code: Option<u8>,
+    pub notes: Option<String>,
+}
+
 pub struct TableauState {
-    /// (id, name, kind: "workbooks" | "datasources")
-    pub content: Vec<(String, String, String)>,
+    pub content: Vec<TableauItem>,
+    /// The newest REST API version the server supports; newer ones are refused with
+    /// 404001, as Tableau Server 2023.3 refuses 3.22.
+    pub max_api_version: String,
     pub current_token: Option<String>,
     pub sign_ins: usize,
     /// (kind, id) of every accepted refresh.
     pub refreshes: Vec<(String, String)>,
+    pub jobs: Vec<TableauJob>,
+    /// How the next refresh jobs end: polls in progress, finishCode, notes.
+    pub next_job: (usize, Option<u8>, Option<String>),
     pub faults: Faults,
     /// Answer sign-ins with a 301 to this `Location` (absolute or relative). Paths under
     /// `/pod` are served too, as a load balancer's path on the same server would be.
     pub redirect_signin_to: Option<String>,
 }
 
-/// A fake Tableau REST API 3.22 (JSON): PAT sign-in with one live session per PAT,
-/// name filters, pagination, refresh jobs.
+impl Default for TableauState {
+    fn default() -> Self {
+        TableauState {
+            content: Vec::new(),
+            max_api_version: "3.22".into(),
+            current_token: None,
+            sign_ins: 0,
+            refreshes: Vec::new(),
+            jobs: Vec::new(),
+            next_job: (1, Some(0), None),
+            faults: Faults::default(),
+            redirect_signin_to: None,
+        }
+    }
+}
+
+/// A fake Tableau REST API (JSON): version checks and serverinfo, PAT sign-in with one
+/// live session per PAT, name filters, pagination, projects, refresh jobs that run their
+/// course.
 pub type FakeTableau = Fake<TableauState>;
 
 impl FakeTableau {
     pub async fn start() -> FakeTableau {
         let mut state = TableauState::default();
-        state.content.push((
-            "3cc6cd06-89ce-4fdc-b935-5294135d6d42".into(),
-            "Sales Overview, Q3".into(),
-            "workbooks".into(),
-        ));
-        state.content.push((
-            "9a1b2c3d-0000-4000-8000-000000000001".into(),
-            "Finance Overview".into(),
-            "workbooks".into(),
-        ));
-        state.content.push((
-            "7d6c5b4a-0000-4000-8000-000000000002".into(),
-            "Revenue Extract".into(),
-            "datasources".into(),
-        ));
+        for (id, name, kind, project) in [
+            (
+                "3cc6cd06-89ce-4fdc-b935-5294135d6d42",
+                "Sales Overview, Q3",
+                "workbooks",
+                "Sales",
+            ),
+            (
+                "9a1b2c3d-0000-4000-8000-000000000001",
+                "Finance Overview",
+                "workbooks",
+                "Finance",
+            ),
+            (
+                "7d6c5b4a-0000-4000-8000-000000000002",
+                "Revenue Extract",
+                "datasources",
+                "Finance",
+            ),
+            // The same name in two projects (names are unique only within a project).
+            (
+                "aa000000-0000-4000-8000-00000000000a",
+                "Quarterly",
+                "workbooks",
+                "Finance",
+            ),
+            (
+                "bb000000-0000-4000-8000-00000000000b",
+                "Quarterly",
+                "workbooks",
+                "Sales",
+            ),
+        ] {
+            state.content.push(TableauItem {
+                id: id.into(),
+                name: name.into(),
+                kind: kind.into(),
+                project: project.into(),
+            });
+        }
         Fake::spawn(state, tableau_handle)
+    }
+
+    /// A `[tableau]` section pointing at this fake; `api_version` pinned or left out.
+    pub fn section(&self, api_version: Option<&str>) -> String {
+        let version = api_version
+            .map(|v| format!("api_version = \"{v}\"\n"))
+            .unwrap_or_default();
+        format!(
+            "[tableau]\nserver = \"{}\"\nsite = \"{TABLEAU_SITE}\"\n{version}job_poll_seconds = 1\npat_name = \"{TABLEAU_PAT_NAME}\"\npat_secret = {{ env = \"T_PAT\" }}\n",
+            self.base()
+        )
     }
 
     /// Ends the current session, as an expiry or another sign-in would.
@@ -530,6 +648,16 @@ impl FakeTableau {
     pub fn refreshes(&self) -> Vec<(String, String)> {
         self.state.lock().unwrap().refreshes.clone()
     }
+
+    /// "METHOD path" of every request, in order.
+    pub fn calls(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| format!("{} {}", s.method, s.path))
+            .collect()
+    }
 }
 
 fn tableau_error(status: u16, code: &str, summary: &str) -> Reply {
@@ -539,12 +667,33 @@ fn tableau_error(status: u16, code: &str, summary: &str) -> Reply {
     )
 }
 
+/// "3.22" as (3, 22), for comparing versions.
+fn api_version(text: &str) -> Option<(u32, u32)> {
+    let (major, minor) = text.split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
 fn tableau_handle(state: &mut TableauState, seen: &Seen) -> Reply {
     let under_pod = seen.path.starts_with("/pod/");
     let path = seen.path.strip_prefix("/pod").unwrap_or(&seen.path);
-    let Some(rest) = path.strip_prefix("/api/3.22/") else {
+    let Some((version, rest)) = path.strip_prefix("/api/").and_then(|p| p.split_once('/')) else {
         return tableau_error(404, "404000", "Resource Not Found");
     };
+    match (api_version(version), api_version(&state.max_api_version)) {
+        (Some(asked), Some(max)) if asked <= max => {}
+        _ => return tableau_error(404, "404001", "Invalid version"),
+    }
+    if rest == "serverinfo" {
+        if seen.method != "GET" {
+            return tableau_error(405, "405000", "Method Not Allowed");
+        }
+        return Reply::json(
+            200,
+            serde_json::json!({"serverInfo": {
+                "productVersion": {"value": "2023.1.0", "build": "20231.23.0"},
+                "restApiVersion": state.max_api_version}}),
+        );
+    }
     // Without these headers Tableau reads the body as XML and answers in XML.
     if seen.method == "POST"
         && !seen
@@ -610,8 +759,11 @@ fn tableau_handle(state: &mut TableauState, seen: &Seen) -> Reply {
             };
             let page_size: usize = get("pageSize").and_then(|v| v.parse().ok()).unwrap_or(100);
             let page: usize = get("pageNumber").and_then(|v| v.parse().ok()).unwrap_or(1);
-            let mut items: Vec<&(String, String, String)> =
-                state.content.iter().filter(|(_, _, k)| k == kind).collect();
+            let mut items: Vec<&TableauItem> = state
+                .content
+                .iter()
+                .filter(|item| item.kind == *kind)
+                .collect();
             if let Some(filter) = get("filter") {
                 // Filters cannot hold ',' or '&', even encoded: Tableau refuses them.
                 let Some(name) = filter.strip_prefix("name:eq:") else {
@@ -620,14 +772,17 @@ fn tableau_handle(state: &mut TableauState, seen: &Seen) -> Reply {
                 if name.contains(',') || name.contains('&') {
                     return tableau_error(400, "400006", "Invalid filter");
                 }
-                items.retain(|(_, n, _)| n == name);
+                items.retain(|item| item.name == name);
             }
             let total = items.len();
             let page_items: Vec<serde_json::Value> = items
                 .iter()
                 .skip((page - 1) * page_size)
                 .take(page_size)
-                .map(|(id, name, _)| serde_json::json!({"id": id, "name": name, "project": {"id": "p1", "name": "Finance"}}))
+                .map(|item| {
+                    serde_json::json!({"id": item.id, "name": item.name,
+                    "project": {"id": format!("p-{}", item.project), "name": item.project}})
+                })
                 .collect();
             let singular = kind.trim_end_matches('s');
             let listing = if page_items.is_empty() {
@@ -647,14 +802,58 @@ fn tableau_handle(state: &mut TableauState, seen: &Seen) -> Reply {
             if seen.json() != serde_json::json!({}) {
                 return tableau_error(400, "400000", "Bad Request");
             }
-            if !state.content.iter().any(|(i, _, k)| i == id && k == kind) {
+            let Some(item) = state
+                .content
+                .iter()
+                .find(|item| item.id == *id && item.kind == *kind)
+            else {
                 return tableau_error(404, "404006", "Resource Not Found");
-            }
+            };
+            let item_name = item.name.clone();
             state.refreshes.push((kind.to_string(), id.to_string()));
+            let job_id = format!("job-{}", state.refreshes.len());
+            let (polls, finish_code, notes) = state.next_job.clone();
+            state.jobs.push(TableauJob {
+                id: job_id.clone(),
+                kind: kind.to_string(),
+                item: item_name,
+                polls_left: polls,
+                finish_code,
+                notes,
+            });
             Reply::json(
                 202,
-                serde_json::json!({"job": {"id": format!("job-{}", state.refreshes.len()), "mode": "Asynchronous", "type": "RefreshExtract"}}),
+                serde_json::json!({"job": {"id": job_id, "mode": "Asynchronous", "type": "RefreshExtract"}}),
             )
+        }
+        ("GET", ["sites", site, "jobs", id]) if *site == TABLEAU_SITE_ID => {
+            let Some(job) = state.jobs.iter_mut().find(|job| job.id == *id) else {
+                return tableau_error(404, "404031", "Job Not Found");
+            };
+            let child = if job.kind == "workbooks" {
+                "workbook"
+            } else {
+                "datasource"
+            };
+            let mut body = serde_json::json!({"job": {
+                "id": job.id, "mode": "Asynchronous", "type": "RefreshExtract",
+                "createdAt": "2026-11-30T10:00:00Z", "startedAt": "2026-11-30T10:00:01Z",
+                "extractRefreshJob": { child: {"id": "x", "name": job.item} }}});
+            match (job.polls_left, job.finish_code) {
+                (0, Some(code)) => {
+                    body["job"]["progress"] = serde_json::json!("100");
+                    body["job"]["completedAt"] = serde_json::json!("2026-11-30T10:05:00Z");
+                    body["job"]["finishCode"] = serde_json::json!(code.to_string());
+                    if let Some(notes) = &job.notes {
+                        body["job"]["extractRefreshJob"]["notes"] = serde_json::json!(notes);
+                    }
+                }
+                (left, _) => {
+                    job.polls_left = left.saturating_sub(1);
+                    body["job"]["progress"] = serde_json::json!("40");
+                }
+            }
+            Reply::json(200, body)
         }
         _ => tableau_error(404, "404000", "Resource Not Found"),
     }
@@ -667,10 +866,23 @@ fn tableau_handle(state: &mut TableauState, seen: &Seen) -> Reply {
 pub const SLACK_WEBHOOK_PATH: &str = "/services/T0001/B0001/hooksecret123";
 pub const SLACK_BOT_TOKEN: &str = "xoxb-test-token-1";
 
+/// A message chat.postMessage accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlackMessage {
+    pub channel: String,
+    pub text: String,
+    pub ts: String,
+    pub thread_ts: Option<String>,
+}
+
 #[derive(Default)]
 pub struct SlackState {
     /// (channel or "webhook", text) of every accepted post.
     pub posts: Vec<(String, String)>,
+    /// Every message posted with the bot token, with its `ts` and thread.
+    pub messages: Vec<SlackMessage>,
+    /// Warnings Slack would have sent back (`missing_charset`).
+    pub warnings: Vec<String>,
     pub faults: Faults,
 }
 
@@ -704,6 +916,10 @@ impl FakeSlack {
 
     pub fn posts(&self) -> Vec<(String, String)> {
         self.state.lock().unwrap().posts.clone()
+    }
+
+    pub fn messages(&self) -> Vec<SlackMessage> {
+        self.state.lock().unwrap().messages.clone()
     }
 }
 
@@ -759,11 +975,47 @@ fn slack_handle(state: &mut SlackState, seen: &Seen) -> Reply {
                 serde_json::json!({"ok": false, "error": "not_in_channel"}),
             );
         }
+        let thread_ts = match body.get("thread_ts") {
+            None => None,
+            Some(serde_json::Value::String(ts)) => {
+                // A reply names a message that was posted.
+                if !state.messages.iter().any(|m| &m.ts == ts) {
+                    return Reply::json(
+                        200,
+                        serde_json::json!({"ok": false, "error": "thread_not_found"}),
+                    );
+                }
+                Some(ts.clone())
+            }
+            Some(_) => {
+                return Reply::json(
+                    200,
+                    serde_json::json!({"ok": false, "error": "invalid_thread_ts"}),
+                )
+            }
+        };
+        // Slack reads JSON without a charset but warns about it.
+        let mut warning = None;
+        if !seen.header("content-type").is_some_and(|c| {
+            c.replace(' ', "")
+                .eq_ignore_ascii_case("application/json;charset=utf-8")
+        }) {
+            state.warnings.push("missing_charset".into());
+            warning = Some("missing_charset");
+        }
         state.posts.push((channel.to_string(), text.to_string()));
-        return Reply::json(
-            200,
-            serde_json::json!({"ok": true, "channel": "C0123456789", "ts": format!("1725574158.{:06}", state.posts.len())}),
-        );
+        let ts = format!("1725574158.{:06}", state.posts.len());
+        state.messages.push(SlackMessage {
+            channel: channel.to_string(),
+            text: text.to_string(),
+            ts: ts.clone(),
+            thread_ts,
+        });
+        let mut answer = serde_json::json!({"ok": true, "channel": "C0123456789", "ts": ts});
+        if let Some(warning) = warning {
+            answer["warning"] = serde_json::json!(warning);
+        }
+        return Reply::json(200, answer);
     }
     // A wrong webhook path: Slack says no_service.
     Reply::text(404, "no_service")

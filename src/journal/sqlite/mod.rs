@@ -10,8 +10,8 @@ use serde_json::Value;
 
 use super::schema::{MIGRATIONS, NOW_MS};
 use super::{
-    AlertState, AppendReply, AppendTicket, Evaluation, EventSummary, Job, JobOutcome, JobSummary,
-    JournalError, JournalStore, Queue, Released, RuleRun,
+    AlertState, AppendReply, AppendTicket, Evaluation, EventSummary, FirstJob, FollowUp, Job,
+    JobOutcome, JobSummary, JournalError, JournalStore, KeyedJob, Queue, Released, Replay, RuleRun,
 };
 use crate::event::Event;
 
@@ -41,7 +41,7 @@ pub struct SqliteJournal {
 
 struct PendingAppend {
     event: EventRow,
-    first_job: Queue,
+    first_job: FirstJob,
     reply: AppendReply,
 }
 
@@ -292,7 +292,7 @@ pub(super) fn now_ms(tx: &Connection) -> Result<i64, JournalError> {
 }
 
 impl JournalStore for SqliteJournal {
-    fn append(&self, event: &Event, first_job: Queue) -> AppendTicket {
+    fn append(&self, event: &Event, first_job: FirstJob) -> AppendTicket {
         let row = match EventRow::new(event) {
             Ok(row) => row,
             Err(error) => return AppendTicket::ready(Err(error)),
@@ -454,11 +454,12 @@ impl JournalStore for SqliteJournal {
         &self,
         job: &Job,
         outcome: &JobOutcome,
-        failure_event: Option<&Event>,
+        follow_up: &FollowUp,
     ) -> Result<Option<String>, JournalError> {
         self.write(|tx| {
             let status = match outcome {
                 JobOutcome::Succeeded(_) => "succeeded",
+                JobOutcome::Wait { .. } => "pending",
                 JobOutcome::Retry { .. } if job.attempt < job.max_attempts => "retrying",
                 JobOutcome::Retry { .. } | JobOutcome::Dead { .. } => "dead",
             };
@@ -468,6 +469,7 @@ impl JournalStore for SqliteJournal {
             };
             let (error, delay_ms) = match outcome {
                 JobOutcome::Succeeded(_) => (None, 0),
+                JobOutcome::Wait { delay_ms } => (None, *delay_ms),
                 JobOutcome::Retry { delay_ms, error } => (Some(error.as_str()), *delay_ms),
                 JobOutcome::Dead { error } => (Some(error.as_str()), 0),
             };
@@ -477,7 +479,9 @@ impl JournalStore for SqliteJournal {
                         last_error = ?2,
                         errors = CASE WHEN ?2 IS NULL THEN errors
                                       ELSE json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?2)) END,
-                        scheduled_at = CASE WHEN ?1 = 'retrying' THEN {NOW_MS} + ?3 ELSE scheduled_at END,
+                        scheduled_at = CASE WHEN ?1 IN ('retrying', 'pending') THEN {NOW_MS} + ?3 ELSE scheduled_at END,
+                        -- A wait is not an attempt: give back the one the claim counted.
+                        attempt = CASE WHEN ?1 = 'pending' THEN attempt - 1 ELSE attempt END,
                         finished_at = CASE WHEN ?1 IN ('succeeded', 'dead') THEN {NOW_MS} ELSE NULL END,
                         lease_until = NULL,
                         result = COALESCE(?6, result)
@@ -488,12 +492,26 @@ impl JournalStore for SqliteJournal {
             if updated != 1 {
                 return Ok(None);
             }
-            if status == "dead" {
-                if let Some(event) = failure_event {
-                    insert_event(tx, &EventRow::new(event)?, Queue::Evaluate)?;
-                }
+            if let Some(event) = &follow_up.event {
+                insert_event(tx, &EventRow::new(event)?, FirstJob::EVALUATE)?;
+            }
+            if let Some(next) = &follow_up.job {
+                insert_job(tx, next)?;
             }
             Ok(Some(status.to_string()))
+        })
+    }
+
+    fn job_by_key(&self, job_key: &str) -> Result<Option<KeyedJob>, JournalError> {
+        self.with(|conn| {
+            let row: Option<(String, Option<String>)> = conn
+                .prepare_cached("SELECT status, result FROM jobs WHERE job_key = ?1")?
+                .query_row([job_key], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            Ok(row.map(|(status, result)| KeyedJob {
+                status,
+                result: result.and_then(|text| serde_json::from_str(&text).ok()),
+            }))
         })
     }
 
@@ -508,9 +526,17 @@ impl JournalStore for SqliteJournal {
                 "UPDATE events SET body = ?1 WHERE id = ?2",
                 params![body, event.id],
             )?;
+            // A replayed enrichment carries the replay's number on to its evaluation.
+            let replay = job.payload.get("replay").and_then(Value::as_i64);
+            let suffix = replay.map(|n| format!("replay{n}"));
             insert_job(
                 tx,
-                &stage_job(Queue::Evaluate, &event.id, None, Value::Null),
+                &stage_job(
+                    FirstJob::EVALUATE,
+                    &event.id,
+                    suffix.as_deref(),
+                    job.payload.clone(),
+                ),
             )?;
             Ok(true)
         })
@@ -526,7 +552,7 @@ impl JournalStore for SqliteJournal {
         })
     }
 
-    fn queue_replay(&self, event_id: &str) -> Result<i64, JournalError> {
+    fn queue_replay(&self, event_id: &str, replay: &Replay) -> Result<i64, JournalError> {
         self.write(|tx| {
             let exists: Option<i64> = tx
                 .query_row("SELECT 1 FROM events WHERE id = ?1", [event_id], |row| {
@@ -545,13 +571,17 @@ impl JournalStore for SqliteJournal {
             )?;
             // A replay is a new evaluation: its key (and so its action keys) differ from
             // the first evaluation's, so the actions run again.
+            let mut payload = serde_json::json!({ "replay": replays });
+            if let Some(rule) = &replay.rule {
+                payload["rule"] = serde_json::json!(rule);
+            }
             let inserted = insert_job(
                 tx,
                 &stage_job(
-                    Queue::Evaluate,
+                    replay.first,
                     event_id,
                     Some(&format!("replay{replays}")),
-                    serde_json::json!({ "replay": replays }),
+                    payload,
                 ),
             )?;
             if !inserted {

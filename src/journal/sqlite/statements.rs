@@ -8,7 +8,8 @@ use serde_json::Value;
 
 use super::super::schema::NOW_MS;
 use super::super::{
-    job_key, AlertState, Appended, Evaluation, Job, JobSummary, JournalError, NewJob, Queue,
+    job_key, AlertState, Appended, Evaluation, FirstJob, Job, JobSummary, JournalError, NewJob,
+    Queue,
 };
 use super::{exec, now_ms};
 use crate::event::Event;
@@ -95,7 +96,7 @@ pub(super) const BACKLOG_SQL: &str =
 pub(super) fn insert_event(
     tx: &Transaction,
     event: &EventRow,
-    first_job: Queue,
+    first_job: FirstJob,
 ) -> Result<Appended, JournalError> {
     let inserted = exec(tx,
         &format!(
@@ -114,11 +115,12 @@ pub(super) fn insert_event(
 /// An `enrich` or `evaluate` job for an event. Its key is made of the queue and the event
 /// id, plus `suffix` for a later evaluation of the same event (a replay).
 pub(super) fn stage_job(
-    queue: Queue,
+    stage: FirstJob,
     event_id: &str,
     suffix: Option<&str>,
     payload: Value,
 ) -> NewJob {
+    let queue = stage.queue;
     let mut parts = vec![queue.as_str(), event_id];
     parts.extend(suffix);
     let job_key = job_key(&parts);
@@ -130,8 +132,7 @@ pub(super) fn stage_job(
         job_key,
         coalesce_key: None,
         payload,
-        // Enrichment retries like an action; evaluation is local and retried on lease expiry.
-        max_attempts: 5,
+        max_attempts: stage.max_attempts,
     }
 }
 

@@ -4,7 +4,7 @@ use super::*;
 use std::path::PathBuf;
 
 use crate::event::Source;
-use crate::journal::{Appended, NewJob, Released};
+use crate::journal::{Appended, FirstJob, FollowUp, NewJob, Released, Replay};
 use serde_json::json;
 
 fn event(id: &str) -> Event {
@@ -49,14 +49,14 @@ fn duplicate_ids_insert_nothing() {
     let (_dir, journal) = open();
     assert_eq!(
         journal
-            .append(&event("dbt:a"), Queue::Evaluate)
+            .append(&event("dbt:a"), FirstJob::EVALUATE)
             .wait()
             .unwrap(),
         Appended::New
     );
     assert_eq!(
         journal
-            .append(&event("dbt:a"), Queue::Evaluate)
+            .append(&event("dbt:a"), FirstJob::EVALUATE)
             .wait()
             .unwrap(),
         Appended::Duplicate
@@ -81,7 +81,7 @@ fn concurrent_appends_are_each_answered_after_their_commit() {
     let tickets: Vec<_> = (0..300)
         .map(|i| {
             let id = format!("dbt:{}", i / 2);
-            (id.clone(), journal.append(&event(&id), Queue::Evaluate))
+            (id.clone(), journal.append(&event(&id), FirstJob::EVALUATE))
         })
         .collect();
     // A connection of its own sees only committed rows: an event answered before its
@@ -116,7 +116,7 @@ fn appends_still_queued_when_the_journal_is_dropped_are_committed() {
     let (_dir, path) = temp_path();
     let journal = SqliteJournal::open(&path).unwrap();
     let tickets: Vec<_> = (0..50)
-        .map(|i| journal.append(&event(&format!("dbt:{i}")), Queue::Evaluate))
+        .map(|i| journal.append(&event(&format!("dbt:{i}")), FirstJob::EVALUATE))
         .collect();
     drop(journal);
     for ticket in tickets {
@@ -130,7 +130,7 @@ fn appends_still_queued_when_the_journal_is_dropped_are_committed() {
 fn evaluation_is_recorded_once_and_actions_coalesce() {
     let (_dir, journal) = open();
     journal
-        .append(&event("dbt:a"), Queue::Evaluate)
+        .append(&event("dbt:a"), FirstJob::EVALUATE)
         .wait()
         .unwrap();
     let job = journal.claim(Queue::Evaluate, 1, 60_000).unwrap().remove(0);
@@ -170,7 +170,7 @@ fn evaluation_is_recorded_once_and_actions_coalesce() {
 fn retries_then_dead_then_manual_retry() {
     let (_dir, journal) = open();
     journal
-        .append(&event("dbt:a"), Queue::Evaluate)
+        .append(&event("dbt:a"), FirstJob::EVALUATE)
         .wait()
         .unwrap();
     let eval = journal.claim(Queue::Evaluate, 1, 60_000).unwrap().remove(0);
@@ -185,7 +185,10 @@ fn retries_then_dead_then_manual_retry() {
         error: "HTTP 500".into(),
     };
     assert_eq!(
-        journal.finish(&job, &retry, None).unwrap().as_deref(),
+        journal
+            .finish(&job, &retry, &FollowUp::default())
+            .unwrap()
+            .as_deref(),
         Some("retrying")
     );
     let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
@@ -194,7 +197,14 @@ fn retries_then_dead_then_manual_retry() {
     failure.source = Source::Freshet;
     assert_eq!(
         journal
-            .finish(&job, &retry, Some(&failure))
+            .finish(
+                &job,
+                &retry,
+                &FollowUp {
+                    event: Some(failure),
+                    job: None,
+                },
+            )
             .unwrap()
             .as_deref(),
         Some("dead")
@@ -209,7 +219,7 @@ fn retries_then_dead_then_manual_retry() {
     assert_eq!(again.attempt, 3);
     assert_eq!(
         journal
-            .finish(&again, &JobOutcome::Succeeded(None), None)
+            .finish(&again, &JobOutcome::Succeeded(None), &FollowUp::default())
             .unwrap()
             .as_deref(),
         Some("succeeded")
@@ -226,7 +236,7 @@ fn running_jobs_are_released_at_start() {
     {
         let journal = SqliteJournal::open(&path).unwrap();
         journal
-            .append(&event("dbt:a"), Queue::Evaluate)
+            .append(&event("dbt:a"), FirstJob::EVALUATE)
             .wait()
             .unwrap();
         assert_eq!(journal.claim(Queue::Evaluate, 1, 600_000).unwrap().len(), 1);
@@ -251,7 +261,10 @@ fn a_job_that_keeps_stopping_the_process_ends_dead_and_holds_nothing_back() {
     let (_dir, path) = temp_path();
     for id in ["dbt:poison", "dbt:innocent", "dbt:later"] {
         let journal = SqliteJournal::open(&path).unwrap();
-        journal.append(&event(id), Queue::Evaluate).wait().unwrap();
+        journal
+            .append(&event(id), FirstJob::EVALUATE)
+            .wait()
+            .unwrap();
         if id == "dbt:innocent" {
             // Both claimed in one batch; then the process dies.
             assert_eq!(
@@ -323,7 +336,7 @@ fn a_job_that_keeps_stopping_the_process_ends_dead_and_holds_nothing_back() {
 fn an_expired_lease_with_no_attempts_left_is_dead() {
     let (_dir, journal) = open();
     journal
-        .append(&event("dbt:a"), Queue::Evaluate)
+        .append(&event("dbt:a"), FirstJob::EVALUATE)
         .wait()
         .unwrap();
     journal
@@ -347,7 +360,10 @@ fn job_keys_are_unambiguous_whatever_an_id_contains() {
     ] {
         let (_dir, journal) = open();
         for id in order {
-            journal.append(&event(id), Queue::Evaluate).wait().unwrap();
+            journal
+                .append(&event(id), FirstJob::EVALUATE)
+                .wait()
+                .unwrap();
         }
         let first = journal.claim(Queue::Evaluate, 16, 60_000).unwrap();
         assert_eq!(
@@ -355,7 +371,15 @@ fn job_keys_are_unambiguous_whatever_an_id_contains() {
             2,
             "{order:?}: both events get their evaluation"
         );
-        journal.queue_replay("dbt:wev_R").unwrap();
+        journal
+            .queue_replay(
+                "dbt:wev_R",
+                &Replay {
+                    first: FirstJob::EVALUATE,
+                    rule: None,
+                },
+            )
+            .unwrap();
         let replay = journal.claim(Queue::Evaluate, 16, 60_000).unwrap();
         assert_eq!(replay.len(), 1, "{order:?}: the replay is queued");
         assert_eq!(replay[0].event_id, "dbt:wev_R");
@@ -366,7 +390,7 @@ fn job_keys_are_unambiguous_whatever_an_id_contains() {
 fn prune_keeps_recent_events() {
     let (_dir, journal) = open();
     journal
-        .append(&event("dbt:a"), Queue::Evaluate)
+        .append(&event("dbt:a"), FirstJob::EVALUATE)
         .wait()
         .unwrap();
     assert_eq!(journal.prune(30).unwrap(), 0);
@@ -476,7 +500,7 @@ fn a_write_that_waits_for_another_process_carries_on_after_its_commit() {
     let (_dir, path) = temp_path();
     let journal = SqliteJournal::open(&path).unwrap();
     journal
-        .append(&event("dbt:a"), Queue::Evaluate)
+        .append(&event("dbt:a"), FirstJob::EVALUATE)
         .wait()
         .unwrap();
     let other = Connection::open(&path).unwrap();
@@ -486,7 +510,13 @@ fn a_write_that_waits_for_another_process_carries_on_after_its_commit() {
     lock(&journal.conn).busy_handler(Some(note_busy)).unwrap();
     let replay = std::thread::scope(|scope| {
         let replay = scope.spawn(|| {
-            let result = journal.queue_replay("dbt:a");
+            let result = journal.queue_replay(
+                "dbt:a",
+                &Replay {
+                    first: FirstJob::EVALUATE,
+                    rule: None,
+                },
+            );
             // SQLite may also fail the write at once, without waiting.
             set_blocked_or_done();
             result
@@ -530,7 +560,7 @@ fn health_follows_the_last_commit_and_its_recovery() {
         .with(|c| Ok(c.execute_batch("PRAGMA query_only = ON")?))
         .unwrap();
     assert!(journal
-        .append(&event("dbt:a"), Queue::Evaluate)
+        .append(&event("dbt:a"), FirstJob::EVALUATE)
         .wait()
         .is_err());
     let error = journal.check_writable().unwrap_err().to_string();
@@ -541,7 +571,7 @@ fn health_follows_the_last_commit_and_its_recovery() {
     journal.check_writable().unwrap();
     assert_eq!(
         journal
-            .append(&event("dbt:a"), Queue::Evaluate)
+            .append(&event("dbt:a"), FirstJob::EVALUATE)
             .wait()
             .unwrap(),
         Appended::New
