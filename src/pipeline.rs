@@ -70,7 +70,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let evaluate_wake = Arc::new(Notify::new());
     let enrich_wake = Arc::new(Notify::new());
     // One client (and connection pool) for every call to Mode, Tableau and Slack.
-    let http = crate::actions::client::build_client(&config.actions);
+    let http = crate::actions::client::build_client(&config.actions).map_err(anyhow::Error::msg)?;
     let actions_wake = Arc::new(Notify::new());
 
     let watch = Watch::start(&config.rules.dir);

@@ -261,6 +261,48 @@ async fn a_name_in_two_projects_needs_its_project() {
     .await;
 }
 
+/// SPEC section 7: a redirect from https to plain http is refused, and nothing (no PAT,
+/// no token) is sent over plain http.
+#[tokio::test]
+async fn a_redirect_from_https_to_http_is_refused() {
+    let (plain, plain_log) = support::fake::recorder().await;
+    let https = support::tls::https_redirect(format!(
+        "http://127.0.0.1:{}/api/3.22/auth/signin",
+        plain.port()
+    ))
+    .await;
+    let section = format!(
+        "[tableau]\nserver = \"{}\"\nsite = \"finance\"\napi_version = \"3.22\"\npat_name = \"freshet\"\npat_secret = {{ env = \"T_PAT\" }}\n",
+        https.base()
+    );
+    let daemon = Daemon::start(
+        base()
+            .section(&section)
+            .env("SSL_CERT_FILE", https.cert_file.to_str().unwrap())
+            .rule(
+                "refresh.rhai",
+                r#"if event.source == "dbt" { tableau_refresh("Finance Overview"); }"#,
+            ),
+    );
+    send_dbt(&daemon, SECRET, dbt_completed("wev_h1", "x", "Success")).await;
+    let dead = eventually(&daemon, "the refused refresh", || {
+        let dead = daemon.cli_ok(&["actions", "--status", "dead"]);
+        dead.contains("tableau_refresh").then_some(dead)
+    })
+    .await;
+    assert!(
+        dead.contains("refused a redirect from https to plain http"),
+        "{dead}"
+    );
+    let over_tls = https.log.lock().unwrap().clone();
+    assert_eq!(over_tls.len(), 1, "one sign-in, over https");
+    assert_eq!(over_tls[0].path, "/api/3.22/auth/signin");
+    assert!(
+        plain_log.lock().unwrap().is_empty(),
+        "something went over plain http"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // Mode
 // ---------------------------------------------------------------------------------------

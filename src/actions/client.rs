@@ -41,8 +41,9 @@ impl ActionError {
     }
 }
 
-/// The one HTTP client for all services (connection pool, timeouts, user agent).
-pub fn build_client(config: &ActionsConfig) -> reqwest::Client {
+/// The one HTTP client for all services (connection pool, timeouts, user agent). Fails
+/// only when the TLS setup does: the system's trust store holds no usable certificate.
+pub fn build_client(config: &ActionsConfig) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .user_agent(concat!("freshet/", env!("CARGO_PKG_VERSION")))
         .timeout(Duration::from_millis(config.timeout_ms))
@@ -51,8 +52,7 @@ pub fn build_client(config: &ActionsConfig) -> reqwest::Client {
         // POST is never silently turned into a GET and credentials never follow a 3xx.
         .redirect(reqwest::redirect::Policy::none())
         .build()
-        // Only fails when the TLS backend cannot initialise, which rustls always can.
-        .expect("the HTTP client builds")
+        .map_err(|error| format!("cannot set up the HTTP client (TLS trust store): {error}"))
 }
 
 /// A transport error, without the URL (a Slack webhook URL is a secret).
