@@ -7,11 +7,14 @@ use anyhow::Context;
 use serde_json::{json, Value};
 
 use crate::config::{self, Config, ConfigLocation};
-use crate::event::{now_rfc3339, Event};
+use crate::event::{now_rfc3339, Event, Source};
 use crate::ingest::{dbt_cloud, mode};
 use crate::journal::{AlertState, JournalStore, SqliteJournal};
 use crate::rules::engine::build_engine;
+use crate::rules::lint::{check_names, KnownFunctions};
 use crate::rules::load::{load_dir, load_files};
+use crate::rules::RuleError;
+use crate::rules::RuleOutcome;
 use crate::rules::RuleSet;
 
 /// The config for `check`: the file if there is one, with its secrets read (check says
@@ -49,6 +52,24 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<bool> {
     for error in &set.errors {
         println!("{}", error.with_source_excerpt());
     }
+    // Rhai finds an unknown function only when the call runs: look before it does.
+    let known = KnownFunctions::of(&engine);
+    let mut name_errors = 0;
+    for rule in set.rules.values() {
+        let Ok(source) = std::fs::read_to_string(&rule.path) else {
+            continue;
+        };
+        for problem in check_names(&source, &known) {
+            let error = RuleError {
+                file: rule.path.clone(),
+                line: problem.line,
+                column: problem.column,
+                message: problem.message,
+            };
+            println!("{}", error.with_source_excerpt());
+            name_errors += 1;
+        }
+    }
     let folder_found = config.rules.dir.is_dir();
     if !folder_found {
         println!(
@@ -56,7 +77,7 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<bool> {
             config.rules.dir.display()
         );
     }
-    let ok = set.errors.is_empty() && folder_found;
+    let ok = set.errors.is_empty() && folder_found && name_errors == 0;
     println!(
         "{}: {} rule(s) compiled, {} with errors",
         config
@@ -65,7 +86,7 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<bool> {
             .map(|p| p.display().to_string())
             .unwrap_or_else(|| "embedded defaults".into()),
         set.rules.len(),
-        set.errors.len()
+        set.errors.len() + name_errors
     );
     Ok(ok)
 }
@@ -96,50 +117,109 @@ pub fn test(
                 event.kind,
                 path.display()
             );
+            if let Some(note) = not_enriched_note(&event) {
+                println!("  note: {note}");
+            }
         }
-        for outcome in set.evaluate(&engine, &event.to_json(), &vars) {
-            for (line, text) in &outcome.logs {
-                if !json_lines {
-                    println!("  rule {} log (line {line}): {text}", outcome.rule);
-                }
+        let outcomes = set.evaluate(&engine, &event.to_json(), &vars);
+        ok &= print_outcomes(&event, &outcomes, &alerts, json_lines)?;
+    }
+    Ok(ok)
+}
+
+/// `freshet replay ID --dry-run`: what the rules (or one rule) would call now for a
+/// journaled event; nothing is queued.
+pub fn replay(config: &Config, id: &str, rule: Option<&str>) -> anyhow::Result<bool> {
+    if let Some(rule) = rule {
+        super::inspect::ensure_rule_exists(config, rule)?;
+    }
+    let journal = SqliteJournal::open_existing(&config.journal.path)?;
+    let event = journal
+        .event(id)?
+        .with_context(|| format!("no journaled event with id {id}"))?;
+    let alerts = journal.alerts()?;
+    drop(journal);
+    let engine = build_engine(config.rules.max_operations);
+    let set = load_dir(&engine, &config.rules.dir, None);
+    let mut ok = true;
+    for error in &set.errors {
+        eprintln!("{error}");
+        ok = false;
+    }
+    let vars = Value::Object(config.vars.clone());
+    println!(
+        "event {} ({}), dry run: nothing is queued",
+        event.id, event.kind
+    );
+    if let Some(note) = not_enriched_note(&event) {
+        println!("  note: {note}");
+    }
+    let outcomes = set.evaluate_only(&engine, &event.to_json(), &vars, rule);
+    ok &= print_outcomes(&event, &outcomes, &alerts, false)?;
+    Ok(ok)
+}
+
+/// For a Mode run event that was never fetched: what the rules will not see in it.
+pub fn not_enriched_note(event: &Event) -> Option<String> {
+    let unfetched_run = event.source == Source::Mode
+        && event.field("run_token").is_some_and(|t| !t.is_null())
+        && event.field("verified") != Some(&Value::Bool(true));
+    unfetched_run.then(|| {
+        "this Mode event is not enriched: freshet fetches the run from Mode before the rules see it, so run_state, report_name, run_url, results and result_errors are missing here and verified is false. Test with the journaled event (`freshet events --show ID > event.json`) to have them.".to_string()
+    })
+}
+
+/// Prints what each rule did: log lines, errors (on stderr), and each call, with what an
+/// `alert(..)` call would do given `alerts`. False if a rule failed.
+fn print_outcomes(
+    event: &Event,
+    outcomes: &[RuleOutcome],
+    alerts: &[AlertState],
+    json_lines: bool,
+) -> anyhow::Result<bool> {
+    let mut ok = true;
+    for outcome in outcomes {
+        for (line, text) in &outcome.logs {
+            if !json_lines {
+                println!("  rule {} log (line {line}): {text}", outcome.rule);
             }
-            if let Some((error, _)) = &outcome.error {
-                eprintln!("{error}");
-                ok = false;
-                continue;
+        }
+        if let Some((error, _)) = &outcome.error {
+            eprintln!("{error}");
+            ok = false;
+            continue;
+        }
+        for call in &outcome.calls {
+            let mut line = json!({
+                "event": event.id, "rule": outcome.rule,
+                "action": call.request.kind(), "args": call.request.args(),
+            });
+            if let Some(alert) = call.request.as_alert(&outcome.rule) {
+                let state = alerts.iter().find(|a| a.name == alert.name);
+                let decision =
+                    crate::alerts::decide(state, &alert, chrono::Utc::now().timestamp_millis());
+                line["alert"] = json!(decision.summary);
             }
-            for call in &outcome.calls {
-                let mut line = json!({
-                    "event": event.id, "rule": outcome.rule,
-                    "action": call.request.kind(), "args": call.request.args(),
-                });
-                if let Some(alert) = call.request.as_alert(&outcome.rule) {
-                    let state = alerts.iter().find(|a| a.name == alert.name);
-                    let decision =
-                        crate::alerts::decide(state, &alert, chrono::Utc::now().timestamp_millis());
-                    line["alert"] = json!(decision.summary);
-                }
-                if json_lines {
-                    println!("{line}");
-                } else {
-                    let alert = line
-                        .get("alert")
-                        .map(|a| format!("  ({})", a.as_str().unwrap_or("")))
-                        .unwrap_or_default();
-                    println!(
-                        "  rule {}: {} {}{alert}",
-                        outcome.rule,
-                        call.request.kind(),
-                        call.request.args()
-                    );
-                }
+            if json_lines {
+                println!("{line}");
+            } else {
+                let alert = line
+                    .get("alert")
+                    .map(|a| format!("  ({})", a.as_str().unwrap_or("")))
+                    .unwrap_or_default();
+                println!(
+                    "  rule {}: {} {}{alert}",
+                    outcome.rule,
+                    call.request.kind(),
+                    call.request.args()
+                );
             }
         }
     }
     Ok(ok)
 }
 
-fn load_rules(engine: &rhai::Engine, path: &Path) -> anyhow::Result<RuleSet> {
+pub fn load_rules(engine: &rhai::Engine, path: &Path) -> anyhow::Result<RuleSet> {
     if path.is_file() {
         return Ok(load_files(engine, &[path.to_path_buf()], None));
     }
@@ -148,7 +228,7 @@ fn load_rules(engine: &rhai::Engine, path: &Path) -> anyhow::Result<RuleSet> {
 }
 
 /// Alert states from the journal, if one exists (opened only to read).
-fn current_alerts(config: &Config) -> Vec<AlertState> {
+pub fn current_alerts(config: &Config) -> Vec<AlertState> {
     if !config.journal.path.is_file() {
         return Vec::new();
     }
@@ -159,11 +239,18 @@ fn current_alerts(config: &Config) -> Vec<AlertState> {
 
 /// An event file: a journaled event (`events --show` output), or a raw dbt or Mode
 /// webhook body, told apart by shape.
-fn read_event(path: &Path, config: &Config) -> anyhow::Result<Event> {
+pub fn read_event(path: &Path, config: &Config) -> anyhow::Result<Event> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let value: Value =
         serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    event_from_value(value, config, &path.display().to_string())
+}
+
+/// An event from JSON: a journaled event, or a raw dbt or Mode webhook body, told apart
+/// by shape. `origin` names where it came from, for errors.
+pub fn event_from_value(value: Value, config: &Config, origin: &str) -> anyhow::Result<Event> {
+    let path = Path::new(origin);
     if value.get("id").is_some() && value.get("source").is_some() && value.get("type").is_some() {
         return Event::from_json(value)
             .with_context(|| format!("{} is not a journaled event", path.display()));

@@ -36,6 +36,9 @@ pub const EXAMPLE_RULES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The example rules' tests, written to `rules/tests/`.
+pub const EXAMPLE_TESTS: &str = include_str!("../../rules/tests/examples.toml");
+
 pub fn run(dir: Option<PathBuf>) -> anyhow::Result<bool> {
     let dir = match dir {
         Some(dir) => dir,
@@ -50,6 +53,7 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<bool> {
             .iter()
             .map(|(name, text)| (dir.join("rules").join(name), *text)),
     );
+    files.push((dir.join("rules/tests/examples.toml"), EXAMPLE_TESTS));
     let existing: Vec<String> = files
         .iter()
         .filter(|(p, _)| p.exists())
@@ -60,14 +64,14 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<bool> {
         "refusing to overwrite existing files: {}",
         existing.join(", ")
     );
-    std::fs::create_dir_all(dir.join("rules"))
+    std::fs::create_dir_all(dir.join("rules/tests"))
         .with_context(|| format!("cannot create {}", dir.display()))?;
     for (path, text) in &files {
         write_new(path, text)?;
         println!("wrote {}", path.display());
     }
     println!(
-        "next: set the secrets the config names, then `freshet check --config {}`",
+        "next: `freshet test --config {0}` runs the rule tests; set the secrets the config names, then `freshet check --config {0}`",
         files[0].0.display()
     );
     Ok(true)

@@ -1,10 +1,11 @@
-//! The journal commands: `events`, `actions`, `retry`, `replay`. They open the journal
-//! file directly (SQLite in WAL mode lets them read while the daemon writes).
+//! The journal commands: `events` (and `--follow`), `actions`, `alerts`, `retry`,
+//! `replay`. They open the journal file directly (SQLite in WAL mode lets them read while
+//! the daemon writes); `--json` prints one object a line, for scripts.
 
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::journal::{FirstJob, JournalStore, Replay, SqliteJournal};
+use crate::journal::{EventSummary, FirstJob, JobSummary, JournalStore, Replay, SqliteJournal};
 
 /// The journal the config names; it must exist (a mistyped path creates nothing). The
 /// error names the path once.
@@ -12,13 +13,31 @@ fn open(config: &Config) -> anyhow::Result<SqliteJournal> {
     Ok(SqliteJournal::open_existing(&config.journal.path)?)
 }
 
-pub fn list_events(config: &Config, limit: usize, status: Option<&str>) -> anyhow::Result<bool> {
+pub fn list_events(
+    config: &Config,
+    limit: usize,
+    status: Option<&str>,
+    json: bool,
+) -> anyhow::Result<bool> {
     let journal = open(config)?;
     let events = journal.events(limit, status)?;
+    if json {
+        for event in &events {
+            println!("{}", serde_json::to_string(event)?);
+        }
+        return Ok(true);
+    }
     if events.is_empty() {
         println!("no events");
     }
     for event in events {
+        print_event(&event);
+    }
+    Ok(true)
+}
+
+fn print_event(event: &EventSummary) {
+    {
         println!(
             "{}  {}  {}  [{}]",
             event.received_at, event.kind, event.id, event.status
@@ -49,7 +68,6 @@ pub fn list_events(config: &Config, limit: usize, status: Option<&str>) -> anyho
             );
         }
     }
-    Ok(true)
 }
 
 pub fn show_event(config: &Config, id: &str) -> anyhow::Result<bool> {
@@ -61,13 +79,31 @@ pub fn show_event(config: &Config, id: &str) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-pub fn list_actions(config: &Config, status: Option<&str>, limit: usize) -> anyhow::Result<bool> {
+pub fn list_actions(
+    config: &Config,
+    status: Option<&str>,
+    limit: usize,
+    json: bool,
+) -> anyhow::Result<bool> {
     let journal = open(config)?;
     let jobs = journal.jobs(status, limit)?;
+    if json {
+        for job in &jobs {
+            println!("{}", serde_json::to_string(job)?);
+        }
+        return Ok(true);
+    }
     if jobs.is_empty() {
         println!("no actions");
     }
     for job in jobs {
+        print_job(&job);
+    }
+    Ok(true)
+}
+
+fn print_job(job: &JobSummary) {
+    {
         println!(
             "#{}  {}  {}  [{}]  attempt {}/{}  rule {}  event {}{}",
             job.id,
@@ -84,7 +120,6 @@ pub fn list_actions(config: &Config, status: Option<&str>, limit: usize) -> anyh
                 .unwrap_or_default()
         );
     }
-    Ok(true)
 }
 
 pub fn retry(config: &Config, id: i64) -> anyhow::Result<bool> {
@@ -93,7 +128,10 @@ pub fn retry(config: &Config, id: i64) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-pub fn replay(config: &Config, id: &str) -> anyhow::Result<bool> {
+pub fn replay(config: &Config, id: &str, rule: Option<String>) -> anyhow::Result<bool> {
+    if let Some(rule) = &rule {
+        ensure_rule_exists(config, rule)?;
+    }
     let journal = open(config)?;
     let event = journal
         .event(id)?
@@ -107,11 +145,156 @@ pub fn replay(config: &Config, id: &str) -> anyhow::Result<bool> {
     } else {
         FirstJob::EVALUATE
     };
-    let job = journal.queue_replay(id, &Replay { first, rule: None })?;
+    let job = journal.queue_replay(
+        id,
+        &Replay {
+            first,
+            rule: rule.clone(),
+        },
+    )?;
+    let rules = match &rule {
+        Some(rule) => format!("rule {rule}"),
+        None => "the rules".to_string(),
+    };
     if unverified_run {
-        println!("event {id} queued: its Mode run is fetched from Mode first, then the rules run (job #{job}); a running daemon picks it up");
+        println!("event {id} queued: its Mode run is fetched from Mode first, then {rules} run (job #{job}); a running daemon picks it up");
     } else {
-        println!("event {id} queued for evaluation (job #{job}); a running daemon picks it up");
+        println!("event {id} queued for evaluation by {rules} (job #{job}); a running daemon picks it up");
     }
     Ok(true)
 }
+
+/// `--rule NAME` names a rule of the configured folder.
+pub fn ensure_rule_exists(config: &Config, rule: &str) -> anyhow::Result<()> {
+    let path = config.rules.dir.join(format!("{rule}.rhai"));
+    anyhow::ensure!(
+        path.is_file(),
+        "no rule {rule} in {} (a rule is named after its file, without .rhai)",
+        config.rules.dir.display()
+    );
+    Ok(())
+}
+
+/// An alert's state for people: times as RFC 3339.
+#[derive(serde::Serialize)]
+struct AlertLine {
+    name: String,
+    state: &'static str,
+    since: String,
+    last_notified: Option<String>,
+    version: i64,
+}
+
+fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| ms.to_string())
+}
+
+pub fn list_alerts(config: &Config, json: bool) -> anyhow::Result<bool> {
+    let alerts = open(config)?.alerts()?;
+    let lines = alerts.into_iter().map(|alert| AlertLine {
+        state: if alert.firing { "firing" } else { "ok" },
+        since: rfc3339(alert.since_ms),
+        last_notified: alert.last_notified_ms.map(rfc3339),
+        version: alert.version,
+        name: alert.name,
+    });
+    let mut any = false;
+    for line in lines {
+        any = true;
+        if json {
+            println!("{}", serde_json::to_string(&line)?);
+        } else {
+            println!(
+                "{}  [{}]  since {}  last notified {}",
+                line.name,
+                line.state,
+                line.since,
+                line.last_notified.as_deref().unwrap_or("never")
+            );
+        }
+    }
+    if !any && !json {
+        println!("no alerts");
+    }
+    Ok(true)
+}
+
+pub fn reset_alert(config: &Config, name: &str) -> anyhow::Result<bool> {
+    match open(config)?.reset_alert(name)? {
+        None => anyhow::bail!("no alert named {name} (`freshet alerts` lists them)"),
+        Some(false) => println!("alert {name} is already ok"),
+        Some(true) => println!("alert {name} reset to ok; nothing was posted"),
+    }
+    Ok(true)
+}
+
+/// How often `--follow` looks at the journal.
+const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `events --follow`: prints each event and each action outcome journaled from now on,
+/// until Ctrl-C (or SIGTERM). It reads the journal as the other commands do, so it
+/// follows a daemon in another process.
+pub async fn follow(config: &Config, json: bool) -> anyhow::Result<bool> {
+    let journal = std::sync::Arc::new(open(config)?);
+    let mut seen_events = std::collections::HashSet::new();
+    let mut job_states = std::collections::HashMap::new();
+    let mut first = true;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let reading = std::sync::Arc::clone(&journal);
+        let (events, jobs) = tokio::task::spawn_blocking(move || {
+            Ok::<_, crate::journal::JournalError>((
+                reading.events(FOLLOW_WINDOW, None)?,
+                reading.jobs(None, FOLLOW_WINDOW)?,
+            ))
+        })
+        .await??;
+        // Oldest first, as they happened.
+        for event in events.iter().rev() {
+            if seen_events.insert(event.id.clone()) && !first {
+                if json {
+                    let mut line = serde_json::to_value(event)?;
+                    line["kind"] = serde_json::json!("event");
+                    println!("{line}");
+                } else {
+                    println!("event  {}  {}  {}", event.received_at, event.kind, event.id);
+                }
+            }
+        }
+        for job in jobs.iter().rev() {
+            let changed = job_states.insert(job.id, job.status.clone()) != Some(job.status.clone());
+            let outcome = matches!(job.status.as_str(), "succeeded" | "dead" | "retrying");
+            if changed && outcome && !first {
+                if json {
+                    let mut line = serde_json::to_value(job)?;
+                    line["kind"] = serde_json::json!("action");
+                    println!("{line}");
+                } else {
+                    print!("action ");
+                    print_job(job);
+                }
+            }
+        }
+        use std::io::Write;
+        std::io::stdout().flush()?;
+        if first {
+            // On stderr, so that `--json` output stays JSON lines.
+            eprintln!(
+                "Following {}: new events and action outcomes appear below; Ctrl-C stops.",
+                config.journal.path.display()
+            );
+        }
+        first = false;
+        tokio::select! {
+            _ = interrupt.recv() => return Ok(true),
+            _ = terminate.recv() => return Ok(true),
+            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+        }
+    }
+}
+
+/// How many of the newest events and jobs each look at the journal reads.
+const FOLLOW_WINDOW: usize = 500;

@@ -7,6 +7,7 @@
 mod dry_run;
 mod init;
 mod inspect;
+mod rule_tests;
 mod send;
 
 use std::path::PathBuf;
@@ -39,9 +40,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon: HTTP listener, rules with hot reload, action runner, journal.
     Serve,
-    /// Validate the config and compile every rule; print each problem. No network.
+    /// Validate the config and compile every rule; check the functions rules call. No network.
     Check,
-    /// Dry run: evaluate the rules on event files and print the actions they would call.
+    /// Dry run: evaluate the rules on event files and print the calls they make; with no
+    /// event files, run the rule tests in <rules dir>/tests/*.toml.
     Test {
         /// A rules folder or one rule file (default: the configured rules folder).
         #[arg(long, value_name = "PATH")]
@@ -50,17 +52,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
         /// Raw dbt or Mode webhook bodies, or journaled events (`events --show` output).
-        #[arg(required = true, value_name = "EVENT.json")]
+        #[arg(value_name = "EVENT.json")]
         events: Vec<PathBuf>,
     },
-    /// Write a documented freshet.toml and the example rules into DIR (default: the user config dir).
+    /// Write a documented freshet.toml, the example rules and their tests into DIR
+    /// (default: the user config dir).
     Init { dir: Option<PathBuf> },
-    /// Post a sample webhook body to a running daemon and print the answer.
+    /// Post a webhook to a running daemon (a file, or a built-in sample) and print the answer.
     Send {
         #[command(subcommand)]
         target: SendTarget,
     },
-    /// List journaled events, newest first, or show one as JSON.
+    /// List journaled events, newest first, or show one as JSON, or follow new ones.
     Events {
         /// How many events to list.
         #[arg(long, default_value_t = 20)]
@@ -69,18 +72,36 @@ pub enum Command {
         #[arg(long, value_enum)]
         status: Option<EventStatus>,
         /// Print this event as JSON, enriched fields included.
-        #[arg(long, value_name = "ID")]
+        #[arg(long, value_name = "ID", conflicts_with = "follow")]
         show: Option<String>,
+        /// Print events and action outcomes as they are journaled, until interrupted.
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
     },
-    /// List queued and finished actions.
+    /// List queued and finished actions (and jobs that are dead or retrying).
     Actions {
         /// Only actions with this status.
         #[arg(long, value_enum)]
         status: Option<JobStatus>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
     },
-    /// Re-queue a dead action for one more attempt.
+    /// List alert states, or reset one to OK without posting.
+    Alerts {
+        /// Set this alert to OK, posting nothing.
+        #[arg(long, value_name = "NAME")]
+        reset: Option<String>,
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-queue a dead action (or job) for one more attempt.
     Retry {
         #[arg(value_name = "ACTION_ID")]
         id: i64,
@@ -89,7 +110,21 @@ pub enum Command {
     Replay {
         #[arg(value_name = "ID")]
         id: String,
+        /// Print the calls the rules make now, and queue nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Evaluate only this rule (its file name without .rhai).
+        #[arg(long, value_name = "NAME")]
+        rule: Option<String>,
     },
+}
+
+impl Command {
+    /// Commands whose output is read by other programs (`| head`, `| jq`) and that write
+    /// to no socket.
+    pub fn prints_to_a_pipe(&self) -> bool {
+        !matches!(self, Command::Serve | Command::Send { .. })
+    }
 }
 
 /// An event's status in the journal, for `events --status`.
@@ -134,20 +169,54 @@ impl JobStatus {
 
 #[derive(Debug, Subcommand)]
 pub enum SendTarget {
-    /// Sign FILE with the configured dbt secret and post it to /webhooks/dbt.
+    /// Sign a dbt Cloud webhook with the configured dbt secret and post it to /webhooks/dbt.
     Dbt {
-        file: PathBuf,
+        /// The body to post (or use --sample).
+        #[arg(required_unless_present = "sample", conflicts_with = "sample")]
+        file: Option<PathBuf>,
+        /// A built-in sample, with a fresh event id each time.
+        #[arg(long, value_enum)]
+        sample: Option<DbtSample>,
+        /// Give FILE a fresh event id, so posting it again is not a duplicate.
+        #[arg(long)]
+        new_id: bool,
         /// Where to post (default: the configured listen address).
         #[arg(long)]
         url: Option<String>,
     },
-    /// Post FILE to the configured Mode token route.
+    /// Post a Mode webhook to the configured Mode token route.
     Mode {
-        file: PathBuf,
+        /// The body to post (or use --sample).
+        #[arg(required_unless_present = "sample", conflicts_with = "sample")]
+        file: Option<PathBuf>,
+        /// A built-in sample, with a fresh run (and so event id) each time.
+        #[arg(long, value_enum)]
+        sample: Option<ModeSample>,
+        /// Give FILE a fresh run token, so posting it again is not a duplicate.
+        #[arg(long)]
+        new_id: bool,
         /// Where to post (default: the configured listen address and token route).
         #[arg(long)]
         url: Option<String>,
     },
+}
+
+/// The built-in dbt Cloud samples (`send dbt --sample`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum DbtSample {
+    #[value(name = "job.run.completed")]
+    JobRunCompleted,
+    #[value(name = "job.run.errored")]
+    JobRunErrored,
+    #[value(name = "job.run.started")]
+    JobRunStarted,
+}
+
+/// The built-in Mode samples (`send mode --sample`).
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ModeSample {
+    #[value(name = "report_run_completed")]
+    ReportRunCompleted,
 }
 
 /// Runs one command.
@@ -175,6 +244,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             rules,
             json,
             events,
+        } if events.is_empty() => rule_tests::run(config_path.as_deref(), rules.as_deref(), json),
+        Command::Test {
+            rules,
+            json,
+            events,
         } => dry_run::test(config_path.as_deref(), rules.as_deref(), json, &events),
         Command::Init { dir } => init::run(dir),
         Command::Send { target } => send::run(config_path.as_deref(), target).await,
@@ -182,24 +256,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             limit,
             status,
             show,
+            follow,
+            json,
         } => {
             let config = config::load_without_secrets(config_path.as_deref())?;
-            match show {
-                Some(id) => inspect::show_event(&config, &id),
-                None => inspect::list_events(&config, limit, status.map(EventStatus::as_str)),
+            match (show, follow) {
+                (Some(id), _) => inspect::show_event(&config, &id),
+                (None, true) => inspect::follow(&config, json).await,
+                (None, false) => {
+                    inspect::list_events(&config, limit, status.map(EventStatus::as_str), json)
+                }
             }
         }
-        Command::Actions { status, limit } => {
+        Command::Actions {
+            status,
+            limit,
+            json,
+        } => {
             let config = config::load_without_secrets(config_path.as_deref())?;
-            inspect::list_actions(&config, status.map(JobStatus::as_str), limit)
+            inspect::list_actions(&config, status.map(JobStatus::as_str), limit, json)
+        }
+        Command::Alerts { reset, json } => {
+            let config = config::load_without_secrets(config_path.as_deref())?;
+            match reset {
+                Some(name) => inspect::reset_alert(&config, &name),
+                None => inspect::list_alerts(&config, json),
+            }
         }
         Command::Retry { id } => {
             let config = config::load_without_secrets(config_path.as_deref())?;
             inspect::retry(&config, id)
         }
-        Command::Replay { id } => {
+        Command::Replay { id, dry_run, rule } => {
             let config = config::load_without_secrets(config_path.as_deref())?;
-            inspect::replay(&config, &id)
+            if dry_run {
+                dry_run::replay(&config, &id, rule.as_deref())
+            } else {
+                inspect::replay(&config, &id, rule)
+            }
         }
     }
 }

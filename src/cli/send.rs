@@ -1,23 +1,50 @@
-//! `freshet send`: post a sample webhook to a running daemon, signed like dbt Cloud signs
-//! it (or on the Mode token route), so a deployment can be tried without dbt Cloud.
+//! `freshet send`: post a webhook to a running daemon, signed like dbt Cloud signs it (or
+//! on the Mode token route), so a deployment can be tried without dbt Cloud. A body comes
+//! from a file or a built-in sample; samples (and files with `--new-id`) get a fresh
+//! event id each time, so trying again is never a duplicate.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::Path;
 
 use anyhow::{bail, Context};
+use serde_json::Value;
 
-use super::SendTarget;
+use super::{DbtSample, ModeSample, SendTarget};
 use crate::config;
 use crate::ingest::signature;
 
-pub async fn run(config_path: Option<&Path>, target: SendTarget) -> anyhow::Result<bool> {
+/// The built-in samples: the bodies in ../shared/api/samples.
+const DBT_COMPLETED: &str = include_str!("../../tests/fixtures/samples/dbt-job-run-completed.json");
+const DBT_ERRORED: &str = include_str!("../../tests/fixtures/samples/dbt-job-run-errored.json");
+const DBT_STARTED: &str = include_str!("../../tests/fixtures/samples/dbt-job-run-started.json");
+const MODE_RUN_COMPLETED: &str =
+    include_str!("../../tests/fixtures/samples/mode-webhook-report-run-completed.json");
+
+pub async fn run(
+    config_path: Option<&std::path::Path>,
+    target: SendTarget,
+) -> anyhow::Result<bool> {
     let config = config::load(config_path)?;
     let base = format!("http://{}", reachable(config.server.listen));
     let client = reqwest::Client::new();
     let (request, shown_url) = match target {
-        SendTarget::Dbt { file, url } => {
-            let body =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        SendTarget::Dbt {
+            file,
+            sample,
+            new_id,
+            url,
+        } => {
+            let body = match (sample, file) {
+                (Some(sample), _) => fresh_dbt_id(sample_text(sample).as_bytes())?,
+                (None, Some(file)) => {
+                    let body = read(&file)?;
+                    if new_id {
+                        fresh_dbt_id(&body)?
+                    } else {
+                        body
+                    }
+                }
+                (None, None) => bail!("name a FILE or a --sample"),
+            };
             let secret = config
                 .dbt
                 .as_ref()
@@ -34,9 +61,26 @@ pub async fn run(config_path: Option<&Path>, target: SendTarget) -> anyhow::Resu
                 url,
             )
         }
-        SendTarget::Mode { file, url } => {
-            let body =
-                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        SendTarget::Mode {
+            file,
+            sample,
+            new_id,
+            url,
+        } => {
+            let body = match (sample, file) {
+                (Some(ModeSample::ReportRunCompleted), _) => {
+                    fresh_mode_run(MODE_RUN_COMPLETED.as_bytes())?
+                }
+                (None, Some(file)) => {
+                    let body = read(&file)?;
+                    if new_id {
+                        fresh_mode_run(&body)?
+                    } else {
+                        body
+                    }
+                }
+                (None, None) => bail!("name a FILE or a --sample"),
+            };
             let (url, shown) = match url {
                 Some(url) => (url, "the given --url".to_string()),
                 None => {
@@ -83,11 +127,105 @@ pub async fn run(config_path: Option<&Path>, target: SendTarget) -> anyhow::Resu
     Ok(status.is_success())
 }
 
+fn sample_text(sample: DbtSample) -> &'static str {
+    match sample {
+        DbtSample::JobRunCompleted => DBT_COMPLETED,
+        DbtSample::JobRunErrored => DBT_ERRORED,
+        DbtSample::JobRunStarted => DBT_STARTED,
+    }
+}
+
+fn read(file: &std::path::Path) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))
+}
+
+/// 26 random letters and digits, the shape of dbt's and Mode's own ids.
+fn random_id(len: usize) -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut rng = rand::thread_rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// The dbt body with a new `eventId` (dbt's de-duplication key), so it is a new event.
+fn fresh_dbt_id(body: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut value: Value = serde_json::from_slice(body).context("the body is not JSON")?;
+    let object = value
+        .as_object_mut()
+        .context("a dbt webhook body is a JSON object")?;
+    object.insert(
+        "eventId".into(),
+        Value::String(format!("wev_{}", random_id(27))),
+    );
+    Ok(serde_json::to_vec(&value)?)
+}
+
+/// The Mode body with its run (or, with no run, its report) token replaced in the URL:
+/// Mode's event id is the resource path. The run named is then one Mode does not have,
+/// so fetching it fails (and is retried, then dead): the sample tries intake and rules
+/// on an unverified event, not a real run.
+fn fresh_mode_run(body: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut value: Value = serde_json::from_slice(body).context("the body is not JSON")?;
+    let object = value
+        .as_object_mut()
+        .context("a Mode webhook body is a JSON object")?;
+    let Some((key, url)) = object
+        .iter()
+        .find(|(key, value)| key.ends_with("_url") && value.is_string())
+        .map(|(key, value)| (key.clone(), value.as_str().unwrap_or_default().to_string()))
+    else {
+        bail!("the Mode body has no *_url to give a fresh id");
+    };
+    let mut segments: Vec<String> = url.split('/').map(String::from).collect();
+    let marker = if segments.iter().any(|s| s == "runs") {
+        "runs"
+    } else {
+        "reports"
+    };
+    let at = segments
+        .iter()
+        .position(|s| s == marker)
+        .map(|i| i + 1)
+        .filter(|i| *i < segments.len())
+        .with_context(|| format!("the {key} names no report or run"))?;
+    segments[at] = random_id(12);
+    object.insert(key, Value::String(segments.join("/")));
+    Ok(serde_json::to_vec(&value)?)
+}
+
 /// The address to contact for a listen address (a wildcard listen is reached on loopback).
 fn reachable(listen: SocketAddr) -> SocketAddr {
     if listen.ip().is_unspecified() {
         SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), listen.port())
     } else {
         listen
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_ids_differ_every_time() {
+        let a: Value =
+            serde_json::from_slice(&fresh_dbt_id(DBT_COMPLETED.as_bytes()).unwrap()).unwrap();
+        let b: Value =
+            serde_json::from_slice(&fresh_dbt_id(DBT_COMPLETED.as_bytes()).unwrap()).unwrap();
+        assert_ne!(a["eventId"], b["eventId"]);
+        assert_eq!(a["data"], b["data"], "only the id changes");
+        let a: Value =
+            serde_json::from_slice(&fresh_mode_run(MODE_RUN_COMPLETED.as_bytes()).unwrap())
+                .unwrap();
+        let b: Value =
+            serde_json::from_slice(&fresh_mode_run(MODE_RUN_COMPLETED.as_bytes()).unwrap())
+                .unwrap();
+        assert_ne!(a["report_run_url"], b["report_run_url"]);
+        assert!(a["report_run_url"]
+            .as_str()
+            .unwrap()
+            .contains("/api/acme/reports/2b3c4d5e6f70/runs/"));
     }
 }

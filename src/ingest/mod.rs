@@ -547,6 +547,9 @@ mod tests {
         fn alerts(&self) -> Result<Vec<AlertState>, JournalError> {
             down()
         }
+        fn reset_alert(&self, _: &str) -> Result<Option<bool>, JournalError> {
+            down()
+        }
         fn prune(&self, _: u32) -> Result<usize, JournalError> {
             down()
         }

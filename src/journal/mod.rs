@@ -372,6 +372,11 @@ pub trait JournalStore: Send + Sync + 'static {
     /// Current state of every alert.
     fn alerts(&self) -> Result<Vec<AlertState>, JournalError>;
 
+    /// Sets alert `name` to OK without posting anything (`freshet alerts --reset`): a new
+    /// state version, so a later transition posts as usual. None if there is no such
+    /// alert; Some(false) if it was OK already.
+    fn reset_alert(&self, name: &str) -> Result<Option<bool>, JournalError>;
+
     /// Deletes events older than `days` whose jobs are all finished; returns how many.
     fn prune(&self, days: u32) -> Result<usize, JournalError>;
 }

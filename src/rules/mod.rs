@@ -4,6 +4,7 @@
 //!
 //! - [`engine`]: the sandboxed engine and its limits.
 //! - [`api`]: the functions rules call; they only record.
+//! - [`lint`]: the name checks of `freshet check` (unknown functions, argument counts).
 //! - [`load`]: compile a folder, keeping the last good version of a broken file.
 //! - [`memory`]: the memory budget of one evaluation.
 //! - [`watch`]: hot reload (notify, debounced) into an `ArcSwap<RuleSet>`.
@@ -11,6 +12,7 @@
 
 pub mod api;
 pub mod engine;
+pub mod lint;
 pub mod load;
 pub mod memory;
 pub mod watch;

@@ -680,6 +680,26 @@ impl JournalStore for SqliteJournal {
         })
     }
 
+    fn reset_alert(&self, name: &str) -> Result<Option<bool>, JournalError> {
+        self.write(|tx| {
+            let Some(state) = load_alert(tx, name)? else {
+                return Ok(None);
+            };
+            if !state.firing {
+                return Ok(Some(false));
+            }
+            exec(
+                tx,
+                &format!(
+                    "UPDATE alerts SET state = 'ok', version = version + 1, since_ms = {NOW_MS}
+                     WHERE name = ?1"
+                ),
+                [name],
+            )?;
+            Ok(Some(true))
+        })
+    }
+
     fn prune(&self, days: u32) -> Result<usize, JournalError> {
         self.write(|tx| {
             let cutoff = format!("{NOW_MS} - {}", i64::from(days) * 86_400_000);
