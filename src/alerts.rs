@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use crate::journal::{job_key, AlertCall, AlertState};
+use crate::journal::{job_key, AlertCall, AlertState, AlertTransition};
 
 /// What an `alert(..)` call leads to.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +17,15 @@ pub struct Decision {
     pub post: Option<(String, Value)>,
     /// A short description for `freshet test` and logs.
     pub summary: String,
+}
+
+/// [`decide`] as the journal applies it (`Evaluation::decide_alert`).
+pub fn transition(previous: Option<&AlertState>, call: &AlertCall, now_ms: i64) -> AlertTransition {
+    let decision = decide(previous, call, now_ms);
+    AlertTransition {
+        new_state: decision.new_state,
+        post: decision.post,
+    }
 }
 
 /// Decides the effect of `call` given the stored state `previous`, at `now_ms`.

@@ -32,6 +32,11 @@ pub struct ActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    pub instance: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -48,6 +53,8 @@ pub struct Metrics {
     pub rules_loaded: Gauge,
     pub rule_compile_errors: Gauge,
     pub journal_backlog: Gauge,
+    /// 1 for this instance's name in a shared journal.
+    pub instance_info: Family<InstanceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -115,8 +122,15 @@ impl Metrics {
             "Actions not yet finished (pending, retrying, running)",
             journal_backlog.clone(),
         );
+        let instance_info = Family::<InstanceLabels, Gauge>::default();
+        registry.register(
+            "instance",
+            "This instance's name in a shared (PostgreSQL) journal: the events it journals and the jobs it runs carry it",
+            instance_info.clone(),
+        );
         Metrics {
             registry,
+            instance_info,
             events_received,
             webhooks_rejected,
             rule_evaluations,
@@ -136,6 +150,14 @@ impl Metrics {
                 r#type: kind.to_string(),
             })
             .inc();
+    }
+
+    pub fn instance(&self, name: &str) {
+        self.instance_info
+            .get_or_create(&InstanceLabels {
+                instance: name.to_string(),
+            })
+            .set(1);
     }
 
     pub fn webhook_rejected(&self, source: &str, reason: &str) {

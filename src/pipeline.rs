@@ -26,7 +26,7 @@ use crate::actions::runner::ActionWorker;
 use crate::config::{self, Config};
 use crate::enrich::EnrichWorker;
 use crate::ingest::{self, listener, Health, Intake, IntakeSecrets};
-use crate::journal::{blocking, Journal, SqliteJournal};
+use crate::journal::{self, blocking, Journal, Queue};
 use crate::metrics::Metrics;
 use crate::rules::engine::build_engine;
 use crate::rules::watch::{Rules, Watch};
@@ -43,12 +43,11 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let signals = Signals::install();
     ensure_rules_folder(&config.rules.dir)?;
     let file_limit = listener::raise_file_limit().unwrap_or(1024);
-    let journal_path = config.journal.path.clone();
-    let journal: Journal = Arc::new(
-        tokio::task::spawn_blocking(move || SqliteJournal::open_for_serve(&journal_path))
+    let journal_config = config.journal.clone();
+    let journal: Journal =
+        tokio::task::spawn_blocking(move || journal::open_for_serve(&journal_config))
             .await
-            .context("journal open task failed")??,
-    );
+            .context("journal open task failed")??;
     let released = blocking(&journal, |j| j.release_running()).await?;
     if released.again > 0 {
         tracing::warn!(
@@ -64,6 +63,10 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     }
 
     let metrics = Arc::new(Metrics::new());
+    if let Some(instance) = journal.instance() {
+        metrics.instance(&instance);
+        tracing::info!(instance = %instance, "Sharing the PostgreSQL journal as this instance.");
+    }
     let health = Arc::new(Health::default());
     let current = Arc::new(ArcSwap::from_pointee(config.clone()));
     let secrets = Arc::new(ArcSwap::from_pointee(IntakeSecrets::from_config(&config)));
@@ -72,6 +75,19 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     // One client (and connection pool) for every call to Mode, Tableau and Slack.
     let http = crate::actions::client::build_client(&config.actions).map_err(anyhow::Error::msg)?;
     let actions_wake = Arc::new(Notify::new());
+    // Work queued by another instance (a shared journal) wakes the stage that takes it.
+    journal.on_work({
+        let (evaluate, enrich, actions) = (
+            Arc::clone(&evaluate_wake),
+            Arc::clone(&enrich_wake),
+            Arc::clone(&actions_wake),
+        );
+        Arc::new(move |queue| match queue {
+            Queue::Evaluate => evaluate.notify_waiters(),
+            Queue::Enrich => enrich.notify_waiters(),
+            Queue::Action => actions.notify_waiters(),
+        })
+    });
 
     let watch = Watch::start(&config.rules.dir);
     let rules = {
@@ -161,7 +177,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
 
     // Logged once every stage and the rules watcher are running: tests and operators
     // take this line to mean the daemon is up, not only its port.
-    tracing::info!(addr = %addr, journal = %config.journal.path.display(), "Listening.");
+    tracing::info!(addr = %addr, journal = %journal::describe(&config.journal), "Listening.");
     // READY=1 first: the watchdog's first ping goes out at once.
     service::ready();
     service::spawn_watchdog(stop_workers.clone());
@@ -253,7 +269,10 @@ fn warn_about_restart_only_changes(running: &Config, next: &Config) {
                 || running.server.max_body_bytes != next.server.max_body_bytes
                 || running.server.max_pending_body_bytes != next.server.max_pending_body_bytes,
         ),
-        ("journal.path", running.journal.path != next.journal.path),
+        (
+            "journal",
+            running.journal.path != next.journal.path || running.journal.url != next.journal.url,
+        ),
         ("rules.dir", running.rules.dir != next.rules.dir),
         (
             "rules.max_operations",

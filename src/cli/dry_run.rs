@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::config::{self, Config, ConfigLocation};
 use crate::event::{now_rfc3339, Event, Source};
 use crate::ingest::{dbt_cloud, mode};
-use crate::journal::{AlertState, JournalStore, SqliteJournal};
+use crate::journal::AlertState;
 use crate::rules::engine::build_engine;
 use crate::rules::lint::{check_names, KnownFunctions};
 use crate::rules::load::{load_dir, load_files};
@@ -133,7 +133,7 @@ pub fn replay(config: &Config, id: &str, rule: Option<&str>) -> anyhow::Result<b
     if let Some(rule) = rule {
         super::inspect::ensure_rule_exists(config, rule)?;
     }
-    let journal = SqliteJournal::open_existing(&config.journal.path)?;
+    let journal = crate::journal::open_for_command(&config.journal)?;
     let event = journal
         .event(id)?
         .with_context(|| format!("no journaled event with id {id}"))?;
@@ -229,10 +229,10 @@ pub fn load_rules(engine: &rhai::Engine, path: &Path) -> anyhow::Result<RuleSet>
 
 /// Alert states from the journal, if one exists (opened only to read).
 pub fn current_alerts(config: &Config) -> Vec<AlertState> {
-    if !config.journal.path.is_file() {
+    if config.journal.url.is_none() && !config.journal.path.is_file() {
         return Vec::new();
     }
-    SqliteJournal::open_existing(&config.journal.path)
+    crate::journal::open_for_command(&config.journal)
         .and_then(|journal| journal.alerts())
         .unwrap_or_default()
 }

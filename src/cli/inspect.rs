@@ -5,12 +5,12 @@
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::journal::{EventSummary, FirstJob, JobSummary, JournalStore, Replay, SqliteJournal};
+use crate::journal::{self, EventSummary, FirstJob, JobSummary, Journal, Replay};
 
 /// The journal the config names; it must exist (a mistyped path creates nothing). The
 /// error names the path once.
-fn open(config: &Config) -> anyhow::Result<SqliteJournal> {
-    Ok(SqliteJournal::open_existing(&config.journal.path)?)
+fn open(config: &Config) -> anyhow::Result<Journal> {
+    Ok(journal::open_for_command(&config.journal)?)
 }
 
 pub fn list_events(
@@ -39,8 +39,16 @@ pub fn list_events(
 fn print_event(event: &EventSummary) {
     {
         println!(
-            "{}  {}  {}  [{}]",
-            event.received_at, event.kind, event.id, event.status
+            "{}  {}  {}  [{}]{}",
+            event.received_at,
+            event.kind,
+            event.id,
+            event.status,
+            event
+                .instance
+                .as_deref()
+                .map(|i| format!("  by {i}"))
+                .unwrap_or_default()
         );
         for rule in &event.rules {
             match &rule.error {
@@ -237,7 +245,7 @@ const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 /// until Ctrl-C (or SIGTERM). It reads the journal as the other commands do, so it
 /// follows a daemon in another process.
 pub async fn follow(config: &Config, json: bool) -> anyhow::Result<bool> {
-    let journal = std::sync::Arc::new(open(config)?);
+    let journal = open(config)?;
     let mut seen_events = std::collections::HashSet::new();
     let mut job_states = std::collections::HashMap::new();
     let mut first = true;
@@ -284,7 +292,7 @@ pub async fn follow(config: &Config, json: bool) -> anyhow::Result<bool> {
             // On stderr, so that `--json` output stays JSON lines.
             eprintln!(
                 "Following {}: new events and action outcomes appear below; Ctrl-C stops.",
-                config.journal.path.display()
+                journal::describe(&config.journal)
             );
         }
         first = false;

@@ -69,6 +69,9 @@ impl Default for RawRules {
 struct RawJournal {
     path: Option<PathBuf>,
     retention_days: u32,
+    /// PostgreSQL instead of SQLite (SPEC section 10).
+    url: Option<SecretRef>,
+    lease_seconds: u64,
 }
 
 impl Default for RawJournal {
@@ -76,6 +79,8 @@ impl Default for RawJournal {
         RawJournal {
             path: None,
             retention_days: 30,
+            url: None,
+            lease_seconds: 30,
         }
     }
 }
@@ -402,6 +407,28 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
         })
     });
 
+    // The journal's URL is needed by every command (they all read the journal), so it is
+    // read even when the other secrets are not.
+    let journal_url = raw.journal.url.as_ref().and_then(|reference| {
+        let secrets = std::mem::replace(&mut problems.secrets, super::Secrets::Resolve);
+        let url = problems.secret("journal.url", reference);
+        problems.secrets = secrets;
+        let url = url?;
+        let postgres =
+            url.expose().starts_with("postgres://") || url.expose().starts_with("postgresql://");
+        if !postgres {
+            problems.error(
+                "journal.url",
+                "must be a postgres:// URL (the value is not shown: it may hold a password)",
+            );
+            return None;
+        }
+        Some(url)
+    });
+    if raw.journal.lease_seconds < 3 {
+        problems.error("journal.lease_seconds", "must be at least 3");
+    }
+
     let actions = &raw.actions;
     if actions.max_attempts == 0 {
         problems.error("actions.max_attempts", "must be at least 1");
@@ -445,6 +472,8 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
             max_operations: raw.rules.max_operations,
         },
         journal: JournalConfig {
+            url: journal_url,
+            lease_seconds: raw.journal.lease_seconds,
             path: journal_path,
             retention_days: raw.journal.retention_days,
         },

@@ -93,7 +93,12 @@ pub struct RulesConfig {
 
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
+    /// The SQLite file (unused with `url`).
     pub path: PathBuf,
+    /// A PostgreSQL URL: several instances share the journal (SPEC section 10).
+    pub url: Option<Secret>,
+    /// How long a PostgreSQL job lease holds without renewal by its instance.
+    pub lease_seconds: u64,
     pub retention_days: u32,
 }
 

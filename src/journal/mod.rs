@@ -10,6 +10,9 @@
 //! a second implementation of the same trait: the SQL here already claims with
 //! `UPDATE .. RETURNING` and leases, which is what `FOR UPDATE SKIP LOCKED` needs.
 
+#[cfg(test)]
+mod contract;
+pub mod postgres;
 mod schema;
 pub mod sqlite;
 
@@ -20,6 +23,7 @@ use serde_json::Value;
 
 use crate::event::Event;
 
+pub use postgres::PostgresJournal;
 pub use sqlite::SqliteJournal;
 
 /// Shared handle on the journal, used by every stage.
@@ -40,6 +44,9 @@ pub enum JournalError {
     Invalid(String),
     #[error("the journal could not commit: {0}")]
     Commit(String),
+    /// PostgreSQL failed or cannot be reached.
+    #[error("journal database error: {0}")]
+    Backend(String),
 }
 
 /// The answer to [`JournalStore::append`], given once the transaction that holds the event
@@ -156,6 +163,16 @@ pub enum Queue {
 }
 
 impl Queue {
+    /// The queue named `name` (as `as_str` writes it).
+    pub fn parse(name: &str) -> Option<Queue> {
+        match name {
+            "enrich" => Some(Queue::Enrich),
+            "evaluate" => Some(Queue::Evaluate),
+            "action" => Some(Queue::Action),
+            _ => None,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Queue::Enrich => "enrich",
@@ -242,14 +259,44 @@ pub struct RuleRun {
 }
 
 /// Everything an evaluation decided, written in one transaction.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Evaluation {
     pub rule_runs: Vec<RuleRun>,
     pub jobs: Vec<NewJob>,
     pub alerts: Vec<AlertCall>,
     /// `max_attempts` for the Slack posts that alert transitions queue.
     pub alert_max_attempts: u32,
+    /// Decides each alert call's transition from the state stored when the transaction
+    /// reads it (the evaluate stage's `alerts::transition`): the journal applies it and
+    /// knows nothing of alerts itself.
+    pub decide_alert: AlertDecider,
 }
+
+impl Default for Evaluation {
+    fn default() -> Self {
+        Evaluation {
+            rule_runs: Vec::new(),
+            jobs: Vec::new(),
+            alerts: Vec::new(),
+            alert_max_attempts: 1,
+            decide_alert: |_, _, _| AlertTransition::default(),
+        }
+    }
+}
+
+/// What an alert call does: the state to store (if it changes) and the post to queue
+/// (its job key and payload).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertTransition {
+    pub new_state: Option<AlertState>,
+    pub post: Option<(String, Value)>,
+}
+
+/// Decides an alert call's transition from the stored state, at a time (ms).
+pub type AlertDecider = fn(Option<&AlertState>, &AlertCall, i64) -> AlertTransition;
+
+/// Wakes the stage that takes jobs of a queue (when another instance queued work).
+pub type WorkWaker = Arc<dyn Fn(Queue) + Send + Sync>;
 
 /// A call to `alert(..)`: the transition is decided inside the evaluation's transaction.
 #[derive(Debug, Clone, PartialEq)]
@@ -279,6 +326,9 @@ pub struct AlertState {
 #[derive(Debug, Clone, Serialize)]
 pub struct EventSummary {
     pub id: String,
+    /// The instance that journaled it (a shared journal only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     #[serde(rename = "type")]
     pub kind: String,
     pub received_at: String,
@@ -291,6 +341,9 @@ pub struct EventSummary {
 #[derive(Debug, Clone, Serialize)]
 pub struct JobSummary {
     pub id: i64,
+    /// The instance that ran (or runs) it (a shared journal only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     pub kind: String,
     pub event_id: String,
     pub rule: Option<String>,
@@ -379,6 +432,93 @@ pub trait JournalStore: Send + Sync + 'static {
 
     /// Deletes events older than `days` whose jobs are all finished; returns how many.
     fn prune(&self, days: u32) -> Result<usize, JournalError>;
+
+    /// Asks to be woken when another process queues work (PostgreSQL: `LISTEN`). The
+    /// stages poll as well, so a backend without notifications does nothing here.
+    fn on_work(&self, _waker: WorkWaker) {}
+
+    /// This process's name in a shared journal (who journaled an event, who ran a job);
+    /// None when one process has the journal to itself.
+    fn instance(&self) -> Option<String> {
+        None
+    }
+}
+
+/// An `enrich` or `evaluate` job for an event. Its key is made of the queue and the event
+/// id, plus `suffix` for a later evaluation of the same event (a replay).
+pub fn stage_job(stage: FirstJob, event_id: &str, suffix: Option<&str>, payload: Value) -> NewJob {
+    let queue = stage.queue;
+    let mut parts = vec![queue.as_str(), event_id];
+    parts.extend(suffix);
+    NewJob {
+        queue,
+        kind: queue.as_str().to_string(),
+        event_id: event_id.to_string(),
+        rule: None,
+        job_key: job_key(&parts),
+        coalesce_key: None,
+        payload,
+        max_attempts: stage.max_attempts,
+    }
+}
+
+/// Which of the claim candidates (soonest first; id and attempts so far) to lease. A job
+/// tried before may be the one that killed the process last time, so it is leased alone:
+/// if it does so again, it takes no other job's attempt with it (SPEC section 11, poison
+/// events). Fresh jobs are leased together, the earliest due deciding which kind goes
+/// first.
+pub fn isolate_retried(candidates: &[(i64, u32)]) -> Vec<i64> {
+    match candidates.first() {
+        None => Vec::new(),
+        Some(&(id, attempt)) if attempt > 0 => vec![id],
+        Some(_) => candidates
+            .iter()
+            .filter(|(_, attempt)| *attempt == 0)
+            .map(|(id, _)| *id)
+            .collect(),
+    }
+}
+
+/// The replay suffix of a stage job's key (`replay3`), from its payload.
+pub fn replay_suffix(payload: &Value) -> Option<String> {
+    payload
+        .get("replay")
+        .and_then(Value::as_i64)
+        .map(|n| format!("replay{n}"))
+}
+
+/// Opens the journal the config names for `freshet serve`: PostgreSQL with `url`
+/// (several instances share it), else the SQLite file (held exclusively). Blocking.
+pub fn open_for_serve(config: &crate::config::JournalConfig) -> Result<Journal, JournalError> {
+    Ok(match &config.url {
+        Some(url) => Arc::new(PostgresJournal::open(
+            url.expose(),
+            config.lease_seconds,
+            postgres::Role::Serve,
+        )?),
+        None => Arc::new(SqliteJournal::open_for_serve(&config.path)?),
+    })
+}
+
+/// Opens the journal for a CLI command, beside a running daemon; never creates one.
+pub fn open_for_command(config: &crate::config::JournalConfig) -> Result<Journal, JournalError> {
+    Ok(match &config.url {
+        Some(url) => Arc::new(PostgresJournal::open(
+            url.expose(),
+            config.lease_seconds,
+            postgres::Role::Command,
+        )?),
+        None => Arc::new(SqliteJournal::open_existing(&config.path)?),
+    })
+}
+
+/// Where the journal is, for logs: the SQLite path, or "PostgreSQL" (a URL may hold a
+/// password, so it is never shown).
+pub fn describe(config: &crate::config::JournalConfig) -> String {
+    match &config.url {
+        Some(_) => "PostgreSQL (journal.url)".to_string(),
+        None => config.path.display().to_string(),
+    }
 }
 
 /// Runs a blocking journal call off the async workers.

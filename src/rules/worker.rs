@@ -138,6 +138,7 @@ pub fn build_evaluation(
     let too_deep = event.chain_depth >= MAX_CHAIN_DEPTH;
     let mut evaluation = Evaluation {
         alert_max_attempts: config.actions.max_attempts,
+        decide_alert: crate::alerts::transition,
         ..Default::default()
     };
     for outcome in outcomes {

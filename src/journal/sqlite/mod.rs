@@ -10,8 +10,9 @@ use serde_json::Value;
 
 use super::schema::{MIGRATIONS, NOW_MS};
 use super::{
-    AlertState, AppendReply, AppendTicket, Evaluation, EventSummary, FirstJob, FollowUp, Job,
-    JobOutcome, JobSummary, JournalError, JournalStore, KeyedJob, Queue, Released, Replay, RuleRun,
+    isolate_retried, replay_suffix, stage_job, AlertState, AppendReply, AppendTicket, Evaluation,
+    EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobSummary, JournalError, JournalStore,
+    KeyedJob, Queue, Released, Replay, RuleRun,
 };
 use crate::event::Event;
 
@@ -46,22 +47,6 @@ struct PendingAppend {
 }
 
 const COMMIT_THREAD_STOPPED: &str = "the journal's commit thread has stopped";
-
-/// Which of the claim candidates (soonest first) to lease. A job tried before may be the
-/// one that killed the process last time, so it is leased alone: if it does so again, it
-/// takes no other job's attempt with it (SPEC section 11, poison events). Fresh jobs are
-/// leased together, the earliest due deciding which kind goes first.
-fn isolate_retried(candidates: &[(i64, u32)]) -> Vec<i64> {
-    match candidates.first() {
-        None => Vec::new(),
-        Some(&(id, attempt)) if attempt > 0 => vec![id],
-        Some(_) => candidates
-            .iter()
-            .filter(|(_, attempt)| *attempt == 0)
-            .map(|(id, _)| *id)
-            .collect(),
-    }
-}
 
 /// Most appends in one transaction, so that one commit cannot grow without bound.
 const MAX_APPEND_BATCH: usize = 1024;
@@ -369,6 +354,7 @@ impl JournalStore for SqliteJournal {
             let rows = statement.query_map(params![status, limit as i64], |row| {
                 Ok(EventSummary {
                     id: row.get(0)?,
+                    instance: None,
                     kind: row.get(1)?,
                     received_at: row.get(2)?,
                     status: row.get(3)?,
@@ -527,8 +513,7 @@ impl JournalStore for SqliteJournal {
                 params![body, event.id],
             )?;
             // A replayed enrichment carries the replay's number on to its evaluation.
-            let replay = job.payload.get("replay").and_then(Value::as_i64);
-            let suffix = replay.map(|n| format!("replay{n}"));
+            let suffix = replay_suffix(&job.payload);
             insert_job(
                 tx,
                 &stage_job(

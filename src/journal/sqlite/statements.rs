@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::super::schema::NOW_MS;
 use super::super::{
-    job_key, AlertState, Appended, Evaluation, FirstJob, Job, JobSummary, JournalError, NewJob,
+    stage_job, AlertState, Appended, Evaluation, FirstJob, Job, JobSummary, JournalError, NewJob,
     Queue,
 };
 use super::{exec, now_ms};
@@ -112,30 +112,6 @@ pub(super) fn insert_event(
     Ok(Appended::New)
 }
 
-/// An `enrich` or `evaluate` job for an event. Its key is made of the queue and the event
-/// id, plus `suffix` for a later evaluation of the same event (a replay).
-pub(super) fn stage_job(
-    stage: FirstJob,
-    event_id: &str,
-    suffix: Option<&str>,
-    payload: Value,
-) -> NewJob {
-    let queue = stage.queue;
-    let mut parts = vec![queue.as_str(), event_id];
-    parts.extend(suffix);
-    let job_key = job_key(&parts);
-    NewJob {
-        queue,
-        kind: queue.as_str().to_string(),
-        event_id: event_id.to_string(),
-        rule: None,
-        job_key,
-        coalesce_key: None,
-        payload,
-        max_attempts: stage.max_attempts,
-    }
-}
-
 /// Inserts a job; an existing job key or a pending identical call makes it a no-op.
 pub(super) fn insert_job(tx: &Connection, job: &NewJob) -> Result<bool, JournalError> {
     let payload =
@@ -183,6 +159,7 @@ pub(super) fn job_summary(row: &rusqlite::Row) -> rusqlite::Result<(JobSummary, 
     Ok((
         JobSummary {
             id: row.get("id")?,
+            instance: None,
             kind: row.get("kind")?,
             event_id: row.get("event_id")?,
             rule: row.get("rule")?,
@@ -242,7 +219,7 @@ pub(super) fn record_evaluation(
     let now = now_ms(tx)?;
     for call in &evaluation.alerts {
         let previous = load_alert(tx, &call.name)?;
-        let decision = crate::alerts::decide(previous.as_ref(), call, now);
+        let decision = (evaluation.decide_alert)(previous.as_ref(), call, now);
         if let Some(state) = &decision.new_state {
             exec(tx,
                         "INSERT INTO alerts (name, state, version, since_ms, last_notified_ms, event_id)

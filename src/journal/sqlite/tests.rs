@@ -1,10 +1,11 @@
-//! The SQLite journal against real files in a temp dir.
+//! What only the SQLite journal does, against real files in a temp dir (the contract
+//! every backend keeps is in `journal/contract.rs`).
 
 use super::*;
 use std::path::PathBuf;
 
 use crate::event::Source;
-use crate::journal::{Appended, FirstJob, FollowUp, NewJob, Released, Replay};
+use crate::journal::{Appended, FirstJob, Released, Replay};
 use serde_json::json;
 
 fn event(id: &str) -> Event {
@@ -31,86 +32,6 @@ fn open() -> (tempfile::TempDir, SqliteJournal) {
     (dir, SqliteJournal::open(&path).unwrap())
 }
 
-fn action(event_id: &str, key: &str, coalesce: Option<&str>) -> NewJob {
-    NewJob {
-        queue: Queue::Action,
-        kind: "tableau_refresh".into(),
-        event_id: event_id.into(),
-        rule: Some("r".into()),
-        job_key: key.into(),
-        coalesce_key: coalesce.map(String::from),
-        payload: json!({"workbook": "Finance"}),
-        max_attempts: 2,
-    }
-}
-
-#[test]
-fn duplicate_ids_insert_nothing() {
-    let (_dir, journal) = open();
-    assert_eq!(
-        journal
-            .append(&event("dbt:a"), FirstJob::EVALUATE)
-            .wait()
-            .unwrap(),
-        Appended::New
-    );
-    assert_eq!(
-        journal
-            .append(&event("dbt:a"), FirstJob::EVALUATE)
-            .wait()
-            .unwrap(),
-        Appended::Duplicate
-    );
-    let jobs = journal.claim(Queue::Evaluate, 10, 60_000).unwrap();
-    assert_eq!(jobs.len(), 1);
-    assert!(
-        journal
-            .claim(Queue::Evaluate, 10, 60_000)
-            .unwrap()
-            .is_empty(),
-        "leased jobs are not claimed twice"
-    );
-}
-
-#[test]
-fn concurrent_appends_are_each_answered_after_their_commit() {
-    let (_dir, path) = temp_path();
-    let journal = SqliteJournal::open(&path).unwrap();
-    // Queued all at once, so that the commit thread takes them in batches; each id is sent
-    // twice in a row (most often into the same transaction), and only one may be new.
-    let tickets: Vec<_> = (0..300)
-        .map(|i| {
-            let id = format!("dbt:{}", i / 2);
-            (id.clone(), journal.append(&event(&id), FirstJob::EVALUATE))
-        })
-        .collect();
-    // A connection of its own sees only committed rows: an event answered before its
-    // commit would be missing here.
-    let reader = Connection::open(&path).unwrap();
-    let mut new = std::collections::BTreeSet::new();
-    for (id, ticket) in tickets {
-        if ticket.wait().unwrap() == Appended::New {
-            assert!(new.insert(id.clone()), "{id} was new twice");
-            let committed: i64 = reader
-                .query_row("SELECT COUNT(*) FROM events WHERE id = ?1", [&id], |row| {
-                    row.get(0)
-                })
-                .unwrap();
-            assert_eq!(committed, 1, "{id} was answered before its commit");
-        }
-    }
-    drop(journal);
-    let reopened = SqliteJournal::open(&path).unwrap();
-    let stored = reopened.events(1000, None).unwrap();
-    assert_eq!(new.len(), 150);
-    assert_eq!(stored.len(), 150);
-    assert_eq!(
-        reopened.claim(Queue::Evaluate, 1000, 60_000).unwrap().len(),
-        150,
-        "one evaluate job per new event"
-    );
-}
-
 #[test]
 fn appends_still_queued_when_the_journal_is_dropped_are_committed() {
     let (_dir, path) = temp_path();
@@ -124,110 +45,6 @@ fn appends_still_queued_when_the_journal_is_dropped_are_committed() {
     }
     let reopened = SqliteJournal::open(&path).unwrap();
     assert_eq!(reopened.events(100, None).unwrap().len(), 50);
-}
-
-#[test]
-fn evaluation_is_recorded_once_and_actions_coalesce() {
-    let (_dir, journal) = open();
-    journal
-        .append(&event("dbt:a"), FirstJob::EVALUATE)
-        .wait()
-        .unwrap();
-    let job = journal.claim(Queue::Evaluate, 1, 60_000).unwrap().remove(0);
-    let evaluation = Evaluation {
-        rule_runs: vec![RuleRun {
-            rule: "r".into(),
-            outcome: "fired".into(),
-            actions: 2,
-            error: None,
-        }],
-        jobs: vec![
-            action("dbt:a", "k1", Some("c")),
-            action("dbt:a", "k2", Some("c")),
-        ],
-        alerts: vec![],
-        alert_max_attempts: 2,
-    };
-    assert!(
-        journal
-            .finish_evaluations(&[(job.clone(), evaluation.clone())])
-            .unwrap()[0]
-    );
-    assert!(
-        !journal
-            .finish_evaluations(&[(job.clone(), evaluation.clone())])
-            .unwrap()[0],
-        "a finished lease cannot finish again"
-    );
-    let jobs = journal.jobs(None, 10).unwrap();
-    assert_eq!(jobs.len(), 1, "identical pending calls merge");
-    let summary = &journal.events(10, None).unwrap()[0];
-    assert_eq!(summary.status, "evaluated");
-    assert_eq!(summary.rules[0].rule, "r");
-}
-
-#[test]
-fn retries_then_dead_then_manual_retry() {
-    let (_dir, journal) = open();
-    journal
-        .append(&event("dbt:a"), FirstJob::EVALUATE)
-        .wait()
-        .unwrap();
-    let eval = journal.claim(Queue::Evaluate, 1, 60_000).unwrap().remove(0);
-    let evaluation = Evaluation {
-        jobs: vec![action("dbt:a", "k1", None)],
-        ..Default::default()
-    };
-    journal.finish_evaluations(&[(eval, evaluation)]).unwrap();
-    let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
-    let retry = JobOutcome::Retry {
-        delay_ms: 0,
-        error: "HTTP 500".into(),
-    };
-    assert_eq!(
-        journal
-            .finish(&job, &retry, &FollowUp::default())
-            .unwrap()
-            .as_deref(),
-        Some("retrying")
-    );
-    let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
-    assert_eq!(job.attempt, 2);
-    let mut failure = event("freshet:action.failed:1");
-    failure.source = Source::Freshet;
-    assert_eq!(
-        journal
-            .finish(
-                &job,
-                &retry,
-                &FollowUp {
-                    event: Some(failure),
-                    job: None,
-                },
-            )
-            .unwrap()
-            .as_deref(),
-        Some("dead")
-    );
-    assert!(
-        journal.event("freshet:action.failed:1").unwrap().is_some(),
-        "dead jobs emit their event"
-    );
-    assert_eq!(journal.jobs(Some("dead"), 10).unwrap().len(), 1);
-    journal.retry(job.id).unwrap();
-    let again = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
-    assert_eq!(again.attempt, 3);
-    assert_eq!(
-        journal
-            .finish(&again, &JobOutcome::Succeeded(None), &FollowUp::default())
-            .unwrap()
-            .as_deref(),
-        Some("succeeded")
-    );
-    assert!(
-        journal.retry(job.id).is_err(),
-        "only dead jobs can be retried"
-    );
 }
 
 #[test]
@@ -253,84 +70,6 @@ fn running_jobs_are_released_at_start() {
     assert_eq!(journal.claim(Queue::Evaluate, 1, 600_000).unwrap().len(), 1);
 }
 
-/// A job that stops the process every time it runs (SPEC section 11, poison events):
-/// each interrupted attempt counts, so it ends dead; the other event claimed with it the
-/// first time is still evaluated, and no attempt of its is spent after that.
-#[test]
-fn a_job_that_keeps_stopping_the_process_ends_dead_and_holds_nothing_back() {
-    let (_dir, path) = temp_path();
-    for id in ["dbt:poison", "dbt:innocent", "dbt:later"] {
-        let journal = SqliteJournal::open(&path).unwrap();
-        journal
-            .append(&event(id), FirstJob::EVALUATE)
-            .wait()
-            .unwrap();
-        if id == "dbt:innocent" {
-            // Both claimed in one batch; then the process dies.
-            assert_eq!(
-                journal.claim(Queue::Evaluate, 16, 600_000).unwrap().len(),
-                2
-            );
-        }
-    }
-    let mut evaluated = Vec::new();
-    let mut restarts = 0;
-    loop {
-        let journal = SqliteJournal::open(&path).unwrap();
-        let released = journal.release_running().unwrap();
-        if released.dead == 1 {
-            break;
-        }
-        restarts += 1;
-        assert!(restarts <= 5, "the poison job never ended");
-        // Evaluate until the poison job is claimed, then "crash" (drop without finishing).
-        loop {
-            let batch = journal.claim(Queue::Evaluate, 16, 600_000).unwrap();
-            assert!(!batch.is_empty(), "the poison job is always claimed again");
-            if batch.iter().any(|job| job.event_id == "dbt:poison") {
-                assert_eq!(batch.len(), 1, "a job tried before is claimed alone");
-                break;
-            }
-            for job in batch {
-                evaluated.push(job.event_id.clone());
-                journal
-                    .finish_evaluations(&[(job, Evaluation::default())])
-                    .unwrap();
-            }
-        }
-    }
-    assert_eq!(restarts, 4, "5 attempts: the first batch and 4 restarts");
-    let journal = SqliteJournal::open(&path).unwrap();
-    let innocent = journal.events(10, None).unwrap();
-    assert!(
-        innocent
-            .iter()
-            .filter(|e| e.id != "dbt:poison")
-            .all(|e| e.status == "evaluated"),
-        "{innocent:?}"
-    );
-    drop(journal);
-    let journal = SqliteJournal::open(&path).unwrap();
-    let dead = journal.jobs(Some("dead"), 10).unwrap();
-    assert_eq!(dead.len(), 1, "{dead:?}");
-    assert_eq!(dead[0].event_id, "dbt:poison");
-    assert_eq!((dead[0].attempt, dead[0].max_attempts), (5, 5));
-    assert!(dead[0]
-        .last_error
-        .as_deref()
-        .unwrap()
-        .starts_with("interrupted"));
-    // The event claimed with it, and the one that came later, were each evaluated once.
-    evaluated.sort();
-    assert_eq!(evaluated, vec!["dbt:innocent", "dbt:later"]);
-    assert!(journal
-        .claim(Queue::Evaluate, 16, 600_000)
-        .unwrap()
-        .is_empty());
-    // Listed and retryable like a dead action.
-    journal.retry(dead[0].id).unwrap();
-}
-
 /// An expired lease with no attempts left ends the job instead of running it again.
 #[test]
 fn an_expired_lease_with_no_attempts_left_is_dead() {
@@ -349,41 +88,6 @@ fn an_expired_lease_with_no_attempts_left_is_dead() {
         .unwrap()
         .is_empty());
     assert_eq!(journal.jobs(Some("dead"), 10).unwrap().len(), 1);
-}
-
-/// Event ids may contain `:`; job keys must still never collide (SPEC section 11).
-#[test]
-fn job_keys_are_unambiguous_whatever_an_id_contains() {
-    for order in [
-        ["dbt:wev_R:replay1", "dbt:wev_R"],
-        ["dbt:wev_R", "dbt:wev_R:replay1"],
-    ] {
-        let (_dir, journal) = open();
-        for id in order {
-            journal
-                .append(&event(id), FirstJob::EVALUATE)
-                .wait()
-                .unwrap();
-        }
-        let first = journal.claim(Queue::Evaluate, 16, 60_000).unwrap();
-        assert_eq!(
-            first.len(),
-            2,
-            "{order:?}: both events get their evaluation"
-        );
-        journal
-            .queue_replay(
-                "dbt:wev_R",
-                &Replay {
-                    first: FirstJob::EVALUATE,
-                    rule: None,
-                },
-            )
-            .unwrap();
-        let replay = journal.claim(Queue::Evaluate, 16, 60_000).unwrap();
-        assert_eq!(replay.len(), 1, "{order:?}: the replay is queued");
-        assert_eq!(replay[0].event_id, "dbt:wev_R");
-    }
 }
 
 #[test]

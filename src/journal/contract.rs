@@ -1,0 +1,547 @@
+//! The journal's contract: tests every backend passes, unchanged (SPEC section 10). Each
+//! runs on SQLite (a temp file) and on PostgreSQL (a fresh database on the server named
+//! by `FRESHET_TEST_DATABASE_URL`; without it, the PostgreSQL runs say they are skipped).
+//!
+//! "A process stops" differs by backend and is the one thing a test asks the store to do
+//! for it ([`TestStore::crash`]): SQLite releases the running jobs at the next start,
+//! PostgreSQL leaves them until their lease runs out and another instance claims them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{
+    AlertCall, AlertState, AlertTransition, Appended, Evaluation, FirstJob, FollowUp, Job,
+    JobOutcome, Journal, NewJob, PostgresJournal, Queue, Replay, RuleRun, SqliteJournal,
+};
+use crate::event::{Event, Source};
+
+/// The PostgreSQL lease in these tests: short, so a "dead" instance's jobs are taken over
+/// quickly.
+const TEST_LEASE_SECONDS: u64 = 1;
+
+/// One store for one test: a new SQLite file, or a new PostgreSQL database.
+pub enum TestStore {
+    Sqlite(tempfile::TempDir),
+    Postgres(String),
+}
+
+impl TestStore {
+    pub fn sqlite() -> TestStore {
+        TestStore::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    /// A fresh database on the test server; None (and a note) without one.
+    pub fn postgres() -> Option<TestStore> {
+        let Ok(url) = std::env::var("FRESHET_TEST_DATABASE_URL") else {
+            eprintln!(
+                "skipped: FRESHET_TEST_DATABASE_URL is not set (.ci/postgres.sh starts a server)"
+            );
+            return None;
+        };
+        Some(TestStore::Postgres(fresh_database(&url)))
+    }
+
+    /// Another fresh store of the same kind.
+    pub fn another(&self) -> TestStore {
+        match self {
+            TestStore::Sqlite(_) => TestStore::sqlite(),
+            TestStore::Postgres(url) => TestStore::Postgres(fresh_database(url)),
+        }
+    }
+
+    /// A new process (SQLite) or instance (PostgreSQL) on this store.
+    pub fn open(&self) -> Journal {
+        match self {
+            TestStore::Sqlite(dir) => {
+                Arc::new(SqliteJournal::open(&dir.path().join("j.db")).unwrap())
+            }
+            TestStore::Postgres(url) => Arc::new(
+                PostgresJournal::open(url, TEST_LEASE_SECONDS, super::postgres::Role::Serve)
+                    .unwrap(),
+            ),
+        }
+    }
+
+    /// The process holding `journal` dies with its jobs running; returns the journal of
+    /// the process (or instance) that carries on.
+    pub fn crash(&self, journal: Journal) -> Journal {
+        drop(journal);
+        let next = self.open();
+        match self {
+            TestStore::Sqlite(_) => {
+                next.release_running().unwrap();
+            }
+            TestStore::Postgres(_) => {
+                // The dead instance no longer renews: its leases run out.
+                std::thread::sleep(Duration::from_millis(TEST_LEASE_SECONDS * 1000 + 300));
+            }
+        }
+        next
+    }
+}
+
+/// Creates a database of its own for one test, on the server of `url`.
+fn fresh_database(url: &str) -> String {
+    let name = format!("freshet_t_{:016x}", rand::random::<u64>());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("the test database server answers");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap();
+    });
+    let (base, _) = url.rsplit_once('/').expect("a URL with a database name");
+    format!("{base}/{name}")
+}
+
+pub fn event(id: &str) -> Event {
+    Event {
+        id: id.into(),
+        source: Source::Dbt,
+        kind: "dbt.job.run.completed".into(),
+        received_at: "2026-01-01T00:00:00.000Z".into(),
+        chain_depth: 0,
+        fields: Default::default(),
+        raw: json!({}),
+    }
+}
+
+pub fn action(event_id: &str, key: &str, coalesce: Option<&str>) -> NewJob {
+    NewJob {
+        queue: Queue::Action,
+        kind: "tableau_refresh".into(),
+        event_id: event_id.into(),
+        rule: Some("r".into()),
+        job_key: key.into(),
+        coalesce_key: coalesce.map(String::from),
+        payload: json!({"workbook": "Finance"}),
+        max_attempts: 2,
+    }
+}
+
+fn append(journal: &Journal, id: &str) -> Appended {
+    journal
+        .append(&event(id), FirstJob::EVALUATE)
+        .wait()
+        .unwrap()
+}
+
+fn evaluate_with(journal: &Journal, evaluation: Evaluation) -> Job {
+    let job = journal.claim(Queue::Evaluate, 1, 60_000).unwrap().remove(0);
+    assert!(
+        journal
+            .finish_evaluations(&[(job.clone(), evaluation)])
+            .unwrap()[0]
+    );
+    job
+}
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod on_sqlite {
+            $( #[test] fn $name() { super::$name(&super::TestStore::sqlite()); } )*
+        }
+        mod on_postgres {
+            $( #[test] fn $name() {
+                if let Some(store) = super::TestStore::postgres() { super::$name(&store); }
+            } )*
+        }
+    };
+}
+
+contract!(
+    duplicate_ids_insert_nothing,
+    concurrent_appends_are_each_answered_after_their_commit,
+    an_evaluation_is_recorded_once_and_identical_calls_coalesce,
+    retries_then_dead_then_a_manual_retry,
+    a_wait_spends_no_attempt,
+    follow_ups_are_written_with_the_outcome,
+    alert_transitions_are_decided_from_the_stored_state,
+    a_job_that_keeps_stopping_the_process_ends_dead_and_holds_nothing_back,
+    job_keys_are_unambiguous_whatever_an_id_contains,
+    replays_of_one_rule_are_queued_each,
+);
+
+fn duplicate_ids_insert_nothing(store: &TestStore) {
+    let journal = store.open();
+    assert_eq!(append(&journal, "dbt:a"), Appended::New);
+    assert_eq!(append(&journal, "dbt:a"), Appended::Duplicate);
+    assert_eq!(journal.claim(Queue::Evaluate, 10, 60_000).unwrap().len(), 1);
+    assert!(
+        journal
+            .claim(Queue::Evaluate, 10, 60_000)
+            .unwrap()
+            .is_empty(),
+        "leased jobs are not claimed twice"
+    );
+}
+
+fn concurrent_appends_are_each_answered_after_their_commit(store: &TestStore) {
+    let journal = store.open();
+    // Queued all at once, each id twice: only one of each may be new.
+    let tickets: Vec<_> = (0..150)
+        .flat_map(|i| {
+            let id = format!("dbt:{i}");
+            [
+                (id.clone(), journal.append(&event(&id), FirstJob::EVALUATE)),
+                (id.clone(), journal.append(&event(&id), FirstJob::EVALUATE)),
+            ]
+        })
+        .collect();
+    let mut new = std::collections::BTreeSet::new();
+    for (id, ticket) in tickets {
+        if ticket.wait().unwrap() == Appended::New {
+            assert!(new.insert(id.clone()), "{id} was new twice");
+        }
+    }
+    assert_eq!(new.len(), 150);
+    let reopened = store.open();
+    assert_eq!(reopened.events(1000, None).unwrap().len(), 150);
+    assert_eq!(
+        reopened.claim(Queue::Evaluate, 1000, 60_000).unwrap().len(),
+        150,
+        "one evaluate job per new event"
+    );
+}
+
+fn an_evaluation_is_recorded_once_and_identical_calls_coalesce(store: &TestStore) {
+    let journal = store.open();
+    append(&journal, "dbt:a");
+    let job = journal.claim(Queue::Evaluate, 1, 60_000).unwrap().remove(0);
+    let evaluation = Evaluation {
+        rule_runs: vec![RuleRun {
+            rule: "r".into(),
+            outcome: "fired".into(),
+            actions: 2,
+            error: None,
+        }],
+        jobs: vec![
+            action("dbt:a", "k1", Some("c")),
+            action("dbt:a", "k2", Some("c")),
+        ],
+        ..Default::default()
+    };
+    assert!(
+        journal
+            .finish_evaluations(&[(job.clone(), evaluation.clone())])
+            .unwrap()[0]
+    );
+    assert!(
+        !journal.finish_evaluations(&[(job, evaluation)]).unwrap()[0],
+        "a finished lease cannot finish again"
+    );
+    let jobs = journal.jobs(None, 10).unwrap();
+    assert_eq!(jobs.len(), 1, "identical pending calls merge");
+    let summary = &journal.events(10, None).unwrap()[0];
+    assert_eq!(summary.status, "evaluated");
+    assert_eq!(summary.rules[0].rule, "r");
+    assert_eq!(summary.actions.len(), 1);
+    assert_eq!(journal.backlog().unwrap(), 1);
+}
+
+fn retries_then_dead_then_a_manual_retry(store: &TestStore) {
+    let journal = store.open();
+    append(&journal, "dbt:a");
+    evaluate_with(
+        &journal,
+        Evaluation {
+            jobs: vec![action("dbt:a", "k1", None)],
+            ..Default::default()
+        },
+    );
+    let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
+    let retry = JobOutcome::Retry {
+        delay_ms: 0,
+        error: "HTTP 500".into(),
+    };
+    assert_eq!(
+        journal
+            .finish(&job, &retry, &FollowUp::default())
+            .unwrap()
+            .as_deref(),
+        Some("retrying")
+    );
+    let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
+    assert_eq!(job.attempt, 2);
+    let mut failure = event("freshet:action.failed:1");
+    failure.source = Source::Freshet;
+    let follow_up = FollowUp {
+        event: Some(failure),
+        job: None,
+    };
+    assert_eq!(
+        journal.finish(&job, &retry, &follow_up).unwrap().as_deref(),
+        Some("dead")
+    );
+    assert!(
+        journal.event("freshet:action.failed:1").unwrap().is_some(),
+        "dead jobs emit their event"
+    );
+    let dead = journal.jobs(Some("dead"), 10).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].last_error.as_deref(), Some("HTTP 500"));
+    journal.retry(job.id).unwrap();
+    let again = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
+    assert_eq!(again.attempt, 3);
+    assert_eq!(
+        journal
+            .finish(
+                &again,
+                &JobOutcome::Succeeded(Some(json!({"ts": "1.2"}))),
+                &FollowUp::default()
+            )
+            .unwrap()
+            .as_deref(),
+        Some("succeeded")
+    );
+    let done = &journal.jobs(None, 10).unwrap()[0];
+    assert_eq!(done.last_error, None, "a success shows no earlier error");
+    assert_eq!(
+        journal.job_by_key("k1").unwrap().unwrap().result,
+        Some(json!({"ts": "1.2"}))
+    );
+    assert!(
+        journal.retry(job.id).is_err(),
+        "only dead jobs can be retried"
+    );
+    assert!(journal.retry(999_999).is_err());
+}
+
+fn a_wait_spends_no_attempt(store: &TestStore) {
+    let journal = store.open();
+    append(&journal, "dbt:a");
+    evaluate_with(
+        &journal,
+        Evaluation {
+            jobs: vec![action("dbt:a", "k1", None)],
+            ..Default::default()
+        },
+    );
+    for _ in 0..3 {
+        let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
+        assert_eq!(job.attempt, 1, "polls spend no attempt");
+        assert_eq!(
+            journal
+                .finish(
+                    &job,
+                    &JobOutcome::Wait { delay_ms: 0 },
+                    &FollowUp::default()
+                )
+                .unwrap()
+                .as_deref(),
+            Some("pending")
+        );
+    }
+    let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
+    journal
+        .finish(
+            &job,
+            &JobOutcome::Wait { delay_ms: 60_000 },
+            &FollowUp::default(),
+        )
+        .unwrap();
+    assert!(
+        journal.claim(Queue::Action, 1, 60_000).unwrap().is_empty(),
+        "not due before its delay"
+    );
+    let due = journal.next_due_in(Queue::Action).unwrap().unwrap();
+    assert!((50_000..=60_000).contains(&due), "{due}");
+}
+
+fn follow_ups_are_written_with_the_outcome(store: &TestStore) {
+    let journal = store.open();
+    append(&journal, "dbt:a");
+    evaluate_with(
+        &journal,
+        Evaluation {
+            jobs: vec![action("dbt:a", "k1", None)],
+            ..Default::default()
+        },
+    );
+    let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
+    let mut next = action("dbt:a", "follow-k1", None);
+    next.kind = "tableau_job".into();
+    let mut emitted = event("tableau:refresh:job-1");
+    emitted.source = Source::Tableau;
+    let follow_up = FollowUp {
+        event: Some(emitted),
+        job: Some(next),
+    };
+    journal
+        .finish(&job, &JobOutcome::Succeeded(None), &follow_up)
+        .unwrap();
+    assert!(journal.event("tableau:refresh:job-1").unwrap().is_some());
+    let evaluate = journal.claim(Queue::Evaluate, 10, 60_000).unwrap();
+    assert_eq!(evaluate.len(), 1, "the emitted event is evaluated");
+    let started = journal.claim(Queue::Action, 10, 60_000).unwrap();
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0].kind, "tableau_job");
+}
+
+/// A decider for the test: firing posts once per transition, as `alerts::transition`.
+fn decide(previous: Option<&AlertState>, call: &AlertCall, now: i64) -> AlertTransition {
+    let was = previous.is_some_and(|p| p.firing);
+    if was == call.firing {
+        return AlertTransition::default();
+    }
+    let version = previous.map_or(0, |p| p.version) + 1;
+    AlertTransition {
+        new_state: Some(AlertState {
+            name: call.name.clone(),
+            firing: call.firing,
+            version,
+            since_ms: now,
+            last_notified_ms: Some(now),
+        }),
+        post: Some((
+            super::job_key(&["alert", &call.name, &version.to_string()]),
+            json!({ "text": call.text }),
+        )),
+    }
+}
+
+fn alert_transitions_are_decided_from_the_stored_state(store: &TestStore) {
+    let journal = store.open();
+    let call = |firing: bool| AlertCall {
+        rule: "r".into(),
+        name: "floor".into(),
+        firing,
+        text: "low".into(),
+        channel: None,
+        renotify_minutes: None,
+        resolve: true,
+    };
+    for (i, firing) in [true, true, false].into_iter().enumerate() {
+        let id = format!("dbt:{i}");
+        append(&journal, &id);
+        evaluate_with(
+            &journal,
+            Evaluation {
+                alerts: vec![call(firing)],
+                decide_alert: decide,
+                ..Default::default()
+            },
+        );
+    }
+    let posts = journal.jobs(None, 10).unwrap();
+    assert_eq!(posts.len(), 2, "fired once, resolved once: {posts:?}");
+    let alerts = journal.alerts().unwrap();
+    assert_eq!(alerts.len(), 1);
+    assert!(!alerts[0].firing);
+    assert_eq!(alerts[0].version, 2);
+    assert_eq!(journal.reset_alert("floor").unwrap(), Some(false));
+    assert_eq!(journal.reset_alert("nope").unwrap(), None);
+}
+
+/// SPEC section 11, poison events: every stopped attempt counts; the job ends dead, and
+/// the events that were claimed with it, or came later, are each evaluated once.
+fn a_job_that_keeps_stopping_the_process_ends_dead_and_holds_nothing_back(store: &TestStore) {
+    let mut journal = store.open();
+    append(&journal, "dbt:poison");
+    append(&journal, "dbt:innocent");
+    // Both claimed in one batch; then the process dies.
+    assert_eq!(journal.claim(Queue::Evaluate, 16, 60_000).unwrap().len(), 2);
+    append(&journal, "dbt:later");
+    let mut evaluated = Vec::new();
+    let mut crashes = 1;
+    loop {
+        journal = store.crash(journal);
+        if journal
+            .jobs(Some("dead"), 10)
+            .unwrap()
+            .iter()
+            .any(|j| j.event_id == "dbt:poison")
+        {
+            break;
+        }
+        // Evaluate until the poison job is claimed, then "crash" again.
+        loop {
+            let batch = journal.claim(Queue::Evaluate, 16, 60_000).unwrap();
+            if batch.iter().any(|job| job.event_id == "dbt:poison") {
+                assert_eq!(batch.len(), 1, "a job tried before is claimed alone");
+                break;
+            }
+            if batch.is_empty() {
+                // Its stopped attempt was its last: it ends at the next claim.
+                break;
+            }
+            for job in batch {
+                evaluated.push(job.event_id.clone());
+                journal
+                    .finish_evaluations(&[(job, Evaluation::default())])
+                    .unwrap();
+            }
+        }
+        crashes += 1;
+        assert!(crashes <= 6, "the poison job never ended");
+    }
+    let dead = journal.jobs(Some("dead"), 10).unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!((dead[0].attempt, dead[0].max_attempts), (5, 5));
+    assert!(dead[0]
+        .last_error
+        .as_deref()
+        .unwrap()
+        .starts_with("interrupted"));
+    evaluated.sort();
+    assert_eq!(evaluated, vec!["dbt:innocent", "dbt:later"]);
+    journal.retry(dead[0].id).unwrap();
+}
+
+fn job_keys_are_unambiguous_whatever_an_id_contains(store: &TestStore) {
+    for order in [
+        ["dbt:wev_R:replay1", "dbt:wev_R"],
+        ["dbt:wev_R", "dbt:wev_R:replay1"],
+    ] {
+        let store = store.another();
+        let journal = store.open();
+        for id in order {
+            append(&journal, id);
+        }
+        assert_eq!(
+            journal.claim(Queue::Evaluate, 16, 60_000).unwrap().len(),
+            2,
+            "{order:?}"
+        );
+        journal
+            .queue_replay(
+                "dbt:wev_R",
+                &Replay {
+                    first: FirstJob::EVALUATE,
+                    rule: None,
+                },
+            )
+            .unwrap();
+        let replay = journal.claim(Queue::Evaluate, 16, 60_000).unwrap();
+        assert_eq!(replay.len(), 1, "{order:?}: the replay is queued");
+        assert_eq!(replay[0].event_id, "dbt:wev_R");
+    }
+}
+
+fn replays_of_one_rule_are_queued_each(store: &TestStore) {
+    let journal = store.open();
+    append(&journal, "dbt:a");
+    evaluate_with(&journal, Evaluation::default());
+    let replay = Replay {
+        first: FirstJob::EVALUATE,
+        rule: Some("finance".into()),
+    };
+    let first = journal.queue_replay("dbt:a", &replay).unwrap();
+    let second = journal.queue_replay("dbt:a", &replay).unwrap();
+    assert_ne!(first, second, "each replay is an evaluation of its own");
+    let jobs = journal.claim(Queue::Evaluate, 16, 60_000).unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs[0].payload["rule"], "finance");
+    assert_eq!(jobs[0].payload["replay"], 1);
+    assert_eq!(jobs[1].payload["replay"], 2);
+    assert!(journal.queue_replay("dbt:nope", &replay).is_err());
+}

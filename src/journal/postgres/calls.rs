@@ -1,0 +1,830 @@
+//! The [`JournalStore`] calls of [`PostgresJournal`], each one transaction (or one
+//! statement) run on the journal's runtime.
+
+use std::sync::{Arc, LazyLock};
+
+use deadpool_postgres::GenericClient;
+use serde_json::Value;
+use tokio_postgres::Row;
+
+use super::schema::{NOW_MS, WORK_CHANNEL};
+use super::store::{backend, PostgresJournal, Shared, APPEND_TIMEOUT, CALL_TIMEOUT, INTERRUPTED};
+use crate::event::Event;
+use crate::journal::{
+    isolate_retried, replay_suffix, stage_job, AlertState, AppendTicket, Appended, Evaluation,
+    EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobSummary, JournalError, JournalStore,
+    KeyedJob, NewJob, Queue, Released, Replay, RuleRun, WorkWaker,
+};
+
+type Result<T> = std::result::Result<T, JournalError>;
+
+fn json_text(value: &Value) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| JournalError::Invalid(e.to_string()))
+}
+
+fn parse_json(text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| JournalError::Corrupt(e.to_string()))
+}
+
+/// Wakes every instance's stage for `queue` once the transaction commits.
+async fn notify(client: &impl GenericClient, queue: Queue) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&WORK_CHANNEL, &queue.as_str()],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+async fn insert_job(client: &impl GenericClient, job: &NewJob) -> Result<bool> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "INSERT INTO jobs (queue, kind, event_id, rule, job_key, coalesce_key, payload, status,
+                               attempt, max_attempts, scheduled_at, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, {NOW_MS}, {NOW_MS})
+             ON CONFLICT DO NOTHING"
+        )
+    });
+    let payload = json_text(&job.payload)?;
+    let inserted = client
+        .execute(
+            SQL.as_str(),
+            &[
+                &job.queue.as_str(),
+                &job.kind,
+                &job.event_id,
+                &job.rule,
+                &job.job_key,
+                &job.coalesce_key,
+                &payload,
+                &(job.max_attempts as i32),
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    if inserted > 0 {
+        notify(client, job.queue).await?;
+    }
+    Ok(inserted > 0)
+}
+
+async fn insert_event(
+    client: &impl GenericClient,
+    event: &Event,
+    first: FirstJob,
+    instance: &str,
+) -> Result<Appended> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "INSERT INTO events (id, source, type, received_at, received_ms, chain_depth, status, body, instance)
+             VALUES ($1, $2, $3, $4, {NOW_MS}, $5, 'received', $6, $7) ON CONFLICT (id) DO NOTHING"
+        )
+    });
+    let body = serde_json::to_string(event).map_err(|e| JournalError::Invalid(e.to_string()))?;
+    let inserted = client
+        .execute(
+            SQL.as_str(),
+            &[
+                &event.id,
+                &event.source.as_str(),
+                &event.kind,
+                &event.received_at,
+                &(event.chain_depth as i32),
+                &body,
+                &instance,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    if inserted == 0 {
+        return Ok(Appended::Duplicate);
+    }
+    insert_job(client, &stage_job(first, &event.id, None, Value::Null)).await?;
+    Ok(Appended::New)
+}
+
+/// Ends a job's lease with `status` if it is still this instance's (the fence).
+async fn end_job(client: &impl GenericClient, job: &Job, status: &str, me: &str) -> Result<bool> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "UPDATE jobs SET status = $1, finished_at = {NOW_MS}, lease_until = NULL
+             WHERE id = $2 AND status = 'running' AND attempt = $3 AND locked_by = $4"
+        )
+    });
+    let updated = client
+        .execute(
+            SQL.as_str(),
+            &[&status, &job.id, &(job.attempt as i32), &me],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(updated == 1)
+}
+
+fn alert_state(row: &Row) -> AlertState {
+    AlertState {
+        name: row.get("name"),
+        firing: row.get::<_, String>("state") == "firing",
+        version: row.get("version"),
+        since_ms: row.get("since_ms"),
+        last_notified_ms: row.get("last_notified_ms"),
+    }
+}
+
+fn job_summary(row: &Row) -> Result<JobSummary> {
+    Ok(JobSummary {
+        id: row.get("id"),
+        instance: row.get("locked_by"),
+        kind: row.get("kind"),
+        event_id: row.get("event_id"),
+        rule: row.get("rule"),
+        status: row.get("status"),
+        attempt: row.get::<_, i32>("attempt") as u32,
+        max_attempts: row.get::<_, i32>("max_attempts") as u32,
+        last_error: row.get("last_error"),
+        payload: parse_json(&row.get::<_, String>("payload"))?,
+        result: row
+            .get::<_, Option<String>>("result")
+            .and_then(|text| serde_json::from_str(&text).ok()),
+    })
+}
+
+/// Records one evaluation inside `tx`; false (and nothing written) if the lease was lost.
+async fn record_evaluation(
+    tx: &deadpool_postgres::Transaction<'_>,
+    job: &Job,
+    evaluation: &Evaluation,
+    me: &str,
+) -> Result<bool> {
+    if !end_job(tx, job, "succeeded", me).await? {
+        return Ok(false);
+    }
+    for run in &evaluation.rule_runs {
+        tx.execute(
+            "INSERT INTO rule_runs (event_id, rule, outcome, actions, error) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (event_id, rule) DO UPDATE SET outcome = excluded.outcome,
+                actions = excluded.actions, error = excluded.error",
+            &[&job.event_id, &run.rule, &run.outcome, &(run.actions as i32), &run.error],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    for new_job in &evaluation.jobs {
+        insert_job(tx, new_job).await?;
+    }
+    for call in &evaluation.alerts {
+        // The alert's row is locked for the rest of the transaction: instances that
+        // evaluate the same alert at once take turns, and each decides from the state
+        // the other left, so one incident posts once.
+        tx.execute(
+            &format!(
+                "INSERT INTO alerts (name, state, version, since_ms, last_notified_ms, event_id)
+                 VALUES ($1, 'ok', 0, {NOW_MS}, NULL, $2) ON CONFLICT (name) DO NOTHING"
+            ),
+            &[&call.name, &job.event_id],
+        )
+        .await
+        .map_err(backend)?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "SELECT name, state, version, since_ms, last_notified_ms, {NOW_MS} AS now
+                     FROM alerts WHERE name = $1 FOR UPDATE"
+                ),
+                &[&call.name],
+            )
+            .await
+            .map_err(backend)?;
+        let stored = alert_state(&row);
+        // A row just made for the lock is no state yet.
+        let previous = (stored.version > 0).then_some(&stored);
+        let now: i64 = row.get("now");
+        let transition = (evaluation.decide_alert)(previous, call, now);
+        if let Some(state) = &transition.new_state {
+            tx.execute(
+                "UPDATE alerts SET state = $2, version = $3, since_ms = $4, last_notified_ms = $5,
+                    event_id = $6 WHERE name = $1",
+                &[
+                    &state.name,
+                    &if state.firing { "firing" } else { "ok" },
+                    &state.version,
+                    &state.since_ms,
+                    &state.last_notified_ms,
+                    &job.event_id,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        }
+        if let Some((key, payload)) = transition.post {
+            insert_job(
+                tx,
+                &NewJob {
+                    queue: Queue::Action,
+                    kind: "slack_post".into(),
+                    event_id: job.event_id.clone(),
+                    rule: Some(call.rule.clone()),
+                    job_key: key,
+                    coalesce_key: None,
+                    payload,
+                    max_attempts: evaluation.alert_max_attempts.max(1),
+                },
+            )
+            .await?;
+        }
+    }
+    tx.execute(
+        "UPDATE events SET status = 'evaluated' WHERE id = $1",
+        &[&job.event_id],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(true)
+}
+
+impl PostgresJournal {
+    fn shared(&self) -> Arc<Shared> {
+        Arc::clone(&self.shared)
+    }
+}
+
+impl JournalStore for PostgresJournal {
+    fn append(&self, event: &Event, first_job: FirstJob) -> AppendTicket {
+        let (reply, ticket) = AppendTicket::new();
+        let shared = self.shared();
+        let event = event.clone();
+        self.spawn(async move {
+            let appended = tokio::time::timeout(APPEND_TIMEOUT, async {
+                let mut client = shared.client().await?;
+                let tx = client.transaction().await.map_err(backend)?;
+                let appended = insert_event(&tx, &event, first_job, &shared.instance).await?;
+                tx.commit().await.map_err(backend)?;
+                Ok::<_, JournalError>(appended)
+            })
+            .await
+            .unwrap_or_else(|_| {
+                Err(JournalError::Backend(format!(
+                    "PostgreSQL did not commit within {} s",
+                    APPEND_TIMEOUT.as_secs()
+                )))
+            });
+            shared.note(&appended);
+            reply.send(appended.map_err(|error| error.to_string()));
+        });
+        ticket
+    }
+
+    fn check_writable(&self) -> Result<()> {
+        let shared = self.shared();
+        let last = shared.last_error();
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            client.execute("SELECT 1", &[]).await.map_err(backend)?;
+            Ok(())
+        })
+        .map_err(|error| match last {
+            Some(last) => JournalError::Backend(format!("{error} (last failure: {last})")),
+            None => error,
+        })
+    }
+
+    fn event(&self, id: &str) -> Result<Option<Event>> {
+        let shared = self.shared();
+        let id = id.to_string();
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let row = client
+                .query_opt("SELECT body FROM events WHERE id = $1", &[&id])
+                .await
+                .map_err(backend)?;
+            row.map(|row| {
+                serde_json::from_str::<Event>(&row.get::<_, String>(0))
+                    .map_err(|e| JournalError::Corrupt(e.to_string()))
+            })
+            .transpose()
+        })
+    }
+
+    fn events(&self, limit: usize, status: Option<&str>) -> Result<Vec<EventSummary>> {
+        let shared = self.shared();
+        let status = status.map(String::from);
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let rows = client
+                .query(
+                    "SELECT id, type, received_at, status, instance FROM events
+                     WHERE ($1::text IS NULL OR status = $1)
+                     ORDER BY received_ms DESC, id DESC LIMIT $2",
+                    &[&status, &(limit as i64)],
+                )
+                .await
+                .map_err(backend)?;
+            let mut events = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id: String = row.get("id");
+                let rules = client
+                    .query(
+                        "SELECT rule, outcome, actions, error FROM rule_runs WHERE event_id = $1 ORDER BY rule",
+                        &[&id],
+                    )
+                    .await
+                    .map_err(backend)?
+                    .iter()
+                    .map(|r| RuleRun {
+                        rule: r.get(0),
+                        outcome: r.get(1),
+                        actions: r.get::<_, i32>(2) as usize,
+                        error: r.get(3),
+                    })
+                    .collect();
+                let jobs = client
+                    .query(
+                        "SELECT * FROM jobs WHERE event_id = $1 AND queue = 'action' ORDER BY id",
+                        &[&id],
+                    )
+                    .await
+                    .map_err(backend)?;
+                let actions = jobs.iter().map(job_summary).collect::<Result<_>>()?;
+                events.push(EventSummary {
+                    instance: row.get("instance"),
+                    kind: row.get("type"),
+                    received_at: row.get("received_at"),
+                    status: row.get("status"),
+                    id,
+                    rules,
+                    actions,
+                });
+            }
+            Ok(events)
+        })
+    }
+
+    fn claim(&self, queue: Queue, limit: usize, _lease_ms: u64) -> Result<Vec<Job>> {
+        // The lease is `journal.lease_seconds`, renewed while this instance lives, rather
+        // than the caller's longest-attempt guess: a dead instance's jobs are taken over
+        // within one lease.
+        static REAP: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "UPDATE jobs SET status = 'dead', lease_until = NULL, finished_at = {NOW_MS},
+                    last_error = $2,
+                    errors = errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', {NOW_MS}, 'error', $2::text))
+                 WHERE id IN (
+                     SELECT id FROM jobs
+                     WHERE queue = $1 AND status IN ('pending', 'retrying', 'running')
+                       AND status = 'running' AND lease_until < {NOW_MS} AND attempt >= max_attempts
+                     FOR UPDATE SKIP LOCKED)"
+            )
+        });
+        static CANDIDATES: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT id, attempt FROM jobs
+                 WHERE queue = $1 AND status IN ('pending', 'retrying', 'running')
+                   AND ((status IN ('pending', 'retrying') AND scheduled_at <= {NOW_MS})
+                        OR (status = 'running' AND lease_until < {NOW_MS} AND attempt < max_attempts))
+                 ORDER BY scheduled_at, id LIMIT $2
+                 FOR UPDATE SKIP LOCKED"
+            )
+        });
+        static LEASE: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                // scheduled_at becomes the time of the claim: after a takeover, a job that
+                // was taken more recently (the one that keeps killing its instance) goes
+                // behind the others, as SQLite's release at start puts it.
+                "UPDATE jobs SET status = 'running', attempt = attempt + 1, scheduled_at = {NOW_MS},
+                    lease_until = {NOW_MS} + $2, locked_by = $3
+                 WHERE id = ANY($1)
+                 RETURNING id, queue, kind, event_id, rule, payload, attempt, max_attempts"
+            )
+        });
+        let shared = self.shared();
+        self.run(CALL_TIMEOUT, async move {
+            let mut client = shared.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            tx.execute(REAP.as_str(), &[&queue.as_str(), &INTERRUPTED])
+                .await
+                .map_err(backend)?;
+            let candidates: Vec<(i64, u32)> = tx
+                .query(CANDIDATES.as_str(), &[&queue.as_str(), &(limit as i64)])
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|row| (row.get(0), row.get::<_, i32>(1) as u32))
+                .collect();
+            let chosen = isolate_retried(&candidates);
+            let mut jobs = Vec::with_capacity(chosen.len());
+            if !chosen.is_empty() {
+                let rows = tx
+                    .query(
+                        LEASE.as_str(),
+                        &[&chosen, &shared.lease_ms, &shared.instance],
+                    )
+                    .await
+                    .map_err(backend)?;
+                for row in rows {
+                    jobs.push(Job {
+                        id: row.get(0),
+                        queue: row.get(1),
+                        kind: row.get(2),
+                        event_id: row.get(3),
+                        rule: row.get(4),
+                        payload: parse_json(&row.get::<_, String>(5))?,
+                        attempt: row.get::<_, i32>(6) as u32,
+                        max_attempts: row.get::<_, i32>(7) as u32,
+                    });
+                }
+            }
+            tx.commit().await.map_err(backend)?;
+            jobs.sort_by_key(|job| job.id);
+            Ok(jobs)
+        })
+    }
+
+    fn next_due_in(&self, queue: Queue) -> Result<Option<u64>> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "SELECT MIN(CASE WHEN status = 'running' THEN lease_until ELSE scheduled_at END) - {NOW_MS}
+                 FROM jobs WHERE queue = $1 AND status IN ('pending', 'retrying', 'running')"
+            )
+        });
+        let shared = self.shared();
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let due: Option<i64> = client
+                .query_one(SQL.as_str(), &[&queue.as_str()])
+                .await
+                .map_err(backend)?
+                .get(0);
+            Ok(due.map(|ms| ms.max(0) as u64))
+        })
+    }
+
+    fn finish(
+        &self,
+        job: &Job,
+        outcome: &JobOutcome,
+        follow_up: &FollowUp,
+    ) -> Result<Option<String>> {
+        static SQL: LazyLock<String> = LazyLock::new(|| {
+            format!(
+                "UPDATE jobs SET status = $1,
+                    last_error = $2,
+                    errors = CASE WHEN $2::text IS NULL THEN errors
+                                  ELSE errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', {NOW_MS}, 'error', $2::text)) END,
+                    scheduled_at = CASE WHEN $1 IN ('retrying', 'pending') THEN {NOW_MS} + $3 ELSE scheduled_at END,
+                    attempt = CASE WHEN $1 = 'pending' THEN attempt - 1 ELSE attempt END,
+                    finished_at = CASE WHEN $1 IN ('succeeded', 'dead') THEN {NOW_MS} ELSE NULL END,
+                    lease_until = NULL,
+                    result = COALESCE($6, result)
+                 WHERE id = $4 AND status = 'running' AND attempt = $5 AND locked_by = $7"
+            )
+        });
+        let status = match outcome {
+            JobOutcome::Succeeded(_) => "succeeded",
+            JobOutcome::Wait { .. } => "pending",
+            JobOutcome::Retry { .. } if job.attempt < job.max_attempts => "retrying",
+            JobOutcome::Retry { .. } | JobOutcome::Dead { .. } => "dead",
+        };
+        let result = match outcome {
+            JobOutcome::Succeeded(Some(value)) => Some(value.to_string()),
+            _ => None,
+        };
+        let (error, delay_ms) = match outcome {
+            JobOutcome::Succeeded(_) => (None, 0),
+            JobOutcome::Wait { delay_ms } => (None, *delay_ms),
+            JobOutcome::Retry { delay_ms, error } => (Some(error.clone()), *delay_ms),
+            JobOutcome::Dead { error } => (Some(error.clone()), 0),
+        };
+        let shared = self.shared();
+        let job = job.clone();
+        let follow_up = follow_up.clone();
+        self.run(CALL_TIMEOUT, async move {
+            let mut client = shared.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            let updated = tx
+                .execute(
+                    SQL.as_str(),
+                    &[
+                        &status,
+                        &error,
+                        &(delay_ms as i64),
+                        &job.id,
+                        &(job.attempt as i32),
+                        &result,
+                        &shared.instance,
+                    ],
+                )
+                .await
+                .map_err(backend)?;
+            if updated != 1 {
+                // The lease is lost (taken over): this outcome is discarded.
+                return Ok(None);
+            }
+            if let Some(event) = &follow_up.event {
+                insert_event(&tx, event, FirstJob::EVALUATE, &shared.instance).await?;
+            }
+            if let Some(next) = &follow_up.job {
+                insert_job(&tx, next).await?;
+            }
+            if status != "succeeded" && status != "dead" {
+                notify(&tx, Queue::parse(&job.queue).unwrap_or(Queue::Action)).await?;
+            }
+            tx.commit().await.map_err(backend)?;
+            Ok(Some(status.to_string()))
+        })
+    }
+
+    fn job_by_key(&self, job_key: &str) -> Result<Option<KeyedJob>> {
+        let shared = self.shared();
+        let key = job_key.to_string();
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT status, result FROM jobs WHERE job_key = $1",
+                    &[&key],
+                )
+                .await
+                .map_err(backend)?;
+            Ok(row.map(|row| KeyedJob {
+                status: row.get(0),
+                result: row
+                    .get::<_, Option<String>>(1)
+                    .and_then(|text| serde_json::from_str(&text).ok()),
+            }))
+        })
+    }
+
+    fn finish_enrichment(&self, job: &Job, event: &Event) -> Result<bool> {
+        let shared = self.shared();
+        let job = job.clone();
+        let event = event.clone();
+        self.run(CALL_TIMEOUT, async move {
+            let mut client = shared.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            if !end_job(&tx, &job, "succeeded", &shared.instance).await? {
+                return Ok(false);
+            }
+            let body =
+                serde_json::to_string(&event).map_err(|e| JournalError::Invalid(e.to_string()))?;
+            tx.execute(
+                "UPDATE events SET body = $1 WHERE id = $2",
+                &[&body, &event.id],
+            )
+            .await
+            .map_err(backend)?;
+            let suffix = replay_suffix(&job.payload);
+            insert_job(
+                &tx,
+                &stage_job(
+                    FirstJob::EVALUATE,
+                    &event.id,
+                    suffix.as_deref(),
+                    job.payload.clone(),
+                ),
+            )
+            .await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(true)
+        })
+    }
+
+    fn finish_evaluations(&self, batch: &[(Job, Evaluation)]) -> Result<Vec<bool>> {
+        let shared = self.shared();
+        let batch = batch.to_vec();
+        self.run(CALL_TIMEOUT, async move {
+            let mut client = shared.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            let mut recorded = Vec::with_capacity(batch.len());
+            for (job, evaluation) in &batch {
+                recorded.push(record_evaluation(&tx, job, evaluation, &shared.instance).await?);
+            }
+            tx.commit().await.map_err(backend)?;
+            Ok(recorded)
+        })
+    }
+
+    fn queue_replay(&self, event_id: &str, replay: &Replay) -> Result<i64> {
+        let shared = self.shared();
+        let event_id = event_id.to_string();
+        let replay = replay.clone();
+        self.run(CALL_TIMEOUT, async move {
+            let mut client = shared.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            let exists = tx
+                .query_opt("SELECT 1 FROM events WHERE id = $1", &[&event_id])
+                .await
+                .map_err(backend)?;
+            if exists.is_none() {
+                return Err(JournalError::NotFound(format!(
+                    "no journaled event with id {event_id}"
+                )));
+            }
+            let replays: i64 = tx
+                .query_one(
+                    "SELECT COUNT(*) FROM jobs WHERE event_id = $1 AND queue = 'evaluate'",
+                    &[&event_id],
+                )
+                .await
+                .map_err(backend)?
+                .get(0);
+            let mut payload = serde_json::json!({ "replay": replays });
+            if let Some(rule) = &replay.rule {
+                payload["rule"] = serde_json::json!(rule);
+            }
+            let job = stage_job(
+                replay.first,
+                &event_id,
+                Some(&format!("replay{replays}")),
+                payload,
+            );
+            if !insert_job(&tx, &job).await? {
+                return Err(JournalError::Invalid(format!(
+                    "a replay of {event_id} is already queued"
+                )));
+            }
+            let id: i64 = tx
+                .query_one("SELECT id FROM jobs WHERE job_key = $1", &[&job.job_key])
+                .await
+                .map_err(backend)?
+                .get(0);
+            tx.commit().await.map_err(backend)?;
+            Ok(id)
+        })
+    }
+
+    fn release_running(&self) -> Result<Released> {
+        // With several instances, a running job belongs to its instance until its lease
+        // runs out; then a claim takes it over (or ends it, with no attempts left).
+        Ok(Released::default())
+    }
+
+    fn jobs(&self, status: Option<&str>, limit: usize) -> Result<Vec<JobSummary>> {
+        let shared = self.shared();
+        let status = status.map(String::from);
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let rows = client
+                .query(
+                    "SELECT * FROM jobs
+                     WHERE (queue = 'action' OR status IN ('dead', 'retrying'))
+                       AND ($1::text IS NULL OR status = $1)
+                     ORDER BY id DESC LIMIT $2",
+                    &[&status, &(limit as i64)],
+                )
+                .await
+                .map_err(backend)?;
+            rows.iter().map(job_summary).collect()
+        })
+    }
+
+    fn retry(&self, job_id: i64) -> Result<()> {
+        let shared = self.shared();
+        self.run(CALL_TIMEOUT, async move {
+            let mut client = shared.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            let row = tx
+                .query_opt(
+                    "SELECT status, queue FROM jobs WHERE id = $1 FOR UPDATE",
+                    &[&job_id],
+                )
+                .await
+                .map_err(backend)?;
+            let Some(row) = row else {
+                return Err(JournalError::NotFound(format!(
+                    "no action with id {job_id}"
+                )));
+            };
+            let status: String = row.get(0);
+            if status != "dead" {
+                return Err(JournalError::Invalid(format!(
+                    "action {job_id} is {status}; only dead actions can be retried"
+                )));
+            }
+            tx.execute(
+                &format!(
+                    "UPDATE jobs SET status = 'pending', max_attempts = attempt + 1,
+                        scheduled_at = {NOW_MS}, finished_at = NULL WHERE id = $1"
+                ),
+                &[&job_id],
+            )
+            .await
+            .map_err(backend)?;
+            let queue: String = row.get(1);
+            notify(&tx, Queue::parse(&queue).unwrap_or(Queue::Action)).await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(())
+        })
+    }
+
+    fn backlog(&self) -> Result<u64> {
+        let shared = self.shared();
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let count: i64 = client
+                .query_one(
+                    "SELECT COUNT(*) FROM jobs WHERE queue = 'action' AND status IN ('pending', 'retrying', 'running')",
+                    &[],
+                )
+                .await
+                .map_err(backend)?
+                .get(0);
+            Ok(count as u64)
+        })
+    }
+
+    fn alerts(&self) -> Result<Vec<AlertState>> {
+        let shared = self.shared();
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let rows = client
+                .query(
+                    "SELECT name, state, version, since_ms, last_notified_ms FROM alerts
+                     WHERE version > 0 ORDER BY name",
+                    &[],
+                )
+                .await
+                .map_err(backend)?;
+            Ok(rows.iter().map(alert_state).collect())
+        })
+    }
+
+    fn reset_alert(&self, name: &str) -> Result<Option<bool>> {
+        let shared = self.shared();
+        let name = name.to_string();
+        self.run(CALL_TIMEOUT, async move {
+            let mut client = shared.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            let row = tx
+                .query_opt(
+                    "SELECT state FROM alerts WHERE name = $1 AND version > 0 FOR UPDATE",
+                    &[&name],
+                )
+                .await
+                .map_err(backend)?;
+            let Some(row) = row else { return Ok(None) };
+            if row.get::<_, String>(0) != "firing" {
+                return Ok(Some(false));
+            }
+            tx.execute(
+                &format!(
+                    "UPDATE alerts SET state = 'ok', version = version + 1, since_ms = {NOW_MS}
+                     WHERE name = $1"
+                ),
+                &[&name],
+            )
+            .await
+            .map_err(backend)?;
+            tx.commit().await.map_err(backend)?;
+            Ok(Some(true))
+        })
+    }
+
+    fn prune(&self, days: u32) -> Result<usize> {
+        let shared = self.shared();
+        let cutoff_ms = i64::from(days) * 86_400_000;
+        self.run(CALL_TIMEOUT * 6, async move {
+            let mut client = shared.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            let prunable = format!(
+                "SELECT id FROM events e WHERE e.received_ms < {NOW_MS} - $1
+                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_id = e.id
+                                   AND j.status IN ('pending', 'retrying', 'running'))"
+            );
+            tx.execute(
+                &format!("DELETE FROM rule_runs WHERE event_id IN ({prunable})"),
+                &[&cutoff_ms],
+            )
+            .await
+            .map_err(backend)?;
+            tx.execute(
+                &format!("DELETE FROM jobs WHERE event_id IN ({prunable})"),
+                &[&cutoff_ms],
+            )
+            .await
+            .map_err(backend)?;
+            let pruned = tx
+                .execute(
+                    &format!("DELETE FROM events WHERE id IN ({prunable})"),
+                    &[&cutoff_ms],
+                )
+                .await
+                .map_err(backend)?;
+            tx.commit().await.map_err(backend)?;
+            Ok(pruned as usize)
+        })
+    }
+
+    fn on_work(&self, waker: WorkWaker) {
+        *self
+            .shared
+            .waker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(waker);
+    }
+
+    fn instance(&self) -> Option<String> {
+        Some(self.shared.instance.clone())
+    }
+}

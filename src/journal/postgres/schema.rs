@@ -1,0 +1,79 @@
+//! The PostgreSQL schema, as ordered migrations applied at start under an advisory lock
+//! (instances starting together apply each once), tracked in `freshet_schema`.
+//!
+//! It mirrors the SQLite schema (JOURNAL.md): times are integer milliseconds from the
+//! database's clock, so every instance orders by one clock; `locked_by` names the
+//! instance holding a job's lease, and stays as "who ran it" once the job ends.
+
+/// The database clock, in milliseconds. `clock_timestamp()`, not `now()`: `now()` is the
+/// start of the transaction, and a claim must compare leases with the present.
+pub const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// The key of the advisory lock that serializes migrations.
+pub const MIGRATION_LOCK: i64 = 0x0066_7265_7368_6574; // "freshet"
+
+/// The channel instances NOTIFY on when they queue work; the payload is the queue.
+pub const WORK_CHANNEL: &str = "freshet_work";
+
+/// Each entry moves the schema one version forward; never edit an entry once released.
+pub const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE events (
+    id            TEXT PRIMARY KEY,
+    source        TEXT NOT NULL,
+    type          TEXT NOT NULL,
+    received_at   TEXT NOT NULL,
+    received_ms   BIGINT NOT NULL,
+    chain_depth   INTEGER NOT NULL DEFAULT 0,
+    status        TEXT NOT NULL,
+    body          TEXT NOT NULL,
+    -- the instance that journaled it
+    instance      TEXT
+);
+CREATE INDEX events_received ON events (received_ms);
+
+CREATE TABLE jobs (
+    id            BIGSERIAL PRIMARY KEY,
+    queue         TEXT NOT NULL,
+    kind          TEXT NOT NULL,
+    event_id      TEXT NOT NULL,
+    rule          TEXT,
+    job_key       TEXT NOT NULL UNIQUE,
+    coalesce_key  TEXT,
+    payload       TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    attempt       INTEGER NOT NULL DEFAULT 0,
+    max_attempts  INTEGER NOT NULL,
+    scheduled_at  BIGINT NOT NULL,
+    lease_until   BIGINT,
+    locked_by     TEXT,
+    errors        JSONB NOT NULL DEFAULT '[]',
+    last_error    TEXT,
+    result        TEXT,
+    created_at    BIGINT NOT NULL,
+    finished_at   BIGINT
+);
+CREATE INDEX jobs_event ON jobs (event_id);
+-- Claims read only open jobs, in the order they are due (River's and Oban's shape).
+CREATE INDEX jobs_open ON jobs (queue, scheduled_at, id)
+    WHERE status IN ('pending', 'retrying', 'running');
+CREATE UNIQUE INDEX jobs_coalesce ON jobs (coalesce_key)
+    WHERE coalesce_key IS NOT NULL AND status IN ('pending', 'retrying');
+
+CREATE TABLE rule_runs (
+    event_id      TEXT NOT NULL,
+    rule          TEXT NOT NULL,
+    outcome       TEXT NOT NULL,
+    actions       INTEGER NOT NULL,
+    error         TEXT,
+    PRIMARY KEY (event_id, rule)
+);
+
+CREATE TABLE alerts (
+    name             TEXT PRIMARY KEY,
+    state            TEXT NOT NULL,
+    version          BIGINT NOT NULL,
+    since_ms         BIGINT NOT NULL,
+    last_notified_ms BIGINT,
+    event_id         TEXT NOT NULL
+);
+"#];
