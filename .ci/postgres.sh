@@ -19,8 +19,14 @@ fi
 freshet_pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 as_pg "$pg_bin/initdb" -D "$freshet_pg_dir/data" -A trust -U freshet --no-sync >"$freshet_pg_dir/initdb.log" 2>&1 \
   || { cat "$freshet_pg_dir/initdb.log" >&2; return 1 2>/dev/null || exit 1; }
-as_pg "$pg_bin/pg_ctl" -D "$freshet_pg_dir/data" -l "$freshet_pg_dir/server.log" -w -t 60 \
-  -o "-p $freshet_pg_port -c listen_addresses=127.0.0.1 -k $freshet_pg_dir -c fsync=on -c max_connections=300" start >/dev/null \
+# In the config file, so that a plain `pg_ctl start` (the outage test) starts it the same way.
+cat >>"$freshet_pg_dir/data/postgresql.conf" <<CONF
+port = $freshet_pg_port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$freshet_pg_dir'
+max_connections = 300
+CONF
+as_pg "$pg_bin/pg_ctl" -D "$freshet_pg_dir/data" -l "$freshet_pg_dir/server.log" -w -t 60 start >/dev/null \
   || { cat "$freshet_pg_dir/server.log" >&2; return 1 2>/dev/null || exit 1; }
 freshet_pg_stop() {
   as_pg "$pg_bin/pg_ctl" -D "$freshet_pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
@@ -33,4 +39,5 @@ export FRESHET_TEST_DATABASE_URL="postgres://freshet@127.0.0.1:$freshet_pg_port/
 export FRESHET_TEST_PG_DATA="$freshet_pg_dir/data"
 export FRESHET_TEST_PG_CTL="$pg_bin/pg_ctl"
 export FRESHET_TEST_PG_USER="$freshet_pg_user"
+export FRESHET_TEST_PG_LOG="$freshet_pg_dir/server.log"
 echo "PostgreSQL for the tests: $FRESHET_TEST_DATABASE_URL"

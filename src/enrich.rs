@@ -61,6 +61,7 @@ impl EnrichWorker {
             Ok(Some(event)) => event,
             Ok(None) | Err(_) => {
                 tracing::error!(event_id = %job.event_id, "Cannot load the event to enrich; it is retried when the lease ends.");
+                self.journal.abandon(&job);
                 return;
             }
         };

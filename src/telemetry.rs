@@ -12,7 +12,16 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. Safe to call once per process.
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
+    // The PostgreSQL client logs every statement and its parameters at DEBUG: too much
+    // for `RUST_LOG=debug`, and event bodies have no place in the log. Asked for by name,
+    // it is shown.
+    let directives = if wanted.contains("tokio_postgres") {
+        wanted
+    } else {
+        format!("{wanted},tokio_postgres=info")
+    };
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

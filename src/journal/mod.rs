@@ -44,8 +44,8 @@ pub enum JournalError {
     Invalid(String),
     #[error("the journal could not commit: {0}")]
     Commit(String),
-    /// PostgreSQL failed or cannot be reached.
-    #[error("journal database error: {0}")]
+    /// PostgreSQL failed or cannot be reached (the message says so).
+    #[error("{0}")]
     Backend(String),
 }
 
@@ -432,6 +432,11 @@ pub trait JournalStore: Send + Sync + 'static {
 
     /// Deletes events older than `days` whose jobs are all finished; returns how many.
     fn prune(&self, days: u32) -> Result<usize, JournalError>;
+
+    /// Gives up a claimed job without an outcome (its event could not be read, its task
+    /// failed): it runs again when its lease ends. A backend that renews leases
+    /// (PostgreSQL) stops renewing this one; SQLite's leases simply run out.
+    fn abandon(&self, _job: &Job) {}
 
     /// Asks to be woken when another process queues work (PostgreSQL: `LISTEN`). The
     /// stages poll as well, so a backend without notifications does nothing here.

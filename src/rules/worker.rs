@@ -56,6 +56,7 @@ impl EvaluateWorker {
     /// loaded now is left out: it stays leased and is claimed again when the lease ends.
     async fn evaluate(&self, jobs: Vec<Job>) -> Vec<(Job, Evaluation)> {
         let journal = Arc::clone(&self.journal);
+        let claimed = jobs.clone();
         let config = self.config.load_full();
         let set = self.rules.current.load_full();
         let engine = Arc::clone(&self.rules.engine);
@@ -77,6 +78,7 @@ impl EvaluateWorker {
                     }
                     Err(error) => {
                         tracing::error!(event_id = %job.event_id, error = %error, "Cannot load the event.");
+                        journal.abandon(&job);
                         continue;
                     }
                 };
@@ -86,6 +88,9 @@ impl EvaluateWorker {
         });
         task.await.unwrap_or_else(|error| {
             tracing::error!(error = %error, "Rule evaluation task failed; its jobs run again when their leases end.");
+            for job in &claimed {
+                self.journal.abandon(job);
+            }
             Vec::new()
         })
     }

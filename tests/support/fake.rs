@@ -77,6 +77,8 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// Send the body in chunks with no Content-Length, as a streaming server does.
     pub chunked: bool,
+    /// Answer only after this long (a slow service); the request has been taken by then.
+    pub delay_ms: u64,
 }
 
 impl Reply {
@@ -86,6 +88,7 @@ impl Reply {
             headers: vec![("content-type".into(), "application/json".into())],
             body: body.to_string().into_bytes(),
             chunked: false,
+            delay_ms: 0,
         }
     }
     pub fn text(status: u16, body: &str) -> Reply {
@@ -94,6 +97,7 @@ impl Reply {
             headers: vec![("content-type".into(), "text/plain".into())],
             body: body.as_bytes().to_vec(),
             chunked: false,
+            delay_ms: 0,
         }
     }
     /// `body`, sent in 64 KiB chunks without a Content-Length.
@@ -103,6 +107,7 @@ impl Reply {
             headers: vec![("content-type".into(), content_type.into())],
             body,
             chunked: true,
+            delay_ms: 0,
         }
     }
     pub fn with_header(mut self, name: &str, value: &str) -> Reply {
@@ -141,9 +146,23 @@ where
     let log: Log = Arc::default();
     let seen_log = Arc::clone(&log);
     let handler = Arc::new(handler);
-    let route = capture().map(move |request: Seen| {
+    let route = capture().then(move |request: Seen| {
         let reply = handler(&request);
         seen_log.lock().unwrap().push(request);
+        async move {
+            if reply.delay_ms > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(reply.delay_ms)).await;
+            }
+            respond(reply)
+        }
+    });
+    let (addr, server) = warp::serve(route).bind_ephemeral(([127, 0, 0, 1], 0));
+    tokio::spawn(server);
+    (addr, log)
+}
+
+fn respond(reply: Reply) -> warp::http::Response<warp::hyper::Body> {
+    {
         let mut response = warp::http::Response::builder().status(reply.status);
         for (name, value) in &reply.headers {
             response = response.header(name, value);
@@ -159,10 +178,7 @@ where
             warp::hyper::Body::from(reply.body)
         };
         response.body(body).unwrap()
-    });
-    let (addr, server) = warp::serve(route).bind_ephemeral(([127, 0, 0, 1], 0));
-    tokio::spawn(server);
-    (addr, log)
+    }
 }
 
 /// A running fake service: where it listens, every request it saw, and its state, which
@@ -884,6 +900,8 @@ pub struct SlackState {
     /// Warnings Slack would have sent back (`missing_charset`).
     pub warnings: Vec<String>,
     pub faults: Faults,
+    /// How long each post takes to be answered (taken at once, answered late).
+    pub delay_ms: u64,
 }
 
 /// A fake Slack: the incoming webhook answers plain `ok`; chat.postMessage needs the bot
@@ -949,7 +967,9 @@ fn slack_handle(state: &mut SlackState, seen: &Seen) -> Reply {
             );
         };
         state.posts.push(("webhook".into(), text.to_string()));
-        return Reply::text(200, "ok");
+        let mut reply = Reply::text(200, "ok");
+        reply.delay_ms = state.delay_ms;
+        return reply;
     }
     if seen.path == "/api/chat.postMessage" {
         match seen.header("authorization") {

@@ -50,9 +50,10 @@ pub struct Setup {
     pub max_body_bytes: Option<usize>,
     /// Soft and hard limit on open files for the daemon (`RLIMIT_NOFILE`).
     pub file_limit: Option<u64>,
-    /// More keys for the `[server]` and `[rules]` sections.
+    /// More keys for the `[server]`, `[rules]` and `[journal]` sections.
     pub server_keys: String,
     pub rules_keys: String,
+    pub journal_keys: String,
 }
 
 impl Setup {
@@ -97,9 +98,10 @@ impl Daemon {
             std::fs::write(path, contents).unwrap();
         }
         let config = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = {}\n{}\n\n[journal]\npath = \"journal.db\"\n\n[rules]\ndir = \"rules\"\n{}\n\n{}\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = {}\n{}\n\n[journal]\npath = \"journal.db\"\n{}\n\n[rules]\ndir = \"rules\"\n{}\n\n{}\n",
             setup.max_body_bytes.unwrap_or(262_144),
             setup.server_keys,
+            setup.journal_keys,
             setup.rules_keys,
             setup.extra_config
         );
@@ -367,6 +369,37 @@ pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A fresh PostgreSQL database on the test server (`FRESHET_TEST_DATABASE_URL`, which
+/// .ci/postgres.sh sets), and its URL; None, said on stderr, without a server.
+pub async fn fresh_postgres() -> Option<String> {
+    let Ok(url) = std::env::var("FRESHET_TEST_DATABASE_URL") else {
+        eprintln!(
+            "skipped: FRESHET_TEST_DATABASE_URL is not set (.ci/postgres.sh starts a server)"
+        );
+        return None;
+    };
+    let name = format!("freshet_i_{:016x}", rand::random::<u64>());
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .expect("the test database server answers");
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    Some(format!("{base}/{name}"))
+}
+
+/// Runs one query on a test database and returns its rows.
+pub async fn postgres_rows(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client.query(sql, &[]).await.unwrap()
 }
 
 /// Raises this test process's own soft limit on open files to its hard limit.

@@ -42,6 +42,10 @@ pub(super) struct Shared {
     last_error: Mutex<Option<String>>,
     /// Wakes this instance's stages when any instance queues work.
     pub(super) waker: Mutex<Option<WorkWaker>>,
+    /// The jobs this instance holds and is working on: only their leases are renewed. A
+    /// job leaves when its outcome is written or its write failed, or it is abandoned,
+    /// so its lease runs out and it runs again instead of staying held forever.
+    pub(super) held: Mutex<std::collections::HashSet<i64>>,
     /// For the listener's own connection.
     config: tokio_postgres::Config,
 }
@@ -55,8 +59,15 @@ pub enum Role {
     Command,
 }
 
-pub(super) fn backend(error: impl std::fmt::Display) -> JournalError {
-    JournalError::Backend(error.to_string())
+/// A PostgreSQL error, with its causes (tokio-postgres keeps the useful part in them).
+pub(super) fn backend(error: impl std::error::Error) -> JournalError {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    JournalError::Backend(format!("PostgreSQL: {text}"))
 }
 
 fn pool_error(error: deadpool_postgres::PoolError) -> JournalError {
@@ -65,7 +76,13 @@ fn pool_error(error: deadpool_postgres::PoolError) -> JournalError {
             "PostgreSQL is unreachable (no connection within {} s)",
             CONNECT_TIMEOUT.as_secs()
         )),
-        other => backend(other),
+        deadpool_postgres::PoolError::Backend(error) => {
+            let JournalError::Backend(text) = backend(error) else {
+                unreachable!("backend() makes a Backend error")
+            };
+            JournalError::Backend(text.replacen("PostgreSQL:", "PostgreSQL is unreachable:", 1))
+        }
+        other => JournalError::Backend(format!("PostgreSQL is unreachable: {other}")),
     }
 }
 
@@ -106,13 +123,14 @@ impl PostgresJournal {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
-            .map_err(backend)?;
+            .map_err(|e| JournalError::Backend(format!("PostgreSQL: {e}")))?;
         let shared = Arc::new(Shared {
             pool,
             instance: instance_id(),
             lease_ms: (lease_seconds * 1000) as i64,
             last_error: Mutex::new(None),
             waker: Mutex::new(None),
+            held: Mutex::default(),
             config,
         });
         let journal = PostgresJournal {
@@ -212,6 +230,10 @@ impl Shared {
         self.pool.get().await.map_err(pool_error)
     }
 
+    pub(super) fn held(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<i64>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(super) fn last_error(&self) -> Option<String> {
         self.last_error
             .lock()
@@ -287,17 +309,21 @@ async fn renew_leases(shared: Arc<Shared>, stop: CancellationToken) {
     let period = Duration::from_millis((shared.lease_ms / 3).max(100) as u64);
     let sql = format!(
         "UPDATE jobs SET lease_until = {NOW_MS} + $2
-         WHERE locked_by = $1 AND status = 'running'"
+         WHERE id = ANY($3) AND locked_by = $1 AND status = 'running'"
     );
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
         }
+        let held: Vec<i64> = shared.held().iter().copied().collect();
+        if held.is_empty() {
+            continue;
+        }
         let renewed = async {
             let client = shared.client().await?;
             client
-                .execute(&sql, &[&shared.instance, &shared.lease_ms])
+                .execute(&sql, &[&shared.instance, &shared.lease_ms, &held])
                 .await
                 .map_err(backend)
         };
