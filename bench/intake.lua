@@ -20,8 +20,10 @@ function init(args)
   local f = io.open(os.getenv("FRESHET_BENCH_TEMPLATE"), "r")
   template = f:read("*a")
   f:close()
-  step = tonumber(os.getenv("FRESHET_BENCH_THREADS") or "1")
-  counter = id
+  -- Several wrk processes (one per freshet instance) share the ids without overlap:
+  -- each starts at its offset and steps by all threads of all processes.
+  step = tonumber(os.getenv("FRESHET_BENCH_STRIDE") or os.getenv("FRESHET_BENCH_THREADS") or "1")
+  counter = id + tonumber(os.getenv("FRESHET_BENCH_OFFSET") or "0")
 end
 
 function request()

@@ -36,6 +36,40 @@ run_wrk() {
   awk '/Requests\/sec/ {r=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} END {print r, p50, p99}' "$work/wrk.out"
 }
 
+# Runs two wrk at once, $3 connections each, against $1 and $2 (two instances on one
+# journal), on disjoint event ids; prints "total_req_per_s worst_p50 worst_p99".
+run_wrk_pair() {
+  local half=$3
+  FRESHET_BENCH_THREADS=2 FRESHET_BENCH_STRIDE=4 FRESHET_BENCH_OFFSET=0 \
+    wrk -t2 -c"$half" -d"${DURATION}s" --latency -s bench/intake.lua "$1" > "$work/wrk1.out" &
+  local first=$!
+  FRESHET_BENCH_THREADS=2 FRESHET_BENCH_STRIDE=4 FRESHET_BENCH_OFFSET=2 \
+    wrk -t2 -c"$half" -d"${DURATION}s" --latency -s bench/intake.lua "$2" > "$work/wrk2.out"
+  wait "$first"
+  for out in "$work/wrk1.out" "$work/wrk2.out"; do
+    if grep -q "Non-2xx" "$out"; then echo "non-2xx answers during the run:" >&2; cat "$out" >&2; exit 1; fi
+  done
+  awk '/Requests\/sec/ {r+=$2} /^ +50%/ {p50=($2>p50?$2:p50)} /^ +99%/ {p99[++n]=$2} END {print r, p50, p99[1] "/" p99[2]}' "$work/wrk1.out" "$work/wrk2.out"
+}
+
+# Starts freshet binary $1 on the PostgreSQL journal at $3 (an empty database), in
+# $work/$2, with no rules; prints its address. The caller kills it ($pid in $work/$2/pid).
+start_freshet_pg() {
+  local dir=$work/$2
+  mkdir -p "$dir/rules"
+  printf '[server]\nlisten = "127.0.0.1:0"\n[journal]\nurl = "%s"\n[rules]\ndir = "rules"\n[dbt]\nwebhook_secrets = ["%s"]\n' "$3" "$BENCH_SECRET" > "$dir/freshet.toml"
+  RUST_LOG=warn,freshet=info "$1" serve --config "$dir/freshet.toml" > "$dir/stdout" 2> "$dir/log" &
+  echo $! > "$dir/pid"
+  wait_for_addr "$dir/log"
+}
+
+# A new empty database on the benchmark's PostgreSQL server; prints its URL.
+fresh_pg_database() {
+  local name="freshet_bench_$RANDOM$RANDOM"
+  psql "$FRESHET_TEST_DATABASE_URL" -qc "CREATE DATABASE $name" >/dev/null
+  echo "${FRESHET_TEST_DATABASE_URL%/*}/$name"
+}
+
 # Prints the address a server logged ("addr=..."), waiting for it to start.
 wait_for_addr() {
   for _ in $(seq 1 200); do
