@@ -232,6 +232,64 @@ pub enum JobOutcome {
     Wait { delay_ms: u64 },
 }
 
+/// How an outcome is written to its job's row, the same in every backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutcomeColumns {
+    /// The job's new status: `succeeded`, `pending` (a wait), `retrying` or `dead`.
+    pub status: &'static str,
+    /// The result to keep (a success's value, as JSON text).
+    pub result: Option<String>,
+    /// The attempt's error, added to the job's errors.
+    pub error: Option<String>,
+    /// When the job is due again (retrying, waiting), in ms from now.
+    pub delay_ms: u64,
+}
+
+impl JobOutcome {
+    /// How this outcome of an attempt at `job` is written: a retry with no attempts left
+    /// is dead.
+    pub fn columns(&self, job: &Job) -> OutcomeColumns {
+        let status = match self {
+            JobOutcome::Succeeded(_) => "succeeded",
+            JobOutcome::Wait { .. } => "pending",
+            JobOutcome::Retry { .. } if job.attempt < job.max_attempts => "retrying",
+            JobOutcome::Retry { .. } | JobOutcome::Dead { .. } => "dead",
+        };
+        let result = match self {
+            JobOutcome::Succeeded(Some(value)) => Some(value.to_string()),
+            _ => None,
+        };
+        let (error, delay_ms) = match self {
+            JobOutcome::Succeeded(_) => (None, 0),
+            JobOutcome::Wait { delay_ms } => (None, *delay_ms),
+            JobOutcome::Retry { delay_ms, error } => (Some(error.clone()), *delay_ms),
+            JobOutcome::Dead { error } => (Some(error.clone()), 0),
+        };
+        OutcomeColumns {
+            status,
+            result,
+            error,
+            delay_ms,
+        }
+    }
+}
+
+impl AlertCall {
+    /// The Slack post an alert transition queues, for the event `job` evaluated.
+    pub fn post_job(&self, job: &Job, key: String, payload: Value, max_attempts: u32) -> NewJob {
+        NewJob {
+            queue: Queue::Action,
+            kind: "slack_post".into(),
+            event_id: job.event_id.clone(),
+            rule: Some(self.rule.clone()),
+            job_key: key,
+            coalesce_key: None,
+            payload,
+            max_attempts: max_attempts.max(1),
+        }
+    }
+}
+
 /// What a finished attempt writes besides its own outcome, in the same transaction: an
 /// event it emits (`freshet.action.failed`, `tableau.refresh.completed`) with its
 /// `evaluate` job, and a job it starts (following a Tableau refresh).

@@ -13,7 +13,7 @@ use crate::event::Event;
 use crate::journal::{
     isolate_retried, replay_suffix, stage_job, AlertState, AppendTicket, Appended, Evaluation,
     EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobSummary, JournalError, JournalStore,
-    KeyedJob, NewJob, Queue, Released, Replay, RuleRun, WorkWaker,
+    KeyedJob, NewJob, OutcomeColumns, Queue, Released, Replay, RuleRun, WorkWaker,
 };
 
 type Result<T> = std::result::Result<T, JournalError>;
@@ -219,20 +219,8 @@ async fn record_evaluation(
             .map_err(backend)?;
         }
         if let Some((key, payload)) = transition.post {
-            insert_job(
-                tx,
-                &NewJob {
-                    queue: Queue::Action,
-                    kind: "slack_post".into(),
-                    event_id: job.event_id.clone(),
-                    rule: Some(call.rule.clone()),
-                    job_key: key,
-                    coalesce_key: None,
-                    payload,
-                    max_attempts: evaluation.alert_max_attempts.max(1),
-                },
-            )
-            .await?;
+            let post = call.post_job(job, key, payload, evaluation.alert_max_attempts);
+            insert_job(tx, &post).await?;
         }
     }
     tx.execute(
@@ -483,22 +471,12 @@ impl JournalStore for PostgresJournal {
                  WHERE id = $4 AND status = 'running' AND attempt = $5 AND locked_by = $7"
             )
         });
-        let status = match outcome {
-            JobOutcome::Succeeded(_) => "succeeded",
-            JobOutcome::Wait { .. } => "pending",
-            JobOutcome::Retry { .. } if job.attempt < job.max_attempts => "retrying",
-            JobOutcome::Retry { .. } | JobOutcome::Dead { .. } => "dead",
-        };
-        let result = match outcome {
-            JobOutcome::Succeeded(Some(value)) => Some(value.to_string()),
-            _ => None,
-        };
-        let (error, delay_ms) = match outcome {
-            JobOutcome::Succeeded(_) => (None, 0),
-            JobOutcome::Wait { delay_ms } => (None, *delay_ms),
-            JobOutcome::Retry { delay_ms, error } => (Some(error.clone()), *delay_ms),
-            JobOutcome::Dead { error } => (Some(error.clone()), 0),
-        };
+        let OutcomeColumns {
+            status,
+            result,
+            error,
+            delay_ms,
+        } = outcome.columns(job);
         let shared = self.shared();
         shared.held().remove(&job.id);
         let job = job.clone();

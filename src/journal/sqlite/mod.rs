@@ -12,7 +12,7 @@ use super::schema::{MIGRATIONS, NOW_MS};
 use super::{
     isolate_retried, replay_suffix, stage_job, AlertState, AppendReply, AppendTicket, Evaluation,
     EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobSummary, JournalError, JournalStore,
-    KeyedJob, Queue, Released, Replay, RuleRun,
+    KeyedJob, OutcomeColumns, Queue, Released, Replay, RuleRun,
 };
 use crate::event::Event;
 
@@ -443,22 +443,12 @@ impl JournalStore for SqliteJournal {
         follow_up: &FollowUp,
     ) -> Result<Option<String>, JournalError> {
         self.write(|tx| {
-            let status = match outcome {
-                JobOutcome::Succeeded(_) => "succeeded",
-                JobOutcome::Wait { .. } => "pending",
-                JobOutcome::Retry { .. } if job.attempt < job.max_attempts => "retrying",
-                JobOutcome::Retry { .. } | JobOutcome::Dead { .. } => "dead",
-            };
-            let result = match outcome {
-                JobOutcome::Succeeded(Some(value)) => Some(value.to_string()),
-                _ => None,
-            };
-            let (error, delay_ms) = match outcome {
-                JobOutcome::Succeeded(_) => (None, 0),
-                JobOutcome::Wait { delay_ms } => (None, *delay_ms),
-                JobOutcome::Retry { delay_ms, error } => (Some(error.as_str()), *delay_ms),
-                JobOutcome::Dead { error } => (Some(error.as_str()), 0),
-            };
+            let OutcomeColumns {
+                status,
+                result,
+                error,
+                delay_ms,
+            } = outcome.columns(job);
             let updated = exec(tx,
                 &format!(
                     "UPDATE jobs SET status = ?1,

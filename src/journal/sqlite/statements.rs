@@ -9,7 +9,6 @@ use serde_json::Value;
 use super::super::schema::NOW_MS;
 use super::super::{
     stage_job, AlertState, Appended, Evaluation, FirstJob, Job, JobSummary, JournalError, NewJob,
-    Queue,
 };
 use super::{exec, now_ms};
 use crate::event::Event;
@@ -240,16 +239,7 @@ pub(super) fn record_evaluation(
         if let Some((key, payload)) = decision.post {
             insert_job(
                 tx,
-                &NewJob {
-                    queue: Queue::Action,
-                    kind: "slack_post".into(),
-                    event_id: job.event_id.clone(),
-                    rule: Some(call.rule.clone()),
-                    job_key: key,
-                    coalesce_key: None,
-                    payload,
-                    max_attempts: evaluation.alert_max_attempts.max(1),
-                },
+                &call.post_job(job, key, payload, evaluation.alert_max_attempts),
             )?;
         }
     }
