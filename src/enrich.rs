@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::actions::client::ActionError;
 use crate::actions::mode::{Mode, RowsError};
-use crate::actions::runner::failure_event;
+use crate::actions::runner::failure_if_dead;
 use crate::config::{Config, ModeConfig};
 use crate::event::Event;
 use crate::journal::{blocking, FollowUp, Job, JobOutcome, Journal, Queue};
@@ -103,15 +103,10 @@ impl EnrichWorker {
 
     /// Journals a failed attempt: retrying, or dead with a `freshet.action.failed` event.
     async fn failed(&self, job: Job, outcome: JobOutcome) {
-        let goes_dead = match &outcome {
-            JobOutcome::Dead { .. } => true,
-            JobOutcome::Retry { .. } => job.attempt >= job.max_attempts,
-            JobOutcome::Succeeded(_) | JobOutcome::Wait { .. } => false,
+        let follow_up = FollowUp {
+            event: failure_if_dead(&self.journal, &job, &outcome).await,
+            job: None,
         };
-        let mut follow_up = FollowUp::default();
-        if goes_dead {
-            follow_up.event = Some(failure_event(&self.journal, &job, &outcome).await);
-        }
         let id = job.id;
         match blocking(&self.journal, move |j| j.finish(&job, &outcome, &follow_up)).await {
             Ok(Some(status)) if status == "dead" => {

@@ -67,6 +67,17 @@ impl Event {
     pub fn field(&self, name: &str) -> Option<&Value> {
         self.fields.get(name)
     }
+
+    /// A Mode event that names a report run: its run is fetched from Mode (enrichment)
+    /// before the rules see it.
+    pub fn names_mode_run(&self) -> bool {
+        self.source == Source::Mode && self.field("run_token").is_some_and(|t| !t.is_null())
+    }
+
+    /// A Mode run event whose run has not been fetched (yet, or ever).
+    pub fn is_unfetched_mode_run(&self) -> bool {
+        self.names_mode_run() && self.field("verified") != Some(&Value::Bool(true))
+    }
 }
 
 /// The current time as RFC 3339 with millisecond precision, UTC.

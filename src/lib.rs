@@ -10,7 +10,8 @@
 //! - [`ingest`]: HTTP routes; signature and token checks; webhook bodies -> [`event::Event`].
 //! - [`event`]: the common event every stage speaks.
 //! - [`enrich`]: fetches Mode runs and results before the rules see them.
-//! - [`journal`]: events, jobs and alert state in SQLite, behind the `JournalStore` trait.
+//! - [`journal`]: events, jobs and alert state behind the `JournalStore` trait: SQLite
+//!   (one process) or PostgreSQL (several instances sharing one queue).
 //! - [`rules`]: Rhai rules: sandboxed engine, hot reload, the evaluate stage.
 //! - [`actions`]: what rules ask for, and the stage that calls Mode, Tableau and Slack.
 //! - [`alerts`]: the pure state machine of threshold alerts.

@@ -121,17 +121,23 @@ impl Answer {
 /// again as it was, method and body included, as tableauserverclient re-POSTs a sign-in
 /// (`auth_endpoint.py`). Transport failures are retryable errors that never carry the URL.
 pub async fn send(service: &str, request: reqwest::RequestBuilder) -> Result<Answer, ActionError> {
-    let response = send_following_redirects(service, request).await?;
-    let status = response.status();
-    let retry_after = retry_after(&response);
-    let url = response.url().clone();
-    let body = read_capped(service, response, MAX_ANSWER_BYTES).await?;
-    Ok(Answer {
-        status,
-        retry_after,
-        body: String::from_utf8_lossy(&body).into_owned(),
-        url,
-    })
+    Answer::read(service, send_following_redirects(service, request).await?).await
+}
+
+impl Answer {
+    /// Reads `response` (up to [`MAX_ANSWER_BYTES`]).
+    pub async fn read(service: &str, response: Response) -> Result<Answer, ActionError> {
+        let status = response.status();
+        let retry_after = retry_after(&response);
+        let url = response.url().clone();
+        let body = read_capped(service, response, MAX_ANSWER_BYTES).await?;
+        Ok(Answer {
+            status,
+            retry_after,
+            body: String::from_utf8_lossy(&body).into_owned(),
+            url,
+        })
+    }
 }
 
 /// Sends `request`, following safe redirects; returns the first answer that is not one.

@@ -110,20 +110,7 @@ impl Mode<'_> {
             .header("Accept", "application/json");
         let mut response = send_following_redirects(SERVICE, request).await?;
         if !response.status().is_success() {
-            let answer = Answer {
-                status: response.status(),
-                retry_after: super::client::retry_after(&response),
-                body: String::from_utf8_lossy(
-                    &super::client::read_capped(SERVICE, response, 64 << 10)
-                        .await
-                        .unwrap_or_default(),
-                )
-                .into_owned(),
-                url: self
-                    .url(path)
-                    .parse()
-                    .expect("a URL built from a parsed base"),
-            };
+            let answer = Answer::read(SERVICE, response).await?;
             return Err(answer.into_error(SERVICE).into());
         }
         let mut rows = RowSplitter::default();

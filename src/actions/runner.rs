@@ -324,13 +324,8 @@ async fn refresh_tableau(
 }
 
 async fn finish(shared: &Shared, job: &Job, outcome: JobOutcome, mut follow_up: FollowUp) {
-    let goes_dead = match &outcome {
-        JobOutcome::Dead { .. } => true,
-        JobOutcome::Retry { .. } => job.attempt >= job.max_attempts,
-        JobOutcome::Succeeded(_) | JobOutcome::Wait { .. } => false,
-    };
-    if goes_dead {
-        follow_up.event = Some(failure_event(&shared.journal, job, &outcome).await);
+    if let Some(failure) = failure_if_dead(&shared.journal, job, &outcome).await {
+        follow_up.event = Some(failure);
     }
     let status = {
         let job = job.clone();
@@ -392,6 +387,15 @@ pub async fn emitted_event(
         chain_depth: cause_depth + 1,
         fields,
         raw: Value::Null,
+    }
+}
+
+/// The `freshet.action.failed` event for `job`, if `outcome` ends it dead.
+pub async fn failure_if_dead(journal: &Journal, job: &Job, outcome: &JobOutcome) -> Option<Event> {
+    if outcome.ends_dead(job) {
+        Some(failure_event(journal, job, outcome).await)
+    } else {
+        None
     }
 }
 

@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde_json::{json, Value};
 
 use crate::config::{self, Config, ConfigLocation};
-use crate::event::{now_rfc3339, Event, Source};
+use crate::event::{now_rfc3339, Event};
 use crate::ingest::{dbt_cloud, mode};
 use crate::journal::AlertState;
 use crate::rules::engine::build_engine;
@@ -161,10 +161,7 @@ pub fn replay(config: &Config, id: &str, rule: Option<&str>) -> anyhow::Result<b
 
 /// For a Mode run event that was never fetched: what the rules will not see in it.
 pub fn not_enriched_note(event: &Event) -> Option<String> {
-    let unfetched_run = event.source == Source::Mode
-        && event.field("run_token").is_some_and(|t| !t.is_null())
-        && event.field("verified") != Some(&Value::Bool(true));
-    unfetched_run.then(|| {
+    event.is_unfetched_mode_run().then(|| {
         "this Mode event is not enriched: freshet fetches the run from Mode before the rules see it, so run_state, report_name, run_url, results and result_errors are missing here and verified is false. Test with the journaled event (`freshet events --show ID > event.json`) to have them.".to_string()
     })
 }
@@ -250,14 +247,12 @@ pub fn read_event(path: &Path, config: &Config) -> anyhow::Result<Event> {
 /// An event from JSON: a journaled event, or a raw dbt or Mode webhook body, told apart
 /// by shape. `origin` names where it came from, for errors.
 pub fn event_from_value(value: Value, config: &Config, origin: &str) -> anyhow::Result<Event> {
-    let path = Path::new(origin);
     if value.get("id").is_some() && value.get("source").is_some() && value.get("type").is_some() {
         return Event::from_json(value)
-            .with_context(|| format!("{} is not a journaled event", path.display()));
+            .with_context(|| format!("{origin} is not a journaled event"));
     }
     if dbt_cloud::looks_like(&value) {
-        return dbt_cloud::from_value(value, now_rfc3339())
-            .with_context(|| path.display().to_string());
+        return dbt_cloud::from_value(value, now_rfc3339()).with_context(|| origin.to_string());
     }
     if mode::looks_like(&value) {
         // Without a configured workspace, trust the one in the file: nothing is fetched.
@@ -268,10 +263,7 @@ pub fn event_from_value(value: Value, config: &Config, origin: &str) -> anyhow::
             .or_else(|| mode::workspace_named_in(&value))
             .unwrap_or_default();
         return mode::from_value(value, &workspace, now_rfc3339())
-            .with_context(|| path.display().to_string());
+            .with_context(|| origin.to_string());
     }
-    anyhow::bail!(
-        "{}: neither a dbt Cloud webhook, a Mode webhook nor a journaled event",
-        path.display()
-    )
+    anyhow::bail!("{origin}: neither a dbt Cloud webhook, a Mode webhook nor a journaled event")
 }

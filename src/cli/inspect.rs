@@ -37,44 +37,42 @@ pub fn list_events(
 }
 
 fn print_event(event: &EventSummary) {
-    {
+    println!(
+        "{}  {}  {}  [{}]{}",
+        event.received_at,
+        event.kind,
+        event.id,
+        event.status,
+        event
+            .instance
+            .as_deref()
+            .map(|i| format!("  by {i}"))
+            .unwrap_or_default()
+    );
+    for rule in &event.rules {
+        match &rule.error {
+            Some(error) => println!("    rule {}: {}: {error}", rule.rule, rule.outcome),
+            None => println!(
+                "    rule {}: {} ({} action calls)",
+                rule.rule, rule.outcome, rule.actions
+            ),
+        }
+    }
+    for action in &event.actions {
         println!(
-            "{}  {}  {}  [{}]{}",
-            event.received_at,
-            event.kind,
-            event.id,
-            event.status,
-            event
-                .instance
+            "    action #{} {} {} [{}] attempt {}/{}{}",
+            action.id,
+            action.kind,
+            action.payload,
+            action.status,
+            action.attempt,
+            action.max_attempts,
+            action
+                .last_error
                 .as_deref()
-                .map(|i| format!("  by {i}"))
+                .map(|e| format!(": {e}"))
                 .unwrap_or_default()
         );
-        for rule in &event.rules {
-            match &rule.error {
-                Some(error) => println!("    rule {}: {}: {error}", rule.rule, rule.outcome),
-                None => println!(
-                    "    rule {}: {} ({} action calls)",
-                    rule.rule, rule.outcome, rule.actions
-                ),
-            }
-        }
-        for action in &event.actions {
-            println!(
-                "    action #{} {} {} [{}] attempt {}/{}{}",
-                action.id,
-                action.kind,
-                action.payload,
-                action.status,
-                action.attempt,
-                action.max_attempts,
-                action
-                    .last_error
-                    .as_deref()
-                    .map(|e| format!(": {e}"))
-                    .unwrap_or_default()
-            );
-        }
     }
 }
 
@@ -111,23 +109,21 @@ pub fn list_actions(
 }
 
 fn print_job(job: &JobSummary) {
-    {
-        println!(
-            "#{}  {}  {}  [{}]  attempt {}/{}  rule {}  event {}{}",
-            job.id,
-            job.kind,
-            job.payload,
-            job.status,
-            job.attempt,
-            job.max_attempts,
-            job.rule.as_deref().unwrap_or("-"),
-            job.event_id,
-            job.last_error
-                .as_deref()
-                .map(|e| format!("  last error: {e}"))
-                .unwrap_or_default()
-        );
-    }
+    println!(
+        "#{}  {}  {}  [{}]  attempt {}/{}  rule {}  event {}{}",
+        job.id,
+        job.kind,
+        job.payload,
+        job.status,
+        job.attempt,
+        job.max_attempts,
+        job.rule.as_deref().unwrap_or("-"),
+        job.event_id,
+        job.last_error
+            .as_deref()
+            .map(|e| format!("  last error: {e}"))
+            .unwrap_or_default()
+    );
 }
 
 pub fn retry(config: &Config, id: i64) -> anyhow::Result<bool> {
@@ -146,8 +142,7 @@ pub fn replay(config: &Config, id: &str, rule: Option<String>) -> anyhow::Result
         .with_context(|| format!("no journaled event with id {id}"))?;
     // A Mode run event whose run was never fetched (Mode was down, the enrichment died)
     // is fetched first: the rules must not see it as if Mode had no results.
-    let unverified_run = event.field("run_token").is_some_and(|t| !t.is_null())
-        && event.field("verified") != Some(&serde_json::Value::Bool(true));
+    let unverified_run = event.is_unfetched_mode_run();
     let first = if unverified_run {
         FirstJob::enrich(config.actions.max_attempts)
     } else {

@@ -50,6 +50,17 @@ pub struct ModeIntake {
 }
 
 impl IntakeSecrets {
+    /// The source (named as in the config) that has a secret here and none in `next`.
+    pub fn sources_lost_in(&self, next: &IntakeSecrets) -> Option<&'static str> {
+        if !self.dbt.is_empty() && next.dbt.is_empty() {
+            return Some("dbt.webhook_secrets");
+        }
+        if self.mode.is_some() && next.mode.is_none() {
+            return Some("mode.webhook_token");
+        }
+        None
+    }
+
     pub fn from_config(config: &Config) -> IntakeSecrets {
         IntakeSecrets {
             dbt: config
@@ -64,19 +75,6 @@ impl IntakeSecrets {
                 })
             }),
         }
-    }
-}
-
-impl IntakeSecrets {
-    /// The source (named as in the config) that has a secret here and none in `next`.
-    pub fn sources_lost_in(&self, next: &IntakeSecrets) -> Option<&'static str> {
-        if !self.dbt.is_empty() && next.dbt.is_empty() {
-            return Some("dbt.webhook_secrets");
-        }
-        if self.mode.is_some() && next.mode.is_none() {
-            return Some("mode.webhook_token");
-        }
-        None
     }
 }
 
@@ -411,7 +409,7 @@ async fn receive_mode(
     }
     let event = mode::from_value(raw, &mode.workspace, now_rfc3339())?;
     // Run events are fetched from the Mode API before the rules see them.
-    let first = if event.field("run_token").is_some_and(|t| !t.is_null()) {
+    let first = if event.names_mode_run() {
         FirstJob::enrich(intake.enrich_attempts)
     } else {
         FirstJob::EVALUATE

@@ -5,10 +5,9 @@
 //! with a lease, and each stage's result is written in one transaction. A crash anywhere
 //! therefore loses nothing that was acknowledged.
 //!
-//! [`JournalStore`] is the one small interface; [`sqlite::SqliteJournal`] is the embedded
-//! implementation. A PostgreSQL store (several instances sharing one queue) is planned as
-//! a second implementation of the same trait: the SQL here already claims with
-//! `UPDATE .. RETURNING` and leases, which is what `FOR UPDATE SKIP LOCKED` needs.
+//! [`JournalStore`] is the one small interface. [`sqlite::SqliteJournal`] is the embedded
+//! implementation (one process per journal); [`postgres::PostgresJournal`] lets several
+//! instances share one journal and job queue. `contract.rs` holds the tests both pass.
 
 #[cfg(test)]
 mod contract;
@@ -246,14 +245,23 @@ pub struct OutcomeColumns {
 }
 
 impl JobOutcome {
-    /// How this outcome of an attempt at `job` is written: a retry with no attempts left
-    /// is dead.
+    /// Whether this outcome of an attempt at `job` ends it dead: a final failure, or a
+    /// retry with no attempts left.
+    pub fn ends_dead(&self, job: &Job) -> bool {
+        match self {
+            JobOutcome::Dead { .. } => true,
+            JobOutcome::Retry { .. } => job.attempt >= job.max_attempts,
+            JobOutcome::Succeeded(_) | JobOutcome::Wait { .. } => false,
+        }
+    }
+
+    /// How this outcome of an attempt at `job` is written.
     pub fn columns(&self, job: &Job) -> OutcomeColumns {
         let status = match self {
+            _ if self.ends_dead(job) => "dead",
             JobOutcome::Succeeded(_) => "succeeded",
             JobOutcome::Wait { .. } => "pending",
-            JobOutcome::Retry { .. } if job.attempt < job.max_attempts => "retrying",
-            JobOutcome::Retry { .. } | JobOutcome::Dead { .. } => "dead",
+            JobOutcome::Retry { .. } | JobOutcome::Dead { .. } => "retrying",
         };
         let result = match self {
             JobOutcome::Succeeded(Some(value)) => Some(value.to_string()),

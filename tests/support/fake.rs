@@ -162,23 +162,21 @@ where
 }
 
 fn respond(reply: Reply) -> warp::http::Response<warp::hyper::Body> {
-    {
-        let mut response = warp::http::Response::builder().status(reply.status);
-        for (name, value) in &reply.headers {
-            response = response.header(name, value);
-        }
-        let body = if reply.chunked {
-            let chunks: Vec<Result<Vec<u8>, std::convert::Infallible>> = reply
-                .body
-                .chunks(64 << 10)
-                .map(|chunk| Ok(chunk.to_vec()))
-                .collect();
-            warp::hyper::Body::wrap_stream(futures_util::stream::iter(chunks))
-        } else {
-            warp::hyper::Body::from(reply.body)
-        };
-        response.body(body).unwrap()
+    let mut response = warp::http::Response::builder().status(reply.status);
+    for (name, value) in &reply.headers {
+        response = response.header(name, value);
     }
+    let body = if reply.chunked {
+        let chunks: Vec<Result<Vec<u8>, std::convert::Infallible>> = reply
+            .body
+            .chunks(64 << 10)
+            .map(|chunk| Ok(chunk.to_vec()))
+            .collect();
+        warp::hyper::Body::wrap_stream(futures_util::stream::iter(chunks))
+    } else {
+        warp::hyper::Body::from(reply.body)
+    };
+    response.body(body).unwrap()
 }
 
 /// A running fake service: where it listens, every request it saw, and its state, which
@@ -699,17 +697,6 @@ fn tableau_handle(state: &mut TableauState, seen: &Seen) -> Reply {
         (Some(asked), Some(max)) if asked <= max => {}
         _ => return tableau_error(404, "404001", "Invalid version"),
     }
-    if rest == "serverinfo" {
-        if seen.method != "GET" {
-            return tableau_error(405, "405000", "Method Not Allowed");
-        }
-        return Reply::json(
-            200,
-            serde_json::json!({"serverInfo": {
-                "productVersion": {"value": "2023.1.0", "build": "20231.23.0"},
-                "restApiVersion": state.max_api_version}}),
-        );
-    }
     // Without these headers Tableau reads the body as XML and answers in XML.
     if seen.method == "POST"
         && !seen
@@ -726,6 +713,17 @@ fn tableau_handle(state: &mut TableauState, seen: &Seen) -> Reply {
         .is_some_and(|a| a.contains("application/json"))
     {
         return Reply::text(200, "<tsResponse/>");
+    }
+    if rest == "serverinfo" {
+        if seen.method != "GET" {
+            return tableau_error(405, "405000", "Method Not Allowed");
+        }
+        return Reply::json(
+            200,
+            serde_json::json!({"serverInfo": {
+                "productVersion": {"value": "2023.1.0", "build": "20231.23.0"},
+                "restApiVersion": state.max_api_version}}),
+        );
     }
     if rest == "auth/signin" {
         if seen.method != "POST" {
