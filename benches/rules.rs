@@ -1,5 +1,6 @@
-//! Rule evaluation cost: one event through 1, 10 and 100 rules the size of the shipped
-//! examples (copies of rules/*.rhai). Run with `cargo bench --bench rules`.
+//! Rule evaluation cost: one event through 1, 10, 100 and 1,000 rules the size of the
+//! shipped examples (copies of rules/*.rhai), and the reload after one file of 1,000
+//! changed. Run with `cargo bench --bench rules`.
 
 use std::path::Path;
 
@@ -31,7 +32,7 @@ fn rules(c: &mut Criterion) {
     let vars = serde_json::json!({"finance_channel": "#finance", "revenue_floor": 1000.0});
     let engine = build_engine(1_000_000);
     let mut group = c.benchmark_group("evaluate_one_event");
-    for count in [1usize, 10, 100] {
+    for count in [1usize, 10, 100, 1000] {
         let dir = tempfile::tempdir().unwrap();
         for i in 0..count {
             let (name, source) = &examples[i % examples.len()];
@@ -44,6 +45,31 @@ fn rules(c: &mut Criterion) {
         });
     }
     group.finish();
+
+    // What a hot reload does after one edit: list the folder, read and hash every file,
+    // compile the one that changed.
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..1000 {
+        let (name, source) = &examples[i % examples.len()];
+        std::fs::write(dir.path().join(format!("{i:04}_{name}")), source).unwrap();
+    }
+    let (name, source) = &examples[0];
+    let edited = dir.path().join(format!("0000_{name}"));
+    let mut current = load_dir(&engine, dir.path(), None);
+    assert!(current.errors.is_empty() && current.rules.len() == 1000);
+    // What every reload did before it kept unchanged files: compile the whole folder.
+    c.bench_function("load_all_of/1000", |b| {
+        b.iter(|| load_dir(&engine, dir.path(), None));
+    });
+    let mut version = 0u64;
+    c.bench_function("reload_one_changed_of/1000", |b| {
+        b.iter(|| {
+            version += 1;
+            std::fs::write(&edited, format!("{source}\n// edit {version}\n")).unwrap();
+            current = load_dir(&engine, dir.path(), Some(&current));
+            assert_eq!(current.compiled, 1);
+        });
+    });
 }
 
 criterion_group!(benches, rules);

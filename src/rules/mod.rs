@@ -34,6 +34,8 @@ pub struct Rule {
     pub name: String,
     pub path: PathBuf,
     pub ast: Arc<AST>,
+    /// SHA-256 of the source the AST was compiled from.
+    pub digest: [u8; 32],
 }
 
 /// The rules in force, by name, and the compile errors of the last load.
@@ -42,6 +44,8 @@ pub struct RuleSet {
     pub rules: BTreeMap<String, Arc<Rule>>,
     /// Files that failed to compile (their last good version, if any, is in `rules`).
     pub errors: Vec<RuleError>,
+    /// How many files this load compiled (the others were unchanged and kept).
+    pub compiled: usize,
 }
 
 /// What one rule did with one event.
@@ -387,5 +391,29 @@ mod tests {
         assert_eq!(next.errors.len(), 1);
         let outcomes = next.evaluate(&engine, &json!({}), &json!({}));
         assert_eq!(outcomes[0].calls.len(), 1, "the v1 rule keeps running");
+    }
+
+    #[test]
+    fn a_reload_compiles_only_the_files_that_changed() {
+        let (dir, engine, first) = rule_set(&[
+            ("a.rhai", r#"slack_post("a");"#),
+            ("b.rhai", r#"slack_post("b1");"#),
+        ]);
+        assert_eq!(first.compiled, 2);
+        std::fs::write(dir.path().join("b.rhai"), r#"slack_post("b2");"#).unwrap();
+        let second = load::load_dir(&engine, dir.path(), Some(&first));
+        assert_eq!(second.compiled, 1);
+        assert!(Arc::ptr_eq(&first.rules["a"], &second.rules["a"]));
+        let outcomes = second.evaluate(&engine, &json!({}), &json!({}));
+        assert_eq!(outcomes[1].calls[0].written, json!(["b2"]));
+
+        // The same text written again, and a file renamed, are both noticed by content
+        // and place, not by time stamps.
+        std::fs::write(dir.path().join("b.rhai"), r#"slack_post("b2");"#).unwrap();
+        std::fs::rename(dir.path().join("a.rhai"), dir.path().join("c.rhai")).unwrap();
+        let third = load::load_dir(&engine, dir.path(), Some(&second));
+        assert_eq!(third.compiled, 1, "only c.rhai, a new name, is compiled");
+        assert!(Arc::ptr_eq(&second.rules["b"], &third.rules["b"]));
+        assert_eq!(third.rules.keys().collect::<Vec<_>>(), ["b", "c"]);
     }
 }

@@ -66,6 +66,7 @@ impl Rules {
         tracing::info!(
             rules_loaded = set.rules.len(),
             rule_errors = set.errors.len(),
+            compiled = set.compiled,
             "Rules reloaded."
         );
         self.current.store(Arc::new(set));
