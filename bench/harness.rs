@@ -87,6 +87,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// Webhooks answered 200 so far (each a new event).
+static POSTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 async fn post(client: &reqwest::Client, url: &str, event_id: &str, run_id: usize) {
     let body = body(event_id, run_id);
     let response = client
@@ -97,6 +100,7 @@ async fn post(client: &reqwest::Client, url: &str, event_id: &str, run_id: usize
         .await
         .expect("post");
     assert!(response.status().is_success(), "{}", response.status());
+    POSTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[tokio::main]
@@ -153,13 +157,15 @@ async fn main() {
     let ready = started.elapsed();
     let stderr = child.stderr.take().unwrap();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (reloaded_tx, reloaded_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line
-                .split_whitespace()
-                .find_map(|w| w.strip_prefix("addr="))
-            {
+            let mut words = line.split_whitespace();
+            if let Some(addr) = words.clone().find_map(|w| w.strip_prefix("addr=")) {
                 let _ = addr_tx.send(addr.to_string());
+            }
+            if let Some(count) = words.find_map(|w| w.strip_prefix("rules_loaded=")) {
+                let _ = reloaded_tx.send(count.parse::<usize>().unwrap_or(0));
             }
         }
     });
@@ -263,6 +269,80 @@ async fn main() {
         FOOTPRINT_EVENTS as f64 / took.as_secs_f64()
     );
     println!("rss_after_100k_mib {:.1}", rss_kib(pid) as f64 / 1024.0);
+
+    // One file changed among 1,000 -> the first event that sees it. The 999 others never
+    // fire; their evaluation cost is in `cargo bench --bench rules`.
+    for i in 0..BULK_RULES - 1 {
+        std::fs::write(
+            rules.join(format!("bulk_{i:04}.rhai")),
+            bulk_rule("never", i),
+        )
+        .unwrap();
+    }
+    while reloaded_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a reload")
+        != BULK_RULES
+    {}
+    let written = Instant::now();
+    std::fs::write(rules.join("bulk_0500.rhai"), bulk_rule("dbt", 500)).unwrap();
+    let mut n = 0usize;
+    let seen = loop {
+        let hit = arrivals
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with("bulk-"))
+            .map(|(_, t)| *t)
+            .min();
+        if let Some(t) = hit {
+            break t;
+        }
+        assert!(
+            written.elapsed() < Duration::from_secs(30),
+            "the changed rule never fired"
+        );
+        post(&client, &url, &format!("wev_bulk_{n}"), 800_000 + n).await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    println!(
+        "reload_one_of_1000_to_effect_ms {:.1}",
+        seen.duration_since(written).as_secs_f64() * 1000.0
+    );
+
+    // Space: the journal file after a clean stop (the WAL checkpointed into it), per event
+    // journaled, against the size of the webhook bodies.
     let _ = Command::new("kill").arg(pid.to_string()).status();
     let _ = child.wait();
+    let events = POSTED.load(std::sync::atomic::Ordering::Relaxed);
+    let bytes = std::fs::metadata(dir.path().join("journal.db"))
+        .unwrap()
+        .len() as f64;
+    let body_bytes = body("wev_load_50000", 50_000).len() as f64;
+    println!("journal_events {events}");
+    println!("journal_bytes_per_event {:.0}", bytes / events as f64);
+    println!("webhook_body_bytes {body_bytes:.0}");
+    println!(
+        "journal_bytes_per_body_byte {:.2}",
+        bytes / events as f64 / body_bytes
+    );
+}
+
+const BULK_RULES: usize = 1000;
+
+/// A rule of about the examples' size that fires (a Tableau refresh named `bulk-...`) only
+/// on events of `source`.
+fn bulk_rule(source: &str, i: usize) -> String {
+    format!(
+        "// Bulk rule {i}: refresh a workbook when a matching job finishes.\n\
+         if event.source == \"{source}\" && event.type == \"dbt.job.run.completed\" {{\n\
+         \x20   let status = event.run_status;\n\
+         \x20   if status == \"Success\" || status == \"success\" {{\n\
+         \x20       tableau_refresh(`bulk-${{event.run_id}}`);\n\
+         \x20   }} else {{\n\
+         \x20       log(`job ${{event.job_id}} ended ${{status}}`);\n\
+         \x20   }}\n\
+         }}\n"
+    )
 }

@@ -88,4 +88,8 @@ CREATE TABLE health (
     checked_ms  INTEGER NOT NULL
 );
 "#,
+    // Event bodies are written compressed from now on (a BLOB; `sqlite/body.rs`). Nothing
+    // to change in the tables, which read both forms; the version moves so that an older
+    // freshet, which reads only text, refuses the journal instead of failing on new rows.
+    "-- event bodies may be zstd BLOBs",
 ];

@@ -16,6 +16,7 @@ use super::{
 };
 use crate::event::Event;
 
+mod body;
 mod file;
 mod statements;
 #[cfg(test)]
@@ -330,14 +331,15 @@ impl JournalStore for SqliteJournal {
 
     fn event(&self, id: &str) -> Result<Option<Event>, JournalError> {
         self.with(|conn| {
-            let body: Option<String> = conn
-                .prepare_cached("SELECT body FROM events WHERE id = ?1")?
-                .query_row([id], |row| row.get(0))
-                .optional()?;
-            body.map(|b| {
-                serde_json::from_str::<Event>(&b).map_err(|e| JournalError::Corrupt(e.to_string()))
-            })
-            .transpose()
+            let mut statement = conn.prepare_cached("SELECT body FROM events WHERE id = ?1")?;
+            let mut rows = statement.query([id])?;
+            let Some(row) = rows.next()? else {
+                return Ok(None);
+            };
+            let json = body::decode(row.get_ref(0)?)?;
+            serde_json::from_str::<Event>(&json)
+                .map(Some)
+                .map_err(|e| JournalError::Corrupt(e.to_string()))
         })
     }
 
@@ -496,8 +498,9 @@ impl JournalStore for SqliteJournal {
             if !end_job(tx, job, "succeeded")? {
                 return Ok(false);
             }
-            let body =
-                serde_json::to_string(event).map_err(|e| JournalError::Invalid(e.to_string()))?;
+            let body = body::encode(
+                &serde_json::to_string(event).map_err(|e| JournalError::Invalid(e.to_string()))?,
+            )?;
             tx.execute(
                 "UPDATE events SET body = ?1 WHERE id = ?2",
                 params![body, event.id],

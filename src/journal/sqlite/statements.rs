@@ -20,7 +20,8 @@ pub(super) struct EventRow {
     kind: String,
     received_at: String,
     chain_depth: u32,
-    body: String,
+    /// Compressed ([`super::body`]), off the commit thread.
+    body: Vec<u8>,
 }
 
 impl EventRow {
@@ -31,7 +32,9 @@ impl EventRow {
             kind: event.kind.clone(),
             received_at: event.received_at.clone(),
             chain_depth: event.chain_depth,
-            body: serde_json::to_string(event).map_err(|e| JournalError::Invalid(e.to_string()))?,
+            body: super::body::encode(
+                &serde_json::to_string(event).map_err(|e| JournalError::Invalid(e.to_string()))?,
+            )?,
         })
     }
 }
