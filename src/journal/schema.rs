@@ -92,4 +92,11 @@ CREATE TABLE health (
     // to change in the tables, which read both forms; the version moves so that an older
     // freshet, which reads only text, refuses the journal instead of failing on new rows.
     "-- event bodies may be zstd BLOBs",
+    // Running jobs, by lease end. Reaping expired leases and finding the next lease to
+    // end read only these; through `jobs_open` they walked every open job of the queue,
+    // so each claim cost as much as the backlog was long (64,000 pending evaluations
+    // after ten seconds of load drained at 2,600 a second).
+    r#"
+CREATE INDEX jobs_running ON jobs(queue, lease_until) WHERE status = 'running';
+"#,
 ];

@@ -18,6 +18,13 @@ use crate::worker::next_jobs;
 
 /// Events at this chain depth (freshet reacting to its own events) queue no more actions.
 pub const MAX_CHAIN_DEPTH: u32 = 3;
+/// Most jobs claimed (and then journaled) together. Each claim and each finish is a
+/// commit, so the batch sets how many commits an event costs the evaluate stage. At 16,
+/// evaluation fell behind sustained intake (4,800 a second against 13,800 at 32
+/// connections, the backlog growing without end); at 64 it keeps up with intake
+/// (10,500 a second, no backlog), and 128 was no better (bench/README.md). Under light
+/// load a claim takes what is there, so a batch is as small as the traffic.
+const EVALUATE_BATCH: usize = 64;
 /// How long an evaluation may hold its job before another worker may take it.
 const LEASE_MS: u64 = 60_000;
 
@@ -38,7 +45,7 @@ impl EvaluateWorker {
         while let Some(jobs) = next_jobs(
             &self.journal,
             Queue::Evaluate,
-            16,
+            EVALUATE_BATCH,
             LEASE_MS,
             &self.wake,
             &stop,

@@ -362,8 +362,8 @@ impl JournalStore for PostgresJournal {
                     errors = errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', {NOW_MS}, 'error', $2::text))
                  WHERE id IN (
                      SELECT id FROM jobs
-                     WHERE queue = $1 AND status IN ('pending', 'retrying', 'running')
-                       AND status = 'running' AND lease_until < {NOW_MS} AND attempt >= max_attempts
+                     WHERE queue = $1 AND status = 'running' AND lease_until < {NOW_MS}
+                       AND attempt >= max_attempts
                      FOR UPDATE SKIP LOCKED)"
             )
         });
@@ -435,8 +435,15 @@ impl JournalStore for PostgresJournal {
     fn next_due_in(&self, queue: Queue) -> Result<Option<u64>> {
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
-                "SELECT MIN(CASE WHEN status = 'running' THEN lease_until ELSE scheduled_at END) - {NOW_MS}
-                 FROM jobs WHERE queue = $1 AND status IN ('pending', 'retrying', 'running')"
+                // The soonest waiting job and the soonest lease to end, each from its own
+                // index (`jobs_open`, `jobs_running`) without a scan of the backlog.
+                "SELECT LEAST(
+                    (SELECT scheduled_at FROM jobs
+                     WHERE queue = $1 AND status IN ('pending', 'retrying', 'running')
+                       AND status <> 'running'
+                     ORDER BY scheduled_at LIMIT 1),
+                    (SELECT MIN(lease_until) FROM jobs WHERE queue = $1 AND status = 'running')
+                 ) - {NOW_MS}"
             )
         });
         let shared = self.shared();

@@ -2,7 +2,9 @@
 //! before intake answers 200.
 
 use std::path::Path;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -28,8 +30,16 @@ use statements::*;
 
 /// The SQLite implementation of [`JournalStore`].
 pub struct SqliteJournal {
-    /// One connection, behind a std mutex: every call is short and runs on a blocking
-    /// thread (or the commit thread), and SQLite serializes writers anyway.
+    /// A second, read-only connection for the reads outside transactions (an event to
+    /// evaluate, listings). WAL lets it read while the writer commits, so the evaluate
+    /// stage no longer queues behind each intake commit (fsync included) for every event
+    /// it loads; without it, evaluation fell behind sustained intake (bench/README.md).
+    ///
+    /// Declared first so that it closes first: the writer, closing last, checkpoints
+    /// the WAL into the file and removes it (a read-only connection cannot).
+    reader: Mutex<Connection>,
+    /// The one writing connection: every call is short and runs on a blocking thread (or
+    /// the commit thread), and SQLite serializes writers anyway.
     conn: Arc<Mutex<Connection>>,
     /// Feeds the appends to the commit thread ([`commit_appends`]); None once dropping.
     appends: Option<mpsc::Sender<PendingAppend>>,
@@ -102,6 +112,15 @@ impl SqliteJournal {
             file::quick_check(&conn, path)?;
         }
         migrate(&mut conn)?;
+        let reader = Connection::open_with_flags(
+            path,
+            (OpenFlags::default()
+                - OpenFlags::SQLITE_OPEN_CREATE
+                - OpenFlags::SQLITE_OPEN_READ_WRITE)
+                | OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .map_err(|e| file::open_error(path, &e))?;
+        reader.busy_timeout(Duration::from_secs(5))?;
         let watch = Arc::new(FileWatch::new(path));
         let conn = Arc::new(Mutex::new(conn));
         let (appends, queued) = mpsc::channel();
@@ -115,6 +134,7 @@ impl SqliteJournal {
             .map_err(|e| file::open_error(path, &format!("cannot start the commit thread: {e}")))?;
         Ok(SqliteJournal {
             conn,
+            reader: Mutex::new(reader),
             appends: Some(appends),
             committer: Some(committer),
             watch,
@@ -127,6 +147,14 @@ impl SqliteJournal {
         f: impl FnOnce(&mut Connection) -> Result<T, JournalError>,
     ) -> Result<T, JournalError> {
         f(&mut lock(&self.conn))
+    }
+
+    /// Runs `f` on the read-only connection: it sees every committed transaction.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
+        f(&lock(&self.reader))
     }
 
     /// Runs `f` in one write transaction and commits it, recording the outcome for
@@ -171,10 +199,11 @@ impl Drop for SqliteJournal {
     }
 }
 
-/// Locks the connection, carrying on after a panic elsewhere: SQLite rolls back an
-/// unfinished transaction, so the connection itself is still sound.
-fn lock(conn: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
-    conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Locks the connection. A panic elsewhere does not poison it (parking_lot's mutex has
+/// no poisoning): SQLite rolls back an unfinished transaction, so the connection itself
+/// is still sound.
+fn lock(conn: &Mutex<Connection>) -> parking_lot::MutexGuard<'_, Connection> {
+    conn.lock()
 }
 
 /// The commit thread: group commit for intake. It takes the first queued append, and
@@ -203,7 +232,10 @@ fn commit_appends(
             tx.commit()?;
             Ok::<_, JournalError>(outcomes)
         })();
-        drop(conn);
+        // Hand the connection straight to a stage waiting for it: released the usual way,
+        // this thread took it back for the next batch before a waiter woke, and the
+        // evaluate stage fell ever further behind intake.
+        parking_lot::MutexGuard::unlock_fair(conn);
         watch.committed(&result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
         // Committed into the file we hold; but if the path no longer names that file, the
         // next start will not see these events: answer as if the commit had failed.
@@ -330,7 +362,7 @@ impl JournalStore for SqliteJournal {
     }
 
     fn event(&self, id: &str) -> Result<Option<Event>, JournalError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut statement = conn.prepare_cached("SELECT body FROM events WHERE id = ?1")?;
             let mut rows = statement.query([id])?;
             let Some(row) = rows.next()? else {
@@ -348,7 +380,7 @@ impl JournalStore for SqliteJournal {
         limit: usize,
         status: Option<&str>,
     ) -> Result<Vec<EventSummary>, JournalError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut statement = conn.prepare(
                 "SELECT id, type, received_at, status FROM events
                  WHERE (?1 IS NULL OR status = ?1) ORDER BY rowid DESC LIMIT ?2",
@@ -431,7 +463,7 @@ impl JournalStore for SqliteJournal {
     }
 
     fn next_due_in(&self, queue: Queue) -> Result<Option<u64>, JournalError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let due: Option<i64> =
                 conn.query_row(&NEXT_DUE_SQL, [queue.as_str()], |row| row.get(0))?;
             Ok(due.map(|ms| ms.max(0) as u64))
@@ -481,7 +513,7 @@ impl JournalStore for SqliteJournal {
     }
 
     fn job_by_key(&self, job_key: &str) -> Result<Option<KeyedJob>, JournalError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let row: Option<(String, Option<String>)> = conn
                 .prepare_cached("SELECT status, result FROM jobs WHERE job_key = ?1")?
                 .query_row([job_key], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -598,7 +630,7 @@ impl JournalStore for SqliteJournal {
     }
 
     fn jobs(&self, status: Option<&str>, limit: usize) -> Result<Vec<JobSummary>, JournalError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut statement = conn.prepare(
                 "SELECT * FROM jobs
                  WHERE (queue = 'action' OR status IN ('dead', 'retrying'))
@@ -645,11 +677,11 @@ impl JournalStore for SqliteJournal {
     }
 
     fn backlog(&self) -> Result<u64, JournalError> {
-        self.with(|conn| Ok(conn.query_row(BACKLOG_SQL, [], |row| row.get::<_, i64>(0))? as u64))
+        self.read(|conn| Ok(conn.query_row(BACKLOG_SQL, [], |row| row.get::<_, i64>(0))? as u64))
     }
 
     fn alerts(&self) -> Result<Vec<AlertState>, JournalError> {
-        self.with(|conn| {
+        self.read(|conn| {
             let mut statement = conn.prepare(
                 "SELECT name, state, version, since_ms, last_notified_ms FROM alerts ORDER BY name",
             )?;

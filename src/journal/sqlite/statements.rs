@@ -72,22 +72,30 @@ pub(super) const INTERRUPTED: &str =
     "interrupted: the attempt never finished (the process stopped or lost the lease while it ran)";
 
 /// Ends running jobs of queue ?1 whose lease has run out and whose attempts are used up:
-/// they are dead, with [`INTERRUPTED`] as their error (?2).
+/// they are dead, with [`INTERRUPTED`] as their error (?2). Reads `jobs_running` only
+/// (its `status = 'running'` term, verbatim, is what lets SQLite use it).
 pub(super) static REAP_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE jobs SET status = 'dead', lease_until = NULL, finished_at = {NOW_MS},
             last_error = ?2,
             errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?2))
-         WHERE queue = ?1 AND status IN ('pending', 'retrying', 'running')
-           AND status = 'running' AND lease_until < {NOW_MS} AND attempt >= max_attempts"
+         WHERE queue = ?1 AND status = 'running' AND lease_until < {NOW_MS} AND attempt >= max_attempts"
     )
 });
 
-/// Milliseconds until the next job of queue ?1 is due (NULL: none open).
+/// Milliseconds until the next job of queue ?1 is due (NULL: none open): the soonest
+/// waiting job (the first of `jobs_open` that is not running; the running ones are
+/// few) or the soonest lease to end (`jobs_running`), each found without a scan.
 pub(super) static NEXT_DUE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT MIN(CASE WHEN status = 'running' THEN lease_until ELSE scheduled_at END) - {NOW_MS}
-         FROM jobs WHERE queue = ?1 AND status IN ('pending', 'retrying', 'running')"
+        "SELECT MIN(due) - {NOW_MS} FROM (
+            SELECT * FROM (
+                SELECT scheduled_at AS due FROM jobs
+                WHERE queue = ?1 AND status IN ('pending', 'retrying', 'running')
+                  AND status <> 'running'
+                ORDER BY scheduled_at LIMIT 1)
+            UNION ALL
+            SELECT MIN(lease_until) FROM jobs WHERE queue = ?1 AND status = 'running')"
     )
 });
 

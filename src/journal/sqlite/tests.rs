@@ -132,7 +132,6 @@ fn open_job_queries_use_the_open_jobs_index() {
     };
     for (name, sql) in [
         ("claim", statements::CLAIM_CANDIDATES_SQL.as_str()),
-        ("reap", statements::REAP_SQL.as_str()),
         ("next due", statements::NEXT_DUE_SQL.as_str()),
         ("backlog", statements::BACKLOG_SQL),
     ] {
@@ -142,6 +141,14 @@ fn open_job_queries_use_the_open_jobs_index() {
             "{name} plan:\n{plan}"
         );
         assert!(!plan.contains("TEMP B-TREE"), "{name} sorts:\n{plan}");
+    }
+    // Leases: only the running jobs, however many wait.
+    for (name, sql) in [
+        ("reap", statements::REAP_SQL.as_str()),
+        ("next due", statements::NEXT_DUE_SQL.as_str()),
+    ] {
+        let plan = plan(sql);
+        assert!(plan.contains("INDEX jobs_running"), "{name} plan:\n{plan}");
     }
 }
 
@@ -179,8 +186,8 @@ fn a_journal_of_the_first_schema_is_migrated() {
 }
 
 /// Set when the journal's connection first waits for a lock, or its write has ended.
-static BLOCKED_OR_DONE: (Mutex<bool>, std::sync::Condvar) =
-    (Mutex::new(false), std::sync::Condvar::new());
+static BLOCKED_OR_DONE: (std::sync::Mutex<bool>, std::sync::Condvar) =
+    (std::sync::Mutex::new(false), std::sync::Condvar::new());
 
 fn set_blocked_or_done() {
     *BLOCKED_OR_DONE.0.lock().unwrap() = true;
@@ -312,4 +319,26 @@ fn a_command_on_a_missing_journal_creates_nothing() {
         .to_string();
     assert!(error.contains("no journal there"), "{error}");
     assert!(!path.exists());
+}
+
+#[test]
+fn closing_the_journal_checkpoints_the_wal_into_the_file() {
+    let (_dir, path) = temp_path();
+    let journal = SqliteJournal::open(&path).unwrap();
+    journal
+        .append(&event("dbt:a"), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    assert!(
+        journal.event("dbt:a").unwrap().is_some(),
+        "read on the reader"
+    );
+    drop(journal);
+    let wal = path.with_extension("db-wal");
+    assert!(!wal.exists(), "{} is left behind", wal.display());
+    let conn = Connection::open(&path).unwrap();
+    let events: i64 = conn
+        .query_row("SELECT COUNT(*) FROM events", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(events, 1);
 }
