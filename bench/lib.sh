@@ -3,11 +3,14 @@
 
 BENCH_SECRET=bench-secret
 
-# wrk, installed when missing.
+# wrk (and sqlite3, to read the evaluate backlog), installed when missing.
 ensure_wrk() {
-  if ! command -v wrk >/dev/null 2>&1; then
-    echo "installing wrk" >&2
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+  local missing=()
+  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+  command -v sqlite3 >/dev/null 2>&1 || missing+=(sqlite3)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}" >&2
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
 }
 
@@ -81,15 +84,20 @@ wait_for_addr() {
 }
 
 # Starts freshet binary $1 on a fresh journal in $work/$2 (no rules) and runs wrk with $3
-# connections against it; prints run_wrk's line.
+# connections against it; prints run_wrk's line and, when sqlite3 is installed, how many
+# events were still waiting for evaluation when wrk stopped: intake that outruns the
+# evaluate stage is a backlog, not throughput.
 bench_freshet() {
   local dir=$work/$2
   mkdir -p "$dir/rules"
   printf '[server]\nlisten = "127.0.0.1:0"\n[journal]\npath = "journal.db"\n[rules]\ndir = "rules"\n[dbt]\nwebhook_secrets = ["%s"]\n' "$BENCH_SECRET" > "$dir/freshet.toml"
   RUST_LOG=warn,freshet=info "$1" serve --config "$dir/freshet.toml" > "$dir/stdout" 2> "$dir/log" &
-  local pid=$! result status=0
+  local pid=$! result status=0 backlog=unknown
   result=$(run_wrk "http://$(wait_for_addr "$dir/log")" "$3") || status=$?
+  if command -v sqlite3 >/dev/null 2>&1; then
+    backlog=$(sqlite3 "$dir/journal.db" "SELECT COUNT(*) FROM jobs WHERE queue = 'evaluate' AND status IN ('pending', 'retrying', 'running')")
+  fi
   kill "$pid"; wait "$pid" || true
   [ "$status" -eq 0 ] || exit "$status"
-  echo "$result"
+  echo "$result $backlog"
 }
