@@ -212,30 +212,8 @@ async fn main() {
         "if event.source == \"dbt\" { tableau_refresh(`reload-${event.run_id}`); }\n",
     )
     .unwrap();
-    let mut n = 0usize;
-    let seen = loop {
-        let hit = arrivals
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| k.starts_with("reload-"))
-            .map(|(_, t)| *t)
-            .min();
-        if let Some(t) = hit {
-            break t;
-        }
-        assert!(
-            written.elapsed() < Duration::from_secs(30),
-            "the new rule never fired"
-        );
-        post(&client, &url, &format!("wev_reload_{n}"), 900_000 + n).await;
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    println!(
-        "reload_to_effect_ms {:.1}",
-        seen.duration_since(written).as_secs_f64() * 1000.0
-    );
+    let took = until_fired(&arrivals, "reload-", written, &client, &url, 900_000).await;
+    println!("reload_to_effect_ms {:.1}", took.as_secs_f64() * 1000.0);
 
     // Footprint under load: 100,000 events journaled and evaluated (no actions).
     std::fs::remove_file(rules.join("reload.rhai")).unwrap();
@@ -286,29 +264,10 @@ async fn main() {
     {}
     let written = Instant::now();
     std::fs::write(rules.join("bulk_0500.rhai"), bulk_rule("dbt", 500)).unwrap();
-    let mut n = 0usize;
-    let seen = loop {
-        let hit = arrivals
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|(k, _)| k.starts_with("bulk-"))
-            .map(|(_, t)| *t)
-            .min();
-        if let Some(t) = hit {
-            break t;
-        }
-        assert!(
-            written.elapsed() < Duration::from_secs(30),
-            "the changed rule never fired"
-        );
-        post(&client, &url, &format!("wev_bulk_{n}"), 800_000 + n).await;
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let took = until_fired(&arrivals, "bulk-", written, &client, &url, 800_000).await;
     println!(
         "reload_one_of_1000_to_effect_ms {:.1}",
-        seen.duration_since(written).as_secs_f64() * 1000.0
+        took.as_secs_f64() * 1000.0
     );
 
     // Space: the journal file after a clean stop (the WAL checkpointed into it), per event
@@ -330,6 +289,39 @@ async fn main() {
 }
 
 const BULK_RULES: usize = 1000;
+
+/// Sends a webhook every 5 ms (run ids from `first_run`) until the fake Tableau sees a
+/// workbook named `prefix...`; returns the time from `written` to that first request.
+async fn until_fired(
+    arrivals: &Arrivals,
+    prefix: &str,
+    written: Instant,
+    client: &reqwest::Client,
+    url: &str,
+    first_run: usize,
+) -> Duration {
+    let mut n = 0usize;
+    loop {
+        let hit = arrivals
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, t)| *t)
+            .min();
+        if let Some(t) = hit {
+            return t.duration_since(written);
+        }
+        assert!(
+            written.elapsed() < Duration::from_secs(30),
+            "no rule fired for {prefix}"
+        );
+        let run = first_run + n;
+        post(client, url, &format!("wev_{prefix}{run}"), run).await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 /// A rule of about the examples' size that fires (a Tableau refresh named `bulk-...`) only
 /// on events of `source`.
