@@ -47,7 +47,7 @@ pub struct EvaluateWorker {
 
 impl EvaluateWorker {
     pub async fn run(self, stop: CancellationToken) {
-        while let Some(jobs) = next_jobs(
+        while let Some(mut jobs) = next_jobs(
             &self.journal,
             Queue::Evaluate,
             EVALUATE_BATCH,
@@ -58,7 +58,6 @@ impl EvaluateWorker {
         .await
         {
             // An evaluation is short and local: finish the batch even when asked to stop.
-            let mut jobs = jobs;
             while !jobs.is_empty() {
                 let (evaluated, rest) = self.evaluate(jobs).await;
                 self.finish(evaluated).await;

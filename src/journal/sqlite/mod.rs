@@ -3,10 +3,9 @@
 
 use std::path::Path;
 use std::sync::{mpsc, Arc};
-
-use parking_lot::Mutex;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use serde_json::Value;
 
