@@ -9,8 +9,11 @@
 //! statuses), never a sample's values, so what it saves on the benchmark's sample webhook
 //! it saves on any real one.
 //!
-//! The stored form is a BLOB: one format byte, then a zstd frame. Bodies written before
-//! this format are TEXT (plain JSON) and are still read as such. The dictionary is part of
+//! The stored form is a BLOB: one format byte, then a zstd frame of the event's own fields
+//! and `raw`; the id, source, type, time received and chain depth are columns of the row
+//! and are not stored twice (they are the part of an event that does not compress).
+//! Bodies written before this format are TEXT (the whole event as JSON) and are still
+//! read as such. The dictionary is part of
 //! the file format: it must never change. A better one gets a new format byte and this one
 //! stays, to read older rows.
 
@@ -18,10 +21,13 @@ use std::cell::RefCell;
 use std::sync::LazyLock;
 
 use rusqlite::types::ValueRef;
+use serde::Serialize;
+use serde_json::{Map, Value};
 use zstd::bulk::{Compressor, Decompressor};
 use zstd::dict::{DecoderDictionary, EncoderDictionary};
 
 use super::super::JournalError;
+use crate::event::Event;
 
 /// Format byte: zstd with [`DICTIONARY_V1`].
 const ZSTD_V1: u8 = 1;
@@ -77,8 +83,57 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<Decompressor<'static>>> = const { RefCell::new(None) };
 }
 
-/// An event's JSON as the `body` column stores it.
-pub(super) fn encode(json: &str) -> Result<Vec<u8>, JournalError> {
+/// What the body holds: everything of the event but its columns.
+#[derive(Serialize)]
+struct StoredBody<'a> {
+    #[serde(flatten)]
+    fields: &'a Map<String, Value>,
+    raw: &'a Value,
+}
+
+/// The columns of an event's row that are not in its body.
+pub(super) struct Header {
+    pub id: String,
+    pub source: String,
+    pub kind: String,
+    pub received_at: String,
+    pub chain_depth: u32,
+}
+
+/// An event's body as the `body` column stores it.
+pub(super) fn encode_event(event: &Event) -> Result<Vec<u8>, JournalError> {
+    let json = serde_json::to_string(&StoredBody {
+        fields: &event.fields,
+        raw: &event.raw,
+    })
+    .map_err(|e| JournalError::Invalid(e.to_string()))?;
+    encode(&json)
+}
+
+/// The event a row holds: its columns, and its body in either form.
+pub(super) fn decode_event(header: Header, stored: ValueRef<'_>) -> Result<Event, JournalError> {
+    let parse =
+        |json: &str| serde_json::from_str::<Value>(json).map_err(|e| corrupt(&e.to_string()));
+    let event = match stored {
+        // Written before compression: the whole event, header included.
+        ValueRef::Text(_) => parse(&decode(stored)?)?,
+        _ => {
+            let Value::Object(mut body) = parse(&decode(stored)?)? else {
+                return Err(corrupt("not a JSON object"));
+            };
+            body.insert("id".into(), header.id.into());
+            body.insert("source".into(), header.source.into());
+            body.insert("type".into(), header.kind.into());
+            body.insert("received_at".into(), header.received_at.into());
+            body.insert("chain_depth".into(), header.chain_depth.into());
+            Value::Object(body)
+        }
+    };
+    Event::from_json(event).map_err(|e| corrupt(&e.to_string()))
+}
+
+/// JSON as the `body` column stores it.
+fn encode(json: &str) -> Result<Vec<u8>, JournalError> {
     COMPRESSOR
         .with(|cell| {
             let mut cell = cell.borrow_mut();
@@ -97,9 +152,9 @@ pub(super) fn encode(json: &str) -> Result<Vec<u8>, JournalError> {
         })
 }
 
-/// The event JSON a `body` column holds: TEXT as written before compression, or a BLOB
-/// in a known format.
-pub(super) fn decode(stored: ValueRef<'_>) -> Result<String, JournalError> {
+/// The JSON a `body` column holds: TEXT as written before compression, or a BLOB in a
+/// known format.
+fn decode(stored: ValueRef<'_>) -> Result<String, JournalError> {
     match stored {
         ValueRef::Text(text) => String::from_utf8(text.to_vec()).map_err(|_| corrupt("not UTF-8")),
         ValueRef::Blob([ZSTD_V1, frame @ ..]) => {
@@ -134,15 +189,48 @@ fn corrupt(what: &str) -> JournalError {
 mod tests {
     use super::*;
 
-    fn sample_event() -> String {
+    fn sample() -> Event {
         let body = std::fs::read(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/fixtures/samples/dbt-job-run-completed.json"
         ))
         .unwrap();
-        let event =
+        let mut event =
             crate::ingest::dbt_cloud::parse(&body, "2026-11-30T20:00:00.000Z".into()).unwrap();
-        serde_json::to_string(&event).unwrap()
+        event.chain_depth = 2;
+        event
+    }
+
+    fn sample_event() -> String {
+        serde_json::to_string(&sample()).unwrap()
+    }
+
+    fn header(event: &Event) -> Header {
+        Header {
+            id: event.id.clone(),
+            source: event.source.as_str().into(),
+            kind: event.kind.clone(),
+            received_at: event.received_at.clone(),
+            chain_depth: event.chain_depth,
+        }
+    }
+
+    #[test]
+    fn events_come_back_whole_from_their_columns_and_body() {
+        let event = sample();
+        let stored = encode_event(&event).unwrap();
+        let json = decode(ValueRef::Blob(&stored)).unwrap();
+        assert!(!json.contains(&event.id), "the id is a column: {json}");
+        assert_eq!(
+            decode_event(header(&event), ValueRef::Blob(&stored)).unwrap(),
+            event
+        );
+        // A row written before compression holds the whole event as text.
+        let legacy = serde_json::to_string(&event).unwrap();
+        assert_eq!(
+            decode_event(header(&event), ValueRef::Text(legacy.as_bytes())).unwrap(),
+            event
+        );
     }
 
     #[test]

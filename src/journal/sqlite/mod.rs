@@ -362,15 +362,21 @@ impl JournalStore for SqliteJournal {
 
     fn event(&self, id: &str) -> Result<Option<Event>, JournalError> {
         self.read(|conn| {
-            let mut statement = conn.prepare_cached("SELECT body FROM events WHERE id = ?1")?;
+            let mut statement = conn.prepare_cached(
+                "SELECT id, source, type, received_at, chain_depth, body FROM events WHERE id = ?1",
+            )?;
             let mut rows = statement.query([id])?;
             let Some(row) = rows.next()? else {
                 return Ok(None);
             };
-            let json = body::decode(row.get_ref(0)?)?;
-            serde_json::from_str::<Event>(&json)
-                .map(Some)
-                .map_err(|e| JournalError::Corrupt(e.to_string()))
+            let header = body::Header {
+                id: row.get(0)?,
+                source: row.get(1)?,
+                kind: row.get(2)?,
+                received_at: row.get(3)?,
+                chain_depth: row.get(4)?,
+            };
+            body::decode_event(header, row.get_ref(5)?).map(Some)
         })
     }
 
@@ -529,12 +535,12 @@ impl JournalStore for SqliteJournal {
             if !end_job(tx, job, "succeeded")? {
                 return Ok(false);
             }
-            let body = body::encode(
-                &serde_json::to_string(event).map_err(|e| JournalError::Invalid(e.to_string()))?,
-            )?;
+            // The body holds all but the row's columns; the type and depth are written
+            // too, so that the row stays the whole event whatever enrichment changes.
+            let body = body::encode_event(event)?;
             tx.execute(
-                "UPDATE events SET body = ?1 WHERE id = ?2",
-                params![body, event.id],
+                "UPDATE events SET body = ?1, type = ?3, chain_depth = ?4 WHERE id = ?2",
+                params![body, event.id, event.kind, event.chain_depth],
             )?;
             // A replayed enrichment carries the replay's number on to its evaluation.
             let suffix = replay_suffix(&job.payload);

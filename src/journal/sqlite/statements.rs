@@ -32,9 +32,7 @@ impl EventRow {
             kind: event.kind.clone(),
             received_at: event.received_at.clone(),
             chain_depth: event.chain_depth,
-            body: super::body::encode(
-                &serde_json::to_string(event).map_err(|e| JournalError::Invalid(e.to_string()))?,
-            )?,
+            body: super::body::encode_event(event)?,
         })
     }
 }
