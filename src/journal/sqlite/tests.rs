@@ -4,21 +4,8 @@
 use super::*;
 use std::path::PathBuf;
 
-use crate::event::Source;
+use crate::journal::contract::event;
 use crate::journal::{Appended, FirstJob, Released, Replay};
-use serde_json::json;
-
-fn event(id: &str) -> Event {
-    Event {
-        id: id.into(),
-        source: Source::Dbt,
-        kind: "dbt.job.run.completed".into(),
-        received_at: "2026-01-01T00:00:00.000Z".into(),
-        chain_depth: 0,
-        fields: Default::default(),
-        raw: json!({}),
-    }
-}
 
 /// A journal file's path in a new temp dir (the dir goes when dropped).
 fn temp_path() -> (tempfile::TempDir, PathBuf) {
