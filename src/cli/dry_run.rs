@@ -154,7 +154,7 @@ pub fn replay(config: &Config, id: &str, rule: Option<&str>) -> anyhow::Result<b
     if let Some(note) = not_enriched_note(&event) {
         println!("  note: {note}");
     }
-    let outcomes = set.evaluate_only(&engine, &event.to_json(), &vars, rule);
+    let outcomes = set.evaluate_only(&engine, || event.to_json(), &vars, rule);
     ok &= print_outcomes(&event, &outcomes, &alerts, false)?;
     Ok(ok)
 }

@@ -142,7 +142,7 @@ impl Health {
 
 /// What intake did with a webhook it accepted.
 enum Accepted {
-    Journaled(Event, Appended),
+    Journaled(Arc<Event>, Appended),
     /// Answered 200 and journaled nothing (Mode's test delivery), with why.
     Ignored(String),
 }
@@ -422,9 +422,10 @@ async fn journal_event(
     event: Event,
     first: FirstJob,
 ) -> Result<Accepted, IntakeError> {
+    let event = Arc::new(event);
     let appended = intake
         .journal
-        .append(&event, first)
+        .append_shared(Arc::clone(&event), first)
         .committed()
         .await
         .map_err(|error| {

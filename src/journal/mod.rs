@@ -430,11 +430,24 @@ pub trait JournalStore: Send + Sync + 'static {
     /// `Duplicate`. Appends queued together may share a transaction (group commit).
     fn append(&self, event: &Event, first_job: FirstJob) -> AppendTicket;
 
+    /// [`Self::append`] for a caller that can share the event. A backend may keep a
+    /// freshly journaled event in memory for [`Self::event_to_evaluate`], so that the
+    /// evaluate stage does not read back and decode what intake has just written.
+    fn append_shared(&self, event: Arc<Event>, first_job: FirstJob) -> AppendTicket {
+        self.append(&event, first_job)
+    }
+
     /// Fails when the journal cannot be written (for `/healthz`).
     fn check_writable(&self) -> Result<(), JournalError>;
 
     /// An event by id, as last written (enriched fields included).
     fn event(&self, id: &str) -> Result<Option<Event>, JournalError>;
+
+    /// The event an evaluate job names: as [`Self::event`], or the event `append_shared`
+    /// kept in memory if it is still there and unchanged since it was committed.
+    fn event_to_evaluate(&self, id: &str) -> Result<Option<Arc<Event>>, JournalError> {
+        Ok(self.event(id)?.map(Arc::new))
+    }
 
     /// Newest first, optionally only events with `status`.
     fn events(&self, limit: usize, status: Option<&str>)

@@ -62,7 +62,7 @@ impl RuleSet {
     /// Runs every rule on `event`. A rule that fails is stopped and reported; the others
     /// still run. Blocking: call it off the async workers.
     pub fn evaluate(&self, engine: &Engine, event: &Value, vars: &Value) -> Vec<RuleOutcome> {
-        self.evaluate_only(engine, event, vars, None)
+        self.evaluate_only(engine, || event.clone(), vars, None)
     }
 
     /// Like [`RuleSet::evaluate`], with only the rule named `only`, when given (`freshet
@@ -70,7 +70,7 @@ impl RuleSet {
     pub fn evaluate_only(
         &self,
         engine: &Engine,
-        event: &Value,
+        event: impl FnOnce() -> Value,
         vars: &Value,
         only: Option<&str>,
     ) -> Vec<RuleOutcome> {
@@ -79,10 +79,11 @@ impl RuleSet {
             .values()
             .filter(|rule| only.map_or(true, |name| rule.name == name))
             .collect();
+        // The event's JSON is built only when a rule will read it.
         if rules.is_empty() {
             return Vec::new();
         }
-        let event = to_dynamic(event);
+        let event = to_dynamic(&event());
         let vars = to_dynamic(vars);
         rules
             .into_iter()

@@ -89,11 +89,11 @@ impl EvaluateWorker {
                     let rest: Vec<Job> = std::iter::once(job).chain(jobs).collect();
                     return (batch, rest);
                 }
-                let evaluation = match journal.event(&job.event_id) {
+                let evaluation = match journal.event_to_evaluate(&job.event_id) {
                     Ok(Some(event)) => {
                         // A replay may name one rule (`freshet replay --rule`).
                         let only = job.payload.get("rule").and_then(|r| r.as_str());
-                        let outcomes = set.evaluate_only(&engine, &event.to_json(), &vars, only);
+                        let outcomes = set.evaluate_only(&engine, || event.to_json(), &vars, only);
                         build_evaluation(&job, &event, &outcomes, &config, &metrics)
                     }
                     Ok(None) => {

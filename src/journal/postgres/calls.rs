@@ -26,6 +26,17 @@ fn parse_json(text: &str) -> Result<Value> {
     serde_json::from_str(text).map_err(|e| JournalError::Corrupt(e.to_string()))
 }
 
+/// Lets this transaction's commit return before its WAL is flushed: for the evaluate
+/// stage's claims and finishes only, as the SQLite journal does (its `Durability`, and
+/// ARCHITECTURE.md's durability contract). A server crash can undo such a commit only
+/// up to the last flushed one; any synced commit after it, from any instance, flushes
+/// the WAL through it. What is undone is an evaluation that runs again.
+async fn defer_commit(tx: &tokio_postgres::Transaction<'_>) -> Result<()> {
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await
+        .map_err(backend)
+}
+
 /// Wakes every instance's stage for `queue` once the transaction commits.
 async fn notify(client: &impl GenericClient, queue: Queue) -> Result<()> {
     client
@@ -392,6 +403,9 @@ impl JournalStore for PostgresJournal {
         self.run(CALL_TIMEOUT, async move {
             let mut client = shared.client().await?;
             let tx = client.transaction().await.map_err(backend)?;
+            if queue == Queue::Evaluate {
+                defer_commit(&tx).await?;
+            }
             tx.execute(REAP.as_str(), &[&queue.as_str(), &INTERRUPTED])
                 .await
                 .map_err(backend)?;
@@ -592,6 +606,7 @@ impl JournalStore for PostgresJournal {
         self.run(CALL_TIMEOUT, async move {
             let mut client = shared.client().await?;
             let tx = client.transaction().await.map_err(backend)?;
+            defer_commit(&tx).await?;
             let mut recorded = Vec::with_capacity(batch.len());
             for (job, evaluation) in &batch {
                 recorded.push(record_evaluation(&tx, job, evaluation, &shared.instance).await?);

@@ -1,7 +1,8 @@
 //! The SQLite journal: one file, WAL mode, `synchronous = FULL` so that a commit is on disk
-//! before intake answers 200.
+//! before intake answers 200 (the evaluate stage's own bookkeeping excepted: [`Durability`]).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -11,19 +12,21 @@ use serde_json::Value;
 
 use super::schema::{MIGRATIONS, NOW_MS};
 use super::{
-    isolate_retried, replay_suffix, stage_job, AlertState, AppendReply, AppendTicket, Evaluation,
-    EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobSummary, JournalError, JournalStore,
-    KeyedJob, OutcomeColumns, Queue, Released, Replay, RuleRun,
+    isolate_retried, replay_suffix, stage_job, AlertState, AppendReply, AppendTicket, Appended,
+    Evaluation, EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobSummary, JournalError,
+    JournalStore, KeyedJob, OutcomeColumns, Queue, Released, Replay, RuleRun,
 };
 use crate::event::Event;
 
 mod body;
 mod file;
+mod recent;
 mod statements;
 #[cfg(test)]
 mod tests;
 
 use file::{FileWatch, Opener, ServeLock};
+use recent::RecentEvents;
 
 use statements::*;
 
@@ -40,6 +43,12 @@ pub struct SqliteJournal {
     /// The one writing connection: every call is short and runs on a blocking thread (or
     /// the commit thread), and SQLite serializes writers anyway.
     conn: Arc<Mutex<Connection>>,
+    /// Set (under the connection's lock) while the writer may be at `synchronous =
+    /// NORMAL` after an evaluate-stage write ([`Durability::Deferred`]); every other
+    /// write, intake's included, puts it back to FULL before it begins.
+    relaxed: Arc<AtomicBool>,
+    /// The events the commit thread committed last, for the evaluate stage.
+    recent: Arc<Mutex<RecentEvents>>,
     /// Feeds the appends to the commit thread ([`commit_appends`]); None once dropping.
     appends: Option<mpsc::Sender<PendingAppend>>,
     committer: Option<std::thread::JoinHandle<()>>,
@@ -53,7 +62,30 @@ pub struct SqliteJournal {
 struct PendingAppend {
     event: EventRow,
     first_job: FirstJob,
+    /// The event itself, to keep in [`RecentEvents`] once committed (evaluate-first
+    /// events shared by intake only).
+    keep: Option<Arc<Event>>,
     reply: AppendReply,
+}
+
+/// How a write transaction reaches the disk.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Durability {
+    /// `synchronous = FULL`: on disk (fsync) before the call returns. Intake, actions,
+    /// commands: everything that answers someone or follows an outside effect.
+    Synced,
+    /// `synchronous = NORMAL`, for the evaluate stage's claims and finishes only. The
+    /// commit is atomic and survives the process being killed (it is in the WAL, in the
+    /// OS's cache); only a power loss before the next synced commit (intake's next batch,
+    /// an action's claim) can take it back, since that commit's fsync covers the whole WAL
+    /// before it. What such a loss undoes is an evaluation's bookkeeping, never an event:
+    /// the evaluate job is open again and runs again, and evaluation is idempotent (its
+    /// action jobs have deterministic keys, rule runs and alert states are upserts), the
+    /// same as when a process dies mid-evaluation. No outside effect can depend on the
+    /// undone commit: an action runs only after its own claim, a synced commit, has made
+    /// the evaluation that queued it durable. Halves the fsyncs the evaluate stage waits
+    /// for while holding the writer (bench/README.md).
+    Deferred,
 }
 
 const COMMIT_THREAD_STOPPED: &str = "the journal's commit thread has stopped";
@@ -122,23 +154,57 @@ impl SqliteJournal {
         reader.busy_timeout(Duration::from_secs(5))?;
         let watch = Arc::new(FileWatch::new(path));
         let conn = Arc::new(Mutex::new(conn));
+        let relaxed = Arc::new(AtomicBool::new(false));
+        let recent = Arc::new(Mutex::new(RecentEvents::default()));
         let (appends, queued) = mpsc::channel();
         let committer = std::thread::Builder::new()
             .name("freshet-journal".into())
             .spawn({
                 let conn = Arc::clone(&conn);
+                let relaxed = Arc::clone(&relaxed);
+                let recent = Arc::clone(&recent);
                 let watch = Arc::clone(&watch);
-                move || commit_appends(&conn, &queued, &watch)
+                move || commit_appends(&conn, &relaxed, &recent, &queued, &watch)
             })
             .map_err(|e| file::open_error(path, &format!("cannot start the commit thread: {e}")))?;
         Ok(SqliteJournal {
             conn,
+            relaxed,
+            recent,
             reader: Mutex::new(reader),
             appends: Some(appends),
             committer: Some(committer),
             watch,
             _lock: lock,
         })
+    }
+
+    /// Hands an append to the commit thread ([`commit_appends`]).
+    fn queue_append(
+        &self,
+        event: &Event,
+        first_job: FirstJob,
+        keep: Option<Arc<Event>>,
+    ) -> AppendTicket {
+        let row = match EventRow::new(event) {
+            Ok(row) => row,
+            Err(error) => return AppendTicket::ready(Err(error)),
+        };
+        let (reply, ticket) = AppendTicket::new();
+        let pending = PendingAppend {
+            event: row,
+            first_job,
+            keep,
+            reply,
+        };
+        let queued = match &self.appends {
+            Some(appends) => appends.send(pending).map_err(|failed| failed.0),
+            None => Err(pending),
+        };
+        if let Err(pending) = queued {
+            pending.reply.send(Err(COMMIT_THREAD_STOPPED.into()));
+        }
+        ticket
     }
 
     fn with<T>(
@@ -162,8 +228,18 @@ impl SqliteJournal {
         &self,
         f: impl FnOnce(&rusqlite::Transaction) -> Result<T, JournalError>,
     ) -> Result<T, JournalError> {
+        self.write_as(Durability::Synced, f)
+    }
+
+    /// [`Self::write`] with the durability the caller needs ([`Durability`]).
+    fn write_as<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&rusqlite::Transaction) -> Result<T, JournalError>,
+    ) -> Result<T, JournalError> {
         self.with(|conn| {
             self.watch.ensure_present()?;
+            set_durability(conn, &self.relaxed, durability)?;
             let outcome = write_transaction(conn)
                 .map_err(JournalError::from)
                 .and_then(|tx| {
@@ -213,6 +289,8 @@ fn lock(conn: &Mutex<Connection>) -> parking_lot::MutexGuard<'_, Connection> {
 /// take the connection in turn just to learn that its append is already committed.
 fn commit_appends(
     conn: &Mutex<Connection>,
+    relaxed: &AtomicBool,
+    recent: &Mutex<RecentEvents>,
     queued: &mpsc::Receiver<PendingAppend>,
     watch: &FileWatch,
 ) {
@@ -223,6 +301,7 @@ fn commit_appends(
             .collect();
         let result = (|| {
             watch.ensure_present()?;
+            set_durability(&conn, relaxed, Durability::Synced)?;
             let tx = write_transaction(&mut conn)?;
             let mut outcomes = Vec::with_capacity(batch.len());
             for pending in &batch {
@@ -241,6 +320,15 @@ fn commit_appends(
         let result = result.and_then(|outcomes| watch.verify().map(|()| outcomes));
         match result {
             Ok(outcomes) => {
+                // Kept before anyone is answered, so before intake wakes the evaluate stage.
+                {
+                    let mut recent = recent.lock();
+                    for (pending, outcome) in batch.iter().zip(&outcomes) {
+                        if let (Some(event), Appended::New) = (&pending.keep, outcome) {
+                            recent.insert(Arc::clone(event));
+                        }
+                    }
+                }
                 for (pending, outcome) in batch.into_iter().zip(outcomes) {
                     pending.reply.send(Ok(outcome));
                 }
@@ -253,6 +341,28 @@ fn commit_appends(
             }
         }
     }
+}
+
+/// Puts the writer at `durability`'s `synchronous` level, with the connection locked. A
+/// deferred write leaves it at NORMAL (consecutive evaluate-stage writes switch once);
+/// the next synced write sees `relaxed` and puts FULL back first, and fails if it cannot.
+fn set_durability(
+    conn: &Connection,
+    relaxed: &AtomicBool,
+    durability: Durability,
+) -> Result<(), JournalError> {
+    match durability {
+        Durability::Synced if relaxed.load(Ordering::Acquire) => {
+            conn.execute_batch("PRAGMA synchronous = FULL")?;
+            relaxed.store(false, Ordering::Release);
+        }
+        Durability::Synced => {}
+        Durability::Deferred => {
+            relaxed.store(true, Ordering::Release);
+            conn.execute_batch("PRAGMA synchronous = NORMAL")?;
+        }
+    }
+    Ok(())
 }
 
 /// Brings the schema up to date. An up-to-date journal (every open but the first after
@@ -310,24 +420,12 @@ pub(super) fn now_ms(tx: &Connection) -> Result<i64, JournalError> {
 
 impl JournalStore for SqliteJournal {
     fn append(&self, event: &Event, first_job: FirstJob) -> AppendTicket {
-        let row = match EventRow::new(event) {
-            Ok(row) => row,
-            Err(error) => return AppendTicket::ready(Err(error)),
-        };
-        let (reply, ticket) = AppendTicket::new();
-        let pending = PendingAppend {
-            event: row,
-            first_job,
-            reply,
-        };
-        let queued = match &self.appends {
-            Some(appends) => appends.send(pending).map_err(|failed| failed.0),
-            None => Err(pending),
-        };
-        if let Err(pending) = queued {
-            pending.reply.send(Err(COMMIT_THREAD_STOPPED.into()));
-        }
-        ticket
+        self.queue_append(event, first_job, None)
+    }
+
+    fn append_shared(&self, event: Arc<Event>, first_job: FirstJob) -> AppendTicket {
+        let keep = (first_job.queue == Queue::Evaluate).then(|| Arc::clone(&event));
+        self.queue_append(&event, first_job, keep)
     }
 
     fn check_writable(&self) -> Result<(), JournalError> {
@@ -380,6 +478,13 @@ impl JournalStore for SqliteJournal {
         })
     }
 
+    fn event_to_evaluate(&self, id: &str) -> Result<Option<Arc<Event>>, JournalError> {
+        if let Some(event) = self.recent.lock().take(id) {
+            return Ok(Some(event));
+        }
+        Ok(self.event(id)?.map(Arc::new))
+    }
+
     fn events(
         &self,
         limit: usize,
@@ -430,7 +535,11 @@ impl JournalStore for SqliteJournal {
     }
 
     fn claim(&self, queue: Queue, limit: usize, lease_ms: u64) -> Result<Vec<Job>, JournalError> {
-        self.write(|tx| {
+        let durability = match queue {
+            Queue::Evaluate => Durability::Deferred,
+            Queue::Enrich | Queue::Action => Durability::Synced,
+        };
+        self.write_as(durability, |tx| {
             exec(tx, &REAP_SQL, params![queue.as_str(), INTERRUPTED])?;
             let candidates: Vec<(i64, u32)> = tx
                 .prepare_cached(&CLAIM_CANDIDATES_SQL)?
@@ -531,6 +640,8 @@ impl JournalStore for SqliteJournal {
     }
 
     fn finish_enrichment(&self, job: &Job, event: &Event) -> Result<bool, JournalError> {
+        // The row is about to change: no copy from before may be evaluated.
+        self.recent.lock().take(&event.id);
         self.write(|tx| {
             if !end_job(tx, job, "succeeded")? {
                 return Ok(false);
@@ -558,7 +669,7 @@ impl JournalStore for SqliteJournal {
     }
 
     fn finish_evaluations(&self, batch: &[(Job, Evaluation)]) -> Result<Vec<bool>, JournalError> {
-        self.write(|tx| {
+        self.write_as(Durability::Deferred, |tx| {
             let mut recorded = Vec::with_capacity(batch.len());
             for (job, evaluation) in batch {
                 recorded.push(record_evaluation(tx, job, evaluation)?);
@@ -716,6 +827,7 @@ impl JournalStore for SqliteJournal {
     }
 
     fn prune(&self, days: u32) -> Result<usize, JournalError> {
+        self.recent.lock().clear();
         self.write(|tx| {
             let cutoff = format!("{NOW_MS} - {}", i64::from(days) * 86_400_000);
             tx.execute_batch(&format!(

@@ -329,3 +329,132 @@ fn closing_the_journal_checkpoints_the_wal_into_the_file() {
         .unwrap();
     assert_eq!(events, 1);
 }
+
+/// The writer's `synchronous` level, read on the writing connection itself.
+fn writer_synchronous(journal: &SqliteJournal) -> i64 {
+    journal
+        .with(|conn| Ok(conn.query_row("PRAGMA synchronous", [], |row| row.get(0))?))
+        .unwrap()
+}
+
+const FULL: i64 = 2;
+const NORMAL: i64 = 1;
+
+#[test]
+fn only_the_evaluate_stage_writes_without_waiting_for_the_disk() {
+    let (_dir, journal) = open();
+    assert_eq!(writer_synchronous(&journal), FULL);
+    journal
+        .append(&event("dbt:a"), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    let jobs = journal.claim(Queue::Evaluate, 1, 600_000).unwrap();
+    assert_eq!(
+        writer_synchronous(&journal),
+        NORMAL,
+        "evaluate claims defer"
+    );
+    // Intake's next commit puts FULL back before it writes (its fsync then covers the
+    // claim too).
+    journal
+        .append(&event("dbt:b"), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    assert_eq!(writer_synchronous(&journal), FULL);
+    let batch = vec![(jobs[0].clone(), Evaluation::default())];
+    assert_eq!(journal.finish_evaluations(&batch).unwrap(), vec![true]);
+    assert_eq!(writer_synchronous(&journal), NORMAL, "finishes defer");
+    // Every other write is synced: an action claim, here with nothing to claim.
+    journal.claim(Queue::Action, 1, 600_000).unwrap();
+    assert_eq!(writer_synchronous(&journal), FULL);
+}
+
+#[test]
+fn a_synced_write_puts_full_back_whatever_left_the_writer_lower() {
+    let (_dir, journal) = open();
+    // As if a deferred write had left the writer at NORMAL.
+    journal
+        .with(|conn| Ok(conn.execute_batch("PRAGMA synchronous = NORMAL")?))
+        .unwrap();
+    journal.relaxed.store(true, Ordering::Release);
+    journal
+        .append(&event("dbt:a"), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    assert_eq!(writer_synchronous(&journal), FULL);
+    assert!(!journal.relaxed.load(Ordering::Acquire));
+}
+
+#[test]
+fn the_evaluate_stage_gets_a_fresh_event_from_memory_exactly_as_the_file_holds_it() {
+    let (_dir, journal) = open();
+    let mut fresh = event("dbt:fresh");
+    fresh
+        .fields
+        .insert("runId".into(), serde_json::json!(70403103));
+    fresh.raw = serde_json::json!({"eventId": "fresh", "data": {"runStatus": "Success", "n": 1.5}});
+    journal
+        .append_shared(Arc::new(fresh.clone()), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    assert_eq!(journal.recent.lock().len(), 1);
+    let from_memory = journal.event_to_evaluate("dbt:fresh").unwrap().unwrap();
+    assert_eq!(journal.recent.lock().len(), 0, "taken");
+    let from_file = journal.event("dbt:fresh").unwrap().unwrap();
+    assert_eq!(*from_memory, from_file);
+    assert_eq!(*from_memory, fresh);
+    // Read again (a replay, a lost lease): from the file.
+    assert_eq!(
+        *journal.event_to_evaluate("dbt:fresh").unwrap().unwrap(),
+        from_file
+    );
+}
+
+#[test]
+fn only_unchanged_evaluate_first_events_are_kept_in_memory() {
+    let (_dir, journal) = open();
+    // A duplicate is not kept: the file holds the first one.
+    journal
+        .append(&event("dbt:dup"), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    let mut second = event("dbt:dup");
+    second.kind = "dbt.job.run.errored".into();
+    assert_eq!(
+        journal
+            .append_shared(Arc::new(second), FirstJob::EVALUATE)
+            .wait()
+            .unwrap(),
+        Appended::Duplicate
+    );
+    // An event enriched first is rewritten before it is evaluated: never kept.
+    journal
+        .append_shared(Arc::new(event("mode:run")), FirstJob::enrich(3))
+        .wait()
+        .unwrap();
+    assert_eq!(journal.recent.lock().len(), 0);
+    assert_eq!(
+        journal.event_to_evaluate("dbt:dup").unwrap().unwrap().kind,
+        "dbt.job.run.completed"
+    );
+    // Enrichment drops a kept copy in any case.
+    journal
+        .append_shared(Arc::new(event("dbt:kept")), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    assert_eq!(journal.recent.lock().len(), 1);
+    let mut enriched = event("dbt:kept");
+    enriched.kind = "changed".into();
+    let enrich_job = Job {
+        id: 0,
+        queue: "enrich".into(),
+        kind: "mode_run".into(),
+        event_id: "dbt:kept".into(),
+        rule: None,
+        payload: serde_json::Value::Null,
+        attempt: 1,
+        max_attempts: 3,
+    };
+    journal.finish_enrichment(&enrich_job, &enriched).unwrap();
+    assert_eq!(journal.recent.lock().len(), 0);
+}
