@@ -4,15 +4,20 @@
 //!
 //! Usage: claim_finish DIR [FINISHED]   (prints one `key value` line per figure)
 //!
-//! Each claim and each finish is a committed write transaction with `synchronous = FULL`,
-//! so on a disk the figure is mostly two fsyncs. Run it with DIR on tmpfs (/dev/shm, where
-//! fsync costs nothing) to see the journal's own work; `bench/run` reports both.
+//! Two kinds of job: an evaluate job, claimed and recorded as the evaluate stage does it
+//! (both commits deferred: `synchronous = NORMAL`, no fsync), and a job whose claim and
+//! finish are both synced (`synchronous = FULL`), as for an action or an enrichment (an
+//! enrich job here), so that on a disk that figure is mostly two fsyncs. Run it with DIR
+//! on tmpfs (/dev/shm, where fsync costs nothing) to see the journal's own work;
+//! `bench/run` reports both.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use freshet::event::{Event, Source};
-use freshet::journal::{FirstJob, FollowUp, JobOutcome, JournalStore, Queue, SqliteJournal};
+use freshet::journal::{
+    Evaluation, FirstJob, FollowUp, JobOutcome, JournalStore, Queue, SqliteJournal,
+};
 
 /// Jobs claimed and finished per measurement.
 const ROUNDS: usize = 2000;
@@ -49,27 +54,43 @@ fn fill(path: &Path, finished: usize) {
     .unwrap();
 }
 
-/// Mean time of claim + finish of one job, over [`ROUNDS`] jobs queued beforehand.
-fn claim_finish(journal: &SqliteJournal, offset: usize) -> Duration {
+/// Mean time of claim + finish of one job of `queue`, over [`ROUNDS`] jobs queued
+/// beforehand (events from `offset` on).
+fn claim_finish(journal: &SqliteJournal, queue: Queue, offset: usize) -> Duration {
+    let first = match queue {
+        Queue::Evaluate => FirstJob::EVALUATE,
+        _ => FirstJob::enrich(5),
+    };
     for i in 0..ROUNDS {
-        journal
-            .append(&event(offset + i), FirstJob::EVALUATE)
-            .wait()
-            .unwrap();
+        journal.append(&event(offset + i), first).wait().unwrap();
     }
     let started = Instant::now();
     for _ in 0..ROUNDS {
         let job = journal
-            .claim(Queue::Evaluate, 1, 60_000)
+            .claim(queue, 1, 60_000)
             .unwrap()
             .pop()
             .expect("a queued job");
-        journal
-            .finish(&job, &JobOutcome::Succeeded(None), &FollowUp::default())
-            .unwrap()
-            .expect("still leased");
+        if queue == Queue::Evaluate {
+            let recorded = journal
+                .finish_evaluations(&[(job, Evaluation::default())])
+                .unwrap();
+            assert_eq!(recorded, vec![true], "still leased");
+        } else {
+            journal
+                .finish(&job, &JobOutcome::Succeeded(None), &FollowUp::default())
+                .unwrap()
+                .expect("still leased");
+        }
     }
     started.elapsed() / ROUNDS as u32
+}
+
+/// Both kinds of job on `journal`: (evaluate, synced).
+fn both(journal: &SqliteJournal) -> (Duration, Duration) {
+    let evaluate = claim_finish(journal, Queue::Evaluate, 0);
+    let synced = claim_finish(journal, Queue::Enrich, ROUNDS);
+    (evaluate, synced)
 }
 
 fn main() {
@@ -79,7 +100,7 @@ fn main() {
     let dir = tempfile::tempdir_in(dir).unwrap();
 
     let empty = SqliteJournal::open(&dir.path().join("empty.db")).unwrap();
-    let on_empty = claim_finish(&empty, 0);
+    let on_empty = both(&empty);
     drop(empty);
 
     let path = dir.path().join("full.db");
@@ -87,12 +108,12 @@ fn main() {
     fill(&path, finished);
     eprintln!("filled {finished} finished jobs in {:?}", filling.elapsed());
     let full = SqliteJournal::open(&path).unwrap();
-    let on_full = claim_finish(&full, 0);
+    let on_full = both(&full);
 
+    let ms = |d: Duration| format!("{:.3}", d.as_secs_f64() * 1000.0);
     println!("finished_jobs {finished}");
-    println!(
-        "claim_finish_empty_ms {:.3}",
-        on_empty.as_secs_f64() * 1000.0
-    );
-    println!("claim_finish_full_ms {:.3}", on_full.as_secs_f64() * 1000.0);
+    println!("claim_finish_empty_ms {}", ms(on_empty.0));
+    println!("claim_finish_full_ms {}", ms(on_full.0));
+    println!("synced_claim_finish_empty_ms {}", ms(on_empty.1));
+    println!("synced_claim_finish_full_ms {}", ms(on_full.1));
 }

@@ -15,20 +15,21 @@ ensure_wrk() {
 }
 
 # Signed bodies for wrk: one eventId per request, signatures precomputed (wrk's Lua has no
-# HMAC). Exports what bench/intake.lua reads.
+# HMAC). Exports what bench/intake.lua reads. $1: how many ids (400,000 unless given).
 make_signed_bodies() {
-  python3 - "$work" "$BENCH_SECRET" <<'PY'
+  local count=${1:-400000}
+  python3 - "$work" "$BENCH_SECRET" "$count" <<'PY'
 import hashlib, hmac, json, sys
-work, secret = sys.argv[1], sys.argv[2].encode()
+work, secret, count = sys.argv[1], sys.argv[2].encode(), int(sys.argv[3])
 body = json.load(open('tests/fixtures/samples/dbt-job-run-completed.json'))
 body['eventId'] = 'EVENT_ID'
 template = json.dumps(body)
 open(f'{work}/template.json', 'w').write(template)
-with open(f'{work}/sigs.txt', 'w') as out:
-    for i in range(400000):
+with open(f'{work}/sigs_{count}.txt', 'w') as out:
+    for i in range(count):
         out.write(hmac.new(secret, template.replace('EVENT_ID', 'wev_bench_%09d' % i).encode(), hashlib.sha256).hexdigest() + '\n')
 PY
-  export FRESHET_BENCH_SIGS=$work/sigs.txt FRESHET_BENCH_TEMPLATE=$work/template.json
+  export FRESHET_BENCH_SIGS=$work/sigs_$count.txt FRESHET_BENCH_TEMPLATE=$work/template.json
 }
 
 # Runs wrk against $1 with $2 connections for $DURATION s; prints "req_per_s p50 p99".
@@ -100,4 +101,46 @@ bench_freshet() {
   kill "$pid"; wait "$pid" || true
   [ "$status" -eq 0 ] || exit "$status"
   echo "$result $backlog"
+}
+
+# Intake on a grown journal: starts freshet binary $1 on a fresh journal in $work/$2, fills
+# it through freshet itself with $3 events (wrk at 32 connections, in 30 s rounds, until
+# the journal holds them, then until the evaluate stage has evaluated them all), and runs
+# the usual wrk with $4 connections on ids not used yet. Needs sqlite3, and signatures for
+# more than $3 ids (make_signed_bodies). Prints run_wrk's line, the backlog, and how many
+# events the journal held before the measured run.
+bench_grown() {
+  local dir=$work/$2 target=$3
+  mkdir -p "$dir/rules"
+  printf '[server]\nlisten = "127.0.0.1:0"\n[journal]\npath = "journal.db"\n[rules]\ndir = "rules"\n[dbt]\nwebhook_secrets = ["%s"]\n' "$BENCH_SECRET" > "$dir/freshet.toml"
+  RUST_LOG=warn,freshet=info "$1" serve --config "$dir/freshet.toml" > "$dir/stdout" 2> "$dir/log" &
+  local pid=$! addr held=0 next=0 open_jobs result status=0
+  addr=$(wait_for_addr "$dir/log")
+  local query="sqlite3 $dir/journal.db"
+  while [ "$held" -lt "$target" ]; do
+    DURATION=${GROW_ROUND:-30} FRESHET_BENCH_OFFSET=$next run_wrk "http://$addr" 32 >/dev/null
+    held=$($query "SELECT COUNT(*) FROM events")
+    # Ids are zero-padded: the largest is the last one used.
+    next=$(( 10#$($query "SELECT substr(MAX(id), 15) FROM events") + 1 ))
+    echo "grown journal: $held events" >&2
+  done
+  for _ in $(seq 1 600); do
+    open_jobs=$($query "SELECT COUNT(*) FROM jobs WHERE queue = 'evaluate' AND status IN ('pending', 'retrying', 'running')")
+    [ "$open_jobs" -eq 0 ] && break
+    sleep 1
+  done
+  held=$($query "SELECT COUNT(*) FROM events")
+  result=$(FRESHET_BENCH_OFFSET=$next run_wrk "http://$addr" "$4") || status=$?
+  local backlog added requests
+  backlog=$($query "SELECT COUNT(*) FROM jobs WHERE queue = 'evaluate' AND status IN ('pending', 'retrying', 'running')")
+  # Every measured request must have been a new event: ids past the signatures wrap.
+  added=$(( $($query "SELECT COUNT(*) FROM events") - held ))
+  requests=$(awk '/requests in/ {print $1}' "$work/wrk.out")
+  if [ "$added" -lt "$requests" ]; then
+    echo "only $added of $requests measured requests were new events: more signatures needed" >&2
+    status=1
+  fi
+  kill "$pid"; wait "$pid" || true
+  [ "$status" -eq 0 ] || exit "$status"
+  echo "$result $backlog $held"
 }
