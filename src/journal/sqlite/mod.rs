@@ -548,30 +548,38 @@ impl JournalStore for SqliteJournal {
                 })?
                 .collect::<Result<_, _>>()?;
             let chosen = isolate_retried(&candidates);
-            let mut jobs = Vec::with_capacity(chosen.len());
-            {
-                let mut claim_one = tx.prepare_cached(&CLAIM_ONE_SQL)?;
-                for id in chosen {
-                    let (mut job, payload) =
-                        claim_one.query_row(params![id, lease_ms as i64], |row| {
-                            Ok((
-                                Job {
-                                    id: row.get(0)?,
-                                    queue: row.get(1)?,
-                                    kind: row.get(2)?,
-                                    event_id: row.get(3)?,
-                                    rule: row.get(4)?,
-                                    payload: Value::Null,
-                                    attempt: row.get(6)?,
-                                    max_attempts: row.get(7)?,
-                                },
-                                row.get::<_, String>(5)?,
-                            ))
-                        })?;
-                    job.payload = parse_json(&payload)?;
-                    jobs.push(job);
-                }
+            if chosen.is_empty() {
+                return Ok(Vec::new());
             }
+            // One statement for the whole batch: per-row statements were a fifth of a
+            // claim's time.
+            let ids =
+                serde_json::to_string(&chosen).map_err(|e| JournalError::Invalid(e.to_string()))?;
+            let mut jobs = tx
+                .prepare_cached(&CLAIM_SQL)?
+                .query_map(params![ids, lease_ms as i64], |row| {
+                    Ok((
+                        Job {
+                            id: row.get(0)?,
+                            queue: row.get(1)?,
+                            kind: row.get(2)?,
+                            event_id: row.get(3)?,
+                            rule: row.get(4)?,
+                            payload: Value::Null,
+                            attempt: row.get(6)?,
+                            max_attempts: row.get(7)?,
+                        },
+                        row.get::<_, String>(5)?,
+                    ))
+                })?
+                .map(|row| {
+                    let (mut job, payload) = row?;
+                    job.payload = parse_json(&payload)?;
+                    Ok(job)
+                })
+                .collect::<Result<Vec<Job>, JournalError>>()?;
+            // RETURNING comes in no promised order: back to the order they were due in.
+            jobs.sort_by_key(|job| chosen.iter().position(|id| *id == job.id));
             Ok(jobs)
         })
     }

@@ -54,11 +54,11 @@ pub(super) static CLAIM_CANDIDATES_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// Leases job ?1 for ?2 ms.
-pub(super) static CLAIM_ONE_SQL: LazyLock<String> = LazyLock::new(|| {
+/// Leases the jobs whose ids the JSON array ?1 lists, for ?2 ms each.
+pub(super) static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_until = {NOW_MS} + ?2
-         WHERE id = ?1
+         WHERE id IN (SELECT value FROM json_each(?1))
          RETURNING id, queue, kind, event_id, rule, payload, attempt, max_attempts"
     )
 });

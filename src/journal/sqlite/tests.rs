@@ -137,6 +137,12 @@ fn open_job_queries_use_the_open_jobs_index() {
         let plan = plan(sql);
         assert!(plan.contains("INDEX jobs_running"), "{name} plan:\n{plan}");
     }
+    // Leasing the chosen jobs: by rowid, never a scan of the table.
+    let plan = plan(&statements::CLAIM_SQL);
+    assert!(
+        plan.contains("USING INTEGER PRIMARY KEY") && !plan.contains("SCAN jobs"),
+        "lease plan:\n{plan}"
+    );
 }
 
 #[test]
