@@ -108,7 +108,7 @@ bench_freshet() {
 # the journal holds them, then until the evaluate stage has evaluated them all), and runs
 # the usual wrk with $4 connections on ids not used yet. Needs sqlite3, and signatures for
 # more than $3 ids (make_signed_bodies). Prints run_wrk's line, the backlog, and how many
-# events the journal held before the measured run.
+# events the journal held before the measured run, and freshet's RSS (MiB) after it.
 bench_grown() {
   local dir=$work/$2 target=$3
   mkdir -p "$dir/rules"
@@ -140,7 +140,9 @@ bench_grown() {
     echo "only $added of $requests measured requests were new events: more signatures needed" >&2
     status=1
   fi
+  local rss
+  rss=$(awk '/^VmRSS:/ {printf "%.1f", $2 / 1024}' "/proc/$pid/status")
   kill "$pid"; wait "$pid" || true
   [ "$status" -eq 0 ] || exit "$status"
-  echo "$result $backlog $held"
+  echo "$result $backlog $held $rss"
 }
