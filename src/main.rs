@@ -7,6 +7,7 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    freshet::rules::memory::tune_allocator();
     let cli = freshet::cli::Cli::parse();
     if cli.command.prints_to_a_pipe() {
         // `freshet events | head` ends the reader first: end quietly, as Unix tools do,
