@@ -169,6 +169,7 @@ contract!(
     a_job_that_keeps_stopping_the_process_ends_dead_and_holds_nothing_back,
     job_keys_are_unambiguous_whatever_an_id_contains,
     replays_of_one_rule_are_queued_each,
+    finishing_evaluations_claims_the_next_batch,
 );
 
 fn duplicate_ids_insert_nothing(store: &TestStore) {
@@ -544,4 +545,67 @@ fn replays_of_one_rule_are_queued_each(store: &TestStore) {
     assert_eq!(jobs[0].payload["replay"], 1);
     assert_eq!(jobs[1].payload["replay"], 2);
     assert!(journal.queue_replay("dbt:nope", &replay).is_err());
+}
+
+fn finishing_evaluations_claims_the_next_batch(store: &TestStore) {
+    let journal = store.open();
+    for id in ["dbt:a", "dbt:b", "dbt:c"] {
+        append(&journal, id);
+    }
+    let first = journal.claim(Queue::Evaluate, 2, 60_000).unwrap();
+    assert_eq!(first.len(), 2);
+    let fired = Evaluation {
+        rule_runs: vec![RuleRun {
+            rule: "r".into(),
+            outcome: "fired".into(),
+            actions: 1,
+            error: None,
+        }],
+        jobs: vec![action(&first[0].event_id, "k1", None)],
+        ..Default::default()
+    };
+    let batch = vec![
+        (first[0].clone(), fired),
+        (first[1].clone(), Evaluation::default()),
+    ];
+    let (recorded, next) = journal
+        .finish_evaluations_and_claim(&batch, 10, 60_000)
+        .unwrap();
+    assert_eq!(recorded, vec![true, true]);
+    assert_eq!(
+        next.iter()
+            .map(|job| job.event_id.as_str())
+            .collect::<Vec<_>>(),
+        ["dbt:c"],
+        "only the job not yet claimed comes back"
+    );
+    assert_eq!(next[0].attempt, 1, "the claim counts an attempt");
+    let c = next[0].clone();
+    assert_eq!(
+        journal.jobs(None, 10).unwrap().len(),
+        1,
+        "the action was queued"
+    );
+    let statuses: std::collections::BTreeMap<String, String> = journal
+        .events(10, None)
+        .unwrap()
+        .into_iter()
+        .map(|event| (event.id, event.status))
+        .collect();
+    assert_eq!(statuses["dbt:a"], "evaluated");
+    assert_eq!(statuses["dbt:b"], "evaluated");
+    assert_eq!(statuses["dbt:c"], "received");
+
+    // A lease that is no longer ours records nothing; c is leased, so none comes back.
+    let (recorded, next) = journal
+        .finish_evaluations_and_claim(&batch[1..], 10, 60_000)
+        .unwrap();
+    assert_eq!(recorded, vec![false]);
+    assert!(next.is_empty(), "a leased job is not claimed twice");
+    let (recorded, next) = journal
+        .finish_evaluations_and_claim(&[(c, Evaluation::default())], 10, 60_000)
+        .unwrap();
+    assert_eq!(recorded, vec![true]);
+    assert!(next.is_empty(), "nothing is due");
+    assert_eq!(journal.events(10, Some("evaluated")).unwrap().len(), 3);
 }

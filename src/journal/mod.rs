@@ -483,6 +483,28 @@ pub trait JournalStore: Send + Sync + 'static {
     /// For each, false if its lease was lost (nothing is written for it).
     fn finish_evaluations(&self, batch: &[(Job, Evaluation)]) -> Result<Vec<bool>, JournalError>;
 
+    /// [`Self::finish_evaluations`], then [`Self::claim`] of the next `limit` evaluate
+    /// jobs. A backend may do both in one transaction: the claim's commit then costs
+    /// nothing more, and the job rows the finish rewrites are written out once. When the
+    /// claim alone fails, the finish stands and no jobs come back (the caller claims again
+    /// the usual way); in one transaction they fail together, and the evaluations run
+    /// again when their leases end, as after any failed finish.
+    fn finish_evaluations_and_claim(
+        &self,
+        batch: &[(Job, Evaluation)],
+        limit: usize,
+        lease_ms: u64,
+    ) -> Result<(Vec<bool>, Vec<Job>), JournalError> {
+        let recorded = self.finish_evaluations(batch)?;
+        let claimed = self
+            .claim(Queue::Evaluate, limit, lease_ms)
+            .unwrap_or_else(|error| {
+                tracing::error!(error = %error, "Cannot claim evaluate jobs.");
+                Vec::new()
+            });
+        Ok((recorded, claimed))
+    }
+
     /// Queues a new evaluation of a journaled event (`freshet replay`), or a new
     /// enrichment that is followed by one; returns the job's id.
     fn queue_replay(&self, event_id: &str, replay: &Replay) -> Result<i64, JournalError>;

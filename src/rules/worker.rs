@@ -60,8 +60,17 @@ impl EvaluateWorker {
             // An evaluation is short and local: finish the batch even when asked to stop.
             while !jobs.is_empty() {
                 let (evaluated, rest) = self.evaluate(jobs).await;
-                self.finish(evaluated).await;
-                jobs = rest;
+                jobs = if !rest.is_empty() {
+                    self.finish(evaluated).await;
+                    rest
+                } else if stop.is_cancelled() {
+                    // The rest stays queued for the next start (as `next_jobs` does).
+                    self.finish(evaluated).await;
+                    Vec::new()
+                } else {
+                    // With a backlog, the next batch comes in the finish's commit.
+                    self.finish_and_claim(evaluated).await
+                };
             }
         }
     }
@@ -124,14 +133,42 @@ impl EvaluateWorker {
         if batch.is_empty() {
             return;
         }
-        let queued: usize = batch
-            .iter()
-            .map(|(_, e)| e.jobs.len() + e.alerts.len())
-            .sum();
-        let ids: Vec<String> = batch.iter().map(|(job, _)| job.event_id.clone()).collect();
-        match blocking(&self.journal, move |j| j.finish_evaluations(&batch)).await {
+        let queued = queued_by(&batch);
+        let ids = event_ids(&batch);
+        let recorded = blocking(&self.journal, move |j| j.finish_evaluations(&batch)).await;
+        self.report(&ids, recorded, queued);
+    }
+
+    /// [`Self::finish`], and the next batch claimed in the same transaction: one commit
+    /// less per batch while there is a backlog. Empty when nothing is due.
+    async fn finish_and_claim(&self, batch: Vec<(Job, Evaluation)>) -> Vec<Job> {
+        let queued = queued_by(&batch);
+        let ids = event_ids(&batch);
+        let outcome = blocking(&self.journal, move |j| {
+            j.finish_evaluations_and_claim(&batch, EVALUATE_BATCH, LEASE_MS)
+        })
+        .await;
+        match outcome {
+            Ok((recorded, claimed)) => {
+                self.report(&ids, Ok(recorded), queued);
+                claimed
+            }
+            Err(error) => {
+                self.report(&ids, Err(error), queued);
+                Vec::new()
+            }
+        }
+    }
+
+    fn report(
+        &self,
+        event_ids: &[String],
+        recorded: Result<Vec<bool>, crate::journal::JournalError>,
+        queued: usize,
+    ) {
+        match recorded {
             Ok(recorded) => {
-                for (event_id, done) in ids.iter().zip(recorded) {
+                for (event_id, done) in event_ids.iter().zip(recorded) {
                     if done {
                         tracing::debug!(event_id = %event_id, "Evaluation journaled.");
                     } else {
@@ -140,13 +177,26 @@ impl EvaluateWorker {
                 }
             }
             Err(error) => {
-                tracing::error!(error = %error, "Cannot journal the evaluations; they run again when their leases end.")
+                tracing::error!(error = %error, "Cannot journal the evaluations; they run again when their leases end.");
+                return;
             }
         }
         if queued > 0 {
             self.actions_wake.notify_waiters();
         }
     }
+}
+
+/// How many action jobs and alert calls a batch of evaluations queues.
+fn queued_by(batch: &[(Job, Evaluation)]) -> usize {
+    batch
+        .iter()
+        .map(|(_, e)| e.jobs.len() + e.alerts.len())
+        .sum()
+}
+
+fn event_ids(batch: &[(Job, Evaluation)]) -> Vec<String> {
+    batch.iter().map(|(job, _)| job.event_id.clone()).collect()
 }
 
 /// Turns the rules' outcomes into what the journal records: rule runs, action jobs with

@@ -539,49 +539,7 @@ impl JournalStore for SqliteJournal {
             Queue::Evaluate => Durability::Deferred,
             Queue::Enrich | Queue::Action => Durability::Synced,
         };
-        self.write_as(durability, |tx| {
-            exec(tx, &REAP_SQL, params![queue.as_str(), INTERRUPTED])?;
-            let candidates: Vec<(i64, u32)> = tx
-                .prepare_cached(&CLAIM_CANDIDATES_SQL)?
-                .query_map(params![queue.as_str(), limit as i64], |row| {
-                    Ok((row.get(0)?, row.get(1)?))
-                })?
-                .collect::<Result<_, _>>()?;
-            let chosen = isolate_retried(&candidates);
-            if chosen.is_empty() {
-                return Ok(Vec::new());
-            }
-            // One statement for the whole batch: per-row statements were a fifth of a
-            // claim's time.
-            let ids =
-                serde_json::to_string(&chosen).map_err(|e| JournalError::Invalid(e.to_string()))?;
-            let mut jobs = tx
-                .prepare_cached(&CLAIM_SQL)?
-                .query_map(params![ids, lease_ms as i64], |row| {
-                    Ok((
-                        Job {
-                            id: row.get(0)?,
-                            queue: row.get(1)?,
-                            kind: row.get(2)?,
-                            event_id: row.get(3)?,
-                            rule: row.get(4)?,
-                            payload: Value::Null,
-                            attempt: row.get(6)?,
-                            max_attempts: row.get(7)?,
-                        },
-                        row.get::<_, String>(5)?,
-                    ))
-                })?
-                .map(|row| {
-                    let (mut job, payload) = row?;
-                    job.payload = parse_json(&payload)?;
-                    Ok(job)
-                })
-                .collect::<Result<Vec<Job>, JournalError>>()?;
-            // RETURNING comes in no promised order: back to the order they were due in.
-            jobs.sort_by_key(|job| chosen.iter().position(|id| *id == job.id));
-            Ok(jobs)
-        })
+        self.write_as(durability, |tx| claim_in(tx, queue, limit, lease_ms))
     }
 
     fn next_due_in(&self, queue: Queue) -> Result<Option<u64>, JournalError> {
@@ -677,12 +635,20 @@ impl JournalStore for SqliteJournal {
     }
 
     fn finish_evaluations(&self, batch: &[(Job, Evaluation)]) -> Result<Vec<bool>, JournalError> {
+        self.write_as(Durability::Deferred, |tx| record_evaluations(tx, batch))
+    }
+
+    fn finish_evaluations_and_claim(
+        &self,
+        batch: &[(Job, Evaluation)],
+        limit: usize,
+        lease_ms: u64,
+    ) -> Result<(Vec<bool>, Vec<Job>), JournalError> {
+        // Both are deferred commits (evaluate-stage bookkeeping), so one is as safe as two.
         self.write_as(Durability::Deferred, |tx| {
-            let mut recorded = Vec::with_capacity(batch.len());
-            for (job, evaluation) in batch {
-                recorded.push(record_evaluation(tx, job, evaluation)?);
-            }
-            Ok(recorded)
+            let recorded = record_evaluations(tx, batch)?;
+            let claimed = claim_in(tx, Queue::Evaluate, limit, lease_ms)?;
+            Ok((recorded, claimed))
         })
     }
 
@@ -855,4 +821,64 @@ impl JournalStore for SqliteJournal {
             Ok(pruned)
         })
     }
+}
+
+/// Claims up to `limit` due jobs of `queue` inside `tx` ([`JournalStore::claim`]).
+fn claim_in(
+    tx: &rusqlite::Transaction,
+    queue: Queue,
+    limit: usize,
+    lease_ms: u64,
+) -> Result<Vec<Job>, JournalError> {
+    exec(tx, &REAP_SQL, params![queue.as_str(), INTERRUPTED])?;
+    let candidates: Vec<(i64, u32)> = tx
+        .prepare_cached(&CLAIM_CANDIDATES_SQL)?
+        .query_map(params![queue.as_str(), limit as i64], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let chosen = isolate_retried(&candidates);
+    if chosen.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One statement for the whole batch: per-row statements were a fifth of a
+    // claim's time.
+    let ids = serde_json::to_string(&chosen).map_err(|e| JournalError::Invalid(e.to_string()))?;
+    let mut jobs = tx
+        .prepare_cached(&CLAIM_SQL)?
+        .query_map(params![ids, lease_ms as i64], |row| {
+            Ok((
+                Job {
+                    id: row.get(0)?,
+                    queue: row.get(1)?,
+                    kind: row.get(2)?,
+                    event_id: row.get(3)?,
+                    rule: row.get(4)?,
+                    payload: Value::Null,
+                    attempt: row.get(6)?,
+                    max_attempts: row.get(7)?,
+                },
+                row.get::<_, String>(5)?,
+            ))
+        })?
+        .map(|row| {
+            let (mut job, payload) = row?;
+            job.payload = parse_json(&payload)?;
+            Ok(job)
+        })
+        .collect::<Result<Vec<Job>, JournalError>>()?;
+    // RETURNING comes in no promised order: back to the order they were due in.
+    jobs.sort_by_key(|job| chosen.iter().position(|id| *id == job.id));
+    Ok(jobs)
+}
+
+fn record_evaluations(
+    tx: &rusqlite::Transaction,
+    batch: &[(Job, Evaluation)],
+) -> Result<Vec<bool>, JournalError> {
+    let mut recorded = Vec::with_capacity(batch.len());
+    for (job, evaluation) in batch {
+        recorded.push(record_evaluation(tx, job, evaluation)?);
+    }
+    Ok(recorded)
 }
