@@ -871,14 +871,3 @@ fn claim_in(
     jobs.sort_by_key(|job| chosen.iter().position(|id| *id == job.id));
     Ok(jobs)
 }
-
-fn record_evaluations(
-    tx: &rusqlite::Transaction,
-    batch: &[(Job, Evaluation)],
-) -> Result<Vec<bool>, JournalError> {
-    let mut recorded = Vec::with_capacity(batch.len());
-    for (job, evaluation) in batch {
-        recorded.push(record_evaluation(tx, job, evaluation)?);
-    }
-    Ok(recorded)
-}

@@ -222,15 +222,65 @@ pub(super) fn alert_row(row: &rusqlite::Row) -> rusqlite::Result<AlertState> {
     })
 }
 
-/// Records one evaluation inside `tx`; false (and nothing written) if the lease was lost.
-pub(super) fn record_evaluation(
+/// Ends the leases of a batch of evaluate jobs that are still ours: ?1 is a JSON array of
+/// `[id, attempt]`; returns the ids of the jobs ended. One statement for the batch, by rowid.
+pub(super) static END_EVALUATIONS_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE jobs SET status = 'succeeded', finished_at = {NOW_MS}, lease_until = NULL
+         FROM (SELECT json_extract(value, '$[0]') AS id, json_extract(value, '$[1]') AS attempt
+               FROM json_each(?1)) AS ours
+         WHERE jobs.id = ours.id AND jobs.attempt = ours.attempt AND jobs.status = 'running'
+         RETURNING jobs.id"
+    )
+});
+
+/// Marks the events whose ids the JSON array ?1 lists as evaluated.
+pub(super) const MARK_EVALUATED_SQL: &str =
+    "UPDATE events SET status = 'evaluated' WHERE id IN (SELECT value FROM json_each(?1))";
+
+/// Records a batch of evaluations inside `tx`. For each, false (and nothing written for
+/// it) if its lease was lost. The leases are ended and the events marked in one statement
+/// each: per-job statements were most of what recording cost, since most evaluations
+/// queue nothing.
+pub(super) fn record_evaluations(
+    tx: &Transaction,
+    batch: &[(Job, Evaluation)],
+) -> Result<Vec<bool>, JournalError> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let leases: Vec<(i64, u32)> = batch.iter().map(|(job, _)| (job.id, job.attempt)).collect();
+    let ended: std::collections::HashSet<i64> = tx
+        .prepare_cached(&END_EVALUATIONS_SQL)?
+        .query_map([json_text(&leases)?], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut recorded = Vec::with_capacity(batch.len());
+    let mut evaluated = Vec::with_capacity(batch.len());
+    for (job, evaluation) in batch {
+        let ours = ended.contains(&job.id);
+        if ours {
+            record_outcome(tx, job, evaluation)?;
+            evaluated.push(job.event_id.as_str());
+        }
+        recorded.push(ours);
+    }
+    if !evaluated.is_empty() {
+        exec(tx, MARK_EVALUATED_SQL, [json_text(&evaluated)?])?;
+    }
+    Ok(recorded)
+}
+
+fn json_text(value: &impl serde::Serialize) -> Result<String, JournalError> {
+    serde_json::to_string(value).map_err(|e| JournalError::Invalid(e.to_string()))
+}
+
+/// What one evaluation adds to the journal once its lease is ended: its rule runs, action
+/// jobs and alert transitions.
+fn record_outcome(
     tx: &Transaction,
     job: &Job,
     evaluation: &Evaluation,
-) -> Result<bool, JournalError> {
-    if !end_job(tx, job, "succeeded")? {
-        return Ok(false);
-    }
+) -> Result<(), JournalError> {
     for run in &evaluation.rule_runs {
         exec(tx,
                     "INSERT INTO rule_runs (event_id, rule, outcome, actions, error) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -275,10 +325,5 @@ pub(super) fn record_evaluation(
             )?;
         }
     }
-    exec(
-        tx,
-        "UPDATE events SET status = 'evaluated' WHERE id = ?1",
-        [&job.event_id],
-    )?;
-    Ok(true)
+    Ok(())
 }

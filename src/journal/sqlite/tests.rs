@@ -138,10 +138,21 @@ fn open_job_queries_use_the_open_jobs_index() {
         assert!(plan.contains("INDEX jobs_running"), "{name} plan:\n{plan}");
     }
     // Leasing the chosen jobs: by rowid, never a scan of the table.
-    let plan = plan(&statements::CLAIM_SQL);
+    let plan_lease = plan(&statements::CLAIM_SQL);
     assert!(
-        plan.contains("USING INTEGER PRIMARY KEY") && !plan.contains("SCAN jobs"),
-        "lease plan:\n{plan}"
+        plan_lease.contains("USING INTEGER PRIMARY KEY") && !plan_lease.contains("SCAN jobs"),
+        "lease plan:\n{plan_lease}"
+    );
+    // Recording a batch of evaluations: jobs by rowid, events by their key.
+    let plan_end = plan(&statements::END_EVALUATIONS_SQL);
+    assert!(
+        plan_end.contains("USING INTEGER PRIMARY KEY") && !plan_end.contains("SCAN jobs"),
+        "end plan:\n{plan_end}"
+    );
+    let plan_mark = plan(statements::MARK_EVALUATED_SQL);
+    assert!(
+        plan_mark.contains("sqlite_autoindex_events_1") && !plan_mark.contains("SCAN events"),
+        "mark plan:\n{plan_mark}"
     );
 }
 
