@@ -38,8 +38,8 @@ impl EventRow {
 }
 
 // The three queries below read only open jobs. Each repeats the `jobs_open` index's
-// `status IN ('pending', 'retrying', 'running')` term verbatim: that is how SQLite knows it
-// may use the partial index (tests check the plans).
+// `(status = 'pending' OR status = 'retrying' OR status = 'running')` term verbatim: that
+// is how SQLite knows it may use the partial index (tests check the plans).
 
 /// Up to ?2 due jobs of queue ?1, soonest first: pending or retrying jobs whose time has
 /// come, and running jobs whose lease has ended (a crashed attempt) with attempts left.
@@ -47,7 +47,7 @@ impl EventRow {
 pub(super) static CLAIM_CANDIDATES_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT id, attempt FROM jobs
-         WHERE queue = ?1 AND status IN ('pending', 'retrying', 'running')
+         WHERE queue = ?1 AND (status = 'pending' OR status = 'retrying' OR status = 'running')
            AND ((status IN ('pending', 'retrying') AND scheduled_at <= {NOW_MS})
                 OR (status = 'running' AND lease_until < {NOW_MS} AND attempt < max_attempts))
          ORDER BY scheduled_at, id LIMIT ?2"
@@ -89,7 +89,7 @@ pub(super) static NEXT_DUE_SQL: LazyLock<String> = LazyLock::new(|| {
         "SELECT MIN(due) - {NOW_MS} FROM (
             SELECT * FROM (
                 SELECT scheduled_at AS due FROM jobs
-                WHERE queue = ?1 AND status IN ('pending', 'retrying', 'running')
+                WHERE queue = ?1 AND (status = 'pending' OR status = 'retrying' OR status = 'running')
                   AND status <> 'running'
                 ORDER BY scheduled_at LIMIT 1)
             UNION ALL
@@ -98,8 +98,8 @@ pub(super) static NEXT_DUE_SQL: LazyLock<String> = LazyLock::new(|| {
 });
 
 /// Open action jobs.
-pub(super) const BACKLOG_SQL: &str =
-    "SELECT COUNT(*) FROM jobs WHERE queue = 'action' AND status IN ('pending', 'retrying', 'running')";
+pub(super) const BACKLOG_SQL: &str = "SELECT COUNT(*) FROM jobs
+     WHERE queue = 'action' AND (status = 'pending' OR status = 'retrying' OR status = 'running')";
 
 // The statements below run per event or per job, on the commit thread among others:
 // their SQL is built once rather than formatted for every call.
@@ -110,7 +110,7 @@ static INSERT_EVENT_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-static INSERT_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
+pub(super) static INSERT_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "INSERT INTO jobs (queue, kind, event_id, rule, job_key, coalesce_key, payload, status,
                            attempt, max_attempts, scheduled_at, created_at)
@@ -119,7 +119,7 @@ static INSERT_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-static END_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
+pub(super) static END_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE jobs SET status = ?1, finished_at = {NOW_MS}, lease_until = NULL
          WHERE id = ?2 AND status = 'running' AND attempt = ?3"
