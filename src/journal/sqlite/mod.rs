@@ -843,7 +843,7 @@ fn claim_in(
     }
     // One statement for the whole batch: per-row statements were a fifth of a
     // claim's time.
-    let ids = serde_json::to_string(&chosen).map_err(|e| JournalError::Invalid(e.to_string()))?;
+    let ids = json_text(&chosen)?;
     let mut jobs = tx
         .prepare_cached(&CLAIM_SQL)?
         .query_map(params![ids, lease_ms as i64], |row| {

@@ -152,8 +152,7 @@ pub(super) fn insert_event(
 
 /// Inserts a job; an existing job key or a pending identical call makes it a no-op.
 pub(super) fn insert_job(tx: &Connection, job: &NewJob) -> Result<bool, JournalError> {
-    let payload =
-        serde_json::to_string(&job.payload).map_err(|e| JournalError::Invalid(e.to_string()))?;
+    let payload = json_text(&job.payload)?;
     let inserted = exec(
         tx,
         &INSERT_JOB_SQL,
@@ -270,7 +269,8 @@ pub(super) fn record_evaluations(
     Ok(recorded)
 }
 
-fn json_text(value: &impl serde::Serialize) -> Result<String, JournalError> {
+/// `value` as JSON text, for a statement that reads it with `json_each` or stores it.
+pub(super) fn json_text(value: &impl serde::Serialize) -> Result<String, JournalError> {
     serde_json::to_string(value).map_err(|e| JournalError::Invalid(e.to_string()))
 }
 
