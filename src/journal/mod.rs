@@ -484,11 +484,11 @@ pub trait JournalStore: Send + Sync + 'static {
     fn finish_evaluations(&self, batch: &[(Job, Evaluation)]) -> Result<Vec<bool>, JournalError>;
 
     /// [`Self::finish_evaluations`], then [`Self::claim`] of the next `limit` evaluate
-    /// jobs. A backend may do both in one transaction: the claim's commit then costs
-    /// nothing more, and the job rows the finish rewrites are written out once. When the
-    /// claim alone fails, the finish stands and no jobs come back (the caller claims again
-    /// the usual way); in one transaction they fail together, and the evaluations run
-    /// again when their leases end, as after any failed finish.
+    /// jobs. A backend may do both in one transaction (SQLite does, in a commit it shares
+    /// with intake): the claim's commit then costs nothing more, and the job rows the
+    /// finish rewrites are written out once. When the claim alone fails, the finish stands
+    /// and no jobs come back (the caller claims again the usual way); when the finish
+    /// fails, nothing is claimed, and the evaluations run again when their leases end.
     fn finish_evaluations_and_claim(
         &self,
         batch: &[(Job, Evaluation)],

@@ -504,3 +504,109 @@ fn only_unchanged_evaluate_first_events_are_kept_in_memory() {
     journal.finish_enrichment(&enrich_job, &enriched).unwrap();
     assert_eq!(journal.recent.lock().len(), 0);
 }
+
+/// One batch of the commit thread ([`commit_batch`]), run directly so that an append and
+/// an evaluation are sure to share a transaction: `event_id`'s append, and `batch`'s
+/// evaluations with a claim of up to 10 evaluate jobs.
+fn commit_together(
+    journal: &SqliteJournal,
+    event_id: &str,
+    batch: Vec<(Job, Evaluation)>,
+) -> (Vec<Appended>, Vec<EvaluationsOutcome>) {
+    let (reply, _ticket) = AppendTicket::new();
+    let append = PendingAppend {
+        event: EventRow::new(&event(event_id)).unwrap(),
+        first_job: FirstJob::EVALUATE,
+        keep: None,
+        reply,
+    };
+    let (reply, _answer) = mpsc::sync_channel(1);
+    let evaluations = PendingEvaluations {
+        batch,
+        claim: 10,
+        lease_ms: 600_000,
+        reply,
+    };
+    journal
+        .with(|conn| {
+            commit_batch(
+                conn,
+                &journal.relaxed,
+                &journal.watch,
+                &[append],
+                &[evaluations],
+            )
+        })
+        .unwrap()
+}
+
+#[test]
+fn evaluations_committed_with_appends_are_synced_and_claim_the_new_events() {
+    let (_dir, journal) = open();
+    journal
+        .append(&event("dbt:a"), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    let jobs = journal.claim(Queue::Evaluate, 1, 600_000).unwrap();
+    assert_eq!(writer_synchronous(&journal), NORMAL);
+    let (appended, evaluated) = commit_together(
+        &journal,
+        "dbt:b",
+        vec![(jobs[0].clone(), Evaluation::default())],
+    );
+    assert_eq!(appended, vec![Appended::New]);
+    let (recorded, claimed) = evaluated.into_iter().next().unwrap().unwrap();
+    assert_eq!(recorded, vec![true]);
+    // The claim comes after the append: the event appended with it is claimed at once.
+    let claimed: Vec<_> = claimed.iter().map(|job| job.event_id.as_str()).collect();
+    assert_eq!(claimed, vec!["dbt:b"]);
+    // An append in the batch makes the whole commit a synced one.
+    assert_eq!(writer_synchronous(&journal), FULL);
+    assert_eq!(event_status(&journal, "dbt:a"), "evaluated");
+}
+
+#[test]
+fn an_evaluation_the_journal_refuses_does_not_fail_the_appends_committed_with_it() {
+    let (_dir, path) = temp_path();
+    let journal = SqliteJournal::open(&path).unwrap();
+    journal
+        .append(&event("dbt:a"), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    let jobs = journal.claim(Queue::Evaluate, 1, 600_000).unwrap();
+    // From now on the journal refuses to mark any event evaluated.
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute_batch(
+            "CREATE TRIGGER refuse BEFORE UPDATE OF status ON events
+             BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        )
+        .unwrap();
+    let (appended, evaluated) = commit_together(
+        &journal,
+        "dbt:b",
+        vec![(jobs[0].clone(), Evaluation::default())],
+    );
+    assert_eq!(appended, vec![Appended::New]);
+    let error = evaluated.into_iter().next().unwrap().unwrap_err();
+    assert!(error.to_string().contains("refused by the test"), "{error}");
+    // The append is committed; the evaluation left nothing behind (its job still runs).
+    assert_eq!(event_status(&journal, "dbt:b"), "received");
+    assert_eq!(event_status(&journal, "dbt:a"), "received");
+    let open: i64 = journal
+        .with(|conn| {
+            Ok(conn.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE event_id = 'dbt:a' AND status = 'running'",
+                [],
+                |row| row.get(0),
+            )?)
+        })
+        .unwrap();
+    assert_eq!(open, 1);
+}
+
+fn event_status(journal: &SqliteJournal, id: &str) -> String {
+    let events = journal.events(100, None).unwrap();
+    let event = events.iter().find(|e| e.id == id).expect("journaled");
+    event.status.clone()
+}
