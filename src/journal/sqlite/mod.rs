@@ -113,7 +113,7 @@ const COMMIT_THREAD_STOPPED: &str = "the journal's commit thread has stopped";
 
 /// Most pieces of work (appends, batches of evaluations) in one transaction, so that one
 /// commit cannot grow without bound.
-const MAX_APPEND_BATCH: usize = 1024;
+const MAX_WORK_PER_COMMIT: usize = 1024;
 
 impl SqliteJournal {
     /// Opens (creating if needed) the journal at `path` and applies migrations. Takes no
@@ -352,7 +352,7 @@ fn commit_queued(
         let mut conn = lock(conn);
         let mut appends = Vec::new();
         let mut evaluations = Vec::new();
-        for work in std::iter::once(first).chain(queued.try_iter().take(MAX_APPEND_BATCH - 1)) {
+        for work in std::iter::once(first).chain(queued.try_iter().take(MAX_WORK_PER_COMMIT - 1)) {
             match work {
                 Work::Append(pending) => appends.push(pending),
                 Work::Evaluations(pending) => evaluations.push(pending),

@@ -19,6 +19,17 @@ fn open() -> (tempfile::TempDir, SqliteJournal) {
     (dir, SqliteJournal::open(&path).unwrap())
 }
 
+/// Journals event `id` (evaluate first) and claims its evaluate job.
+fn journal_and_claim(journal: &SqliteJournal, id: &str) -> Job {
+    journal
+        .append(&event(id), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    let mut jobs = journal.claim(Queue::Evaluate, 1, 600_000).unwrap();
+    assert_eq!(jobs.len(), 1);
+    jobs.remove(0)
+}
+
 #[test]
 fn appends_still_queued_when_the_journal_is_dropped_are_committed() {
     let (_dir, path) = temp_path();
@@ -390,11 +401,7 @@ const NORMAL: i64 = 1;
 fn only_the_evaluate_stage_writes_without_waiting_for_the_disk() {
     let (_dir, journal) = open();
     assert_eq!(writer_synchronous(&journal), FULL);
-    journal
-        .append(&event("dbt:a"), FirstJob::EVALUATE)
-        .wait()
-        .unwrap();
-    let jobs = journal.claim(Queue::Evaluate, 1, 600_000).unwrap();
+    let job = journal_and_claim(&journal, "dbt:a");
     assert_eq!(
         writer_synchronous(&journal),
         NORMAL,
@@ -407,7 +414,7 @@ fn only_the_evaluate_stage_writes_without_waiting_for_the_disk() {
         .wait()
         .unwrap();
     assert_eq!(writer_synchronous(&journal), FULL);
-    let batch = vec![(jobs[0].clone(), Evaluation::default())];
+    let batch = vec![(job.clone(), Evaluation::default())];
     assert_eq!(journal.finish_evaluations(&batch).unwrap(), vec![true]);
     assert_eq!(writer_synchronous(&journal), NORMAL, "finishes defer");
     // Every other write is synced: an action claim, here with nothing to claim.
@@ -543,16 +550,12 @@ fn commit_together(
 #[test]
 fn evaluations_committed_with_appends_are_synced_and_claim_the_new_events() {
     let (_dir, journal) = open();
-    journal
-        .append(&event("dbt:a"), FirstJob::EVALUATE)
-        .wait()
-        .unwrap();
-    let jobs = journal.claim(Queue::Evaluate, 1, 600_000).unwrap();
+    let job = journal_and_claim(&journal, "dbt:a");
     assert_eq!(writer_synchronous(&journal), NORMAL);
     let (appended, evaluated) = commit_together(
         &journal,
         "dbt:b",
-        vec![(jobs[0].clone(), Evaluation::default())],
+        vec![(job.clone(), Evaluation::default())],
     );
     assert_eq!(appended, vec![Appended::New]);
     let (recorded, claimed) = evaluated.into_iter().next().unwrap().unwrap();
@@ -569,11 +572,7 @@ fn evaluations_committed_with_appends_are_synced_and_claim_the_new_events() {
 fn an_evaluation_the_journal_refuses_does_not_fail_the_appends_committed_with_it() {
     let (_dir, path) = temp_path();
     let journal = SqliteJournal::open(&path).unwrap();
-    journal
-        .append(&event("dbt:a"), FirstJob::EVALUATE)
-        .wait()
-        .unwrap();
-    let jobs = journal.claim(Queue::Evaluate, 1, 600_000).unwrap();
+    let job = journal_and_claim(&journal, "dbt:a");
     // From now on the journal refuses to mark any event evaluated.
     rusqlite::Connection::open(&path)
         .unwrap()
@@ -585,7 +584,7 @@ fn an_evaluation_the_journal_refuses_does_not_fail_the_appends_committed_with_it
     let (appended, evaluated) = commit_together(
         &journal,
         "dbt:b",
-        vec![(jobs[0].clone(), Evaluation::default())],
+        vec![(job.clone(), Evaluation::default())],
     );
     assert_eq!(appended, vec![Appended::New]);
     let error = evaluated.into_iter().next().unwrap().unwrap_err();
