@@ -111,23 +111,27 @@ fn prune_keeps_recent_events() {
     assert!(journal.event("dbt:a").unwrap().is_none());
 }
 
+/// Column `column` of each row `{explain} {sql}` answers on the writing connection
+/// (`EXPLAIN QUERY PLAN`: the plan's lines; `EXPLAIN`: the program's opcodes).
+/// Parameters left unbound are NULL; neither the plan nor the program depends on them.
+fn explained(journal: &SqliteJournal, explain: &str, sql: &str, column: usize) -> Vec<String> {
+    journal
+        .with(|c| {
+            let mut statement = c.prepare(&format!("{explain} {sql}"))?;
+            let mut rows = statement.raw_query();
+            let mut lines = Vec::new();
+            while let Some(row) = rows.next()? {
+                lines.push(row.get::<_, String>(column)?);
+            }
+            Ok(lines)
+        })
+        .unwrap()
+}
+
 #[test]
 fn open_job_queries_use_the_open_jobs_index() {
     let (_dir, journal) = open();
-    let plan = |sql: &str| -> String {
-        journal
-            .with(|c| {
-                let mut statement = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
-                // Parameters left unbound are NULL; the plan does not depend on them.
-                let mut rows = statement.raw_query();
-                let mut lines = Vec::new();
-                while let Some(row) = rows.next()? {
-                    lines.push(row.get::<_, String>(3)?);
-                }
-                Ok(lines.join("\n"))
-            })
-            .unwrap()
-    };
+    let plan = |sql: &str| explained(&journal, "EXPLAIN QUERY PLAN", sql, 3).join("\n");
     for (name, sql) in [
         ("claim", statements::CLAIM_CANDIDATES_SQL.as_str()),
         ("next due", statements::NEXT_DUE_SQL.as_str()),
@@ -177,17 +181,7 @@ fn writing_a_job_builds_no_temporary_table() {
         ("insert job", statements::INSERT_JOB_SQL.as_str()),
         ("end job", statements::END_JOB_SQL.as_str()),
     ] {
-        let program = journal
-            .with(|c| {
-                let mut statement = c.prepare(&format!("EXPLAIN {sql}"))?;
-                let mut rows = statement.raw_query();
-                let mut opcodes = Vec::new();
-                while let Some(row) = rows.next()? {
-                    opcodes.push(row.get::<_, String>(1)?);
-                }
-                Ok(opcodes)
-            })
-            .unwrap();
+        let program = explained(&journal, "EXPLAIN", sql, 1);
         assert!(program.iter().any(|op| op == "Halt"), "{name}: {program:?}");
         assert!(
             !program.iter().any(|op| op == "OpenEphemeral"),
@@ -414,7 +408,7 @@ fn only_the_evaluate_stage_writes_without_waiting_for_the_disk() {
         .wait()
         .unwrap();
     assert_eq!(writer_synchronous(&journal), FULL);
-    let batch = vec![(job.clone(), Evaluation::default())];
+    let batch = vec![(job, Evaluation::default())];
     assert_eq!(journal.finish_evaluations(&batch).unwrap(), vec![true]);
     assert_eq!(writer_synchronous(&journal), NORMAL, "finishes defer");
     // Every other write is synced: an action claim, here with nothing to claim.
@@ -552,11 +546,8 @@ fn evaluations_committed_with_appends_are_synced_and_claim_the_new_events() {
     let (_dir, journal) = open();
     let job = journal_and_claim(&journal, "dbt:a");
     assert_eq!(writer_synchronous(&journal), NORMAL);
-    let (appended, evaluated) = commit_together(
-        &journal,
-        "dbt:b",
-        vec![(job.clone(), Evaluation::default())],
-    );
+    let (appended, evaluated) =
+        commit_together(&journal, "dbt:b", vec![(job, Evaluation::default())]);
     assert_eq!(appended, vec![Appended::New]);
     let (recorded, claimed) = evaluated.into_iter().next().unwrap().unwrap();
     assert_eq!(recorded, vec![true]);
@@ -581,11 +572,8 @@ fn an_evaluation_the_journal_refuses_does_not_fail_the_appends_committed_with_it
              BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
         )
         .unwrap();
-    let (appended, evaluated) = commit_together(
-        &journal,
-        "dbt:b",
-        vec![(job.clone(), Evaluation::default())],
-    );
+    let (appended, evaluated) =
+        commit_together(&journal, "dbt:b", vec![(job, Evaluation::default())]);
     assert_eq!(appended, vec![Appended::New]);
     let error = evaluated.into_iter().next().unwrap().unwrap_err();
     assert!(error.to_string().contains("refused by the test"), "{error}");
