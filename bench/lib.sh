@@ -60,15 +60,17 @@ run_wrk_pair() {
   awk '/Requests\/sec/ {r+=$2} /^ +50%/ {p50=($2>p50?$2:p50)} /^ +99%/ {p99[++n]=$2} END {print r, p50, p99[1] "/" p99[2]}' "$work/wrk1.out" "$work/wrk2.out"
 }
 
-# Starts freshet binary $1 on the PostgreSQL journal at $3 (an empty database), in
-# $work/$2, with no rules; prints its address. The caller kills it ($pid in $work/$2/pid).
-start_freshet_pg() {
-  local dir=$work/$2
+# Starts freshet binary $1 in $work/$2 with no rules, on the journal that $3 sets (a
+# `[journal]` line; a fresh SQLite file unless given), and waits until it listens. Sets
+# freshet_pid and freshet_addr (call it directly, not in $(...), so that the caller can
+# wait for the process after killing it).
+start_freshet() {
+  local dir=$work/$2 journal=${3:-'path = "journal.db"'}
   mkdir -p "$dir/rules"
-  printf '[server]\nlisten = "127.0.0.1:0"\n[journal]\nurl = "%s"\n[rules]\ndir = "rules"\n[dbt]\nwebhook_secrets = ["%s"]\n' "$3" "$BENCH_SECRET" > "$dir/freshet.toml"
+  printf '[server]\nlisten = "127.0.0.1:0"\n[journal]\n%s\n[rules]\ndir = "rules"\n[dbt]\nwebhook_secrets = ["%s"]\n' "$journal" "$BENCH_SECRET" > "$dir/freshet.toml"
   RUST_LOG=warn,freshet=info "$1" serve --config "$dir/freshet.toml" > "$dir/stdout" 2> "$dir/log" &
-  echo $! > "$dir/pid"
-  wait_for_addr "$dir/log"
+  freshet_pid=$!
+  freshet_addr=$(wait_for_addr "$dir/log")
 }
 
 # A new empty database on the benchmark's PostgreSQL server; prints its URL.
@@ -94,11 +96,9 @@ wait_for_addr() {
 # evaluate stage is a backlog, not throughput.
 bench_freshet() {
   local dir=$work/$2
-  mkdir -p "$dir/rules"
-  printf '[server]\nlisten = "127.0.0.1:0"\n[journal]\npath = "journal.db"\n[rules]\ndir = "rules"\n[dbt]\nwebhook_secrets = ["%s"]\n' "$BENCH_SECRET" > "$dir/freshet.toml"
-  RUST_LOG=warn,freshet=info "$1" serve --config "$dir/freshet.toml" > "$dir/stdout" 2> "$dir/log" &
-  local pid=$! result status=0 backlog=unknown
-  result=$(run_wrk "http://$(wait_for_addr "$dir/log")" "$3") || status=$?
+  start_freshet "$1" "$2"
+  local pid=$freshet_pid result status=0 backlog=unknown
+  result=$(run_wrk "http://$freshet_addr" "$3") || status=$?
   if command -v sqlite3 >/dev/null 2>&1; then
     backlog=$(sqlite3 "$dir/journal.db" "$OPEN_EVALUATIONS_SQL")
   fi
@@ -115,11 +115,8 @@ bench_freshet() {
 # events the journal held before the measured run, and freshet's RSS (MiB) after it.
 bench_grown() {
   local dir=$work/$2 target=$3
-  mkdir -p "$dir/rules"
-  printf '[server]\nlisten = "127.0.0.1:0"\n[journal]\npath = "journal.db"\n[rules]\ndir = "rules"\n[dbt]\nwebhook_secrets = ["%s"]\n' "$BENCH_SECRET" > "$dir/freshet.toml"
-  RUST_LOG=warn,freshet=info "$1" serve --config "$dir/freshet.toml" > "$dir/stdout" 2> "$dir/log" &
-  local pid=$! addr held=0 next=0 open_jobs result status=0
-  addr=$(wait_for_addr "$dir/log")
+  start_freshet "$1" "$2"
+  local pid=$freshet_pid addr=$freshet_addr held=0 next=0 open_jobs result status=0
   local query="sqlite3 $dir/journal.db"
   while [ "$held" -lt "$target" ]; do
     DURATION=${GROW_ROUND:-30} FRESHET_BENCH_OFFSET=$next run_wrk "http://$addr" 32 >/dev/null
