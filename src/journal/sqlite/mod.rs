@@ -144,6 +144,11 @@ impl SqliteJournal {
             Opener::Serve => Some(ServeLock::acquire(path)?),
             Opener::Command | Opener::Any => None,
         };
+        if opener == Opener::Serve {
+            // Before any connection: closing a descriptor of the file drops every POSIX
+            // lock the process holds on it, SQLite's included.
+            file::read_ahead(path);
+        }
         let flags = match opener {
             Opener::Command => OpenFlags::default() - OpenFlags::SQLITE_OPEN_CREATE,
             Opener::Serve | Opener::Any => OpenFlags::default(),
