@@ -157,13 +157,14 @@ bench_grown() {
   echo "$result $backlog $held $rss $warm $cold"
 }
 
-# Starts the durable baseline (bench/durable_baseline.rs, binary $1) with its log in
-# $work/$2 and waits until it listens. Sets durable_pid and durable_addr.
-start_durable() {
-  mkdir -p "$work/$2"
-  "$1" "$BENCH_SECRET" "$work/$2" 2> "$work/$2.log" &
-  durable_pid=$!
-  durable_addr=$(wait_for_addr "$work/$2.log")
+# Starts a baseline server (the command and arguments after $1) with its log in
+# $work/$1.log and waits until it listens. Sets server_pid and server_addr.
+start_server() {
+  local name=$1
+  shift
+  "$@" 2> "$work/$name.log" &
+  server_pid=$!
+  server_addr=$(wait_for_addr "$work/$name.log")
 }
 
 # Seconds from starting freshet binary $1 on the journal in $work/$2 until it listens.

@@ -309,7 +309,7 @@ mod tests {
     }
 
     #[test]
-    fn a_journal_that_fits_in_memory_is_read_through_before_the_check() {
+    fn a_journal_that_fits_in_memory_is_read_through() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.db");
         // Larger than the read buffer, so that the read goes round its loop.
