@@ -9,13 +9,12 @@
 //! - [`config`]: the TOML config, validated into types; secret references.
 //! - [`ingest`]: HTTP routes; signature and token checks; webhook bodies -> [`event::Event`].
 //! - [`event`]: the common event every stage speaks.
-//! - [`enrich`]: fetches Mode runs and results before the rules see them.
 //! - [`journal`]: events, jobs and alert state behind the `JournalStore` trait: SQLite
 //!   (one process) or PostgreSQL (several instances sharing one queue).
-//! - [`rules`]: Rhai rules: sandboxed engine, hot reload, the evaluate stage.
-//! - [`actions`]: what rules ask for, and the stage that calls Mode, Tableau and Slack.
+//! - [`stages`]: every task that claims journal work: enrich, evaluate, act, follow.
+//! - [`rules`]: Rhai rules: sandboxed engine, rule API, hot reload.
+//! - [`actions`]: what rules ask for, and how each call reaches Mode, Tableau or Slack.
 //! - [`alerts`]: the pure state machine of threshold alerts.
-//! - [`worker`]: the claim-or-wait loop the stages share.
 //! - [`pipeline`]: `freshet serve`: starts every task and wires them. Read this first.
 //! - [`metrics`], [`telemetry`], [`shutdown`], [`service`]: Prometheus metrics, logs,
 //!   signals, systemd readiness and watchdog.
@@ -25,7 +24,6 @@ pub mod actions;
 pub mod alerts;
 pub mod cli;
 pub mod config;
-pub mod enrich;
 pub mod event;
 pub mod ingest;
 pub mod journal;
@@ -34,8 +32,8 @@ pub mod pipeline;
 pub mod rules;
 pub mod service;
 pub mod shutdown;
+pub mod stages;
 pub mod telemetry;
-pub mod worker;
 
 /// Counts each thread's live allocations, so rule evaluations have a memory budget
 /// (`rules::memory`).

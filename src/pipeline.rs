@@ -18,21 +18,22 @@ use std::time::Duration;
 
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::actions::runner::ActionWorker;
 use crate::config::{self, Config};
-use crate::enrich::EnrichWorker;
 use crate::ingest::{self, listener, Health, Intake, IntakeSecrets};
-use crate::journal::{self, blocking, Journal, Queue};
+use crate::journal::{self, blocking, Journal};
 use crate::metrics::Metrics;
 use crate::rules::engine::build_engine;
 use crate::rules::watch::{Rules, Watch};
-use crate::rules::worker::EvaluateWorker;
 use crate::service;
 use crate::shutdown::Signals;
+use crate::stages::act::ActionWorker;
+use crate::stages::enrich::EnrichWorker;
+use crate::stages::evaluate::EvaluateWorker;
+use crate::stages::Wakes;
 
 /// How long a stop may take before in-flight work is abandoned (SPEC: at most 10 s).
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
@@ -70,23 +71,13 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let health = Arc::new(Health::default());
     let current = Arc::new(ArcSwap::from_pointee(config.clone()));
     let secrets = Arc::new(ArcSwap::from_pointee(IntakeSecrets::from_config(&config)));
-    let evaluate_wake = Arc::new(Notify::new());
-    let enrich_wake = Arc::new(Notify::new());
+    let wakes = Wakes::default();
     // One client (and connection pool) for every call to Mode, Tableau and Slack.
     let http = crate::actions::client::build_client(&config.actions).map_err(anyhow::Error::msg)?;
-    let actions_wake = Arc::new(Notify::new());
     // Work queued by another instance (a shared journal) wakes the stage that takes it.
     journal.on_work({
-        let (evaluate, enrich, actions) = (
-            Arc::clone(&evaluate_wake),
-            Arc::clone(&enrich_wake),
-            Arc::clone(&actions_wake),
-        );
-        Arc::new(move |queue| match queue {
-            Queue::Evaluate => evaluate.notify_waiters(),
-            Queue::Enrich => enrich.notify_waiters(),
-            Queue::Action => actions.notify_waiters(),
-        })
+        let wakes = wakes.clone();
+        Arc::new(move |queue| wakes.wake(queue))
     });
 
     let watch = Watch::start(&config.rules.dir);
@@ -107,8 +98,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         body_budget: Arc::new(Semaphore::new(config.server.max_pending_body_bytes)),
         health: Arc::clone(&health),
         enrich_attempts: config.actions.max_attempts,
-        evaluate_wake: Arc::clone(&evaluate_wake),
-        enrich_wake: Arc::clone(&enrich_wake),
+        wakes: wakes.clone(),
     };
 
     // `stop_http` ends the listener first; `stop_workers` follows once requests are done.
@@ -142,8 +132,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             rules,
             config: Arc::clone(&current),
             metrics: Arc::clone(&metrics),
-            wake: Arc::clone(&evaluate_wake),
-            actions_wake: Arc::clone(&actions_wake),
+            wakes: wakes.clone(),
         }
         .run(stop_workers.clone()),
     );
@@ -151,8 +140,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         EnrichWorker {
             journal: Arc::clone(&journal),
             config: Arc::clone(&current),
-            wake: enrich_wake,
-            evaluate_wake: Arc::clone(&evaluate_wake),
+            wakes: wakes.clone(),
             http: http.clone(),
         }
         .run(stop_workers.clone()),
@@ -162,8 +150,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             journal: Arc::clone(&journal),
             config: Arc::clone(&current),
             metrics: Arc::clone(&metrics),
-            wake: Arc::clone(&actions_wake),
-            events_wake: Arc::clone(&evaluate_wake),
+            wakes,
             http,
         }
         .run(stop_workers.clone()),

@@ -1,15 +1,13 @@
-//! Actions: what rules ask for ([`ActionRequest`]) and the stage that runs the journaled
-//! calls against Mode, Tableau and Slack with retries ([`runner::ActionWorker`]).
+//! Actions: what rules ask for ([`ActionRequest`]) and how each is called against Mode,
+//! Tableau and Slack. The stage that claims action jobs and retries them is
+//! `stages::act`.
 //!
 //! One file per service, behind the request enum: [`mode`], [`tableau`], [`slack`];
-//! [`client`] holds what they share (HTTP client, error classification, backoff);
-//! [`follow`] polls an accepted Tableau refresh to its end.
+//! [`client`] holds what they share (HTTP client, error classification, backoff).
 
 pub mod client;
-pub mod follow;
 pub mod mode;
 mod request;
-pub mod runner;
 pub mod slack;
 pub mod tableau;
 

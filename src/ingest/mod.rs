@@ -16,14 +16,15 @@ use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
 use crate::config::{Config, Secret};
 use crate::event::{now_rfc3339, Event};
-use crate::journal::{blocking, Appended, FirstJob, Journal, Queue};
+use crate::journal::{blocking, Appended, FirstJob, Journal};
 use crate::metrics::Metrics;
+use crate::stages::Wakes;
 
 pub use rejection::{error_reply, handle_rejection};
 
@@ -95,8 +96,7 @@ pub struct Intake {
     /// action).
     pub enrich_attempts: u32,
     /// Wake the stage that takes a new event's first job.
-    pub evaluate_wake: Arc<Notify>,
-    pub enrich_wake: Arc<Notify>,
+    pub wakes: Wakes,
 }
 
 /// How long a request waits for room in the body budget before it gets 503.
@@ -433,10 +433,7 @@ async fn journal_event(
             IntakeError::Journal
         })?;
     if appended == Appended::New {
-        match first.queue {
-            Queue::Enrich => intake.enrich_wake.notify_waiters(),
-            _ => intake.evaluate_wake.notify_waiters(),
-        }
+        intake.wakes.wake(first.queue);
     }
     Ok(Accepted::Journaled(event, appended))
 }
@@ -482,7 +479,7 @@ mod tests {
     use super::*;
     use crate::journal::{
         AlertState, AppendTicket, Evaluation, EventSummary, Job, JobOutcome, JobSummary,
-        JournalError, JournalStore,
+        JournalError, JournalStore, Queue,
     };
 
     /// A journal whose disk is gone: every call fails.
@@ -567,8 +564,7 @@ mod tests {
             body_budget: Arc::new(Semaphore::new(1 << 20)),
             health: Arc::default(),
             enrich_attempts: 3,
-            evaluate_wake: Arc::new(Notify::new()),
-            enrich_wake: Arc::new(Notify::new()),
+            wakes: Wakes::default(),
         };
         let filter = routes(intake);
         let body = br#"{"eventId":"wev_1","eventType":"job.run.completed","data":{}}"#;

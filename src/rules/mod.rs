@@ -8,7 +8,6 @@
 //! - [`load`]: compile a folder, keeping the last good version of a broken file.
 //! - [`memory`]: the memory budget of one evaluation.
 //! - [`watch`]: hot reload (notify, debounced) into an `ArcSwap<RuleSet>`.
-//! - [`worker`]: the pipeline stage that claims `evaluate` jobs and journals the outcome.
 
 pub mod api;
 pub mod engine;
@@ -16,7 +15,6 @@ pub mod lint;
 pub mod load;
 pub mod memory;
 pub mod watch;
-pub mod worker;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

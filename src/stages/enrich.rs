@@ -14,16 +14,16 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde_json::{json, Map, Value};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::actions::client::ActionError;
 use crate::actions::mode::{Mode, RowsError};
-use crate::actions::runner::failure_if_dead;
 use crate::config::{Config, ModeConfig};
 use crate::event::Event;
 use crate::journal::{blocking, FollowUp, Job, JobOutcome, Journal, Queue};
-use crate::worker::next_jobs;
+
+use super::act::failure_if_dead;
+use super::{next_jobs, Wakes};
 
 /// How long one enrichment may hold its job: the run, the report, the query runs and
 /// each query's results.
@@ -36,18 +36,24 @@ const FINISHED_WITH_RESULTS: [&str; 2] = ["succeeded", "completed"];
 pub struct EnrichWorker {
     pub journal: Journal,
     pub config: Arc<ArcSwap<Config>>,
-    /// Woken by intake.
-    pub wake: Arc<Notify>,
-    /// Wakes the evaluate stage once the event is ready (or a failure event was emitted).
-    pub evaluate_wake: Arc<Notify>,
+    /// Woken by intake; wakes the evaluate stage once the event is ready (or a failure
+    /// event was emitted).
+    pub wakes: Wakes,
     /// The daemon's one HTTP client.
     pub http: reqwest::Client,
 }
 
 impl EnrichWorker {
     pub async fn run(self, stop: CancellationToken) {
-        while let Some(jobs) =
-            next_jobs(&self.journal, Queue::Enrich, 4, LEASE_MS, &self.wake, &stop).await
+        while let Some(jobs) = next_jobs(
+            &self.journal,
+            Queue::Enrich,
+            4,
+            LEASE_MS,
+            &self.wakes.enrich,
+            &stop,
+        )
+        .await
         {
             for job in jobs {
                 self.enrich(job).await;
@@ -95,7 +101,7 @@ impl EnrichWorker {
     async fn enriched(&self, job: Job, event: Event) {
         let finished = blocking(&self.journal, move |j| j.finish_enrichment(&job, &event)).await;
         match finished {
-            Ok(true) => self.evaluate_wake.notify_waiters(),
+            Ok(true) => self.wakes.evaluate.notify_waiters(),
             Ok(false) => tracing::warn!("Enrichment lease lost; another run recorded it."),
             Err(error) => tracing::error!(error = %error, "Cannot journal the enriched event."),
         }
@@ -114,7 +120,7 @@ impl EnrichWorker {
                     job_id = id,
                     "Mode enrichment is dead; `freshet retry` queues it again."
                 );
-                self.evaluate_wake.notify_waiters();
+                self.wakes.evaluate.notify_waiters();
             }
             Ok(_) => {}
             Err(error) => tracing::error!(error = %error, "Cannot journal the enrichment attempt."),

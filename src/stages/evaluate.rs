@@ -5,16 +5,15 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::watch::Rules;
-use super::RuleOutcome;
+use super::{next_jobs, Wakes};
 use crate::config::Config;
 use crate::event::Event;
 use crate::journal::{blocking, job_key, Evaluation, Job, Journal, NewJob, Queue, RuleRun};
 use crate::metrics::{Metrics, RuleLabels};
-use crate::worker::next_jobs;
+use crate::rules::watch::Rules;
+use crate::rules::RuleOutcome;
 
 /// Events at this chain depth (freshet reacting to its own events) queue no more actions.
 pub const MAX_CHAIN_DEPTH: u32 = 3;
@@ -39,10 +38,9 @@ pub struct EvaluateWorker {
     pub rules: Rules,
     pub config: Arc<ArcSwap<Config>>,
     pub metrics: Arc<Metrics>,
-    /// Woken by intake (and by finished actions that emit events).
-    pub wake: Arc<Notify>,
-    /// Wakes the action stage when jobs were queued.
-    pub actions_wake: Arc<Notify>,
+    /// Woken by intake (and by finished actions that emit events); wakes the action
+    /// stage when jobs were queued.
+    pub wakes: Wakes,
 }
 
 impl EvaluateWorker {
@@ -52,7 +50,7 @@ impl EvaluateWorker {
             Queue::Evaluate,
             EVALUATE_BATCH,
             LEASE_MS,
-            &self.wake,
+            &self.wakes.evaluate,
             &stop,
         )
         .await
@@ -182,7 +180,7 @@ impl EvaluateWorker {
             }
         }
         if queued > 0 {
-            self.actions_wake.notify_waiters();
+            self.wakes.act.notify_waiters();
         }
     }
 }

@@ -11,9 +11,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use super::client::ActionError;
-use super::runner::{emitted_event, Shared};
-use super::ActionRequest;
+use super::act::{emitted_event, Shared};
+use crate::actions::client::ActionError;
+use crate::actions::ActionRequest;
 use crate::config::Config;
 use crate::event::Source;
 use crate::journal::{job_key, FollowUp, Job, JobOutcome, NewJob, Queue};

@@ -9,20 +9,19 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use serde_json::{json, Map, Value};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::client::{backoff, ActionError};
-use super::follow;
-use super::mode::Mode;
-use super::tableau::{Content, Tableau, Target};
-use super::{slack, ActionRequest};
+use super::{follow, wait_for_work, Wakes};
+use crate::actions::client::{backoff, ActionError};
+use crate::actions::mode::Mode;
+use crate::actions::tableau::{Content, Tableau, Target};
+use crate::actions::{slack, ActionRequest};
 use crate::config::Config;
 use crate::event::{now_rfc3339, Event, Source};
 use crate::journal::{blocking, FollowUp, Job, JobOutcome, Journal, Queue};
 use crate::metrics::{ActionLabels, KindLabels, Metrics};
-use crate::worker::wait_for_work;
 
 /// Actions running at once, all services together.
 const MAX_IN_FLIGHT: usize = 8;
@@ -35,10 +34,9 @@ pub struct ActionWorker {
     pub journal: Journal,
     pub config: Arc<ArcSwap<Config>>,
     pub metrics: Arc<Metrics>,
-    /// Woken when evaluations queue actions.
-    pub wake: Arc<Notify>,
-    /// Wakes the evaluate stage when a dead action emits an event.
-    pub events_wake: Arc<Notify>,
+    /// Woken when evaluations queue actions; wakes the evaluate stage when a dead action
+    /// (or a followed refresh) emits an event.
+    pub wakes: Wakes,
     /// The daemon's one HTTP client (shared with the enrich stage: one connection pool).
     pub http: reqwest::Client,
 }
@@ -48,7 +46,7 @@ pub struct Shared {
     pub(super) journal: Journal,
     config: Arc<ArcSwap<Config>>,
     metrics: Arc<Metrics>,
-    events_wake: Arc<Notify>,
+    wakes: Wakes,
     pub(super) http: reqwest::Client,
     pub(super) tableau: Tableau,
     services: HashMap<&'static str, Arc<Semaphore>>,
@@ -63,7 +61,7 @@ impl ActionWorker {
             journal: self.journal,
             config: self.config,
             metrics: self.metrics,
-            events_wake: self.events_wake,
+            wakes: self.wakes.clone(),
             tableau: Tableau::default(),
             services: PER_SERVICE
                 .iter()
@@ -96,7 +94,7 @@ impl ActionWorker {
                 };
             if jobs.is_empty() {
                 drop(first);
-                if !wait_for_work(&shared.journal, Queue::Action, &self.wake, &stop).await {
+                if !wait_for_work(&shared.journal, Queue::Action, &self.wakes.act, &stop).await {
                     break;
                 }
                 continue;
@@ -351,7 +349,7 @@ async fn finish(shared: &Shared, job: &Job, outcome: JobOutcome, mut follow_up: 
                     rule = job.rule.as_deref().unwrap_or("-"), "Action is dead; `freshet retry` queues it again.");
             }
             // A dead job and a followed refresh both emit an event for the rules.
-            shared.events_wake.notify_waiters();
+            shared.wakes.evaluate.notify_waiters();
         }
         Ok(None) => {
             tracing::warn!(action = %job.kind, job_id = job.id, "Action lease lost; its outcome was not recorded.")

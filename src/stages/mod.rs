@@ -1,5 +1,20 @@
-//! The loop every pipeline stage shares: claim due jobs from the journal, and when there
-//! are none, sleep until one is due, new work is journaled (a `Notify`), or the stop.
+//! The stages: every task that claims work from the journal, runs it, and journals what
+//! it did. Intake journals an event with its first job; from there each stage finds its
+//! work in the journal, never in a channel, so a crash between two stages loses nothing.
+//!
+//! - [`enrich`]: fetches what a Mode webhook did not send (the run, its results).
+//! - [`evaluate`]: runs the rules on each event; journals rule runs, alert transitions
+//!   and action jobs in one transaction.
+//! - [`act`]: runs action jobs (the calls in `actions/`) with retries.
+//! - [`follow`]: polls work a service accepted (a Tableau refresh) to its end and emits
+//!   the event that reports it.
+//!
+//! This file holds what they share: the claim-or-sleep loop and [`Wakes`].
+
+pub mod act;
+pub mod enrich;
+pub mod evaluate;
+pub mod follow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +23,31 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::{blocking, Job, Journal, Queue};
+
+/// One `Notify` per queue. A stage (or intake) that journals work for another wakes it;
+/// a wake only shortens the sleep, so a lost one costs at most [`IDLE_POLL`].
+#[derive(Clone, Default)]
+pub struct Wakes {
+    pub enrich: Arc<Notify>,
+    pub evaluate: Arc<Notify>,
+    pub act: Arc<Notify>,
+}
+
+impl Wakes {
+    /// The `Notify` of the stage that takes `queue`'s jobs.
+    pub fn of(&self, queue: Queue) -> &Arc<Notify> {
+        match queue {
+            Queue::Enrich => &self.enrich,
+            Queue::Evaluate => &self.evaluate,
+            Queue::Action => &self.act,
+        }
+    }
+
+    /// Wakes the stage that takes `queue`'s jobs.
+    pub fn wake(&self, queue: Queue) {
+        self.of(queue).notify_waiters();
+    }
+}
 
 /// Longest idle sleep. Work queued by another process (`freshet replay`, `freshet retry`)
 /// cannot wake us, so it is picked up within this time.
