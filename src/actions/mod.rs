@@ -1,14 +1,162 @@
-//! Actions: what rules ask for ([`ActionRequest`]) and how each is called against Mode,
-//! Tableau and Slack. The stage that claims action jobs and retries them is
-//! `stages::act`.
+//! Actions: what rules ask for ([`ActionRequest`]) and how each call reaches its service.
+//! The stage that claims action jobs, runs them and retries them is `stages::act`.
 //!
-//! One file per service, behind the request enum: [`mode`], [`tableau`], [`slack`];
-//! [`client`] holds what they share (HTTP client, error classification, backoff).
+//! Each action is one file that holds its payload (the job's arguments), the rule
+//! functions that build it, and its calls: [`mode`] (`mode_run`), [`tableau`]
+//! (`tableau_refresh`, `tableau_refresh_datasource`), [`slack`] (`slack_post`),
+//! [`alert`] (`alert`, decided at evaluation, posted through Slack). This file keeps the
+//! enum, its job (de)serialization and the dispatch; [`client`] holds what the calls
+//! share (HTTP client, error classification, backoff). ARCHITECTURE.md says what a new
+//! action costs.
 
+pub mod alert;
 pub mod client;
 pub mod mode;
-mod request;
 pub mod slack;
 pub mod tableau;
 
-pub use request::ActionRequest;
+use rhai::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::journal::AlertCall;
+use client::ActionError;
+
+/// One action call a rule made. Its serialized form, tagged by `action`, is the job's
+/// kind and payload (`args`, `from_job`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ActionRequest {
+    ModeRun(mode::ModeRun),
+    TableauRefresh(tableau::RefreshWorkbook),
+    TableauRefreshDatasource(tableau::RefreshDatasource),
+    SlackPost(slack::SlackPost),
+    Alert(alert::Alert),
+}
+
+/// What a call needs from the daemon: the one HTTP client (one connection pool), the
+/// config in force, and the one Tableau session.
+pub struct Services<'a> {
+    pub http: &'a reqwest::Client,
+    pub config: &'a Config,
+    pub tableau: &'a tableau::Tableau,
+}
+
+impl ActionRequest {
+    /// Registers every action's rule functions on `engine`.
+    pub fn register_rule_functions(engine: &mut Engine) {
+        mode::register(engine);
+        tableau::register(engine);
+        slack::register(engine);
+        alert::register(engine);
+    }
+
+    /// Makes the call: one attempt.
+    pub async fn call(&self, services: &Services<'_>) -> Result<Value, ActionError> {
+        match self {
+            ActionRequest::ModeRun(run) => run.call(services).await,
+            ActionRequest::TableauRefresh(refresh) => {
+                tableau::call(services, refresh.target()).await
+            }
+            ActionRequest::TableauRefreshDatasource(refresh) => {
+                tableau::call(services, refresh.target()).await
+            }
+            ActionRequest::SlackPost(post) => post.call(services).await,
+            ActionRequest::Alert(alert) => alert.call(),
+        }
+    }
+
+    /// The action's name as rules write it and jobs record it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ActionRequest::ModeRun(_) => "mode_run",
+            ActionRequest::TableauRefresh(_) => "tableau_refresh",
+            ActionRequest::TableauRefreshDatasource(_) => "tableau_refresh_datasource",
+            ActionRequest::SlackPost(_) => "slack_post",
+            ActionRequest::Alert(_) => "alert",
+        }
+    }
+
+    /// The service an action needs, for "<service> is not configured" and concurrency.
+    pub fn service(&self) -> &'static str {
+        match self {
+            ActionRequest::ModeRun(_) => "mode",
+            ActionRequest::TableauRefresh(_) | ActionRequest::TableauRefreshDatasource(_) => {
+                "tableau"
+            }
+            ActionRequest::SlackPost(_) | ActionRequest::Alert(_) => "slack",
+        }
+    }
+
+    /// The arguments, as journaled in the job's payload and shown by `freshet test`.
+    pub fn args(&self) -> Value {
+        let mut value = serde_json::to_value(self).expect("an ActionRequest always serializes");
+        if let Some(map) = value.as_object_mut() {
+            map.remove("action");
+        }
+        value
+    }
+
+    /// Rebuilds a request from a job's kind and payload.
+    pub fn from_job(kind: &str, payload: &Value) -> Result<ActionRequest, String> {
+        let mut value = payload.clone();
+        let map = value
+            .as_object_mut()
+            .ok_or_else(|| format!("{kind} job has no arguments"))?;
+        map.insert("action".into(), json!(kind));
+        serde_json::from_value(value).map_err(|e| format!("{kind} job has bad arguments: {e}"))
+    }
+
+    /// Key under which identical, not-yet-started calls merge (same action, same
+    /// arguments). Slack posts never merge: two identical messages were asked for twice.
+    pub fn coalesce_key(&self) -> Option<String> {
+        match self {
+            ActionRequest::SlackPost(_) | ActionRequest::Alert(_) => None,
+            other => Some(format!("{}:{}", other.kind(), other.args())),
+        }
+    }
+
+    /// The alert call, for `alert(..)` requests.
+    pub fn as_alert(&self, rule: &str) -> Option<AlertCall> {
+        match self {
+            ActionRequest::Alert(alert) => Some(alert.call_of(rule)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_a_job_payload() {
+        let request = ActionRequest::ModeRun(mode::ModeRun {
+            report: "a1b2".into(),
+            parameters: json!({"region": "EU"}).as_object().unwrap().clone(),
+        });
+        assert_eq!(
+            request.args(),
+            json!({"report": "a1b2", "parameters": {"region": "EU"}})
+        );
+        assert_eq!(
+            ActionRequest::from_job("mode_run", &request.args()).unwrap(),
+            request
+        );
+        assert!(ActionRequest::from_job("mode_run", &json!({})).is_err());
+    }
+
+    #[test]
+    fn identical_refreshes_share_a_coalesce_key() {
+        let refresh = || {
+            ActionRequest::TableauRefresh(tableau::RefreshWorkbook {
+                workbook: "Finance".into(),
+                project: None,
+            })
+        };
+        assert_eq!(refresh().coalesce_key(), refresh().coalesce_key());
+        let post = ActionRequest::SlackPost(slack::SlackPost::text(None, "x".into()));
+        assert_eq!(post.coalesce_key(), None);
+    }
+}

@@ -1,14 +1,70 @@
-//! The Mode API (../shared/api/dbt-cloud-and-mode.md section 3): start a report run
-//! (`mode_run`) and read runs and their results (enrichment of Mode events). HTTP Basic
-//! with the API token and secret; every URL is built on the configured `api_base`.
+//! The `mode_run` action and the Mode API (../shared/api/dbt-cloud-and-mode.md section
+//! 3): start a report run, and read runs and their results (the enrich stage's fetch of
+//! Mode events). HTTP Basic with the API token and secret; every URL is built on the
+//! configured `api_base`.
 
 use reqwest::Client;
+use rhai::{Engine, Map as RhaiMap, NativeCallContext};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use super::client::{excerpt, send, send_following_redirects, ActionError, Answer};
+use super::{ActionRequest, Services};
 use crate::config::ModeConfig;
+use crate::rules::api::{non_empty, record, to_json, Fallible};
 
 const SERVICE: &str = "mode";
+
+/// `mode_run(report[, parameters])`: run a Mode report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModeRun {
+    pub report: String,
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub parameters: Map<String, Value>,
+}
+
+impl ModeRun {
+    /// Starts the run; the answer holds the new run's token.
+    pub async fn call(&self, services: &Services<'_>) -> Result<Value, ActionError> {
+        let mode = services
+            .config
+            .mode
+            .as_ref()
+            .ok_or_else(|| ActionError::not_configured(SERVICE))?;
+        Mode {
+            http: services.http,
+            config: mode,
+        }
+        .run_report(&self.report, &self.parameters)
+        .await
+    }
+}
+
+/// The rule functions that build a [`ModeRun`].
+pub(super) fn register(engine: &mut Engine) {
+    engine.register_fn(
+        "mode_run",
+        |ctx: NativeCallContext, report: &str| -> Fallible {
+            let report = non_empty(&ctx, "mode_run", "the report token", report)?;
+            let written = json!([report]);
+            let run = ModeRun {
+                report,
+                parameters: Map::new(),
+            };
+            record(&ctx, ActionRequest::ModeRun(run), written)
+        },
+    );
+    engine.register_fn(
+        "mode_run",
+        |ctx: NativeCallContext, report: &str, params: RhaiMap| -> Fallible {
+            let report = non_empty(&ctx, "mode_run", "the report token", report)?;
+            let parameters = to_json(&ctx, "mode_run", params)?;
+            let written = json!([report, parameters]);
+            let run = ModeRun { report, parameters };
+            record(&ctx, ActionRequest::ModeRun(run), written)
+        },
+    );
+}
 
 /// A Mode API client for one configured workspace.
 pub struct Mode<'a> {

@@ -1,13 +1,17 @@
-//! Slack posts (../shared/api/tableau-slack-hex-powerbi.md section 2): the incoming
-//! webhook for `slack_post(text)` and `chat.postMessage` with the bot token for
+//! The `slack_post` action (../shared/api/tableau-slack-hex-powerbi.md section 2): the
+//! incoming webhook for `slack_post(text)` and `chat.postMessage` with the bot token for
 //! `slack_post(channel, text)`. The webhook URL is a secret and never appears in an error.
 
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, StatusCode};
+use rhai::{Dynamic, Engine, Map, NativeCallContext};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::client::{excerpt, send, status_error, ActionError};
+use super::{ActionRequest, Services};
 use crate::config::SlackConfig;
+use crate::rules::api::{bad_argument, get_string, non_empty, record, to_plain_json, Fallible};
 
 const SERVICE: &str = "slack";
 
@@ -20,14 +24,132 @@ const RETRYABLE_API_ERRORS: [&str; 5] = [
     "service_unavailable",
 ];
 
-/// One message to post.
-pub struct Message<'a> {
+/// One message to post: `slack_post(..)`, or an alert's post (`alerts.rs` writes those).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SlackPost {
     /// With a channel: chat.postMessage with the bot token; without: the incoming webhook.
-    pub channel: Option<&'a str>,
-    pub text: &'a str,
-    pub blocks: Option<&'a Value>,
-    /// Reply in this message's thread (chat.postMessage only).
-    pub thread_ts: Option<&'a str>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channel: Option<String>,
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<Value>,
+    /// Post as a reply in this message's thread (a chat.postMessage `ts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_ts: Option<String>,
+    /// An alert's renotification or resolution: posted in the thread of the post that
+    /// announced the alert, the job with this key, once its `ts` is known (the act stage
+    /// looks it up).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_of: Option<String>,
+}
+
+impl SlackPost {
+    /// A plain message, to the webhook (`channel` None) or a channel.
+    pub fn text(channel: Option<String>, text: String) -> SlackPost {
+        SlackPost {
+            channel,
+            text,
+            blocks: None,
+            thread_ts: None,
+            thread_of: None,
+        }
+    }
+
+    pub async fn call(&self, services: &Services<'_>) -> Result<Value, ActionError> {
+        let slack = services
+            .config
+            .slack
+            .as_ref()
+            .ok_or_else(|| ActionError::not_configured(SERVICE))?;
+        post(services.http, slack, self).await
+    }
+}
+
+/// The rule functions that build a [`SlackPost`].
+pub(super) fn register(engine: &mut Engine) {
+    engine.register_fn(
+        "slack_post",
+        |ctx: NativeCallContext, text: &str| -> Fallible {
+            let text = non_empty(&ctx, "slack_post", "the text", text)?;
+            let written = json!([text]);
+            let post = SlackPost::text(None, text);
+            record(&ctx, ActionRequest::SlackPost(post), written)
+        },
+    );
+    engine.register_fn(
+        "slack_post",
+        |ctx: NativeCallContext, message: Map| -> Fallible { message_call(&ctx, None, message) },
+    );
+    engine.register_fn(
+        "slack_post",
+        |ctx: NativeCallContext, channel: &str, text: &str| -> Fallible {
+            let channel = non_empty(&ctx, "slack_post", "the channel", channel)?;
+            let text = non_empty(&ctx, "slack_post", "the text", text)?;
+            let written = json!([channel, text]);
+            let post = SlackPost::text(Some(channel), text);
+            record(&ctx, ActionRequest::SlackPost(post), written)
+        },
+    );
+    engine.register_fn(
+        "slack_post",
+        |ctx: NativeCallContext, channel: &str, message: Map| -> Fallible {
+            let channel = non_empty(&ctx, "slack_post", "the channel", channel)?;
+            message_call(&ctx, Some(channel), message)
+        },
+    );
+}
+
+/// `slack_post` with a map: `text` (required, the notification fallback), `blocks`, and
+/// `thread_ts` (post as a reply in that message's thread, docs/rules.md).
+fn message_call(ctx: &NativeCallContext, channel: Option<String>, message: Map) -> Fallible {
+    let written_map = to_plain_json(&Dynamic::from_map(message.clone()));
+    let written = match &channel {
+        Some(channel) => json!([channel, written_map]),
+        None => written_map,
+    };
+    for key in message.keys() {
+        if !["text", "blocks", "thread_ts"].contains(&key.as_str()) {
+            return Err(bad_argument(
+                ctx,
+                format!("slack_post: unknown key `{key}` (text, blocks, thread_ts)"),
+            ));
+        }
+    }
+    let text = get_string(&message, "text").ok_or_else(|| {
+        bad_argument(
+            ctx,
+            "slack_post: the map needs a `text` (the notification fallback)".into(),
+        )
+    })?;
+    let blocks = match message.get("blocks") {
+        None => None,
+        Some(blocks) if blocks.is_array() => Some(
+            rhai::serde::from_dynamic::<Value>(blocks)
+                .map_err(|e| bad_argument(ctx, format!("slack_post: blocks: {e}")))?,
+        ),
+        Some(_) => {
+            return Err(bad_argument(
+                ctx,
+                "slack_post: `blocks` must be an array".into(),
+            ))
+        }
+    };
+    let thread_ts = get_string(&message, "thread_ts");
+    if thread_ts.is_some() && channel.is_none() {
+        return Err(bad_argument(
+            ctx,
+            "slack_post: thread_ts needs a channel: slack_post(channel, #{ text, thread_ts })"
+                .into(),
+        ));
+    }
+    let post = SlackPost {
+        channel,
+        text,
+        blocks,
+        thread_ts,
+        thread_of: None,
+    };
+    record(ctx, ActionRequest::SlackPost(post), written)
 }
 
 /// Slack asks for the charset on JSON bodies, and warns (`missing_charset`) without it.
@@ -35,17 +157,17 @@ const JSON_UTF8: &str = "application/json; charset=utf-8";
 
 /// Posts `message`. chat.postMessage answers with the message's `channel` and `ts`, kept
 /// as the job's result (an alert's later posts go in its thread).
-pub async fn post(
+async fn post(
     http: &Client,
     config: &SlackConfig,
-    message: &Message<'_>,
+    message: &SlackPost,
 ) -> Result<Value, ActionError> {
     let mut body = json!({ "text": message.text });
-    if let Some(blocks) = message.blocks {
+    if let Some(blocks) = &message.blocks {
         body["blocks"] = blocks.clone();
     }
     let body_for = |body: &Value| serde_json::to_vec(body).expect("JSON always serializes");
-    match message.channel {
+    match &message.channel {
         None => {
             let url = config.webhook_url.as_ref().ok_or_else(|| {
                 ActionError::final_error("slack is not configured (slack.webhook_url)")
@@ -65,7 +187,7 @@ pub async fn post(
                 ActionError::final_error("slack is not configured (slack.bot_token)")
             })?;
             body["channel"] = json!(channel);
-            if let Some(thread_ts) = message.thread_ts {
+            if let Some(thread_ts) = &message.thread_ts {
                 body["thread_ts"] = json!(thread_ts);
             }
             let url = format!(

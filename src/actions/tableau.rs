@@ -1,4 +1,5 @@
-//! Tableau extract refreshes (../shared/api/tableau-slack-hex-powerbi.md section 1).
+//! The `tableau_refresh` and `tableau_refresh_datasource` actions: Tableau extract
+//! refreshes (../shared/api/tableau-slack-hex-powerbi.md section 1).
 //!
 //! A personal access token allows one live session: signing in again ends the previous
 //! one. So one [`Tableau`] holds the one session for every job, signs in under a lock,
@@ -12,11 +13,15 @@
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{Client, Method, StatusCode};
+use rhai::{Dynamic, Engine, EvalAltResult, Map, NativeCallContext};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
 
 use super::client::{excerpt, send, status_error, ActionError};
+use super::{ActionRequest, Services};
 use crate::config::TableauConfig;
+use crate::rules::api::{bad_argument, get_string, non_empty, record, to_plain_json, Fallible};
 
 const SERVICE: &str = "tableau";
 const PAGE_SIZE: u64 = 100;
@@ -26,6 +31,146 @@ const FILTER_VALUE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'.')
     .remove(b'~');
+
+/// `tableau_refresh(workbook)` / `tableau_refresh(#{ workbook, project })`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefreshWorkbook {
+    pub workbook: String,
+    /// The project that holds it, when the name alone is ambiguous.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+}
+
+/// `tableau_refresh_datasource(name)` / `tableau_refresh_datasource(#{ datasource,
+/// project })`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefreshDatasource {
+    pub datasource: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<String>,
+}
+
+impl RefreshWorkbook {
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            content: Content::Workbook,
+            name: &self.workbook,
+            project: self.project.as_deref(),
+        }
+    }
+}
+
+impl RefreshDatasource {
+    pub fn target(&self) -> Target<'_> {
+        Target {
+            content: Content::Datasource,
+            name: &self.datasource,
+            project: self.project.as_deref(),
+        }
+    }
+}
+
+/// Refreshes `target` through the daemon's one Tableau session.
+pub async fn call(services: &Services<'_>, target: Target<'_>) -> Result<Value, ActionError> {
+    let tableau = services
+        .config
+        .tableau
+        .as_ref()
+        .ok_or_else(|| ActionError::not_configured(SERVICE))?;
+    services
+        .tableau
+        .refresh(services.http, tableau, target)
+        .await
+}
+
+/// The rule functions that build a [`RefreshWorkbook`] or a [`RefreshDatasource`].
+pub(super) fn register(engine: &mut Engine) {
+    engine.register_fn(
+        "tableau_refresh",
+        |ctx: NativeCallContext, workbook: &str| -> Fallible {
+            let workbook = non_empty(&ctx, "tableau_refresh", "the workbook name", workbook)?;
+            let written = json!([workbook]);
+            let refresh = RefreshWorkbook {
+                workbook,
+                project: None,
+            };
+            record(&ctx, ActionRequest::TableauRefresh(refresh), written)
+        },
+    );
+    engine.register_fn(
+        "tableau_refresh",
+        |ctx: NativeCallContext, target: Map| -> Fallible {
+            let (workbook, project) = named_target(&ctx, "tableau_refresh", "workbook", &target)?;
+            let written = to_plain_json(&Dynamic::from_map(target));
+            let refresh = RefreshWorkbook { workbook, project };
+            record(&ctx, ActionRequest::TableauRefresh(refresh), written)
+        },
+    );
+    engine.register_fn(
+        "tableau_refresh_datasource",
+        |ctx: NativeCallContext, name: &str| -> Fallible {
+            let datasource = non_empty(
+                &ctx,
+                "tableau_refresh_datasource",
+                "the data source name",
+                name,
+            )?;
+            let written = json!([datasource]);
+            let refresh = RefreshDatasource {
+                datasource,
+                project: None,
+            };
+            record(
+                &ctx,
+                ActionRequest::TableauRefreshDatasource(refresh),
+                written,
+            )
+        },
+    );
+    engine.register_fn(
+        "tableau_refresh_datasource",
+        |ctx: NativeCallContext, target: Map| -> Fallible {
+            let (datasource, project) =
+                named_target(&ctx, "tableau_refresh_datasource", "datasource", &target)?;
+            let written = to_plain_json(&Dynamic::from_map(target));
+            let refresh = RefreshDatasource {
+                datasource,
+                project,
+            };
+            record(
+                &ctx,
+                ActionRequest::TableauRefreshDatasource(refresh),
+                written,
+            )
+        },
+    );
+}
+
+/// `#{ workbook, project }` or `#{ datasource, project }`: the name, and the project that
+/// holds it.
+fn named_target(
+    ctx: &NativeCallContext,
+    function: &str,
+    name_key: &str,
+    map: &Map,
+) -> Result<(String, Option<String>), Box<EvalAltResult>> {
+    for key in map.keys() {
+        if key.as_str() != name_key && key.as_str() != "project" {
+            return Err(bad_argument(
+                ctx,
+                format!("{function}: unknown key `{key}` ({name_key}, project)"),
+            ));
+        }
+    }
+    let name = get_string(map, name_key)
+        .ok_or_else(|| bad_argument(ctx, format!("{function}: the map needs `{name_key}`")))?;
+    let name = non_empty(ctx, function, &format!("`{name_key}`"), &name)?;
+    let project = match get_string(map, "project") {
+        Some(project) => Some(non_empty(ctx, function, "`project`", &project)?),
+        None => None,
+    };
+    Ok((name, project))
+}
 
 /// What to refresh: an item's name, and the project it is in when the name alone is
 /// ambiguous.

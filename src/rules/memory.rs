@@ -7,17 +7,14 @@
 //! process's allocator counts, per thread, the bytes allocated minus the bytes freed; the
 //! engine's progress callback (called between every two operations) compares that with
 //! the figure at the start of the evaluation and stops a rule that holds more than
-//! [`MAX_EVALUATION_BYTES`]. A single native call can still allocate before the next
+//! `engine::MAX_EVALUATION_BYTES`. A single native call can still allocate before the next
 //! check, which is why the functions whose output can outgrow their inputs many times
-//! over (`replace`) check their result's size before building it (`api.rs`).
+//! over (`replace`) check their result's size before building it (`engine.rs`).
 
 use std::alloc::{GlobalAlloc, Layout};
 
 use mimalloc::MiMalloc;
 use std::cell::Cell;
-
-/// Most memory one rule evaluation may hold on to at once.
-pub const MAX_EVALUATION_BYTES: i64 = 64 << 20;
 
 thread_local! {
     /// Bytes allocated minus bytes freed by this thread since it started. Const-initialized

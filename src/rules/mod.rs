@@ -158,6 +158,8 @@ fn describe(error: &EvalAltResult) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actions::slack::SlackPost;
+    use crate::actions::tableau::RefreshWorkbook;
     use crate::actions::ActionRequest;
     use serde_json::json;
 
@@ -198,17 +200,11 @@ mod tests {
         assert_eq!(
             calls,
             vec![
-                ActionRequest::TableauRefresh {
+                ActionRequest::TableauRefresh(RefreshWorkbook {
                     workbook: "Finance".into(),
                     project: None,
-                },
-                ActionRequest::SlackPost {
-                    channel: Some("#fin".into()),
-                    text: "done".into(),
-                    blocks: None,
-                    thread_ts: None,
-                    thread_of: None,
-                },
+                }),
+                ActionRequest::SlackPost(SlackPost::text(Some("#fin".into()), "done".into())),
             ]
         );
         assert_eq!(outcome(&outcomes, "finance").calls[0].line, 2);
@@ -331,13 +327,7 @@ mod tests {
         assert!(fine.error.is_none(), "{:?}", fine.error);
         assert_eq!(
             fine.calls[0].request,
-            ActionRequest::SlackPost {
-                channel: None,
-                text: "xyzb".into(),
-                blocks: None,
-                thread_ts: None,
-                thread_of: None,
-            }
+            ActionRequest::SlackPost(SlackPost::text(None, "xyzb".into()))
         );
     }
 

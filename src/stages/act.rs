@@ -15,9 +15,9 @@ use tokio_util::task::TaskTracker;
 
 use super::{follow, wait_for_work, Wakes};
 use crate::actions::client::{backoff, ActionError};
-use crate::actions::mode::Mode;
-use crate::actions::tableau::{Content, Tableau, Target};
-use crate::actions::{slack, ActionRequest};
+use crate::actions::slack::SlackPost;
+use crate::actions::tableau::Tableau;
+use crate::actions::{ActionRequest, Services};
 use crate::config::Config;
 use crate::event::{now_rfc3339, Event, Source};
 use crate::journal::{blocking, FollowUp, Job, JobOutcome, Journal, Queue};
@@ -155,7 +155,12 @@ async fn run_action(shared: &Shared, config: &Config, job: &Job) -> (JobOutcome,
         None => None,
     };
     let started = Instant::now();
-    let result = execute(shared, config, &request).await;
+    let services = Services {
+        http: &shared.http,
+        config,
+        tableau: &shared.tableau,
+    };
+    let result = request.call(&services).await;
     shared
         .metrics
         .action_latency
@@ -192,16 +197,17 @@ async fn thread_of_alert(
     shared: &Shared,
     request: ActionRequest,
 ) -> Result<ActionRequest, JobOutcome> {
-    let ActionRequest::SlackPost {
-        channel,
-        text,
-        blocks,
-        thread_ts: None,
-        thread_of: Some(key),
-    } = request
+    let ActionRequest::SlackPost(
+        post @ SlackPost {
+            thread_ts: None,
+            thread_of: Some(_),
+            ..
+        },
+    ) = request
     else {
         return Ok(request);
     };
+    let key = post.thread_of.clone().unwrap_or_default();
     let lookup = key.clone();
     let announcing = blocking(&shared.journal, move |j| j.job_by_key(&lookup))
         .await
@@ -218,13 +224,7 @@ async fn thread_of_alert(
             .and_then(|result| result.get("ts").and_then(Value::as_str).map(String::from)),
         None => None,
     };
-    Ok(ActionRequest::SlackPost {
-        channel,
-        text,
-        blocks,
-        thread_ts,
-        thread_of: Some(key),
-    })
+    Ok(ActionRequest::SlackPost(SlackPost { thread_ts, ..post }))
 }
 
 /// How long an alert's follow-up post waits for the announcing post to be delivered.
@@ -245,80 +245,6 @@ impl ActionError {
             ActionError::Final(error) => JobOutcome::Dead { error },
         }
     }
-}
-
-async fn execute(
-    shared: &Shared,
-    config: &Config,
-    request: &ActionRequest,
-) -> Result<Value, ActionError> {
-    match request {
-        ActionRequest::ModeRun { report, parameters } => {
-            let mode = config
-                .mode
-                .as_ref()
-                .ok_or_else(|| ActionError::not_configured("mode"))?;
-            Mode {
-                http: &shared.http,
-                config: mode,
-            }
-            .run_report(report, parameters)
-            .await
-        }
-        ActionRequest::TableauRefresh { workbook, project } => {
-            let target = Target {
-                content: Content::Workbook,
-                name: workbook,
-                project: project.as_deref(),
-            };
-            refresh_tableau(shared, config, target).await
-        }
-        ActionRequest::TableauRefreshDatasource {
-            datasource,
-            project,
-        } => {
-            let target = Target {
-                content: Content::Datasource,
-                name: datasource,
-                project: project.as_deref(),
-            };
-            refresh_tableau(shared, config, target).await
-        }
-        ActionRequest::SlackPost {
-            channel,
-            text,
-            blocks,
-            thread_ts,
-            ..
-        } => {
-            let slack = config
-                .slack
-                .as_ref()
-                .ok_or_else(|| ActionError::not_configured("slack"))?;
-            let message = slack::Message {
-                channel: channel.as_deref(),
-                text,
-                blocks: blocks.as_ref(),
-                thread_ts: thread_ts.as_deref(),
-            };
-            slack::post(&shared.http, slack, &message).await
-        }
-        ActionRequest::Alert { .. } => Err(ActionError::final_error(
-            "alert calls are decided at evaluation, not run",
-        )),
-    }
-}
-
-async fn refresh_tableau(
-    shared: &Shared,
-    config: &Config,
-    target: Target<'_>,
-) -> Result<Value, ActionError> {
-    let tableau = config
-        .tableau
-        .as_ref()
-        .ok_or_else(|| ActionError::not_configured("tableau"))?;
-    shared.tableau.refresh(&shared.http, tableau, target).await
 }
 
 async fn finish(shared: &Shared, job: &Job, outcome: JobOutcome, mut follow_up: FollowUp) {

@@ -46,8 +46,8 @@ pub fn start(
     answer: &Value,
 ) -> Option<NewJob> {
     let (content, name) = match request {
-        ActionRequest::TableauRefresh { workbook, .. } => ("workbook", workbook),
-        ActionRequest::TableauRefreshDatasource { datasource, .. } => ("datasource", datasource),
+        ActionRequest::TableauRefresh(refresh) => ("workbook", &refresh.workbook),
+        ActionRequest::TableauRefreshDatasource(refresh) => ("datasource", &refresh.datasource),
         _ => return None,
     };
     let job_id = answer.get("job_id").and_then(Value::as_str)?;
