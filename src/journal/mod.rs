@@ -12,7 +12,7 @@
 #[cfg(test)]
 mod contract;
 pub mod postgres;
-mod schema;
+
 pub mod sqlite;
 
 use std::sync::Arc;

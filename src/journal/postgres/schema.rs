@@ -5,6 +5,9 @@
 //! database's clock, so every instance orders by one clock; `locked_by` names the
 //! instance holding a job's lease, and stays as "who ran it" once the job ends.
 
+use super::{backend, Role, Shared};
+use crate::journal::JournalError;
+
 /// The database clock, in milliseconds. `clock_timestamp()`, not `now()`: `now()` is the
 /// start of the transaction, and a claim must compare leases with the present.
 pub const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
@@ -84,3 +87,46 @@ CREATE TABLE alerts (
 CREATE INDEX jobs_running ON jobs (queue, lease_until) WHERE status = 'running';
 "#,
 ];
+
+/// Brings the schema up to date, instances taking turns under the advisory lock.
+pub(super) async fn migrate(shared: &Shared, role: Role) -> Result<(), JournalError> {
+    let mut client = shared.client().await?;
+    let tx = client.transaction().await.map_err(backend)?;
+    // Instances starting together take turns; each sees the version the last one left.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(backend)?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS freshet_schema (version INTEGER NOT NULL)")
+        .await
+        .map_err(backend)?;
+    let version: i32 = tx
+        .query_opt("SELECT version FROM freshet_schema", &[])
+        .await
+        .map_err(backend)?
+        .map(|row| row.get(0))
+        .unwrap_or(0);
+    let known = MIGRATIONS.len() as i32;
+    if version > known {
+        return Err(JournalError::Corrupt(format!(
+            "the journal has schema version {version}, newer than this freshet knows ({known})"
+        )));
+    }
+    if version < known && role == Role::Command {
+        return Err(JournalError::Invalid(
+            "the PostgreSQL journal is not set up yet: `freshet serve` creates its tables".into(),
+        ));
+    }
+    for migration in &MIGRATIONS[version as usize..] {
+        tx.batch_execute(migration).await.map_err(backend)?;
+    }
+    tx.execute("DELETE FROM freshet_schema", &[])
+        .await
+        .map_err(backend)?;
+    tx.execute(
+        "INSERT INTO freshet_schema (version) VALUES ($1)",
+        &[&known],
+    )
+    .await
+    .map_err(backend)?;
+    tx.commit().await.map_err(backend)
+}

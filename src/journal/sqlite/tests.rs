@@ -1,11 +1,14 @@
 //! What only the SQLite journal does, against real files in a temp dir (the contract
 //! every backend keeps is in `journal/contract.rs`).
 
-use super::*;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
+use super::committer::commit_batch;
+use super::schema::MIGRATIONS;
+use super::*;
 use crate::journal::contract::event;
-use crate::journal::{Appended, FirstJob, Released, Replay};
+use crate::journal::{Appended, FirstJob, JournalStore, Queue, Released, Replay};
 
 /// A journal file's path in a new temp dir (the dir goes when dropped).
 fn temp_path() -> (tempfile::TempDir, PathBuf) {
@@ -133,9 +136,9 @@ fn open_job_queries_use_the_open_jobs_index() {
     let (_dir, journal) = open();
     let plan = |sql: &str| explained(&journal, "EXPLAIN QUERY PLAN", sql, 3).join("\n");
     for (name, sql) in [
-        ("claim", statements::CLAIM_CANDIDATES_SQL.as_str()),
-        ("next due", statements::NEXT_DUE_SQL.as_str()),
-        ("backlog", statements::BACKLOG_SQL),
+        ("claim", sql::CLAIM_CANDIDATES_SQL.as_str()),
+        ("next due", sql::NEXT_DUE_SQL.as_str()),
+        ("backlog", sql::BACKLOG_SQL),
     ] {
         let plan = plan(sql);
         assert!(
@@ -146,25 +149,25 @@ fn open_job_queries_use_the_open_jobs_index() {
     }
     // Leases: only the running jobs, however many wait.
     for (name, sql) in [
-        ("reap", statements::REAP_SQL.as_str()),
-        ("next due", statements::NEXT_DUE_SQL.as_str()),
+        ("reap", sql::REAP_SQL.as_str()),
+        ("next due", sql::NEXT_DUE_SQL.as_str()),
     ] {
         let plan = plan(sql);
         assert!(plan.contains("INDEX jobs_running"), "{name} plan:\n{plan}");
     }
     // Leasing the chosen jobs: by rowid, never a scan of the table.
-    let plan_lease = plan(&statements::CLAIM_SQL);
+    let plan_lease = plan(&sql::CLAIM_SQL);
     assert!(
         plan_lease.contains("USING INTEGER PRIMARY KEY") && !plan_lease.contains("SCAN jobs"),
         "lease plan:\n{plan_lease}"
     );
     // Recording a batch of evaluations: jobs by rowid, events by their key.
-    let plan_end = plan(&statements::END_EVALUATIONS_SQL);
+    let plan_end = plan(&sql::END_EVALUATIONS_SQL);
     assert!(
         plan_end.contains("USING INTEGER PRIMARY KEY") && !plan_end.contains("SCAN jobs"),
         "end plan:\n{plan_end}"
     );
-    let plan_mark = plan(statements::MARK_EVALUATED_SQL);
+    let plan_mark = plan(sql::MARK_EVALUATED_SQL);
     assert!(
         plan_mark.contains("sqlite_autoindex_events_1") && !plan_mark.contains("SCAN events"),
         "mark plan:\n{plan_mark}"
@@ -178,8 +181,8 @@ fn open_job_queries_use_the_open_jobs_index() {
 fn writing_a_job_builds_no_temporary_table() {
     let (_dir, journal) = open();
     for (name, sql) in [
-        ("insert job", statements::INSERT_JOB_SQL.as_str()),
-        ("end job", statements::END_JOB_SQL.as_str()),
+        ("insert job", sql::INSERT_JOB_SQL.as_str()),
+        ("end job", sql::END_JOB_SQL.as_str()),
     ] {
         let program = explained(&journal, "EXPLAIN", sql, 1);
         assert!(program.iter().any(|op| op == "Halt"), "{name}: {program:?}");

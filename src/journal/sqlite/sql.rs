@@ -6,12 +6,13 @@ use std::sync::LazyLock;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
 
-use super::super::schema::NOW_MS;
-use super::super::{
-    stage_job, AlertState, Appended, Evaluation, FirstJob, Job, JobSummary, JournalError, NewJob,
-};
+use super::schema::NOW_MS;
 use super::{exec, now_ms};
 use crate::event::Event;
+use crate::journal::{
+    isolate_retried, stage_job, AlertState, Appended, Evaluation, FirstJob, Job, JobSummary,
+    JournalError, NewJob, Queue,
+};
 
 /// An event as the `events` table stores it, serialized once, before any lock is taken.
 pub(super) struct EventRow {
@@ -326,4 +327,53 @@ fn record_outcome(
         }
     }
     Ok(())
+}
+
+/// Claims up to `limit` due jobs of `queue` inside `tx` ([`JournalStore::claim`]).
+pub(super) fn claim_in(
+    tx: &rusqlite::Transaction,
+    queue: Queue,
+    limit: usize,
+    lease_ms: u64,
+) -> Result<Vec<Job>, JournalError> {
+    exec(tx, &REAP_SQL, params![queue.as_str(), INTERRUPTED])?;
+    let candidates: Vec<(i64, u32)> = tx
+        .prepare_cached(&CLAIM_CANDIDATES_SQL)?
+        .query_map(params![queue.as_str(), limit as i64], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let chosen = isolate_retried(&candidates);
+    if chosen.is_empty() {
+        return Ok(Vec::new());
+    }
+    // One statement for the whole batch: per-row statements were a fifth of a
+    // claim's time.
+    let ids = json_text(&chosen)?;
+    let mut jobs = tx
+        .prepare_cached(&CLAIM_SQL)?
+        .query_map(params![ids, lease_ms as i64], |row| {
+            Ok((
+                Job {
+                    id: row.get(0)?,
+                    queue: row.get(1)?,
+                    kind: row.get(2)?,
+                    event_id: row.get(3)?,
+                    rule: row.get(4)?,
+                    payload: Value::Null,
+                    attempt: row.get(6)?,
+                    max_attempts: row.get(7)?,
+                },
+                row.get::<_, String>(5)?,
+            ))
+        })?
+        .map(|row| {
+            let (mut job, payload) = row?;
+            job.payload = parse_json(&payload)?;
+            Ok(job)
+        })
+        .collect::<Result<Vec<Job>, JournalError>>()?;
+    // RETURNING comes in no promised order: back to the order they were due in.
+    jobs.sort_by_key(|job| chosen.iter().position(|id| *id == job.id));
+    Ok(jobs)
 }

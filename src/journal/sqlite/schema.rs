@@ -3,8 +3,13 @@
 //! Times are integer milliseconds since the Unix epoch, taken from SQLite's own clock
 //! (`NOW_MS`) so that one clock orders everything, as JOURNAL.md asks.
 
+use rusqlite::Connection;
+
+use super::write_transaction;
+use crate::journal::JournalError;
+
 /// The database clock, in milliseconds.
-pub const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
+pub(super) const NOW_MS: &str = "CAST(unixepoch('subsec') * 1000 AS INTEGER)";
 
 /// Each entry moves the schema one version forward; never edit an entry once released.
 pub const MIGRATIONS: &[&str] = &[
@@ -111,3 +116,33 @@ CREATE INDEX jobs_open ON jobs(queue, scheduled_at)
     WHERE status = 'pending' OR status = 'retrying' OR status = 'running';
 "#,
 ];
+
+/// Brings the schema up to date. An up-to-date journal (every open but the first after
+/// an upgrade) is only read, so read-only CLI commands take no write lock. Otherwise the
+/// version is read again inside one write transaction, so that two processes opening an
+/// old journal together (the daemon and a CLI command) cannot both apply a migration.
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), JournalError> {
+    if schema_version(conn)? == MIGRATIONS.len() {
+        return Ok(());
+    }
+    let tx = write_transaction(conn)?;
+    let version = schema_version(&tx)?;
+    for migration in &MIGRATIONS[version..] {
+        tx.execute_batch(migration)?;
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len())?;
+    tx.commit()?;
+    Ok(())
+}
+
+/// The journal's schema version, refusing one newer than this build knows.
+fn schema_version(conn: &Connection) -> Result<usize, JournalError> {
+    let version: usize = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(JournalError::Corrupt(format!(
+            "the journal has schema version {version}, newer than this freshet knows ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    Ok(version)
+}

@@ -1,0 +1,59 @@
+//! `LISTEN` for work queued by other instances: a notification only shortens a stage's
+//! poll, so one lost across a reconnect costs at most a poll interval.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+use super::schema::WORK_CHANNEL;
+use super::Shared;
+use crate::journal::Queue;
+
+/// `LISTEN`s for work queued by any instance and wakes this one's stages. Reconnects
+/// when the connection drops; a lost notification only delays work to the next poll.
+pub(super) async fn listen(shared: Arc<Shared>, stop: CancellationToken) {
+    use futures_util::future::poll_fn;
+    loop {
+        if let Ok((client, mut connection)) = shared.config.connect(NoTls).await {
+            let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel::<String>();
+            // Polling for messages also drives the connection (the LISTEN below).
+            let driver = tokio::spawn(async move {
+                while let Some(Ok(message)) = poll_fn(|cx| connection.poll_message(cx)).await {
+                    if let tokio_postgres::AsyncMessage::Notification(note) = message {
+                        if tx.send(note.payload().to_string()).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+            if client
+                .batch_execute(&format!("LISTEN {WORK_CHANNEL}"))
+                .await
+                .is_ok()
+            {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => {
+                            driver.abort();
+                            return;
+                        }
+                        note = notes.recv() => {
+                            let Some(queue) = note else { break };
+                            let waker = shared.waker.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                            if let (Some(waker), Some(queue)) = (waker, Queue::parse(&queue)) {
+                                waker(queue);
+                            }
+                        }
+                    }
+                }
+            }
+            driver.abort();
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}

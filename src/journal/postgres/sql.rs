@@ -1,0 +1,248 @@
+//! The statements the PostgreSQL calls share: inserting events and jobs, ending a lease
+//! (fenced on the instance and the attempt), reading rows, and recording an evaluation.
+
+use std::sync::LazyLock;
+
+use deadpool_postgres::GenericClient;
+use serde_json::Value;
+use tokio_postgres::Row;
+
+use super::backend;
+use super::schema::{NOW_MS, WORK_CHANNEL};
+use crate::event::Event;
+use crate::journal::{
+    stage_job, AlertState, Appended, Evaluation, FirstJob, Job, JobSummary, JournalError, NewJob,
+    Queue,
+};
+
+type Result<T> = std::result::Result<T, JournalError>;
+
+pub(super) fn json_text(value: &Value) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| JournalError::Invalid(e.to_string()))
+}
+
+pub(super) fn parse_json(text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| JournalError::Corrupt(e.to_string()))
+}
+
+/// Lets this transaction's commit return before its WAL is flushed: for the evaluate
+/// stage's claims and finishes only, as the SQLite journal does (its `Durability`, and
+/// ARCHITECTURE.md's durability contract). A server crash can undo such a commit only
+/// up to the last flushed one; any synced commit after it, from any instance, flushes
+/// the WAL through it. What is undone is an evaluation that runs again.
+pub(super) async fn defer_commit(tx: &tokio_postgres::Transaction<'_>) -> Result<()> {
+    tx.batch_execute("SET LOCAL synchronous_commit = off")
+        .await
+        .map_err(backend)
+}
+
+/// Wakes every instance's stage for `queue` once the transaction commits.
+pub(super) async fn notify(client: &impl GenericClient, queue: Queue) -> Result<()> {
+    client
+        .execute(
+            "SELECT pg_notify($1, $2)",
+            &[&WORK_CHANNEL, &queue.as_str()],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+pub(super) async fn insert_job(client: &impl GenericClient, job: &NewJob) -> Result<bool> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "INSERT INTO jobs (queue, kind, event_id, rule, job_key, coalesce_key, payload, status,
+                               attempt, max_attempts, scheduled_at, created_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', 0, $8, {NOW_MS}, {NOW_MS})
+             ON CONFLICT DO NOTHING"
+        )
+    });
+    let payload = json_text(&job.payload)?;
+    let inserted = client
+        .execute(
+            SQL.as_str(),
+            &[
+                &job.queue.as_str(),
+                &job.kind,
+                &job.event_id,
+                &job.rule,
+                &job.job_key,
+                &job.coalesce_key,
+                &payload,
+                &(job.max_attempts as i32),
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    if inserted > 0 {
+        notify(client, job.queue).await?;
+    }
+    Ok(inserted > 0)
+}
+
+pub(super) async fn insert_event(
+    client: &impl GenericClient,
+    event: &Event,
+    first: FirstJob,
+    instance: &str,
+) -> Result<Appended> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "INSERT INTO events (id, source, type, received_at, received_ms, chain_depth, status, body, instance)
+             VALUES ($1, $2, $3, $4, {NOW_MS}, $5, 'received', $6, $7) ON CONFLICT (id) DO NOTHING"
+        )
+    });
+    let body = serde_json::to_string(event).map_err(|e| JournalError::Invalid(e.to_string()))?;
+    let inserted = client
+        .execute(
+            SQL.as_str(),
+            &[
+                &event.id,
+                &event.source.as_str(),
+                &event.kind,
+                &event.received_at,
+                &(event.chain_depth as i32),
+                &body,
+                &instance,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    if inserted == 0 {
+        return Ok(Appended::Duplicate);
+    }
+    insert_job(client, &stage_job(first, &event.id, None, Value::Null)).await?;
+    Ok(Appended::New)
+}
+
+/// Ends a job's lease with `status` if it is still this instance's (the fence).
+pub(super) async fn end_job(
+    client: &impl GenericClient,
+    job: &Job,
+    status: &str,
+    me: &str,
+) -> Result<bool> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "UPDATE jobs SET status = $1, finished_at = {NOW_MS}, lease_until = NULL
+             WHERE id = $2 AND status = 'running' AND attempt = $3 AND locked_by = $4"
+        )
+    });
+    let updated = client
+        .execute(
+            SQL.as_str(),
+            &[&status, &job.id, &(job.attempt as i32), &me],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(updated == 1)
+}
+
+pub(super) fn alert_state(row: &Row) -> AlertState {
+    AlertState {
+        name: row.get("name"),
+        firing: row.get::<_, String>("state") == "firing",
+        version: row.get("version"),
+        since_ms: row.get("since_ms"),
+        last_notified_ms: row.get("last_notified_ms"),
+    }
+}
+
+pub(super) fn job_summary(row: &Row) -> Result<JobSummary> {
+    Ok(JobSummary {
+        id: row.get("id"),
+        instance: row.get("locked_by"),
+        kind: row.get("kind"),
+        event_id: row.get("event_id"),
+        rule: row.get("rule"),
+        status: row.get("status"),
+        attempt: row.get::<_, i32>("attempt") as u32,
+        max_attempts: row.get::<_, i32>("max_attempts") as u32,
+        last_error: row.get("last_error"),
+        payload: parse_json(&row.get::<_, String>("payload"))?,
+        result: row
+            .get::<_, Option<String>>("result")
+            .and_then(|text| serde_json::from_str(&text).ok()),
+    })
+}
+
+/// Records one evaluation inside `tx`; false (and nothing written) if the lease was lost.
+pub(super) async fn record_evaluation(
+    tx: &deadpool_postgres::Transaction<'_>,
+    job: &Job,
+    evaluation: &Evaluation,
+    me: &str,
+) -> Result<bool> {
+    if !end_job(tx, job, "succeeded", me).await? {
+        return Ok(false);
+    }
+    for run in &evaluation.rule_runs {
+        tx.execute(
+            "INSERT INTO rule_runs (event_id, rule, outcome, actions, error) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (event_id, rule) DO UPDATE SET outcome = excluded.outcome,
+                actions = excluded.actions, error = excluded.error",
+            &[&job.event_id, &run.rule, &run.outcome, &(run.actions as i32), &run.error],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    for new_job in &evaluation.jobs {
+        insert_job(tx, new_job).await?;
+    }
+    for call in &evaluation.alerts {
+        // The alert's row is locked for the rest of the transaction: instances that
+        // evaluate the same alert at once take turns, and each decides from the state
+        // the other left, so one incident posts once.
+        tx.execute(
+            &format!(
+                "INSERT INTO alerts (name, state, version, since_ms, last_notified_ms, event_id)
+                 VALUES ($1, 'ok', 0, {NOW_MS}, NULL, $2) ON CONFLICT (name) DO NOTHING"
+            ),
+            &[&call.name, &job.event_id],
+        )
+        .await
+        .map_err(backend)?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "SELECT name, state, version, since_ms, last_notified_ms, {NOW_MS} AS now
+                     FROM alerts WHERE name = $1 FOR UPDATE"
+                ),
+                &[&call.name],
+            )
+            .await
+            .map_err(backend)?;
+        let stored = alert_state(&row);
+        // A row just made for the lock is no state yet.
+        let previous = (stored.version > 0).then_some(&stored);
+        let now: i64 = row.get("now");
+        let transition = (evaluation.decide_alert)(previous, call, now);
+        if let Some(state) = &transition.new_state {
+            tx.execute(
+                "UPDATE alerts SET state = $2, version = $3, since_ms = $4, last_notified_ms = $5,
+                    event_id = $6 WHERE name = $1",
+                &[
+                    &state.name,
+                    &if state.firing { "firing" } else { "ok" },
+                    &state.version,
+                    &state.since_ms,
+                    &state.last_notified_ms,
+                    &job.event_id,
+                ],
+            )
+            .await
+            .map_err(backend)?;
+        }
+        if let Some((key, payload)) = transition.post {
+            let post = call.post_job(job, key, payload, evaluation.alert_max_attempts);
+            insert_job(tx, &post).await?;
+        }
+    }
+    tx.execute(
+        "UPDATE events SET status = 'evaluated' WHERE id = $1",
+        &[&job.event_id],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(true)
+}

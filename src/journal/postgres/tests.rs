@@ -1,0 +1,71 @@
+//! What only the PostgreSQL journal does: leases that its instance renews, taken over
+//! when they run out, and fenced finishing writes.
+
+use std::time::Duration;
+
+use crate::journal::contract::{event, TestStore};
+use crate::journal::{Evaluation, FirstJob, FollowUp, Job, JobOutcome, Queue};
+
+fn claim_one(journal: &crate::journal::Journal) -> Option<Job> {
+    journal.claim(Queue::Evaluate, 1, 60_000).unwrap().pop()
+}
+
+#[test]
+fn a_held_lease_is_renewed_and_an_abandoned_one_is_taken_over() {
+    let Some(store) = TestStore::postgres() else {
+        return;
+    };
+    let a = store.open();
+    let b = store.open();
+    a.append(&event("dbt:a"), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    let held = claim_one(&a).expect("a claims");
+    // Past the lease: a renews what it holds, so b finds nothing.
+    std::thread::sleep(Duration::from_millis(1_600));
+    assert!(claim_one(&b).is_none(), "a held lease was taken over");
+    // a gives it up (it could not finish it): it runs out and b takes it.
+    a.abandon(&held);
+    std::thread::sleep(Duration::from_millis(1_600));
+    let taken = claim_one(&b).expect("b takes the job over");
+    assert_eq!((taken.id, taken.attempt), (held.id, 2));
+}
+
+#[test]
+fn a_finish_after_the_lease_was_lost_is_discarded() {
+    let Some(store) = TestStore::postgres() else {
+        return;
+    };
+    let a = store.open();
+    let b = store.open();
+    a.append(&event("dbt:a"), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    let stale = claim_one(&a).unwrap();
+    // a stalls (no renewal), b takes over.
+    a.abandon(&stale);
+    std::thread::sleep(Duration::from_millis(1_600));
+    let current = claim_one(&b).unwrap();
+    // a wakes up and reports: fenced off, nothing written, no further attempt.
+    let outcome = JobOutcome::Dead {
+        error: "late".into(),
+    };
+    assert_eq!(
+        a.finish(&stale, &outcome, &FollowUp::default()).unwrap(),
+        None
+    );
+    assert_eq!(
+        a.finish_evaluations(&[(stale.clone(), Evaluation::default())])
+            .unwrap(),
+        vec![false]
+    );
+    assert!(b.jobs(Some("dead"), 10).unwrap().is_empty());
+    assert_eq!(
+        b.finish_evaluations(&[(current, Evaluation::default())])
+            .unwrap(),
+        vec![true]
+    );
+    let shown = b.events(10, None).unwrap();
+    assert_eq!(shown[0].status, "evaluated");
+    assert!(shown[0].instance.is_some());
+}

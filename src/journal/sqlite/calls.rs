@@ -1,0 +1,418 @@
+//! The [`JournalStore`] calls of [`SqliteJournal`]: each one transaction (or one read).
+
+use std::sync::Arc;
+
+use rusqlite::{params, OptionalExtension};
+
+use super::committer::{Durability, COMMIT_THREAD_STOPPED};
+use super::schema::NOW_MS;
+use super::sql::*;
+use super::{body, exec, SqliteJournal};
+use crate::event::Event;
+use crate::journal::{
+    replay_suffix, stage_job, AlertState, AppendTicket, Evaluation, EventSummary, FirstJob,
+    FollowUp, Job, JobOutcome, JobSummary, JournalError, JournalStore, KeyedJob, OutcomeColumns,
+    Queue, Released, Replay, RuleRun,
+};
+
+impl JournalStore for SqliteJournal {
+    fn append(&self, event: &Event, first_job: FirstJob) -> AppendTicket {
+        self.queue_append(event, first_job, None)
+    }
+
+    fn append_shared(&self, event: Arc<Event>, first_job: FirstJob) -> AppendTicket {
+        let keep = (first_job.queue == Queue::Evaluate).then(|| Arc::clone(&event));
+        self.queue_append(&event, first_job, keep)
+    }
+
+    fn check_writable(&self) -> Result<(), JournalError> {
+        // Intake can only journal through the commit thread.
+        if !self.committer.as_ref().is_some_and(|c| !c.is_finished()) {
+            return Err(JournalError::Commit(COMMIT_THREAD_STOPPED.into()));
+        }
+        self.watch.verify()?;
+        if let Some(error) = self.watch.last_commit_error() {
+            // The last commit failed: try one (a row of its own) to learn whether the
+            // journal has recovered, rather than report the past forever.
+            self.write(|tx| {
+                exec(
+                    tx,
+                    &format!(
+                        "INSERT INTO health (id, checked_ms) VALUES (1, {NOW_MS})
+                         ON CONFLICT (id) DO UPDATE SET checked_ms = excluded.checked_ms"
+                    ),
+                    [],
+                )?;
+                Ok(())
+            })
+            .map_err(|_| JournalError::Commit(format!("the last commit failed: {error}")))?;
+        }
+        self.with(|conn| {
+            // Takes the write lock and gives it back: fails if another process holds the
+            // lock for too long.
+            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+            Ok(())
+        })
+    }
+
+    fn event(&self, id: &str) -> Result<Option<Event>, JournalError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT id, source, type, received_at, chain_depth, body FROM events WHERE id = ?1",
+            )?;
+            let mut rows = statement.query([id])?;
+            let Some(row) = rows.next()? else {
+                return Ok(None);
+            };
+            let header = body::Header {
+                id: row.get(0)?,
+                source: row.get(1)?,
+                kind: row.get(2)?,
+                received_at: row.get(3)?,
+                chain_depth: row.get(4)?,
+            };
+            body::decode_event(header, row.get_ref(5)?).map(Some)
+        })
+    }
+
+    fn event_to_evaluate(&self, id: &str) -> Result<Option<Arc<Event>>, JournalError> {
+        if let Some(event) = self.recent.lock().take(id) {
+            return Ok(Some(event));
+        }
+        Ok(self.event(id)?.map(Arc::new))
+    }
+
+    fn events(
+        &self,
+        limit: usize,
+        status: Option<&str>,
+    ) -> Result<Vec<EventSummary>, JournalError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT id, type, received_at, status FROM events
+                 WHERE (?1 IS NULL OR status = ?1) ORDER BY rowid DESC LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![status, limit as i64], |row| {
+                Ok(EventSummary {
+                    id: row.get(0)?,
+                    instance: None,
+                    kind: row.get(1)?,
+                    received_at: row.get(2)?,
+                    status: row.get(3)?,
+                    rules: Vec::new(),
+                    actions: Vec::new(),
+                })
+            })?;
+            let mut events = rows.collect::<Result<Vec<_>, _>>()?;
+            let mut rules = conn.prepare(
+                "SELECT rule, outcome, actions, error FROM rule_runs WHERE event_id = ?1 ORDER BY rule",
+            )?;
+            let mut jobs = conn.prepare(
+                "SELECT * FROM jobs WHERE event_id = ?1 AND queue = 'action' ORDER BY id",
+            )?;
+            for event in &mut events {
+                event.rules = rules
+                    .query_map([&event.id], |row| {
+                        Ok(RuleRun {
+                            rule: row.get(0)?,
+                            outcome: row.get(1)?,
+                            actions: row.get::<_, i64>(2)? as usize,
+                            error: row.get(3)?,
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                for row in jobs.query_map([&event.id], job_summary)? {
+                    let (mut summary, payload) = row?;
+                    summary.payload = parse_json(&payload)?;
+                    event.actions.push(summary);
+                }
+            }
+            Ok(events)
+        })
+    }
+
+    fn claim(&self, queue: Queue, limit: usize, lease_ms: u64) -> Result<Vec<Job>, JournalError> {
+        let durability = match queue {
+            Queue::Evaluate => Durability::Deferred,
+            Queue::Enrich | Queue::Action => Durability::Synced,
+        };
+        self.write_as(durability, |tx| claim_in(tx, queue, limit, lease_ms))
+    }
+
+    fn next_due_in(&self, queue: Queue) -> Result<Option<u64>, JournalError> {
+        self.read(|conn| {
+            let due: Option<i64> =
+                conn.query_row(&NEXT_DUE_SQL, [queue.as_str()], |row| row.get(0))?;
+            Ok(due.map(|ms| ms.max(0) as u64))
+        })
+    }
+
+    fn finish(
+        &self,
+        job: &Job,
+        outcome: &JobOutcome,
+        follow_up: &FollowUp,
+    ) -> Result<Option<String>, JournalError> {
+        self.write(|tx| {
+            let OutcomeColumns {
+                status,
+                result,
+                error,
+                delay_ms,
+            } = outcome.columns(job);
+            let updated = exec(tx,
+                &format!(
+                    "UPDATE jobs SET status = ?1,
+                        last_error = ?2,
+                        errors = CASE WHEN ?2 IS NULL THEN errors
+                                      ELSE json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?2)) END,
+                        scheduled_at = CASE WHEN ?1 IN ('retrying', 'pending') THEN {NOW_MS} + ?3 ELSE scheduled_at END,
+                        -- A wait is not an attempt: give back the one the claim counted.
+                        attempt = CASE WHEN ?1 = 'pending' THEN attempt - 1 ELSE attempt END,
+                        finished_at = CASE WHEN ?1 IN ('succeeded', 'dead') THEN {NOW_MS} ELSE NULL END,
+                        lease_until = NULL,
+                        result = COALESCE(?6, result)
+                     WHERE id = ?4 AND status = 'running' AND attempt = ?5"
+                ),
+                params![status, error, delay_ms as i64, job.id, job.attempt, result],
+            )?;
+            if updated != 1 {
+                return Ok(None);
+            }
+            if let Some(event) = &follow_up.event {
+                insert_event(tx, &EventRow::new(event)?, FirstJob::EVALUATE)?;
+            }
+            if let Some(next) = &follow_up.job {
+                insert_job(tx, next)?;
+            }
+            Ok(Some(status.to_string()))
+        })
+    }
+
+    fn job_by_key(&self, job_key: &str) -> Result<Option<KeyedJob>, JournalError> {
+        self.read(|conn| {
+            let row: Option<(String, Option<String>)> = conn
+                .prepare_cached("SELECT status, result FROM jobs WHERE job_key = ?1")?
+                .query_row([job_key], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            Ok(row.map(|(status, result)| KeyedJob {
+                status,
+                result: result.and_then(|text| serde_json::from_str(&text).ok()),
+            }))
+        })
+    }
+
+    fn finish_enrichment(&self, job: &Job, event: &Event) -> Result<bool, JournalError> {
+        // The row is about to change: no copy from before may be evaluated.
+        self.recent.lock().take(&event.id);
+        self.write(|tx| {
+            if !end_job(tx, job, "succeeded")? {
+                return Ok(false);
+            }
+            // The body holds all but the row's columns; the type and depth are written
+            // too, so that the row stays the whole event whatever enrichment changes.
+            let body = body::encode_event(event)?;
+            tx.execute(
+                "UPDATE events SET body = ?1, type = ?3, chain_depth = ?4 WHERE id = ?2",
+                params![body, event.id, event.kind, event.chain_depth],
+            )?;
+            // A replayed enrichment carries the replay's number on to its evaluation.
+            let suffix = replay_suffix(&job.payload);
+            insert_job(
+                tx,
+                &stage_job(
+                    FirstJob::EVALUATE,
+                    &event.id,
+                    suffix.as_deref(),
+                    job.payload.clone(),
+                ),
+            )?;
+            Ok(true)
+        })
+    }
+
+    fn finish_evaluations(&self, batch: &[(Job, Evaluation)]) -> Result<Vec<bool>, JournalError> {
+        self.queue_evaluations(batch, 0, 0)
+            .map(|(recorded, _)| recorded)
+    }
+
+    fn finish_evaluations_and_claim(
+        &self,
+        batch: &[(Job, Evaluation)],
+        limit: usize,
+        lease_ms: u64,
+    ) -> Result<(Vec<bool>, Vec<Job>), JournalError> {
+        // Committed by the commit thread, with whatever intake has queued.
+        self.queue_evaluations(batch, limit, lease_ms)
+    }
+
+    fn queue_replay(&self, event_id: &str, replay: &Replay) -> Result<i64, JournalError> {
+        self.write(|tx| {
+            let exists: Option<i64> = tx
+                .query_row("SELECT 1 FROM events WHERE id = ?1", [event_id], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            if exists.is_none() {
+                return Err(JournalError::NotFound(format!(
+                    "no journaled event with id {event_id}"
+                )));
+            }
+            let replays: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE event_id = ?1 AND queue = 'evaluate'",
+                [event_id],
+                |row| row.get(0),
+            )?;
+            // A replay is a new evaluation: its key (and so its action keys) differ from
+            // the first evaluation's, so the actions run again.
+            let mut payload = serde_json::json!({ "replay": replays });
+            if let Some(rule) = &replay.rule {
+                payload["rule"] = serde_json::json!(rule);
+            }
+            let inserted = insert_job(
+                tx,
+                &stage_job(
+                    replay.first,
+                    event_id,
+                    Some(&format!("replay{replays}")),
+                    payload,
+                ),
+            )?;
+            if !inserted {
+                return Err(JournalError::Invalid(format!(
+                    "a replay of {event_id} is already queued"
+                )));
+            }
+            let id = tx.last_insert_rowid();
+            Ok(id)
+        })
+    }
+
+    fn release_running(&self) -> Result<Released, JournalError> {
+        self.write(|tx| {
+            // The attempt that was running counts: with none left, the job is dead.
+            let dead = tx.execute(
+                &format!(
+                    "UPDATE jobs SET status = 'dead', lease_until = NULL, finished_at = {NOW_MS},
+                        last_error = ?1,
+                        errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?1))
+                     WHERE status = 'running' AND attempt >= max_attempts"
+                ),
+                [INTERRUPTED],
+            )?;
+            let again = tx.execute(
+                &format!(
+                    "UPDATE jobs SET status = 'retrying', lease_until = NULL, scheduled_at = {NOW_MS},
+                        last_error = ?1,
+                        errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?1))
+                     WHERE status = 'running'"
+                ),
+                [INTERRUPTED],
+            )?;
+            Ok(Released { again, dead })
+        })
+    }
+
+    fn jobs(&self, status: Option<&str>, limit: usize) -> Result<Vec<JobSummary>, JournalError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT * FROM jobs
+                 WHERE (queue = 'action' OR status IN ('dead', 'retrying'))
+                   AND (?1 IS NULL OR status = ?1)
+                 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let mut jobs = Vec::new();
+            for row in statement.query_map(params![status, limit as i64], job_summary)? {
+                let (mut summary, payload) = row?;
+                summary.payload = parse_json(&payload)?;
+                jobs.push(summary);
+            }
+            Ok(jobs)
+        })
+    }
+
+    fn retry(&self, job_id: i64) -> Result<(), JournalError> {
+        self.write(|tx| {
+            let status: Option<String> = tx
+                .query_row("SELECT status FROM jobs WHERE id = ?1", [job_id], |row| {
+                    row.get(0)
+                })
+                .optional()?;
+            match status.as_deref() {
+                None => Err(JournalError::NotFound(format!(
+                    "no action with id {job_id}"
+                ))),
+                Some("dead") => {
+                    tx.execute(
+                        &format!(
+                            "UPDATE jobs SET status = 'pending', max_attempts = attempt + 1,
+                                scheduled_at = {NOW_MS}, finished_at = NULL
+                             WHERE id = ?1 AND status = 'dead'"
+                        ),
+                        [job_id],
+                    )?;
+                    Ok(())
+                }
+                Some(other) => Err(JournalError::Invalid(format!(
+                    "action {job_id} is {other}; only dead actions can be retried"
+                ))),
+            }
+        })
+    }
+
+    fn backlog(&self) -> Result<u64, JournalError> {
+        self.read(|conn| Ok(conn.query_row(BACKLOG_SQL, [], |row| row.get::<_, i64>(0))? as u64))
+    }
+
+    fn alerts(&self) -> Result<Vec<AlertState>, JournalError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT name, state, version, since_ms, last_notified_ms FROM alerts ORDER BY name",
+            )?;
+            let rows = statement.query_map([], alert_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn reset_alert(&self, name: &str) -> Result<Option<bool>, JournalError> {
+        self.write(|tx| {
+            let Some(state) = load_alert(tx, name)? else {
+                return Ok(None);
+            };
+            if !state.firing {
+                return Ok(Some(false));
+            }
+            exec(
+                tx,
+                &format!(
+                    "UPDATE alerts SET state = 'ok', version = version + 1, since_ms = {NOW_MS}
+                     WHERE name = ?1"
+                ),
+                [name],
+            )?;
+            Ok(Some(true))
+        })
+    }
+
+    fn prune(&self, days: u32) -> Result<usize, JournalError> {
+        self.recent.lock().clear();
+        self.write(|tx| {
+            let cutoff = format!("{NOW_MS} - {}", i64::from(days) * 86_400_000);
+            tx.execute_batch(&format!(
+                "CREATE TEMP TABLE IF NOT EXISTS prunable (id TEXT PRIMARY KEY);
+                 DELETE FROM prunable;
+                 INSERT INTO prunable SELECT id FROM events e
+                   WHERE e.received_ms < {cutoff}
+                     AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_id = e.id
+                                     AND j.status IN ('pending', 'retrying', 'running'));
+                 DELETE FROM rule_runs WHERE event_id IN (SELECT id FROM prunable);
+                 DELETE FROM jobs WHERE event_id IN (SELECT id FROM prunable);"
+            ))?;
+            let pruned = tx.execute(
+                "DELETE FROM events WHERE id IN (SELECT id FROM prunable)",
+                [],
+            )?;
+            Ok(pruned)
+        })
+    }
+}
