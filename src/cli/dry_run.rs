@@ -14,7 +14,7 @@ use crate::rules::engine::build_engine;
 use crate::rules::lint::{check_names, KnownFunctions};
 use crate::rules::load::{load_dir, load_files};
 use crate::rules::RuleError;
-use crate::rules::RuleOutcome;
+use crate::rules::RuleResult;
 use crate::rules::RuleSet;
 
 /// The config for `check`: the file if there is one, with its secrets read (check says
@@ -170,7 +170,7 @@ pub fn not_enriched_note(event: &Event) -> Option<String> {
 /// `alert(..)` call would do given `alerts`. False if a rule failed.
 fn print_outcomes(
     event: &Event,
-    outcomes: &[RuleOutcome],
+    outcomes: &[RuleResult],
     alerts: &[AlertState],
     json_lines: bool,
 ) -> anyhow::Result<bool> {

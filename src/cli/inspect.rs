@@ -5,7 +5,7 @@
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::journal::{self, EventSummary, FirstJob, JobSummary, Journal, Replay};
+use crate::journal::{self, EventSummary, FirstJob, JobStatus, JobSummary, Journal, Replay};
 
 /// The journal the config names; it must exist (a mistyped path creates nothing). The
 /// error names the path once.
@@ -87,7 +87,7 @@ pub fn show_event(config: &Config, id: &str) -> anyhow::Result<bool> {
 
 pub fn list_actions(
     config: &Config,
-    status: Option<&str>,
+    status: Option<JobStatus>,
     limit: usize,
     json: bool,
 ) -> anyhow::Result<bool> {
@@ -268,8 +268,11 @@ pub async fn follow(config: &Config, json: bool) -> anyhow::Result<bool> {
             }
         }
         for job in jobs.iter().rev() {
-            let changed = job_states.insert(job.id, job.status.clone()) != Some(job.status.clone());
-            let outcome = matches!(job.status.as_str(), "succeeded" | "dead" | "retrying");
+            let changed = job_states.insert(job.id, job.status) != Some(job.status);
+            let outcome = matches!(
+                job.status,
+                JobStatus::Succeeded | JobStatus::Dead | JobStatus::Retrying
+            );
             if changed && outcome && !first {
                 if json {
                     let mut line = serde_json::to_value(job)?;

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::config;
+use crate::journal::JobStatus;
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -85,7 +86,7 @@ pub enum Command {
     Actions {
         /// Only actions with this status.
         #[arg(long, value_enum)]
-        status: Option<JobStatus>,
+        status: Option<JobStatusArg>,
         #[arg(long, default_value_t = 50)]
         limit: usize,
         /// One JSON object a line.
@@ -136,9 +137,9 @@ pub enum EventStatus {
     Evaluated,
 }
 
-/// A job's status, for `actions --status` (SPEC section 6).
+/// A job's status, for `actions --status` (README, "Operating").
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum JobStatus {
+pub enum JobStatusArg {
     Pending,
     Running,
     Retrying,
@@ -155,14 +156,14 @@ impl EventStatus {
     }
 }
 
-impl JobStatus {
-    fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::Pending => "pending",
-            JobStatus::Running => "running",
-            JobStatus::Retrying => "retrying",
-            JobStatus::Succeeded => "succeeded",
-            JobStatus::Dead => "dead",
+impl From<JobStatusArg> for JobStatus {
+    fn from(status: JobStatusArg) -> JobStatus {
+        match status {
+            JobStatusArg::Pending => JobStatus::Pending,
+            JobStatusArg::Running => JobStatus::Running,
+            JobStatusArg::Retrying => JobStatus::Retrying,
+            JobStatusArg::Succeeded => JobStatus::Succeeded,
+            JobStatusArg::Dead => JobStatus::Dead,
         }
     }
 }
@@ -274,7 +275,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             json,
         } => {
             let config = config::load_without_secrets(config_path.as_deref())?;
-            inspect::list_actions(&config, status.map(JobStatus::as_str), limit, json)
+            inspect::list_actions(&config, status.map(JobStatus::from), limit, json)
         }
         Command::Alerts { reset, json } => {
             let config = config::load_without_secrets(config_path.as_deref())?;

@@ -513,7 +513,7 @@ mod tests {
             _: &Job,
             _: &JobOutcome,
             _: &crate::journal::FollowUp,
-        ) -> Result<Option<String>, JournalError> {
+        ) -> Result<Option<crate::journal::JobStatus>, JournalError> {
             down()
         }
         fn job_by_key(&self, _: &str) -> Result<Option<crate::journal::KeyedJob>, JournalError> {
@@ -531,7 +531,11 @@ mod tests {
         fn release_running(&self) -> Result<crate::journal::Released, JournalError> {
             down()
         }
-        fn jobs(&self, _: Option<&str>, _: usize) -> Result<Vec<JobSummary>, JournalError> {
+        fn jobs(
+            &self,
+            _: Option<crate::journal::JobStatus>,
+            _: usize,
+        ) -> Result<Vec<JobSummary>, JournalError> {
             down()
         }
         fn retry(&self, _: i64) -> Result<(), JournalError> {

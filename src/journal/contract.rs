@@ -13,7 +13,8 @@ use serde_json::json;
 
 use super::{
     AlertCall, AlertState, AlertTransition, Appended, Evaluation, FirstJob, FollowUp, Job,
-    JobOutcome, Journal, NewJob, PostgresJournal, Queue, Replay, RuleRun, SqliteJournal,
+    JobOutcome, JobStatus, Journal, NewJob, PostgresJournal, Queue, Replay, RuleOutcome, RuleRun,
+    SqliteJournal,
 };
 use crate::event::{Event, Source};
 
@@ -221,7 +222,7 @@ fn an_evaluation_is_recorded_once_and_identical_calls_coalesce(store: &TestStore
     let evaluation = Evaluation {
         rule_runs: vec![RuleRun {
             rule: "r".into(),
-            outcome: "fired".into(),
+            outcome: RuleOutcome::Fired,
             actions: 2,
             error: None,
         }],
@@ -268,7 +269,7 @@ fn retries_then_dead_then_a_manual_retry(store: &TestStore) {
         journal
             .finish(&job, &retry, &FollowUp::default())
             .unwrap()
-            .as_deref(),
+            .map(JobStatus::as_str),
         Some("retrying")
     );
     let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
@@ -280,14 +281,17 @@ fn retries_then_dead_then_a_manual_retry(store: &TestStore) {
         job: None,
     };
     assert_eq!(
-        journal.finish(&job, &retry, &follow_up).unwrap().as_deref(),
+        journal
+            .finish(&job, &retry, &follow_up)
+            .unwrap()
+            .map(JobStatus::as_str),
         Some("dead")
     );
     assert!(
         journal.event("freshet:action.failed:1").unwrap().is_some(),
         "dead jobs emit their event"
     );
-    let dead = journal.jobs(Some("dead"), 10).unwrap();
+    let dead = journal.jobs(Some(JobStatus::Dead), 10).unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].last_error.as_deref(), Some("HTTP 500"));
     journal.retry(job.id).unwrap();
@@ -301,7 +305,7 @@ fn retries_then_dead_then_a_manual_retry(store: &TestStore) {
                 &FollowUp::default()
             )
             .unwrap()
-            .as_deref(),
+            .map(JobStatus::as_str),
         Some("succeeded")
     );
     let done = &journal.jobs(None, 10).unwrap()[0];
@@ -338,7 +342,7 @@ fn a_wait_spends_no_attempt(store: &TestStore) {
                     &FollowUp::default()
                 )
                 .unwrap()
-                .as_deref(),
+                .map(JobStatus::as_str),
             Some("pending")
         );
     }
@@ -457,7 +461,7 @@ fn a_job_that_keeps_stopping_the_process_ends_dead_and_holds_nothing_back(store:
     loop {
         journal = store.crash(journal);
         if journal
-            .jobs(Some("dead"), 10)
+            .jobs(Some(JobStatus::Dead), 10)
             .unwrap()
             .iter()
             .any(|j| j.event_id == "dbt:poison")
@@ -485,7 +489,7 @@ fn a_job_that_keeps_stopping_the_process_ends_dead_and_holds_nothing_back(store:
         crashes += 1;
         assert!(crashes <= 6, "the poison job never ended");
     }
-    let dead = journal.jobs(Some("dead"), 10).unwrap();
+    let dead = journal.jobs(Some(JobStatus::Dead), 10).unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!((dead[0].attempt, dead[0].max_attempts), (5, 5));
     assert!(dead[0]
@@ -557,7 +561,7 @@ fn finishing_evaluations_claims_the_next_batch(store: &TestStore) {
     let fired = Evaluation {
         rule_runs: vec![RuleRun {
             rule: "r".into(),
-            outcome: "fired".into(),
+            outcome: RuleOutcome::Fired,
             actions: 1,
             error: None,
         }],

@@ -48,7 +48,7 @@ pub struct RuleSet {
 
 /// What one rule did with one event.
 #[derive(Debug)]
-pub struct RuleOutcome {
+pub struct RuleResult {
     pub rule: String,
     pub calls: Vec<RecordedCall>,
     pub logs: Vec<(usize, String)>,
@@ -59,7 +59,7 @@ pub struct RuleOutcome {
 impl RuleSet {
     /// Runs every rule on `event`. A rule that fails is stopped and reported; the others
     /// still run. Blocking: call it off the async workers.
-    pub fn evaluate(&self, engine: &Engine, event: &Value, vars: &Value) -> Vec<RuleOutcome> {
+    pub fn evaluate(&self, engine: &Engine, event: &Value, vars: &Value) -> Vec<RuleResult> {
         self.evaluate_only(engine, || event.clone(), vars, None)
     }
 
@@ -71,7 +71,7 @@ impl RuleSet {
         event: impl FnOnce() -> Value,
         vars: &Value,
         only: Option<&str>,
-    ) -> Vec<RuleOutcome> {
+    ) -> Vec<RuleResult> {
         let rules: Vec<&Arc<Rule>> = self
             .rules
             .values()
@@ -95,7 +95,7 @@ fn to_dynamic(value: &Value) -> Dynamic {
     rhai::serde::to_dynamic(value).unwrap_or(Dynamic::UNIT)
 }
 
-fn evaluate_rule(engine: &Engine, rule: &Rule, event: &Dynamic, vars: &Dynamic) -> RuleOutcome {
+fn evaluate_rule(engine: &Engine, rule: &Rule, event: &Dynamic, vars: &Dynamic) -> RuleResult {
     let mut scope = Scope::new();
     scope.push_constant("event", event.clone());
     scope.push_constant("vars", vars.clone());
@@ -114,7 +114,7 @@ fn evaluate_rule(engine: &Engine, rule: &Rule, event: &Dynamic, vars: &Dynamic) 
         ));
     }
     match result {
-        Ok(()) => RuleOutcome {
+        Ok(()) => RuleResult {
             rule: rule.name.clone(),
             calls: recording.calls,
             logs: recording.logs,
@@ -122,7 +122,7 @@ fn evaluate_rule(engine: &Engine, rule: &Rule, event: &Dynamic, vars: &Dynamic) 
         },
         Err(error) => {
             let message = describe(&error);
-            RuleOutcome {
+            RuleResult {
                 rule: rule.name.clone(),
                 calls: Vec::new(),
                 logs: recording.logs,
@@ -173,7 +173,7 @@ mod tests {
         (dir, engine, set)
     }
 
-    fn outcome<'a>(outcomes: &'a [RuleOutcome], rule: &str) -> &'a RuleOutcome {
+    fn outcome<'a>(outcomes: &'a [RuleResult], rule: &str) -> &'a RuleResult {
         outcomes.iter().find(|o| o.rule == rule).unwrap()
     }
 

@@ -20,7 +20,7 @@ use crate::actions::tableau::Tableau;
 use crate::actions::{ActionRequest, Services};
 use crate::config::Config;
 use crate::event::{now_rfc3339, Event, Source};
-use crate::journal::{blocking, FollowUp, Job, JobOutcome, Journal, Queue};
+use crate::journal::{blocking, FollowUp, Job, JobOutcome, JobStatus, Journal, Queue};
 use crate::metrics::{ActionLabels, KindLabels, Metrics};
 
 /// Actions running at once, all services together.
@@ -214,7 +214,7 @@ async fn thread_of_alert(
         .ok()
         .flatten();
     let thread_ts = match announcing {
-        Some(job) if matches!(job.status.as_str(), "pending" | "running" | "retrying") => {
+        Some(job) if job.status.is_open() => {
             return Err(JobOutcome::Wait {
                 delay_ms: THREAD_WAIT_MS,
             })
@@ -260,17 +260,17 @@ async fn finish(shared: &Shared, job: &Job, outcome: JobOutcome, mut follow_up: 
         .await
     };
     match status {
-        Ok(Some(status)) if status == "pending" => {}
+        Ok(Some(JobStatus::Pending)) => {}
         Ok(Some(status)) => {
             shared
                 .metrics
                 .actions
                 .get_or_create(&ActionLabels {
                     kind: job.kind.clone(),
-                    outcome: status.clone(),
+                    outcome: status.to_string(),
                 })
                 .inc();
-            if status == "dead" {
+            if status == JobStatus::Dead {
                 tracing::error!(action = %job.kind, job_id = job.id, event_id = %job.event_id,
                     rule = job.rule.as_deref().unwrap_or("-"), "Action is dead; `freshet retry` queues it again.");
             }

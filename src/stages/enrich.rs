@@ -20,7 +20,7 @@ use crate::actions::client::ActionError;
 use crate::actions::mode::{Mode, RowsError};
 use crate::config::{Config, ModeConfig};
 use crate::event::Event;
-use crate::journal::{blocking, FollowUp, Job, JobOutcome, Journal, Queue};
+use crate::journal::{blocking, FollowUp, Job, JobOutcome, JobStatus, Journal, Queue};
 
 use super::act::failure_if_dead;
 use super::{next_jobs, Wakes};
@@ -115,7 +115,7 @@ impl EnrichWorker {
         };
         let id = job.id;
         match blocking(&self.journal, move |j| j.finish(&job, &outcome, &follow_up)).await {
-            Ok(Some(status)) if status == "dead" => {
+            Ok(Some(JobStatus::Dead)) => {
                 tracing::error!(
                     job_id = id,
                     "Mode enrichment is dead; `freshet retry` queues it again."

@@ -10,10 +10,12 @@ use tokio_util::sync::CancellationToken;
 use super::{next_jobs, Wakes};
 use crate::config::Config;
 use crate::event::Event;
-use crate::journal::{blocking, job_key, Evaluation, Job, Journal, NewJob, Queue, RuleRun};
+use crate::journal::{
+    blocking, job_key, Evaluation, Job, Journal, NewJob, Queue, RuleOutcome, RuleRun,
+};
 use crate::metrics::{Metrics, RuleLabels};
 use crate::rules::watch::Rules;
-use crate::rules::RuleOutcome;
+use crate::rules::RuleResult;
 
 /// Events at this chain depth (freshet reacting to its own events) queue no more actions.
 pub const MAX_CHAIN_DEPTH: u32 = 3;
@@ -202,7 +204,7 @@ fn event_ids(batch: &[(Job, Evaluation)]) -> Vec<String> {
 pub fn build_evaluation(
     job: &Job,
     event: &Event,
-    outcomes: &[RuleOutcome],
+    outcomes: &[RuleResult],
     config: &Config,
     metrics: &Metrics,
 ) -> Evaluation {
@@ -232,7 +234,7 @@ pub fn build_evaluation(
                 error = %error, "Rule failed; its calls were dropped.");
             evaluation.rule_runs.push(RuleRun {
                 rule: outcome.rule.clone(),
-                outcome: "error".into(),
+                outcome: RuleOutcome::Error,
                 actions: 0,
                 error: Some(error.to_string()),
             });
@@ -244,9 +246,9 @@ pub fn build_evaluation(
         evaluation.rule_runs.push(RuleRun {
             rule: outcome.rule.clone(),
             outcome: if too_deep {
-                "suppressed".into()
+                RuleOutcome::Suppressed
             } else {
-                "fired".into()
+                RuleOutcome::Fired
             },
             actions: outcome.calls.len(),
             error: too_deep.then(|| {

@@ -9,8 +9,8 @@ use super::{backend, PostgresJournal, Shared, APPEND_TIMEOUT, CALL_TIMEOUT, INTE
 use crate::event::Event;
 use crate::journal::{
     isolate_retried, replay_suffix, stage_job, AlertState, AppendTicket, Evaluation, EventSummary,
-    FirstJob, FollowUp, Job, JobOutcome, JobSummary, JournalError, JournalStore, KeyedJob,
-    OutcomeColumns, Queue, Released, Replay, RuleRun, WorkWaker,
+    FirstJob, FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError, JournalStore,
+    KeyedJob, OutcomeColumns, Queue, Released, Replay, RuleRun, WorkWaker,
 };
 
 type Result<T> = std::result::Result<T, JournalError>;
@@ -249,7 +249,7 @@ impl JournalStore for PostgresJournal {
         job: &Job,
         outcome: &JobOutcome,
         follow_up: &FollowUp,
-    ) -> Result<Option<String>> {
+    ) -> Result<Option<JobStatus>> {
         static SQL: LazyLock<String> = LazyLock::new(|| {
             format!(
                 "UPDATE jobs SET status = $1,
@@ -302,11 +302,11 @@ impl JournalStore for PostgresJournal {
             if let Some(next) = &follow_up.job {
                 insert_job(&tx, next).await?;
             }
-            if status != "succeeded" && status != "dead" {
-                notify(&tx, Queue::parse(&job.queue).unwrap_or(Queue::Action)).await?;
+            if status.is_open() {
+                notify(&tx, job.queue).await?;
             }
             tx.commit().await.map_err(backend)?;
-            Ok(Some(status.to_string()))
+            Ok(Some(status))
         })
     }
 
@@ -443,9 +443,8 @@ impl JournalStore for PostgresJournal {
         Ok(Released::default())
     }
 
-    fn jobs(&self, status: Option<&str>, limit: usize) -> Result<Vec<JobSummary>> {
+    fn jobs(&self, status: Option<JobStatus>, limit: usize) -> Result<Vec<JobSummary>> {
         let shared = self.shared();
-        let status = status.map(String::from);
         self.run(CALL_TIMEOUT, async move {
             let client = shared.client().await?;
             let rows = client
@@ -479,8 +478,8 @@ impl JournalStore for PostgresJournal {
                     "no action with id {job_id}"
                 )));
             };
-            let status: String = row.get(0);
-            if status != "dead" {
+            let status: JobStatus = row.get(0);
+            if status != JobStatus::Dead {
                 return Err(JournalError::Invalid(format!(
                     "action {job_id} is {status}; only dead actions can be retried"
                 )));
@@ -494,8 +493,7 @@ impl JournalStore for PostgresJournal {
             )
             .await
             .map_err(backend)?;
-            let queue: String = row.get(1);
-            notify(&tx, Queue::parse(&queue).unwrap_or(Queue::Action)).await?;
+            notify(&tx, row.get::<_, Queue>(1)).await?;
             tx.commit().await.map_err(backend)?;
             Ok(())
         })

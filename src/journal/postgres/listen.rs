@@ -42,7 +42,7 @@ pub(super) async fn listen(shared: Arc<Shared>, stop: CancellationToken) {
                         note = notes.recv() => {
                             let Some(queue) = note else { break };
                             let waker = shared.waker.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                            if let (Some(waker), Some(queue)) = (waker, Queue::parse(&queue)) {
+                            if let (Some(waker), Some(queue)) = (waker, Queue::parse(&queue).ok()) {
                                 waker(queue);
                             }
                         }

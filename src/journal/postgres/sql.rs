@@ -5,14 +5,15 @@ use std::sync::LazyLock;
 
 use deadpool_postgres::GenericClient;
 use serde_json::Value;
+use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 use tokio_postgres::Row;
 
 use super::backend;
 use super::schema::{NOW_MS, WORK_CHANNEL};
 use crate::event::Event;
 use crate::journal::{
-    stage_job, AlertState, Appended, Evaluation, FirstJob, Job, JobSummary, JournalError, NewJob,
-    Queue,
+    stage_job, AlertState, Appended, Evaluation, FirstJob, Job, JobStatus, JobSummary,
+    JournalError, NewJob, Queue, RuleOutcome,
 };
 
 type Result<T> = std::result::Result<T, JournalError>;
@@ -246,3 +247,39 @@ pub(super) async fn record_evaluation(
     .map_err(backend)?;
     Ok(true)
 }
+
+/// Job statuses, queues and rule outcomes are stored as their names (`text`).
+macro_rules! stored_as_text {
+    ($($name:ty),*) => {$(
+        impl ToSql for $name {
+            fn to_sql(
+                &self,
+                ty: &Type,
+                out: &mut bytes::BytesMut,
+            ) -> std::result::Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+                self.as_str().to_sql(ty, out)
+            }
+
+            fn accepts(ty: &Type) -> bool {
+                <&str as ToSql>::accepts(ty)
+            }
+
+            to_sql_checked!();
+        }
+
+        impl<'a> FromSql<'a> for $name {
+            fn from_sql(
+                ty: &Type,
+                raw: &'a [u8],
+            ) -> std::result::Result<Self, Box<dyn std::error::Error + Sync + Send>> {
+                Ok(<$name>::parse(<&str as FromSql>::from_sql(ty, raw)?)?)
+            }
+
+            fn accepts(ty: &Type) -> bool {
+                <&str as FromSql>::accepts(ty)
+            }
+        }
+    )*};
+}
+
+stored_as_text!(JobStatus, Queue, RuleOutcome);

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::journal::contract::{event, TestStore};
-use crate::journal::{Evaluation, FirstJob, FollowUp, Job, JobOutcome, Queue};
+use crate::journal::{Evaluation, FirstJob, FollowUp, Job, JobOutcome, JobStatus, Queue};
 
 fn claim_one(journal: &crate::journal::Journal) -> Option<Job> {
     journal.claim(Queue::Evaluate, 1, 60_000).unwrap().pop()
@@ -59,7 +59,7 @@ fn a_finish_after_the_lease_was_lost_is_discarded() {
             .unwrap(),
         vec![false]
     );
-    assert!(b.jobs(Some("dead"), 10).unwrap().is_empty());
+    assert!(b.jobs(Some(JobStatus::Dead), 10).unwrap().is_empty());
     assert_eq!(
         b.finish_evaluations(&[(current, Evaluation::default())])
             .unwrap(),

@@ -11,8 +11,8 @@ use super::{body, exec, SqliteJournal};
 use crate::event::Event;
 use crate::journal::{
     replay_suffix, stage_job, AlertState, AppendTicket, Evaluation, EventSummary, FirstJob,
-    FollowUp, Job, JobOutcome, JobSummary, JournalError, JournalStore, KeyedJob, OutcomeColumns,
-    Queue, Released, Replay, RuleRun,
+    FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError, JournalStore, KeyedJob,
+    OutcomeColumns, Queue, Released, Replay, RuleRun,
 };
 
 impl JournalStore for SqliteJournal {
@@ -152,7 +152,7 @@ impl JournalStore for SqliteJournal {
         job: &Job,
         outcome: &JobOutcome,
         follow_up: &FollowUp,
-    ) -> Result<Option<String>, JournalError> {
+    ) -> Result<Option<JobStatus>, JournalError> {
         self.write(|tx| {
             let OutcomeColumns {
                 status,
@@ -185,13 +185,13 @@ impl JournalStore for SqliteJournal {
             if let Some(next) = &follow_up.job {
                 insert_job(tx, next)?;
             }
-            Ok(Some(status.to_string()))
+            Ok(Some(status))
         })
     }
 
     fn job_by_key(&self, job_key: &str) -> Result<Option<KeyedJob>, JournalError> {
         self.read(|conn| {
-            let row: Option<(String, Option<String>)> = conn
+            let row: Option<(JobStatus, Option<String>)> = conn
                 .prepare_cached("SELECT status, result FROM jobs WHERE job_key = ?1")?
                 .query_row([job_key], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
@@ -313,7 +313,11 @@ impl JournalStore for SqliteJournal {
         })
     }
 
-    fn jobs(&self, status: Option<&str>, limit: usize) -> Result<Vec<JobSummary>, JournalError> {
+    fn jobs(
+        &self,
+        status: Option<JobStatus>,
+        limit: usize,
+    ) -> Result<Vec<JobSummary>, JournalError> {
         self.read(|conn| {
             let mut statement = conn.prepare(
                 "SELECT * FROM jobs
@@ -333,16 +337,16 @@ impl JournalStore for SqliteJournal {
 
     fn retry(&self, job_id: i64) -> Result<(), JournalError> {
         self.write(|tx| {
-            let status: Option<String> = tx
+            let status: Option<JobStatus> = tx
                 .query_row("SELECT status FROM jobs WHERE id = ?1", [job_id], |row| {
                     row.get(0)
                 })
                 .optional()?;
-            match status.as_deref() {
+            match status {
                 None => Err(JournalError::NotFound(format!(
                     "no action with id {job_id}"
                 ))),
-                Some("dead") => {
+                Some(JobStatus::Dead) => {
                     tx.execute(
                         &format!(
                             "UPDATE jobs SET status = 'pending', max_attempts = attempt + 1,

@@ -6,12 +6,15 @@ use std::sync::LazyLock;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::Value;
 
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSqlOutput, ValueRef};
+use rusqlite::ToSql;
+
 use super::schema::NOW_MS;
 use super::{exec, now_ms};
 use crate::event::Event;
 use crate::journal::{
-    isolate_retried, stage_job, AlertState, Appended, Evaluation, FirstJob, Job, JobSummary,
-    JournalError, NewJob, Queue,
+    isolate_retried, stage_job, AlertState, Appended, Evaluation, FirstJob, Job, JobStatus,
+    JobSummary, JournalError, NewJob, Queue, RuleOutcome,
 };
 
 /// An event as the `events` table stores it, serialized once, before any lock is taken.
@@ -377,3 +380,22 @@ pub(super) fn claim_in(
     jobs.sort_by_key(|job| chosen.iter().position(|id| *id == job.id));
     Ok(jobs)
 }
+
+/// Job statuses, queues and rule outcomes are stored as their names.
+macro_rules! stored_as_text {
+    ($($name:ty),*) => {$(
+        impl ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+                Ok(ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl FromSql for $name {
+            fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+                <$name>::parse(value.as_str()?).map_err(|error| FromSqlError::Other(Box::new(error)))
+            }
+        }
+    )*};
+}
+
+stored_as_text!(JobStatus, Queue, RuleOutcome);

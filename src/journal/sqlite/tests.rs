@@ -8,7 +8,7 @@ use super::committer::commit_batch;
 use super::schema::MIGRATIONS;
 use super::*;
 use crate::journal::contract::event;
-use crate::journal::{Appended, FirstJob, JournalStore, Queue, Released, Replay};
+use crate::journal::{Appended, FirstJob, JobStatus, JournalStore, Queue, Released, Replay};
 
 /// A journal file's path in a new temp dir (the dir goes when dropped).
 fn temp_path() -> (tempfile::TempDir, PathBuf) {
@@ -88,7 +88,7 @@ fn an_expired_lease_with_no_attempts_left_is_dead() {
         .claim(Queue::Evaluate, 1, 60_000)
         .unwrap()
         .is_empty());
-    assert_eq!(journal.jobs(Some("dead"), 10).unwrap().len(), 1);
+    assert_eq!(journal.jobs(Some(JobStatus::Dead), 10).unwrap().len(), 1);
 }
 
 #[test]
@@ -497,7 +497,7 @@ fn only_unchanged_evaluate_first_events_are_kept_in_memory() {
     enriched.kind = "changed".into();
     let enrich_job = Job {
         id: 0,
-        queue: "enrich".into(),
+        queue: Queue::Enrich,
         kind: "mode_run".into(),
         event_id: "dbt:kept".into(),
         rule: None,

@@ -1,0 +1,441 @@
+//! The journal's vocabulary: what goes in (events' first jobs, new jobs, evaluations),
+//! what comes out (claimed jobs, summaries, alert states), and the typed names of job
+//! statuses, queues and rule outcomes that both backends store as text.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::JournalError;
+use crate::event::Event;
+
+/// Where a job is in its life; stored as its lowercase name (`as_str`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Waiting to be claimed (when `scheduled_at` is due).
+    Pending,
+    /// Claimed, under a lease.
+    Running,
+    /// An attempt failed; waiting for the next one.
+    Retrying,
+    Succeeded,
+    /// Failed for good: listed, and `freshet retry` queues it again.
+    Dead,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Retrying => "retrying",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Dead => "dead",
+        }
+    }
+
+    /// The status a row stores as `text`.
+    pub fn parse(text: &str) -> Result<JobStatus, JournalError> {
+        Ok(match text {
+            "pending" => JobStatus::Pending,
+            "running" => JobStatus::Running,
+            "retrying" => JobStatus::Retrying,
+            "succeeded" => JobStatus::Succeeded,
+            "dead" => JobStatus::Dead,
+            other => {
+                return Err(JournalError::Corrupt(format!(
+                    "a job has the unknown status {other:?}"
+                )))
+            }
+        })
+    }
+
+    /// Not ended yet: pending, running or retrying.
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            JobStatus::Pending | JobStatus::Running | JobStatus::Retrying
+        )
+    }
+}
+
+/// Statuses, queues and rule outcomes are shown (and stored) by name.
+macro_rules! shown_by_name {
+    ($($name:ty),*) => {$(
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )*};
+}
+
+shown_by_name!(JobStatus, Queue, RuleOutcome);
+
+/// A status, queue or outcome equals its name: `job.status == "dead"` reads as the
+/// listing prints it.
+macro_rules! equals_its_name {
+    ($($name:ty),*) => {$(
+        impl PartialEq<str> for $name {
+            fn eq(&self, name: &str) -> bool {
+                self.as_str() == name
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, name: &&str) -> bool {
+                self.as_str() == *name
+            }
+        }
+    )*};
+}
+
+equals_its_name!(JobStatus, Queue, RuleOutcome);
+
+/// What one rule did with one event; stored as its lowercase name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleOutcome {
+    /// It called at least one action.
+    Fired,
+    /// It failed; its calls were dropped.
+    Error,
+    /// It called actions on an event at the chain depth limit: none were queued.
+    Suppressed,
+}
+
+impl RuleOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleOutcome::Fired => "fired",
+            RuleOutcome::Error => "error",
+            RuleOutcome::Suppressed => "suppressed",
+        }
+    }
+
+    /// The outcome a row stores as `text`.
+    pub fn parse(text: &str) -> Result<RuleOutcome, JournalError> {
+        Ok(match text {
+            "fired" => RuleOutcome::Fired,
+            "error" => RuleOutcome::Error,
+            "suppressed" => RuleOutcome::Suppressed,
+            other => {
+                return Err(JournalError::Corrupt(format!(
+                    "a rule run has the unknown outcome {other:?}"
+                )))
+            }
+        })
+    }
+}
+
+/// The result of appending an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    New,
+    /// The id was already journaled; nothing was inserted.
+    Duplicate,
+}
+
+/// What [`JournalStore::release_running`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Released {
+    /// Jobs that will run again.
+    pub again: usize,
+    /// Jobs whose interrupted attempt was their last: now dead.
+    pub dead: usize,
+}
+
+/// The job an event is journaled with: `evaluate`, or `enrich` for a Mode run event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstJob {
+    pub queue: Queue,
+    pub max_attempts: u32,
+}
+
+impl FirstJob {
+    /// Evaluation is local: its attempts count only stops and crashes (poison events).
+    pub const EVALUATE: FirstJob = FirstJob {
+        queue: Queue::Evaluate,
+        max_attempts: 5,
+    };
+
+    /// Enrichment calls the Mode API and retries like an action (SPEC section 7).
+    pub fn enrich(max_attempts: u32) -> FirstJob {
+        FirstJob {
+            queue: Queue::Enrich,
+            max_attempts,
+        }
+    }
+}
+
+/// How to replay an event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replay {
+    /// `evaluate`, or `enrich` for a Mode event whose run was never fetched.
+    pub first: FirstJob,
+    /// Evaluate only this rule (`--rule NAME`).
+    pub rule: Option<String>,
+}
+
+/// Which worker takes a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Queue {
+    /// Fetch a Mode run (and its results) before the rules see the event.
+    Enrich,
+    /// Run the rules on an event.
+    Evaluate,
+    /// Call a service (Mode, Tableau, Slack).
+    Action,
+}
+
+impl Queue {
+    /// The queue a row (or a notification) names as `text`.
+    pub fn parse(text: &str) -> Result<Queue, JournalError> {
+        match text {
+            "enrich" => Ok(Queue::Enrich),
+            "evaluate" => Ok(Queue::Evaluate),
+            "action" => Ok(Queue::Action),
+            other => Err(JournalError::Corrupt(format!(
+                "a job is in the unknown queue {other:?}"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Queue::Enrich => "enrich",
+            Queue::Evaluate => "evaluate",
+            Queue::Action => "action",
+        }
+    }
+}
+
+/// A job to insert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    pub queue: Queue,
+    pub kind: String,
+    pub event_id: String,
+    pub rule: Option<String>,
+    /// Deterministic and unique: inserting the same key twice is a no-op.
+    pub job_key: String,
+    /// Identical not-yet-started calls share this key and are merged.
+    pub coalesce_key: Option<String>,
+    pub payload: Value,
+    pub max_attempts: u32,
+}
+
+/// A claimed job, leased to this worker until it finishes or the lease runs out.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub id: i64,
+    pub queue: Queue,
+    pub kind: String,
+    pub event_id: String,
+    pub rule: Option<String>,
+    pub payload: Value,
+    /// 1 on the first attempt. Together with `id` it identifies this lease.
+    pub attempt: u32,
+    pub max_attempts: u32,
+}
+
+/// How an attempt at a job ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobOutcome {
+    /// Done; the value (if any) is kept as the job's result.
+    Succeeded(Option<Value>),
+    /// Try again after `delay_ms`; becomes dead when the attempts are used up.
+    Retry { delay_ms: u64, error: String },
+    /// Final failure.
+    Dead { error: String },
+    /// Nothing went wrong, but the job is not done: look again after `delay_ms` (polling
+    /// a Tableau job, waiting for another job). Not an attempt: it spends none.
+    Wait { delay_ms: u64 },
+}
+
+/// How an outcome is written to its job's row, the same in every backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutcomeColumns {
+    /// The job's new status: succeeded, pending (a wait), retrying or dead.
+    pub status: JobStatus,
+    /// The result to keep (a success's value, as JSON text).
+    pub result: Option<String>,
+    /// The attempt's error, added to the job's errors.
+    pub error: Option<String>,
+    /// When the job is due again (retrying, waiting), in ms from now.
+    pub delay_ms: u64,
+}
+
+impl JobOutcome {
+    /// Whether this outcome of an attempt at `job` ends it dead: a final failure, or a
+    /// retry with no attempts left.
+    pub fn ends_dead(&self, job: &Job) -> bool {
+        match self {
+            JobOutcome::Dead { .. } => true,
+            JobOutcome::Retry { .. } => job.attempt >= job.max_attempts,
+            JobOutcome::Succeeded(_) | JobOutcome::Wait { .. } => false,
+        }
+    }
+
+    /// How this outcome of an attempt at `job` is written.
+    pub fn columns(&self, job: &Job) -> OutcomeColumns {
+        let status = match self {
+            _ if self.ends_dead(job) => JobStatus::Dead,
+            JobOutcome::Succeeded(_) => JobStatus::Succeeded,
+            JobOutcome::Wait { .. } => JobStatus::Pending,
+            JobOutcome::Retry { .. } | JobOutcome::Dead { .. } => JobStatus::Retrying,
+        };
+        let result = match self {
+            JobOutcome::Succeeded(Some(value)) => Some(value.to_string()),
+            _ => None,
+        };
+        let (error, delay_ms) = match self {
+            JobOutcome::Succeeded(_) => (None, 0),
+            JobOutcome::Wait { delay_ms } => (None, *delay_ms),
+            JobOutcome::Retry { delay_ms, error } => (Some(error.clone()), *delay_ms),
+            JobOutcome::Dead { error } => (Some(error.clone()), 0),
+        };
+        OutcomeColumns {
+            status,
+            result,
+            error,
+            delay_ms,
+        }
+    }
+}
+
+impl AlertCall {
+    /// The Slack post an alert transition queues, for the event `job` evaluated.
+    pub fn post_job(&self, job: &Job, key: String, payload: Value, max_attempts: u32) -> NewJob {
+        NewJob {
+            queue: Queue::Action,
+            kind: "slack_post".into(),
+            event_id: job.event_id.clone(),
+            rule: Some(self.rule.clone()),
+            job_key: key,
+            coalesce_key: None,
+            payload,
+            max_attempts: max_attempts.max(1),
+        }
+    }
+}
+
+/// What a finished attempt writes besides its own outcome, in the same transaction: an
+/// event it emits (`freshet.action.failed`, `tableau.refresh.completed`) with its
+/// `evaluate` job, and a job it starts (following a Tableau refresh).
+#[derive(Debug, Clone, Default)]
+pub struct FollowUp {
+    pub event: Option<Event>,
+    pub job: Option<NewJob>,
+}
+
+/// A job's state, looked up by its key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyedJob {
+    pub status: JobStatus,
+    pub result: Option<Value>,
+}
+
+/// What one rule did with one event.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RuleRun {
+    pub rule: String,
+    pub outcome: RuleOutcome,
+    pub actions: usize,
+    pub error: Option<String>,
+}
+
+/// Everything an evaluation decided, written in one transaction.
+#[derive(Debug, Clone)]
+pub struct Evaluation {
+    pub rule_runs: Vec<RuleRun>,
+    pub jobs: Vec<NewJob>,
+    pub alerts: Vec<AlertCall>,
+    /// `max_attempts` for the Slack posts that alert transitions queue.
+    pub alert_max_attempts: u32,
+    /// Decides each alert call's transition from the state stored when the transaction
+    /// reads it (the evaluate stage's `alerts::transition`): the journal applies it and
+    /// knows nothing of alerts itself.
+    pub decide_alert: AlertDecider,
+}
+
+impl Default for Evaluation {
+    fn default() -> Self {
+        Evaluation {
+            rule_runs: Vec::new(),
+            jobs: Vec::new(),
+            alerts: Vec::new(),
+            alert_max_attempts: 1,
+            decide_alert: |_, _, _| AlertTransition::default(),
+        }
+    }
+}
+
+/// What an alert call does: the state to store (if it changes) and the post to queue
+/// (its job key and payload).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AlertTransition {
+    pub new_state: Option<AlertState>,
+    pub post: Option<(String, Value)>,
+}
+
+/// Decides an alert call's transition from the stored state, at a time (ms).
+pub type AlertDecider = fn(Option<&AlertState>, &AlertCall, i64) -> AlertTransition;
+
+/// A call to `alert(..)`: the transition is decided inside the evaluation's transaction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertCall {
+    pub rule: String,
+    pub name: String,
+    pub firing: bool,
+    /// What to post when the alert starts firing (or renotifies). The resolved message
+    /// is `Resolved: <name>` and does not use it.
+    pub text: String,
+    pub channel: Option<String>,
+    pub renotify_minutes: Option<u64>,
+    pub resolve: bool,
+}
+
+/// Stored state of one alert.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertState {
+    pub name: String,
+    pub firing: bool,
+    pub version: i64,
+    pub since_ms: i64,
+    pub last_notified_ms: Option<i64>,
+}
+
+/// One line of `freshet events`.
+#[derive(Debug, Clone, Serialize)]
+pub struct EventSummary {
+    pub id: String,
+    /// The instance that journaled it (a shared journal only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub received_at: String,
+    pub status: String,
+    pub rules: Vec<RuleRun>,
+    pub actions: Vec<JobSummary>,
+}
+
+/// One line of `freshet actions`.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobSummary {
+    pub id: i64,
+    /// The instance that ran (or runs) it (a shared journal only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    pub kind: String,
+    pub event_id: String,
+    pub rule: Option<String>,
+    pub status: JobStatus,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub last_error: Option<String>,
+    pub payload: Value,
+    pub result: Option<Value>,
+}
