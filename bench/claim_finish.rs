@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use freshet::event::{Event, Source};
 use freshet::journal::{
-    Evaluation, FirstJob, FollowUp, JobOutcome, JournalStore, Queue, SqliteJournal,
+    Evaluation, FirstJob, FollowUp, JobOutcome, Queue, SqliteJournal, StageQueue,
 };
 
 /// Jobs claimed and finished per measurement.

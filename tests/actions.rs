@@ -4,7 +4,7 @@
 
 mod support;
 
-use freshet::journal::{JobSummary, JournalStore, SqliteJournal};
+use freshet::journal::{Admin, JobSummary, SqliteJournal};
 use support::fake::{
     FakeMode, FakeSlack, FakeTableau, Reply, SLACK_BOT_TOKEN, SLACK_WEBHOOK_PATH,
     TABLEAU_PAT_SECRET,

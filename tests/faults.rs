@@ -3,7 +3,7 @@
 
 mod support;
 
-use freshet::journal::{JournalStore, SqliteJournal};
+use freshet::journal::{Admin, SqliteJournal};
 use support::fake::{FakeSlack, Reply, SLACK_WEBHOOK_PATH};
 use support::{dbt_completed, eventually, send_dbt, sign, Daemon, Setup};
 

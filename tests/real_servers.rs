@@ -51,7 +51,7 @@ fn show(daemon: &Daemon, id: &str) -> Value {
 
 /// The job rows of the journal, as `freshet actions --json` would give them.
 fn jobs(daemon: &Daemon) -> Vec<freshet::journal::JobSummary> {
-    use freshet::journal::JournalStore;
+    use freshet::journal::Admin;
     freshet::journal::SqliteJournal::open_existing(&daemon.dir.join("journal.db"))
         .unwrap()
         .jobs(None, 1000)

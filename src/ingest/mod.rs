@@ -478,28 +478,22 @@ fn respond(
 mod tests {
     use super::*;
     use crate::journal::{
-        AlertState, AppendTicket, Evaluation, EventSummary, Job, JobOutcome, JobSummary,
-        JournalError, JournalStore, Queue,
+        Admin, AlertState, AppendTicket, Evaluation, EventSummary, Job, JobOutcome, JobSummary,
+        JournalError, Operations, Queue, StageQueue,
     };
 
     /// A journal whose disk is gone: every call fails.
     struct BrokenJournal;
 
     fn down<T>() -> Result<T, JournalError> {
-        Err(JournalError::Invalid("disk I/O error".into()))
+        Err(JournalError::unavailable("disk I/O error"))
     }
 
-    impl JournalStore for BrokenJournal {
+    impl StageQueue for BrokenJournal {
         fn append(&self, _: &Event, _: FirstJob) -> AppendTicket {
             AppendTicket::ready(down())
         }
-        fn check_writable(&self) -> Result<(), JournalError> {
-            down()
-        }
         fn event(&self, _: &str) -> Result<Option<Event>, JournalError> {
-            down()
-        }
-        fn events(&self, _: usize, _: Option<&str>) -> Result<Vec<EventSummary>, JournalError> {
             down()
         }
         fn claim(&self, _: Queue, _: usize, _: u64) -> Result<Vec<Job>, JournalError> {
@@ -525,10 +519,13 @@ mod tests {
         fn finish_evaluations(&self, _: &[(Job, Evaluation)]) -> Result<Vec<bool>, JournalError> {
             down()
         }
-        fn queue_replay(&self, _: &str, _: &crate::journal::Replay) -> Result<i64, JournalError> {
+    }
+
+    impl Admin for BrokenJournal {
+        fn events(&self, _: usize, _: Option<&str>) -> Result<Vec<EventSummary>, JournalError> {
             down()
         }
-        fn release_running(&self) -> Result<crate::journal::Released, JournalError> {
+        fn queue_replay(&self, _: &str, _: &crate::journal::Replay) -> Result<i64, JournalError> {
             down()
         }
         fn jobs(
@@ -541,13 +538,22 @@ mod tests {
         fn retry(&self, _: i64) -> Result<(), JournalError> {
             down()
         }
-        fn backlog(&self) -> Result<u64, JournalError> {
-            down()
-        }
         fn alerts(&self) -> Result<Vec<AlertState>, JournalError> {
             down()
         }
         fn reset_alert(&self, _: &str) -> Result<Option<bool>, JournalError> {
+            down()
+        }
+    }
+
+    impl Operations for BrokenJournal {
+        fn check_writable(&self) -> Result<(), JournalError> {
+            down()
+        }
+        fn release_running(&self) -> Result<crate::journal::Released, JournalError> {
+            down()
+        }
+        fn backlog(&self) -> Result<u64, JournalError> {
             down()
         }
         fn prune(&self, _: u32) -> Result<usize, JournalError> {

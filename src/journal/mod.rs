@@ -29,24 +29,53 @@ pub use sqlite::SqliteJournal;
 /// Shared handle on the journal, used by every stage.
 pub type Journal = Arc<dyn JournalStore>;
 
-/// Why the journal could not do what was asked.
+/// Why the journal could not do what was asked. Callers decide by the kind: a refusal
+/// says nothing about the journal's health (`/healthz` ignores it), an unavailable journal
+/// is a 503 and a retry later, corrupt data and a failed open stop the command.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("journal database error: {0}")]
-    Database(#[from] rusqlite::Error),
-    #[error("cannot open the journal {path}: {message}")]
-    Open { path: String, message: String },
+    /// The request does not fit the journal's state: no such job, an action that is not
+    /// dead, a journal not set up yet, a value that cannot be stored.
+    #[error("{0}")]
+    Refused(String),
+    /// The journal cannot be read or written now: a statement or a commit failed, the
+    /// file went away, PostgreSQL is unreachable. The message says which.
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
+    /// Data in the journal is not what this freshet writes or knows.
     #[error("journal data is corrupt: {0}")]
     Corrupt(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("the journal could not commit: {0}")]
-    Commit(String),
-    /// PostgreSQL failed or cannot be reached (the message says so).
-    #[error("{0}")]
-    Backend(String),
+    /// The journal could not be opened (or created) at all.
+    #[error("cannot open the journal {path}: {message}")]
+    Open { path: String, message: String },
+}
+
+impl JournalError {
+    /// The journal cannot be used now, for the reason `message` gives.
+    pub fn unavailable(message: impl Into<String>) -> JournalError {
+        JournalError::Unavailable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A commit that did not happen.
+    pub fn commit_failed(message: impl std::fmt::Display) -> JournalError {
+        JournalError::unavailable(format!("the journal could not commit: {message}"))
+    }
+}
+
+impl From<rusqlite::Error> for JournalError {
+    fn from(error: rusqlite::Error) -> JournalError {
+        JournalError::Unavailable {
+            message: format!("journal database error: {error}"),
+            source: Some(Box::new(error)),
+        }
+    }
 }
 
 /// The answer to [`JournalStore::append`], given once the transaction that holds the event
@@ -86,9 +115,9 @@ impl AppendTicket {
     ) -> Result<Appended, JournalError> {
         match received {
             Ok(Ok(appended)) => Ok(appended),
-            Ok(Err(message)) => Err(JournalError::Commit(message)),
-            Err(_) => Err(JournalError::Commit(
-                "the journal closed before the event was committed".into(),
+            Ok(Err(message)) => Err(JournalError::commit_failed(message)),
+            Err(_) => Err(JournalError::commit_failed(
+                "the journal closed before the event was committed",
             )),
         }
     }
@@ -104,9 +133,9 @@ impl AppendReply {
 /// Wakes the stage that takes jobs of a queue (when another instance queued work).
 pub type WorkWaker = Arc<dyn Fn(Queue) + Send + Sync>;
 
-/// The journal interface every backend implements. Methods other than `append` are
-/// blocking; async callers go through [`blocking`].
-pub trait JournalStore: Send + Sync + 'static {
+/// What the stages use: intake's append, claiming jobs, finishing them with what they
+/// cause. Blocking but for `append`; async callers go through [`blocking`].
+pub trait StageQueue: Send + Sync {
     /// Queues the event and its first job (`enrich` for Mode run events, else `evaluate`)
     /// to be inserted in one transaction, and returns at once without blocking. The ticket
     /// answers after that transaction is committed: a known id inserts nothing and answers
@@ -120,9 +149,6 @@ pub trait JournalStore: Send + Sync + 'static {
         self.append(&event, first_job)
     }
 
-    /// Fails when the journal cannot be written (for `/healthz`).
-    fn check_writable(&self) -> Result<(), JournalError>;
-
     /// An event by id, as last written (enriched fields included).
     fn event(&self, id: &str) -> Result<Option<Event>, JournalError>;
 
@@ -131,10 +157,6 @@ pub trait JournalStore: Send + Sync + 'static {
     fn event_to_evaluate(&self, id: &str) -> Result<Option<Arc<Event>>, JournalError> {
         Ok(self.event(id)?.map(Arc::new))
     }
-
-    /// Newest first, optionally only events with `status`.
-    fn events(&self, limit: usize, status: Option<&str>)
-        -> Result<Vec<EventSummary>, JournalError>;
 
     /// Claims up to `limit` due jobs of `queue`, leasing them for `lease_ms`. A job that
     /// was tried before is claimed alone (it may be the one that stopped the process), and
@@ -188,14 +210,25 @@ pub trait JournalStore: Send + Sync + 'static {
         Ok((recorded, claimed))
     }
 
+    /// Gives up a claimed job without an outcome (its event could not be read, its task
+    /// failed): it runs again when its lease ends. A backend that renews leases
+    /// (PostgreSQL) stops renewing this one; SQLite's leases simply run out.
+    fn abandon(&self, _job: &Job) {}
+
+    /// Asks to be woken when another process queues work (PostgreSQL: `LISTEN`). The
+    /// stages poll as well, so a backend without notifications does nothing here.
+    fn on_work(&self, _waker: WorkWaker) {}
+}
+
+/// What the CLI (and the console) read and steer: listings, replay, retry, alert resets.
+pub trait Admin: Send + Sync {
+    /// Newest first, optionally only events with `status`.
+    fn events(&self, limit: usize, status: Option<&str>)
+        -> Result<Vec<EventSummary>, JournalError>;
+
     /// Queues a new evaluation of a journaled event (`freshet replay`), or a new
     /// enrichment that is followed by one; returns the job's id.
     fn queue_replay(&self, event_id: &str, replay: &Replay) -> Result<i64, JournalError>;
-
-    /// Makes every `running` job claimable again (called at start: with SQLite only one
-    /// process uses the journal, so they were left by a crash). The interrupted attempt
-    /// counts: a job with no attempts left is dead instead.
-    fn release_running(&self) -> Result<Released, JournalError>;
 
     /// Jobs of the action queue, newest first, optionally by status.
     fn jobs(
@@ -207,9 +240,6 @@ pub trait JournalStore: Send + Sync + 'static {
     /// Puts a dead job back to pending with one more attempt allowed.
     fn retry(&self, job_id: i64) -> Result<(), JournalError>;
 
-    /// Action jobs not yet finished (pending, retrying, running).
-    fn backlog(&self) -> Result<u64, JournalError>;
-
     /// Current state of every alert.
     fn alerts(&self) -> Result<Vec<AlertState>, JournalError>;
 
@@ -217,18 +247,24 @@ pub trait JournalStore: Send + Sync + 'static {
     /// state version, so a later transition posts as usual. None if there is no such
     /// alert; Some(false) if it was OK already.
     fn reset_alert(&self, name: &str) -> Result<Option<bool>, JournalError>;
+}
+
+/// What keeps the journal running: its health, the release at start, pruning, and who
+/// this process is in a shared journal.
+pub trait Operations: Send + Sync {
+    /// Fails when the journal cannot be written (for `/healthz`).
+    fn check_writable(&self) -> Result<(), JournalError>;
+
+    /// Makes every `running` job claimable again (called at start: with SQLite only one
+    /// process uses the journal, so they were left by a crash). The interrupted attempt
+    /// counts: a job with no attempts left is dead instead.
+    fn release_running(&self) -> Result<Released, JournalError>;
+
+    /// Action jobs not yet finished (pending, retrying, running).
+    fn backlog(&self) -> Result<u64, JournalError>;
 
     /// Deletes events older than `days` whose jobs are all finished; returns how many.
     fn prune(&self, days: u32) -> Result<usize, JournalError>;
-
-    /// Gives up a claimed job without an outcome (its event could not be read, its task
-    /// failed): it runs again when its lease ends. A backend that renews leases
-    /// (PostgreSQL) stops renewing this one; SQLite's leases simply run out.
-    fn abandon(&self, _job: &Job) {}
-
-    /// Asks to be woken when another process queues work (PostgreSQL: `LISTEN`). The
-    /// stages poll as well, so a backend without notifications does nothing here.
-    fn on_work(&self, _waker: WorkWaker) {}
 
     /// This process's name in a shared journal (who journaled an event, who ran a job);
     /// None when one process has the journal to itself.
@@ -236,6 +272,12 @@ pub trait JournalStore: Send + Sync + 'static {
         None
     }
 }
+
+/// The whole journal, as every backend implements it: the three audiences' traits. The
+/// daemon holds one as [`Journal`]; a caller imports the trait of its audience.
+pub trait JournalStore: StageQueue + Admin + Operations + 'static {}
+
+impl<T: StageQueue + Admin + Operations + 'static> JournalStore for T {}
 
 /// Opens the journal the config names for `freshet serve`: PostgreSQL with `url`
 /// (several instances share it), else the SQLite file (held exclusively). Blocking.
@@ -281,7 +323,7 @@ where
     tokio::task::spawn_blocking(move || call(journal.as_ref()))
         .await
         .unwrap_or_else(|join_error| {
-            Err(JournalError::Invalid(format!(
+            Err(JournalError::unavailable(format!(
                 "journal task failed: {join_error}"
             )))
         })

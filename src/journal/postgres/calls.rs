@@ -8,9 +8,9 @@ use super::sql::*;
 use super::{backend, PostgresJournal, Shared, APPEND_TIMEOUT, CALL_TIMEOUT, INTERRUPTED};
 use crate::event::Event;
 use crate::journal::{
-    isolate_retried, replay_suffix, stage_job, AlertState, AppendTicket, Evaluation, EventSummary,
-    FirstJob, FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError, JournalStore,
-    KeyedJob, OutcomeColumns, Queue, Released, Replay, RuleRun, WorkWaker,
+    isolate_retried, replay_suffix, stage_job, Admin, AlertState, AppendTicket, Evaluation,
+    EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError,
+    KeyedJob, Operations, OutcomeColumns, Queue, Released, Replay, RuleRun, StageQueue, WorkWaker,
 };
 
 type Result<T> = std::result::Result<T, JournalError>;
@@ -21,7 +21,7 @@ impl PostgresJournal {
     }
 }
 
-impl JournalStore for PostgresJournal {
+impl StageQueue for PostgresJournal {
     fn append(&self, event: &Event, first_job: FirstJob) -> AppendTicket {
         let (reply, ticket) = AppendTicket::new();
         let shared = self.shared();
@@ -36,7 +36,7 @@ impl JournalStore for PostgresJournal {
             })
             .await
             .unwrap_or_else(|_| {
-                Err(JournalError::Backend(format!(
+                Err(JournalError::unavailable(format!(
                     "PostgreSQL did not commit within {} s",
                     APPEND_TIMEOUT.as_secs()
                 )))
@@ -45,22 +45,6 @@ impl JournalStore for PostgresJournal {
             reply.send(appended.map_err(|error| error.to_string()));
         });
         ticket
-    }
-
-    fn check_writable(&self) -> Result<()> {
-        let shared = self.shared();
-        let last = shared.last_error();
-        self.run(CALL_TIMEOUT, async move {
-            let client = shared.client().await?;
-            client.execute("SELECT 1", &[]).await.map_err(backend)?;
-            Ok(())
-        })
-        .map_err(|error| match last {
-            Some(last) if last != error.to_string() => {
-                JournalError::Backend(format!("{error} (before that: {last})"))
-            }
-            _ => error,
-        })
     }
 
     fn event(&self, id: &str) -> Result<Option<Event>> {
@@ -77,60 +61,6 @@ impl JournalStore for PostgresJournal {
                     .map_err(|e| JournalError::Corrupt(e.to_string()))
             })
             .transpose()
-        })
-    }
-
-    fn events(&self, limit: usize, status: Option<&str>) -> Result<Vec<EventSummary>> {
-        let shared = self.shared();
-        let status = status.map(String::from);
-        self.run(CALL_TIMEOUT, async move {
-            let client = shared.client().await?;
-            let rows = client
-                .query(
-                    "SELECT id, type, received_at, status, instance FROM events
-                     WHERE ($1::text IS NULL OR status = $1)
-                     ORDER BY received_ms DESC, id DESC LIMIT $2",
-                    &[&status, &(limit as i64)],
-                )
-                .await
-                .map_err(backend)?;
-            let mut events = Vec::with_capacity(rows.len());
-            for row in rows {
-                let id: String = row.get("id");
-                let rules = client
-                    .query(
-                        "SELECT rule, outcome, actions, error FROM rule_runs WHERE event_id = $1 ORDER BY rule",
-                        &[&id],
-                    )
-                    .await
-                    .map_err(backend)?
-                    .iter()
-                    .map(|r| RuleRun {
-                        rule: r.get(0),
-                        outcome: r.get(1),
-                        actions: r.get::<_, i32>(2) as usize,
-                        error: r.get(3),
-                    })
-                    .collect();
-                let jobs = client
-                    .query(
-                        "SELECT * FROM jobs WHERE event_id = $1 AND queue = 'action' ORDER BY id",
-                        &[&id],
-                    )
-                    .await
-                    .map_err(backend)?;
-                let actions = jobs.iter().map(job_summary).collect::<Result<_>>()?;
-                events.push(EventSummary {
-                    instance: row.get("instance"),
-                    kind: row.get("type"),
-                    received_at: row.get("received_at"),
-                    status: row.get("status"),
-                    id,
-                    rules,
-                    actions,
-                });
-            }
-            Ok(events)
         })
     }
 
@@ -343,7 +273,7 @@ impl JournalStore for PostgresJournal {
                 return Ok(false);
             }
             let body =
-                serde_json::to_string(&event).map_err(|e| JournalError::Invalid(e.to_string()))?;
+                serde_json::to_string(&event).map_err(|e| JournalError::Refused(e.to_string()))?;
             tx.execute(
                 "UPDATE events SET body = $1 WHERE id = $2",
                 &[&body, &event.id],
@@ -388,6 +318,74 @@ impl JournalStore for PostgresJournal {
         })
     }
 
+    fn abandon(&self, job: &Job) {
+        self.shared.held().remove(&job.id);
+    }
+
+    fn on_work(&self, waker: WorkWaker) {
+        *self
+            .shared
+            .waker
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(waker);
+    }
+}
+
+impl Admin for PostgresJournal {
+    fn events(&self, limit: usize, status: Option<&str>) -> Result<Vec<EventSummary>> {
+        let shared = self.shared();
+        let status = status.map(String::from);
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let rows = client
+                .query(
+                    "SELECT id, type, received_at, status, instance FROM events
+                     WHERE ($1::text IS NULL OR status = $1)
+                     ORDER BY received_ms DESC, id DESC LIMIT $2",
+                    &[&status, &(limit as i64)],
+                )
+                .await
+                .map_err(backend)?;
+            let mut events = Vec::with_capacity(rows.len());
+            for row in rows {
+                let id: String = row.get("id");
+                let rules = client
+                    .query(
+                        "SELECT rule, outcome, actions, error FROM rule_runs WHERE event_id = $1 ORDER BY rule",
+                        &[&id],
+                    )
+                    .await
+                    .map_err(backend)?
+                    .iter()
+                    .map(|r| RuleRun {
+                        rule: r.get(0),
+                        outcome: r.get(1),
+                        actions: r.get::<_, i32>(2) as usize,
+                        error: r.get(3),
+                    })
+                    .collect();
+                let jobs = client
+                    .query(
+                        "SELECT * FROM jobs WHERE event_id = $1 AND queue = 'action' ORDER BY id",
+                        &[&id],
+                    )
+                    .await
+                    .map_err(backend)?;
+                let actions = jobs.iter().map(job_summary).collect::<Result<_>>()?;
+                events.push(EventSummary {
+                    instance: row.get("instance"),
+                    kind: row.get("type"),
+                    received_at: row.get("received_at"),
+                    status: row.get("status"),
+                    id,
+                    rules,
+                    actions,
+                });
+            }
+            Ok(events)
+        })
+    }
+
     fn queue_replay(&self, event_id: &str, replay: &Replay) -> Result<i64> {
         let shared = self.shared();
         let event_id = event_id.to_string();
@@ -400,7 +398,7 @@ impl JournalStore for PostgresJournal {
                 .await
                 .map_err(backend)?;
             if exists.is_none() {
-                return Err(JournalError::NotFound(format!(
+                return Err(JournalError::Refused(format!(
                     "no journaled event with id {event_id}"
                 )));
             }
@@ -423,7 +421,7 @@ impl JournalStore for PostgresJournal {
                 payload,
             );
             if !insert_job(&tx, &job).await? {
-                return Err(JournalError::Invalid(format!(
+                return Err(JournalError::Refused(format!(
                     "a replay of {event_id} is already queued"
                 )));
             }
@@ -435,12 +433,6 @@ impl JournalStore for PostgresJournal {
             tx.commit().await.map_err(backend)?;
             Ok(id)
         })
-    }
-
-    fn release_running(&self) -> Result<Released> {
-        // With several instances, a running job belongs to its instance until its lease
-        // runs out; then a claim takes it over (or ends it, with no attempts left).
-        Ok(Released::default())
     }
 
     fn jobs(&self, status: Option<JobStatus>, limit: usize) -> Result<Vec<JobSummary>> {
@@ -474,13 +466,11 @@ impl JournalStore for PostgresJournal {
                 .await
                 .map_err(backend)?;
             let Some(row) = row else {
-                return Err(JournalError::NotFound(format!(
-                    "no action with id {job_id}"
-                )));
+                return Err(JournalError::Refused(format!("no action with id {job_id}")));
             };
             let status: JobStatus = row.get(0);
             if status != JobStatus::Dead {
-                return Err(JournalError::Invalid(format!(
+                return Err(JournalError::Refused(format!(
                     "action {job_id} is {status}; only dead actions can be retried"
                 )));
             }
@@ -496,22 +486,6 @@ impl JournalStore for PostgresJournal {
             notify(&tx, row.get::<_, Queue>(1)).await?;
             tx.commit().await.map_err(backend)?;
             Ok(())
-        })
-    }
-
-    fn backlog(&self) -> Result<u64> {
-        let shared = self.shared();
-        self.run(CALL_TIMEOUT, async move {
-            let client = shared.client().await?;
-            let count: i64 = client
-                .query_one(
-                    "SELECT COUNT(*) FROM jobs WHERE queue = 'action' AND status IN ('pending', 'retrying', 'running')",
-                    &[],
-                )
-                .await
-                .map_err(backend)?
-                .get(0);
-            Ok(count as u64)
         })
     }
 
@@ -561,6 +535,46 @@ impl JournalStore for PostgresJournal {
             Ok(Some(true))
         })
     }
+}
+
+impl Operations for PostgresJournal {
+    fn check_writable(&self) -> Result<()> {
+        let shared = self.shared();
+        let last = shared.last_error();
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            client.execute("SELECT 1", &[]).await.map_err(backend)?;
+            Ok(())
+        })
+        .map_err(|error| match last {
+            Some(last) if last != error.to_string() => {
+                JournalError::unavailable(format!("{error} (before that: {last})"))
+            }
+            _ => error,
+        })
+    }
+
+    fn release_running(&self) -> Result<Released> {
+        // With several instances, a running job belongs to its instance until its lease
+        // runs out; then a claim takes it over (or ends it, with no attempts left).
+        Ok(Released::default())
+    }
+
+    fn backlog(&self) -> Result<u64> {
+        let shared = self.shared();
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let count: i64 = client
+                .query_one(
+                    "SELECT COUNT(*) FROM jobs WHERE queue = 'action' AND status IN ('pending', 'retrying', 'running')",
+                    &[],
+                )
+                .await
+                .map_err(backend)?
+                .get(0);
+            Ok(count as u64)
+        })
+    }
 
     fn prune(&self, days: u32) -> Result<usize> {
         let shared = self.shared();
@@ -595,18 +609,6 @@ impl JournalStore for PostgresJournal {
             tx.commit().await.map_err(backend)?;
             Ok(pruned as usize)
         })
-    }
-
-    fn abandon(&self, job: &Job) {
-        self.shared.held().remove(&job.id);
-    }
-
-    fn on_work(&self, waker: WorkWaker) {
-        *self
-            .shared
-            .waker
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(waker);
     }
 
     fn instance(&self) -> Option<String> {

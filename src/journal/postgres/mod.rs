@@ -99,29 +99,34 @@ pub enum Role {
 }
 
 /// A PostgreSQL error, with its causes (tokio-postgres keeps the useful part in them).
-pub(super) fn backend(error: impl std::error::Error) -> JournalError {
+pub(super) fn backend(error: impl std::error::Error + Send + Sync + 'static) -> JournalError {
+    backend_as("PostgreSQL", error)
+}
+
+/// [`backend`] with the message's first words chosen by the caller.
+fn backend_as(what: &str, error: impl std::error::Error + Send + Sync + 'static) -> JournalError {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
         text = format!("{text}: {cause}");
         source = cause.source();
     }
-    JournalError::Backend(format!("PostgreSQL: {text}"))
+    JournalError::Unavailable {
+        message: format!("{what}: {text}"),
+        source: Some(Box::new(error)),
+    }
 }
 
 fn pool_error(error: deadpool_postgres::PoolError) -> JournalError {
     match error {
-        deadpool_postgres::PoolError::Timeout(_) => JournalError::Backend(format!(
+        deadpool_postgres::PoolError::Timeout(_) => JournalError::unavailable(format!(
             "PostgreSQL is unreachable (no connection within {} s)",
             CONNECT_TIMEOUT.as_secs()
         )),
         deadpool_postgres::PoolError::Backend(error) => {
-            let JournalError::Backend(text) = backend(error) else {
-                unreachable!("backend() makes a Backend error")
-            };
-            JournalError::Backend(text.replacen("PostgreSQL:", "PostgreSQL is unreachable:", 1))
+            backend_as("PostgreSQL is unreachable", error)
         }
-        other => JournalError::Backend(format!("PostgreSQL is unreachable: {other}")),
+        other => JournalError::unavailable(format!("PostgreSQL is unreachable: {other}")),
     }
 }
 
@@ -162,7 +167,7 @@ impl PostgresJournal {
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
-            .map_err(|e| JournalError::Backend(format!("PostgreSQL: {e}")))?;
+            .map_err(|e| JournalError::unavailable(format!("PostgreSQL: {e}")))?;
         let shared = Arc::new(Shared {
             pool,
             instance: instance_id(),
@@ -221,7 +226,7 @@ impl PostgresJournal {
             .spawn(async move {
                 let result = match tokio::time::timeout(timeout, call).await {
                     Ok(result) => result,
-                    Err(_) => Err(JournalError::Backend(format!(
+                    Err(_) => Err(JournalError::unavailable(format!(
                         "PostgreSQL did not answer within {} s",
                         timeout.as_secs()
                     ))),
@@ -232,8 +237,8 @@ impl PostgresJournal {
         // A std channel, not tokio's: this waits on any thread, the CLI's async main
         // thread included, without tokio's "blocking in a runtime" panic.
         rx.recv().unwrap_or_else(|_| {
-            Err(JournalError::Backend(
-                "the PostgreSQL journal's runtime stopped".into(),
+            Err(JournalError::unavailable(
+                "the PostgreSQL journal's runtime stopped",
             ))
         })
     }
@@ -260,7 +265,7 @@ impl Shared {
         match result {
             Ok(_) => *last = None,
             // Refusals (no such job) say nothing about the database.
-            Err(JournalError::NotFound(_) | JournalError::Invalid(_)) => {}
+            Err(JournalError::Refused(_)) => {}
             Err(error) => *last = Some(error.to_string()),
         }
     }

@@ -112,7 +112,7 @@ pub(super) async fn migrate(shared: &Shared, role: Role) -> Result<(), JournalEr
         )));
     }
     if version < known && role == Role::Command {
-        return Err(JournalError::Invalid(
+        return Err(JournalError::Refused(
             "the PostgreSQL journal is not set up yet: `freshet serve` creates its tables".into(),
         ));
     }

@@ -19,7 +19,7 @@ use crate::journal::{
 type Result<T> = std::result::Result<T, JournalError>;
 
 pub(super) fn json_text(value: &Value) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| JournalError::Invalid(e.to_string()))
+    serde_json::to_string(value).map_err(|e| JournalError::Refused(e.to_string()))
 }
 
 pub(super) fn parse_json(text: &str) -> Result<Value> {
@@ -93,7 +93,7 @@ pub(super) async fn insert_event(
              VALUES ($1, $2, $3, $4, {NOW_MS}, $5, 'received', $6, $7) ON CONFLICT (id) DO NOTHING"
         )
     });
-    let body = serde_json::to_string(event).map_err(|e| JournalError::Invalid(e.to_string()))?;
+    let body = serde_json::to_string(event).map_err(|e| JournalError::Refused(e.to_string()))?;
     let inserted = client
         .execute(
             SQL.as_str(),

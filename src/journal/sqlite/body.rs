@@ -106,7 +106,7 @@ pub(super) fn encode_event(event: &Event) -> Result<Vec<u8>, JournalError> {
         fields: &event.fields,
         raw: &event.raw,
     })
-    .map_err(|e| JournalError::Invalid(e.to_string()))?;
+    .map_err(|e| JournalError::Refused(e.to_string()))?;
     encode(&json)
 }
 
@@ -148,7 +148,7 @@ fn encode(json: &str) -> Result<Vec<u8>, JournalError> {
             Ok(stored)
         })
         .map_err(|error: std::io::Error| {
-            JournalError::Invalid(format!("cannot compress the event: {error}"))
+            JournalError::Refused(format!("cannot compress the event: {error}"))
         })
 }
 

@@ -10,12 +10,12 @@ use super::sql::*;
 use super::{body, exec, SqliteJournal};
 use crate::event::Event;
 use crate::journal::{
-    replay_suffix, stage_job, AlertState, AppendTicket, Evaluation, EventSummary, FirstJob,
-    FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError, JournalStore, KeyedJob,
-    OutcomeColumns, Queue, Released, Replay, RuleRun,
+    replay_suffix, stage_job, Admin, AlertState, AppendTicket, Evaluation, EventSummary, FirstJob,
+    FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError, KeyedJob, Operations,
+    OutcomeColumns, Queue, Released, Replay, RuleRun, StageQueue,
 };
 
-impl JournalStore for SqliteJournal {
+impl StageQueue for SqliteJournal {
     fn append(&self, event: &Event, first_job: FirstJob) -> AppendTicket {
         self.queue_append(event, first_job, None)
     }
@@ -23,36 +23,6 @@ impl JournalStore for SqliteJournal {
     fn append_shared(&self, event: Arc<Event>, first_job: FirstJob) -> AppendTicket {
         let keep = (first_job.queue == Queue::Evaluate).then(|| Arc::clone(&event));
         self.queue_append(&event, first_job, keep)
-    }
-
-    fn check_writable(&self) -> Result<(), JournalError> {
-        // Intake can only journal through the commit thread.
-        if !self.committer.as_ref().is_some_and(|c| !c.is_finished()) {
-            return Err(JournalError::Commit(COMMIT_THREAD_STOPPED.into()));
-        }
-        self.watch.verify()?;
-        if let Some(error) = self.watch.last_commit_error() {
-            // The last commit failed: try one (a row of its own) to learn whether the
-            // journal has recovered, rather than report the past forever.
-            self.write(|tx| {
-                exec(
-                    tx,
-                    &format!(
-                        "INSERT INTO health (id, checked_ms) VALUES (1, {NOW_MS})
-                         ON CONFLICT (id) DO UPDATE SET checked_ms = excluded.checked_ms"
-                    ),
-                    [],
-                )?;
-                Ok(())
-            })
-            .map_err(|_| JournalError::Commit(format!("the last commit failed: {error}")))?;
-        }
-        self.with(|conn| {
-            // Takes the write lock and gives it back: fails if another process holds the
-            // lock for too long.
-            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
-            Ok(())
-        })
     }
 
     fn event(&self, id: &str) -> Result<Option<Event>, JournalError> {
@@ -80,55 +50,6 @@ impl JournalStore for SqliteJournal {
             return Ok(Some(event));
         }
         Ok(self.event(id)?.map(Arc::new))
-    }
-
-    fn events(
-        &self,
-        limit: usize,
-        status: Option<&str>,
-    ) -> Result<Vec<EventSummary>, JournalError> {
-        self.read(|conn| {
-            let mut statement = conn.prepare(
-                "SELECT id, type, received_at, status FROM events
-                 WHERE (?1 IS NULL OR status = ?1) ORDER BY rowid DESC LIMIT ?2",
-            )?;
-            let rows = statement.query_map(params![status, limit as i64], |row| {
-                Ok(EventSummary {
-                    id: row.get(0)?,
-                    instance: None,
-                    kind: row.get(1)?,
-                    received_at: row.get(2)?,
-                    status: row.get(3)?,
-                    rules: Vec::new(),
-                    actions: Vec::new(),
-                })
-            })?;
-            let mut events = rows.collect::<Result<Vec<_>, _>>()?;
-            let mut rules = conn.prepare(
-                "SELECT rule, outcome, actions, error FROM rule_runs WHERE event_id = ?1 ORDER BY rule",
-            )?;
-            let mut jobs = conn.prepare(
-                "SELECT * FROM jobs WHERE event_id = ?1 AND queue = 'action' ORDER BY id",
-            )?;
-            for event in &mut events {
-                event.rules = rules
-                    .query_map([&event.id], |row| {
-                        Ok(RuleRun {
-                            rule: row.get(0)?,
-                            outcome: row.get(1)?,
-                            actions: row.get::<_, i64>(2)? as usize,
-                            error: row.get(3)?,
-                        })
-                    })?
-                    .collect::<Result<_, _>>()?;
-                for row in jobs.query_map([&event.id], job_summary)? {
-                    let (mut summary, payload) = row?;
-                    summary.payload = parse_json(&payload)?;
-                    event.actions.push(summary);
-                }
-            }
-            Ok(events)
-        })
     }
 
     fn claim(&self, queue: Queue, limit: usize, lease_ms: u64) -> Result<Vec<Job>, JournalError> {
@@ -245,6 +166,57 @@ impl JournalStore for SqliteJournal {
         // Committed by the commit thread, with whatever intake has queued.
         self.queue_evaluations(batch, limit, lease_ms)
     }
+}
+
+impl Admin for SqliteJournal {
+    fn events(
+        &self,
+        limit: usize,
+        status: Option<&str>,
+    ) -> Result<Vec<EventSummary>, JournalError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare(
+                "SELECT id, type, received_at, status FROM events
+                 WHERE (?1 IS NULL OR status = ?1) ORDER BY rowid DESC LIMIT ?2",
+            )?;
+            let rows = statement.query_map(params![status, limit as i64], |row| {
+                Ok(EventSummary {
+                    id: row.get(0)?,
+                    instance: None,
+                    kind: row.get(1)?,
+                    received_at: row.get(2)?,
+                    status: row.get(3)?,
+                    rules: Vec::new(),
+                    actions: Vec::new(),
+                })
+            })?;
+            let mut events = rows.collect::<Result<Vec<_>, _>>()?;
+            let mut rules = conn.prepare(
+                "SELECT rule, outcome, actions, error FROM rule_runs WHERE event_id = ?1 ORDER BY rule",
+            )?;
+            let mut jobs = conn.prepare(
+                "SELECT * FROM jobs WHERE event_id = ?1 AND queue = 'action' ORDER BY id",
+            )?;
+            for event in &mut events {
+                event.rules = rules
+                    .query_map([&event.id], |row| {
+                        Ok(RuleRun {
+                            rule: row.get(0)?,
+                            outcome: row.get(1)?,
+                            actions: row.get::<_, i64>(2)? as usize,
+                            error: row.get(3)?,
+                        })
+                    })?
+                    .collect::<Result<_, _>>()?;
+                for row in jobs.query_map([&event.id], job_summary)? {
+                    let (mut summary, payload) = row?;
+                    summary.payload = parse_json(&payload)?;
+                    event.actions.push(summary);
+                }
+            }
+            Ok(events)
+        })
+    }
 
     fn queue_replay(&self, event_id: &str, replay: &Replay) -> Result<i64, JournalError> {
         self.write(|tx| {
@@ -254,7 +226,7 @@ impl JournalStore for SqliteJournal {
                 })
                 .optional()?;
             if exists.is_none() {
-                return Err(JournalError::NotFound(format!(
+                return Err(JournalError::Refused(format!(
                     "no journaled event with id {event_id}"
                 )));
             }
@@ -279,37 +251,12 @@ impl JournalStore for SqliteJournal {
                 ),
             )?;
             if !inserted {
-                return Err(JournalError::Invalid(format!(
+                return Err(JournalError::Refused(format!(
                     "a replay of {event_id} is already queued"
                 )));
             }
             let id = tx.last_insert_rowid();
             Ok(id)
-        })
-    }
-
-    fn release_running(&self) -> Result<Released, JournalError> {
-        self.write(|tx| {
-            // The attempt that was running counts: with none left, the job is dead.
-            let dead = tx.execute(
-                &format!(
-                    "UPDATE jobs SET status = 'dead', lease_until = NULL, finished_at = {NOW_MS},
-                        last_error = ?1,
-                        errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?1))
-                     WHERE status = 'running' AND attempt >= max_attempts"
-                ),
-                [INTERRUPTED],
-            )?;
-            let again = tx.execute(
-                &format!(
-                    "UPDATE jobs SET status = 'retrying', lease_until = NULL, scheduled_at = {NOW_MS},
-                        last_error = ?1,
-                        errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?1))
-                     WHERE status = 'running'"
-                ),
-                [INTERRUPTED],
-            )?;
-            Ok(Released { again, dead })
         })
     }
 
@@ -343,9 +290,7 @@ impl JournalStore for SqliteJournal {
                 })
                 .optional()?;
             match status {
-                None => Err(JournalError::NotFound(format!(
-                    "no action with id {job_id}"
-                ))),
+                None => Err(JournalError::Refused(format!("no action with id {job_id}"))),
                 Some(JobStatus::Dead) => {
                     tx.execute(
                         &format!(
@@ -357,15 +302,11 @@ impl JournalStore for SqliteJournal {
                     )?;
                     Ok(())
                 }
-                Some(other) => Err(JournalError::Invalid(format!(
+                Some(other) => Err(JournalError::Refused(format!(
                     "action {job_id} is {other}; only dead actions can be retried"
                 ))),
             }
         })
-    }
-
-    fn backlog(&self) -> Result<u64, JournalError> {
-        self.read(|conn| Ok(conn.query_row(BACKLOG_SQL, [], |row| row.get::<_, i64>(0))? as u64))
     }
 
     fn alerts(&self) -> Result<Vec<AlertState>, JournalError> {
@@ -396,6 +337,67 @@ impl JournalStore for SqliteJournal {
             )?;
             Ok(Some(true))
         })
+    }
+}
+
+impl Operations for SqliteJournal {
+    fn check_writable(&self) -> Result<(), JournalError> {
+        // Intake can only journal through the commit thread.
+        if !self.committer.as_ref().is_some_and(|c| !c.is_finished()) {
+            return Err(JournalError::commit_failed(COMMIT_THREAD_STOPPED));
+        }
+        self.watch.verify()?;
+        if let Some(error) = self.watch.last_commit_error() {
+            // The last commit failed: try one (a row of its own) to learn whether the
+            // journal has recovered, rather than report the past forever.
+            self.write(|tx| {
+                exec(
+                    tx,
+                    &format!(
+                        "INSERT INTO health (id, checked_ms) VALUES (1, {NOW_MS})
+                         ON CONFLICT (id) DO UPDATE SET checked_ms = excluded.checked_ms"
+                    ),
+                    [],
+                )?;
+                Ok(())
+            })
+            .map_err(|_| JournalError::commit_failed(format!("the last commit failed: {error}")))?;
+        }
+        self.with(|conn| {
+            // Takes the write lock and gives it back: fails if another process holds the
+            // lock for too long.
+            conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+            Ok(())
+        })
+    }
+
+    fn release_running(&self) -> Result<Released, JournalError> {
+        self.write(|tx| {
+            // The attempt that was running counts: with none left, the job is dead.
+            let dead = tx.execute(
+                &format!(
+                    "UPDATE jobs SET status = 'dead', lease_until = NULL, finished_at = {NOW_MS},
+                        last_error = ?1,
+                        errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?1))
+                     WHERE status = 'running' AND attempt >= max_attempts"
+                ),
+                [INTERRUPTED],
+            )?;
+            let again = tx.execute(
+                &format!(
+                    "UPDATE jobs SET status = 'retrying', lease_until = NULL, scheduled_at = {NOW_MS},
+                        last_error = ?1,
+                        errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?1))
+                     WHERE status = 'running'"
+                ),
+                [INTERRUPTED],
+            )?;
+            Ok(Released { again, dead })
+        })
+    }
+
+    fn backlog(&self) -> Result<u64, JournalError> {
+        self.read(|conn| Ok(conn.query_row(BACKLOG_SQL, [], |row| row.get::<_, i64>(0))? as u64))
     }
 
     fn prune(&self, days: u32) -> Result<usize, JournalError> {

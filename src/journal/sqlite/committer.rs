@@ -136,7 +136,7 @@ pub(super) fn commit_queued(
                 for pending in evaluations {
                     let _ = pending
                         .reply
-                        .send(Err(JournalError::Commit(message.clone())));
+                        .send(Err(JournalError::commit_failed(&message)));
                 }
             }
         }

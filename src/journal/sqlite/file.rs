@@ -258,7 +258,7 @@ impl FileWatch {
     /// Fails if the file was already found gone.
     pub fn ensure_present(&self) -> Result<(), JournalError> {
         match &self.state().gone {
-            Some(message) => Err(JournalError::Commit(message.clone())),
+            Some(message) => Err(JournalError::commit_failed(message)),
             None => Ok(()),
         }
     }
@@ -277,7 +277,7 @@ impl FileWatch {
         );
         tracing::error!(journal = %self.path.display(), "The journal file was removed or replaced; refusing webhooks until a restart.");
         self.state().gone = Some(message.clone());
-        Err(JournalError::Commit(message))
+        Err(JournalError::commit_failed(message))
     }
 
     /// Records how a commit went.

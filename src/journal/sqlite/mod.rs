@@ -199,7 +199,7 @@ impl SqliteJournal {
             lease_ms,
             reply,
         };
-        let stopped = || JournalError::Commit(COMMIT_THREAD_STOPPED.into());
+        let stopped = || JournalError::commit_failed(COMMIT_THREAD_STOPPED);
         if self.send(Work::Evaluations(pending)).is_some() {
             return Err(stopped());
         }
@@ -258,7 +258,7 @@ impl SqliteJournal {
                 Ok(_) => self.watch.committed(&Ok(())),
                 // A failed statement is a failed write as much as a failed commit; a
                 // refusal (no such job, not dead) says nothing about the journal.
-                Err(error @ JournalError::Database(_)) => {
+                Err(error @ JournalError::Unavailable { .. }) => {
                     self.watch.committed(&Err(error.to_string()))
                 }
                 Err(_) => {}

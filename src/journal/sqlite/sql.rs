@@ -275,7 +275,7 @@ pub(super) fn record_evaluations(
 
 /// `value` as JSON text, for a statement that reads it with `json_each` or stores it.
 pub(super) fn json_text(value: &impl serde::Serialize) -> Result<String, JournalError> {
-    serde_json::to_string(value).map_err(|e| JournalError::Invalid(e.to_string()))
+    serde_json::to_string(value).map_err(|e| JournalError::Refused(e.to_string()))
 }
 
 /// What one evaluation adds to the journal once its lease is ended: its rule runs, action

@@ -8,7 +8,9 @@ use super::committer::commit_batch;
 use super::schema::MIGRATIONS;
 use super::*;
 use crate::journal::contract::event;
-use crate::journal::{Appended, FirstJob, JobStatus, JournalStore, Queue, Released, Replay};
+use crate::journal::{
+    Admin, Appended, FirstJob, JobStatus, Operations, Queue, Released, Replay, StageQueue,
+};
 
 /// A journal file's path in a new temp dir (the dir goes when dropped).
 fn temp_path() -> (tempfile::TempDir, PathBuf) {
