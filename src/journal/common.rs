@@ -1,9 +1,140 @@
 //! What both backends do alike, written once: the keys of stage and action jobs, which
-//! claim candidates to lease, and replays.
+//! claim candidates to lease, and the decisions inside a write transaction (what a replay
+//! is keyed, which jobs `retry` may requeue, what an alert reset and an evaluation write),
+//! over [`WriteTx`], the few statements each backend provides.
+//!
+//! The decisions are `async` because PostgreSQL's client is; SQLite's statements never
+//! wait, so its calls drive them to the end at once ([`run_now`]).
 
-use serde_json::Value;
+use std::future::Future;
 
-use super::{FirstJob, NewJob, Queue};
+use serde_json::{json, Value};
+
+use super::{
+    AlertState, Evaluation, FirstJob, Job, JobStatus, JournalError, NewJob, Queue, Replay, RuleRun,
+};
+
+type Result<T> = std::result::Result<T, JournalError>;
+
+/// The statements a backend runs inside one write transaction, for the decisions below.
+/// Reads that precede a write lock what they read where the backend can (PostgreSQL's
+/// `FOR UPDATE`; SQLite's write transactions hold the whole file).
+pub(super) trait WriteTx {
+    /// Whether an event with `id` is journaled.
+    async fn event_exists(&mut self, id: &str) -> Result<bool>;
+    /// How many evaluate jobs `event_id` has had (its first evaluation and its replays).
+    async fn evaluations_of(&mut self, event_id: &str) -> Result<i64>;
+    /// Inserts `job` unless its key exists; its id when inserted.
+    async fn insert_job(&mut self, job: &NewJob) -> Result<Option<i64>>;
+    /// A job's status and queue, locked for the rest of the transaction.
+    async fn job_status(&mut self, id: i64) -> Result<Option<(JobStatus, Queue)>>;
+    /// Puts a dead job back to pending with one more attempt, due now, and wakes `queue`.
+    async fn requeue_dead(&mut self, id: i64, queue: Queue) -> Result<()>;
+    /// Alert `name`'s stored state, locked, and the database's clock (ms), for deciding
+    /// a transition. `event_id` is the event deciding it.
+    async fn lock_alert(&mut self, name: &str, event_id: &str)
+        -> Result<(Option<AlertState>, i64)>;
+    /// Stores `state` as decided by `event_id`.
+    async fn save_alert(&mut self, state: &AlertState, event_id: &str) -> Result<()>;
+    /// Whether alert `name` is firing (None: no such alert), locked, without making it.
+    async fn alert_firing(&mut self, name: &str) -> Result<Option<bool>>;
+    /// Sets a firing alert to OK under a new version, posting nothing.
+    async fn reset_alert_state(&mut self, name: &str) -> Result<()>;
+    /// Records (or overwrites, for a replay) what `run.rule` did with `event_id`.
+    async fn upsert_rule_run(&mut self, event_id: &str, run: &RuleRun) -> Result<()>;
+}
+
+/// Drives a decision over SQLite's [`WriteTx`], whose statements complete without ever
+/// waiting, to its end on the calling thread.
+pub(super) fn run_now<T>(decision: impl Future<Output = Result<T>>) -> Result<T> {
+    use futures_util::FutureExt;
+    decision.now_or_never().unwrap_or_else(|| {
+        Err(JournalError::unavailable(
+            "a journal statement waited where none can",
+        ))
+    })
+}
+
+/// Queues a new evaluation of a journaled event (`freshet replay`); the new job's id. A
+/// replay is a new evaluation: its key (and so its action keys) differ from the first
+/// evaluation's, so the actions run again.
+pub(super) async fn queue_replay(
+    tx: &mut impl WriteTx,
+    event_id: &str,
+    replay: &Replay,
+) -> Result<i64> {
+    if !tx.event_exists(event_id).await? {
+        return Err(JournalError::Refused(format!(
+            "no journaled event with id {event_id}"
+        )));
+    }
+    let replays = tx.evaluations_of(event_id).await?;
+    let mut payload = json!({ "replay": replays });
+    if let Some(rule) = &replay.rule {
+        payload["rule"] = json!(rule);
+    }
+    let job = stage_job(
+        replay.first,
+        event_id,
+        Some(&format!("replay{replays}")),
+        payload,
+    );
+    tx.insert_job(&job)
+        .await?
+        .ok_or_else(|| JournalError::Refused(format!("a replay of {event_id} is already queued")))
+}
+
+/// Puts a dead job back to pending with one more attempt allowed (`freshet retry`).
+pub(super) async fn retry(tx: &mut impl WriteTx, job_id: i64) -> Result<()> {
+    match tx.job_status(job_id).await? {
+        None => Err(JournalError::Refused(format!("no action with id {job_id}"))),
+        Some((JobStatus::Dead, queue)) => tx.requeue_dead(job_id, queue).await,
+        Some((other, _)) => Err(JournalError::Refused(format!(
+            "action {job_id} is {other}; only dead actions can be retried"
+        ))),
+    }
+}
+
+/// Sets alert `name` to OK without posting (`freshet alerts --reset`). None if there is
+/// no such alert; Some(false) if it was OK already.
+pub(super) async fn reset_alert(tx: &mut impl WriteTx, name: &str) -> Result<Option<bool>> {
+    match tx.alert_firing(name).await? {
+        None => Ok(None),
+        Some(false) => Ok(Some(false)),
+        Some(true) => {
+            tx.reset_alert_state(name).await?;
+            Ok(Some(true))
+        }
+    }
+}
+
+/// What one evaluation adds to the journal once its lease is ended: its rule runs, its
+/// action jobs, and each alert call's transition, decided from the state the transaction
+/// reads (and locks) and applied with the post it queues.
+pub(super) async fn record_outcome(
+    tx: &mut impl WriteTx,
+    job: &Job,
+    evaluation: &Evaluation,
+) -> Result<()> {
+    for run in &evaluation.rule_runs {
+        tx.upsert_rule_run(&job.event_id, run).await?;
+    }
+    for new_job in &evaluation.jobs {
+        tx.insert_job(new_job).await?;
+    }
+    for call in &evaluation.alerts {
+        let (previous, now) = tx.lock_alert(&call.name, &job.event_id).await?;
+        let transition = (evaluation.decide_alert)(previous.as_ref(), call, now);
+        if let Some(state) = &transition.new_state {
+            tx.save_alert(state, &job.event_id).await?;
+        }
+        if let Some((key, payload)) = transition.post {
+            let post = call.post_job(job, key, payload, evaluation.alert_max_attempts);
+            tx.insert_job(&post).await?;
+        }
+    }
+    Ok(())
+}
 
 /// A job key made of `parts`, unambiguous whatever the parts contain: the parts are
 /// written as a JSON array, so an event id holding `:` (or anything else) can never make

@@ -7,6 +7,7 @@ use super::schema::NOW_MS;
 use super::sql::*;
 use super::{backend, PostgresJournal, Shared, APPEND_TIMEOUT, CALL_TIMEOUT, INTERRUPTED};
 use crate::event::Event;
+use crate::journal::common;
 use crate::journal::{
     isolate_retried, replay_suffix, stage_job, Admin, AlertState, AppendTicket, Evaluation,
     EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError,
@@ -393,43 +394,7 @@ impl Admin for PostgresJournal {
         self.run(CALL_TIMEOUT, async move {
             let mut client = shared.client().await?;
             let tx = client.transaction().await.map_err(backend)?;
-            let exists = tx
-                .query_opt("SELECT 1 FROM events WHERE id = $1", &[&event_id])
-                .await
-                .map_err(backend)?;
-            if exists.is_none() {
-                return Err(JournalError::Refused(format!(
-                    "no journaled event with id {event_id}"
-                )));
-            }
-            let replays: i64 = tx
-                .query_one(
-                    "SELECT COUNT(*) FROM jobs WHERE event_id = $1 AND queue = 'evaluate'",
-                    &[&event_id],
-                )
-                .await
-                .map_err(backend)?
-                .get(0);
-            let mut payload = serde_json::json!({ "replay": replays });
-            if let Some(rule) = &replay.rule {
-                payload["rule"] = serde_json::json!(rule);
-            }
-            let job = stage_job(
-                replay.first,
-                &event_id,
-                Some(&format!("replay{replays}")),
-                payload,
-            );
-            if !insert_job(&tx, &job).await? {
-                return Err(JournalError::Refused(format!(
-                    "a replay of {event_id} is already queued"
-                )));
-            }
-            let id: i64 = tx
-                .query_one("SELECT id FROM jobs WHERE job_key = $1", &[&job.job_key])
-                .await
-                .map_err(backend)?
-                .get(0);
+            let id = common::queue_replay(&mut PgTx(&tx), &event_id, &replay).await?;
             tx.commit().await.map_err(backend)?;
             Ok(id)
         })
@@ -458,34 +423,8 @@ impl Admin for PostgresJournal {
         self.run(CALL_TIMEOUT, async move {
             let mut client = shared.client().await?;
             let tx = client.transaction().await.map_err(backend)?;
-            let row = tx
-                .query_opt(
-                    "SELECT status, queue FROM jobs WHERE id = $1 FOR UPDATE",
-                    &[&job_id],
-                )
-                .await
-                .map_err(backend)?;
-            let Some(row) = row else {
-                return Err(JournalError::Refused(format!("no action with id {job_id}")));
-            };
-            let status: JobStatus = row.get(0);
-            if status != JobStatus::Dead {
-                return Err(JournalError::Refused(format!(
-                    "action {job_id} is {status}; only dead actions can be retried"
-                )));
-            }
-            tx.execute(
-                &format!(
-                    "UPDATE jobs SET status = 'pending', max_attempts = attempt + 1,
-                        scheduled_at = {NOW_MS}, finished_at = NULL WHERE id = $1"
-                ),
-                &[&job_id],
-            )
-            .await
-            .map_err(backend)?;
-            notify(&tx, row.get::<_, Queue>(1)).await?;
-            tx.commit().await.map_err(backend)?;
-            Ok(())
+            common::retry(&mut PgTx(&tx), job_id).await?;
+            tx.commit().await.map_err(backend)
         })
     }
 
@@ -511,28 +450,11 @@ impl Admin for PostgresJournal {
         self.run(CALL_TIMEOUT, async move {
             let mut client = shared.client().await?;
             let tx = client.transaction().await.map_err(backend)?;
-            let row = tx
-                .query_opt(
-                    "SELECT state FROM alerts WHERE name = $1 AND version > 0 FOR UPDATE",
-                    &[&name],
-                )
-                .await
-                .map_err(backend)?;
-            let Some(row) = row else { return Ok(None) };
-            if row.get::<_, String>(0) != "firing" {
-                return Ok(Some(false));
+            let reset = common::reset_alert(&mut PgTx(&tx), &name).await?;
+            if reset == Some(true) {
+                tx.commit().await.map_err(backend)?;
             }
-            tx.execute(
-                &format!(
-                    "UPDATE alerts SET state = 'ok', version = version + 1, since_ms = {NOW_MS}
-                     WHERE name = $1"
-                ),
-                &[&name],
-            )
-            .await
-            .map_err(backend)?;
-            tx.commit().await.map_err(backend)?;
-            Ok(Some(true))
+            Ok(reset)
         })
     }
 }

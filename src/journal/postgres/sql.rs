@@ -11,9 +11,10 @@ use tokio_postgres::Row;
 use super::backend;
 use super::schema::{NOW_MS, WORK_CHANNEL};
 use crate::event::Event;
+use crate::journal::common::{self, WriteTx};
 use crate::journal::{
     stage_job, AlertState, Appended, Evaluation, FirstJob, Job, JobStatus, JobSummary,
-    JournalError, NewJob, Queue, RuleOutcome,
+    JournalError, NewJob, Queue, RuleOutcome, RuleRun,
 };
 
 type Result<T> = std::result::Result<T, JournalError>;
@@ -177,49 +178,119 @@ pub(super) async fn record_evaluation(
     if !end_job(tx, job, "succeeded", me).await? {
         return Ok(false);
     }
-    for run in &evaluation.rule_runs {
-        tx.execute(
-            "INSERT INTO rule_runs (event_id, rule, outcome, actions, error) VALUES ($1, $2, $3, $4, $5)
-             ON CONFLICT (event_id, rule) DO UPDATE SET outcome = excluded.outcome,
-                actions = excluded.actions, error = excluded.error",
-            &[&job.event_id, &run.rule, &run.outcome, &(run.actions as i32), &run.error],
-        )
-        .await
-        .map_err(backend)?;
+    common::record_outcome(&mut PgTx(tx), job, evaluation).await?;
+    tx.execute(
+        "UPDATE events SET status = 'evaluated' WHERE id = $1",
+        &[&job.event_id],
+    )
+    .await
+    .map_err(backend)?;
+    Ok(true)
+}
+
+/// PostgreSQL's side of the decisions in `journal/common.rs`: one transaction.
+pub(super) struct PgTx<'a>(pub(super) &'a deadpool_postgres::Transaction<'a>);
+
+impl WriteTx for PgTx<'_> {
+    async fn event_exists(&mut self, id: &str) -> Result<bool> {
+        let row = self
+            .0
+            .query_opt("SELECT 1 FROM events WHERE id = $1", &[&id])
+            .await
+            .map_err(backend)?;
+        Ok(row.is_some())
     }
-    for new_job in &evaluation.jobs {
-        insert_job(tx, new_job).await?;
+
+    async fn evaluations_of(&mut self, event_id: &str) -> Result<i64> {
+        let row = self
+            .0
+            .query_one(
+                "SELECT COUNT(*) FROM jobs WHERE event_id = $1 AND queue = 'evaluate'",
+                &[&event_id],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(row.get(0))
     }
-    for call in &evaluation.alerts {
+
+    async fn insert_job(&mut self, job: &NewJob) -> Result<Option<i64>> {
+        if !insert_job(self.0, job).await? {
+            return Ok(None);
+        }
+        let row = self
+            .0
+            .query_one("SELECT id FROM jobs WHERE job_key = $1", &[&job.job_key])
+            .await
+            .map_err(backend)?;
+        Ok(Some(row.get(0)))
+    }
+
+    async fn job_status(&mut self, id: i64) -> Result<Option<(JobStatus, Queue)>> {
+        let row = self
+            .0
+            .query_opt(
+                "SELECT status, queue FROM jobs WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(row.map(|row| (row.get(0), row.get(1))))
+    }
+
+    async fn requeue_dead(&mut self, id: i64, queue: Queue) -> Result<()> {
+        self.0
+            .execute(
+                &format!(
+                    "UPDATE jobs SET status = 'pending', max_attempts = attempt + 1,
+                        scheduled_at = {NOW_MS}, finished_at = NULL WHERE id = $1"
+                ),
+                &[&id],
+            )
+            .await
+            .map_err(backend)?;
+        // Any instance may take it: wake them all.
+        notify(self.0, queue).await
+    }
+
+    async fn lock_alert(
+        &mut self,
+        name: &str,
+        event_id: &str,
+    ) -> Result<(Option<AlertState>, i64)> {
         // The alert's row is locked for the rest of the transaction: instances that
         // evaluate the same alert at once take turns, and each decides from the state
-        // the other left, so one incident posts once.
-        tx.execute(
-            &format!(
-                "INSERT INTO alerts (name, state, version, since_ms, last_notified_ms, event_id)
-                 VALUES ($1, 'ok', 0, {NOW_MS}, NULL, $2) ON CONFLICT (name) DO NOTHING"
-            ),
-            &[&call.name, &job.event_id],
-        )
-        .await
-        .map_err(backend)?;
-        let row = tx
+        // the other left, so one incident posts once. A row is made first (version 0,
+        // no state yet) so that there is one to lock.
+        self.0
+            .execute(
+                &format!(
+                    "INSERT INTO alerts (name, state, version, since_ms, last_notified_ms, event_id)
+                     VALUES ($1, 'ok', 0, {NOW_MS}, NULL, $2) ON CONFLICT (name) DO NOTHING"
+                ),
+                &[&name, &event_id],
+            )
+            .await
+            .map_err(backend)?;
+        let row = self
+            .0
             .query_one(
                 &format!(
                     "SELECT name, state, version, since_ms, last_notified_ms, {NOW_MS} AS now
                      FROM alerts WHERE name = $1 FOR UPDATE"
                 ),
-                &[&call.name],
+                &[&name],
             )
             .await
             .map_err(backend)?;
         let stored = alert_state(&row);
         // A row just made for the lock is no state yet.
-        let previous = (stored.version > 0).then_some(&stored);
-        let now: i64 = row.get("now");
-        let transition = (evaluation.decide_alert)(previous, call, now);
-        if let Some(state) = &transition.new_state {
-            tx.execute(
+        let previous = (stored.version > 0).then_some(stored);
+        Ok((previous, row.get("now")))
+    }
+
+    async fn save_alert(&mut self, state: &AlertState, event_id: &str) -> Result<()> {
+        self.0
+            .execute(
                 "UPDATE alerts SET state = $2, version = $3, since_ms = $4, last_notified_ms = $5,
                     event_id = $6 WHERE name = $1",
                 &[
@@ -228,24 +299,52 @@ pub(super) async fn record_evaluation(
                     &state.version,
                     &state.since_ms,
                     &state.last_notified_ms,
-                    &job.event_id,
+                    &event_id,
                 ],
             )
             .await
             .map_err(backend)?;
-        }
-        if let Some((key, payload)) = transition.post {
-            let post = call.post_job(job, key, payload, evaluation.alert_max_attempts);
-            insert_job(tx, &post).await?;
-        }
+        Ok(())
     }
-    tx.execute(
-        "UPDATE events SET status = 'evaluated' WHERE id = $1",
-        &[&job.event_id],
-    )
-    .await
-    .map_err(backend)?;
-    Ok(true)
+
+    async fn alert_firing(&mut self, name: &str) -> Result<Option<bool>> {
+        let row = self
+            .0
+            .query_opt(
+                "SELECT state FROM alerts WHERE name = $1 AND version > 0 FOR UPDATE",
+                &[&name],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(row.map(|row| row.get::<_, String>(0) == "firing"))
+    }
+
+    async fn reset_alert_state(&mut self, name: &str) -> Result<()> {
+        self.0
+            .execute(
+                &format!(
+                    "UPDATE alerts SET state = 'ok', version = version + 1, since_ms = {NOW_MS}
+                     WHERE name = $1"
+                ),
+                &[&name],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn upsert_rule_run(&mut self, event_id: &str, run: &RuleRun) -> Result<()> {
+        self.0
+            .execute(
+                "INSERT INTO rule_runs (event_id, rule, outcome, actions, error) VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (event_id, rule) DO UPDATE SET outcome = excluded.outcome,
+                    actions = excluded.actions, error = excluded.error",
+                &[&event_id, &run.rule, &run.outcome, &(run.actions as i32), &run.error],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
 }
 
 /// Job statuses, queues and rule outcomes are stored as their names (`text`).

@@ -9,6 +9,7 @@ use super::schema::NOW_MS;
 use super::sql::*;
 use super::{body, exec, SqliteJournal};
 use crate::event::Event;
+use crate::journal::common::{self, run_now};
 use crate::journal::{
     replay_suffix, stage_job, Admin, AlertState, AppendTicket, Evaluation, EventSummary, FirstJob,
     FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError, KeyedJob, Operations,
@@ -219,45 +220,7 @@ impl Admin for SqliteJournal {
     }
 
     fn queue_replay(&self, event_id: &str, replay: &Replay) -> Result<i64, JournalError> {
-        self.write(|tx| {
-            let exists: Option<i64> = tx
-                .query_row("SELECT 1 FROM events WHERE id = ?1", [event_id], |row| {
-                    row.get(0)
-                })
-                .optional()?;
-            if exists.is_none() {
-                return Err(JournalError::Refused(format!(
-                    "no journaled event with id {event_id}"
-                )));
-            }
-            let replays: i64 = tx.query_row(
-                "SELECT COUNT(*) FROM jobs WHERE event_id = ?1 AND queue = 'evaluate'",
-                [event_id],
-                |row| row.get(0),
-            )?;
-            // A replay is a new evaluation: its key (and so its action keys) differ from
-            // the first evaluation's, so the actions run again.
-            let mut payload = serde_json::json!({ "replay": replays });
-            if let Some(rule) = &replay.rule {
-                payload["rule"] = serde_json::json!(rule);
-            }
-            let inserted = insert_job(
-                tx,
-                &stage_job(
-                    replay.first,
-                    event_id,
-                    Some(&format!("replay{replays}")),
-                    payload,
-                ),
-            )?;
-            if !inserted {
-                return Err(JournalError::Refused(format!(
-                    "a replay of {event_id} is already queued"
-                )));
-            }
-            let id = tx.last_insert_rowid();
-            Ok(id)
-        })
+        self.write(|tx| run_now(common::queue_replay(&mut SqliteTx(tx), event_id, replay)))
     }
 
     fn jobs(
@@ -283,30 +246,7 @@ impl Admin for SqliteJournal {
     }
 
     fn retry(&self, job_id: i64) -> Result<(), JournalError> {
-        self.write(|tx| {
-            let status: Option<JobStatus> = tx
-                .query_row("SELECT status FROM jobs WHERE id = ?1", [job_id], |row| {
-                    row.get(0)
-                })
-                .optional()?;
-            match status {
-                None => Err(JournalError::Refused(format!("no action with id {job_id}"))),
-                Some(JobStatus::Dead) => {
-                    tx.execute(
-                        &format!(
-                            "UPDATE jobs SET status = 'pending', max_attempts = attempt + 1,
-                                scheduled_at = {NOW_MS}, finished_at = NULL
-                             WHERE id = ?1 AND status = 'dead'"
-                        ),
-                        [job_id],
-                    )?;
-                    Ok(())
-                }
-                Some(other) => Err(JournalError::Refused(format!(
-                    "action {job_id} is {other}; only dead actions can be retried"
-                ))),
-            }
-        })
+        self.write(|tx| run_now(common::retry(&mut SqliteTx(tx), job_id)))
     }
 
     fn alerts(&self) -> Result<Vec<AlertState>, JournalError> {
@@ -320,23 +260,7 @@ impl Admin for SqliteJournal {
     }
 
     fn reset_alert(&self, name: &str) -> Result<Option<bool>, JournalError> {
-        self.write(|tx| {
-            let Some(state) = load_alert(tx, name)? else {
-                return Ok(None);
-            };
-            if !state.firing {
-                return Ok(Some(false));
-            }
-            exec(
-                tx,
-                &format!(
-                    "UPDATE alerts SET state = 'ok', version = version + 1, since_ms = {NOW_MS}
-                     WHERE name = ?1"
-                ),
-                [name],
-            )?;
-            Ok(Some(true))
-        })
+        self.write(|tx| run_now(common::reset_alert(&mut SqliteTx(tx), name)))
     }
 }
 

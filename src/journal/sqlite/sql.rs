@@ -12,9 +12,10 @@ use rusqlite::ToSql;
 use super::schema::NOW_MS;
 use super::{exec, now_ms};
 use crate::event::Event;
+use crate::journal::common::{self, run_now, WriteTx};
 use crate::journal::{
     isolate_retried, stage_job, AlertState, Appended, Evaluation, FirstJob, Job, JobStatus,
-    JobSummary, JournalError, NewJob, Queue, RuleOutcome,
+    JobSummary, JournalError, NewJob, Queue, RuleOutcome, RuleRun,
 };
 
 /// An event as the `events` table stores it, serialized once, before any lock is taken.
@@ -262,7 +263,7 @@ pub(super) fn record_evaluations(
     for (job, evaluation) in batch {
         let ours = ended.contains(&job.id);
         if ours {
-            record_outcome(tx, job, evaluation)?;
+            run_now(common::record_outcome(&mut SqliteTx(tx), job, evaluation))?;
             evaluated.push(job.event_id.as_str());
         }
         recorded.push(ours);
@@ -278,58 +279,110 @@ pub(super) fn json_text(value: &impl serde::Serialize) -> Result<String, Journal
     serde_json::to_string(value).map_err(|e| JournalError::Refused(e.to_string()))
 }
 
-/// What one evaluation adds to the journal once its lease is ended: its rule runs, action
-/// jobs and alert transitions.
-fn record_outcome(
-    tx: &Transaction,
-    job: &Job,
-    evaluation: &Evaluation,
-) -> Result<(), JournalError> {
-    for run in &evaluation.rule_runs {
-        exec(tx,
-                    "INSERT INTO rule_runs (event_id, rule, outcome, actions, error) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (event_id, rule) DO UPDATE SET outcome = excluded.outcome,
-                        actions = excluded.actions, error = excluded.error",
-                    params![job.event_id, run.rule, run.outcome, run.actions as i64, run.error],
-                )?;
+/// SQLite's side of the decisions in `journal/common.rs`: one write transaction.
+pub(super) struct SqliteTx<'a>(pub(super) &'a Connection);
+
+impl WriteTx for SqliteTx<'_> {
+    async fn event_exists(&mut self, id: &str) -> Result<bool, JournalError> {
+        Ok(self
+            .0
+            .query_row("SELECT 1 FROM events WHERE id = ?1", [id], |_| Ok(()))
+            .optional()?
+            .is_some())
     }
-    for new_job in &evaluation.jobs {
-        insert_job(tx, new_job)?;
+
+    async fn evaluations_of(&mut self, event_id: &str) -> Result<i64, JournalError> {
+        Ok(self.0.query_row(
+            "SELECT COUNT(*) FROM jobs WHERE event_id = ?1 AND queue = 'evaluate'",
+            [event_id],
+            |row| row.get(0),
+        )?)
     }
-    // The clock is read only when there are alerts to decide: most evaluations have none.
-    let now = if evaluation.alerts.is_empty() {
-        0
-    } else {
-        now_ms(tx)?
-    };
-    for call in &evaluation.alerts {
-        let previous = load_alert(tx, &call.name)?;
-        let decision = (evaluation.decide_alert)(previous.as_ref(), call, now);
-        if let Some(state) = &decision.new_state {
-            exec(tx,
-                        "INSERT INTO alerts (name, state, version, since_ms, last_notified_ms, event_id)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                         ON CONFLICT (name) DO UPDATE SET state = excluded.state, version = excluded.version,
-                            since_ms = excluded.since_ms, last_notified_ms = excluded.last_notified_ms,
-                            event_id = excluded.event_id",
-                        params![
-                            state.name,
-                            if state.firing { "firing" } else { "ok" },
-                            state.version,
-                            state.since_ms,
-                            state.last_notified_ms,
-                            job.event_id
-                        ],
-                    )?;
-        }
-        if let Some((key, payload)) = decision.post {
-            insert_job(
-                tx,
-                &call.post_job(job, key, payload, evaluation.alert_max_attempts),
-            )?;
-        }
+
+    async fn insert_job(&mut self, job: &NewJob) -> Result<Option<i64>, JournalError> {
+        Ok(insert_job(self.0, job)?.then(|| self.0.last_insert_rowid()))
     }
-    Ok(())
+
+    async fn job_status(&mut self, id: i64) -> Result<Option<(JobStatus, Queue)>, JournalError> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT status, queue FROM jobs WHERE id = ?1",
+                [id],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()?)
+    }
+
+    async fn requeue_dead(&mut self, id: i64, _queue: Queue) -> Result<(), JournalError> {
+        // No one to wake: the stages of the one process that serves this file poll.
+        exec(
+            self.0,
+            &format!(
+                "UPDATE jobs SET status = 'pending', max_attempts = attempt + 1,
+                    scheduled_at = {NOW_MS}, finished_at = NULL
+                 WHERE id = ?1 AND status = 'dead'"
+            ),
+            [id],
+        )?;
+        Ok(())
+    }
+
+    async fn lock_alert(
+        &mut self,
+        name: &str,
+        _event_id: &str,
+    ) -> Result<(Option<AlertState>, i64), JournalError> {
+        // The write transaction holds the whole file: nothing to lock row by row.
+        Ok((load_alert(self.0, name)?, now_ms(self.0)?))
+    }
+
+    async fn save_alert(&mut self, state: &AlertState, event_id: &str) -> Result<(), JournalError> {
+        exec(
+            self.0,
+            "INSERT INTO alerts (name, state, version, since_ms, last_notified_ms, event_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (name) DO UPDATE SET state = excluded.state, version = excluded.version,
+                since_ms = excluded.since_ms, last_notified_ms = excluded.last_notified_ms,
+                event_id = excluded.event_id",
+            params![
+                state.name,
+                if state.firing { "firing" } else { "ok" },
+                state.version,
+                state.since_ms,
+                state.last_notified_ms,
+                event_id
+            ],
+        )?;
+        Ok(())
+    }
+
+    async fn alert_firing(&mut self, name: &str) -> Result<Option<bool>, JournalError> {
+        Ok(load_alert(self.0, name)?.map(|state| state.firing))
+    }
+
+    async fn reset_alert_state(&mut self, name: &str) -> Result<(), JournalError> {
+        exec(
+            self.0,
+            &format!(
+                "UPDATE alerts SET state = 'ok', version = version + 1, since_ms = {NOW_MS}
+                 WHERE name = ?1"
+            ),
+            [name],
+        )?;
+        Ok(())
+    }
+
+    async fn upsert_rule_run(&mut self, event_id: &str, run: &RuleRun) -> Result<(), JournalError> {
+        exec(
+            self.0,
+            "INSERT INTO rule_runs (event_id, rule, outcome, actions, error) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (event_id, rule) DO UPDATE SET outcome = excluded.outcome,
+                actions = excluded.actions, error = excluded.error",
+            params![event_id, run.rule, run.outcome, run.actions as i64, run.error],
+        )?;
+        Ok(())
+    }
 }
 
 /// Claims up to `limit` due jobs of `queue` inside `tx` ([`JournalStore::claim`]).
