@@ -282,25 +282,26 @@ impl<T: StageQueue + Admin + Operations + 'static> JournalStore for T {}
 /// Opens the journal the config names for `freshet serve`: PostgreSQL with `url`
 /// (several instances share it), else the SQLite file (held exclusively). Blocking.
 pub fn open_for_serve(config: &crate::config::JournalConfig) -> Result<Journal, JournalError> {
-    Ok(match &config.url {
-        Some(url) => Arc::new(PostgresJournal::open(
-            url.expose(),
-            config.lease_seconds,
-            postgres::Role::Serve,
-        )?),
-        None => Arc::new(SqliteJournal::open_for_serve(&config.path)?),
-    })
+    open(config, postgres::Role::Serve)
 }
 
 /// Opens the journal for a CLI command, beside a running daemon; never creates one.
 pub fn open_for_command(config: &crate::config::JournalConfig) -> Result<Journal, JournalError> {
-    Ok(match &config.url {
-        Some(url) => Arc::new(PostgresJournal::open(
+    open(config, postgres::Role::Command)
+}
+
+fn open(
+    config: &crate::config::JournalConfig,
+    role: postgres::Role,
+) -> Result<Journal, JournalError> {
+    Ok(match (&config.url, role) {
+        (Some(url), role) => Arc::new(PostgresJournal::open(
             url.expose(),
             config.lease_seconds,
-            postgres::Role::Command,
+            role,
         )?),
-        None => Arc::new(SqliteJournal::open_existing(&config.path)?),
+        (None, postgres::Role::Serve) => Arc::new(SqliteJournal::open_for_serve(&config.path)?),
+        (None, postgres::Role::Command) => Arc::new(SqliteJournal::open_existing(&config.path)?),
     })
 }
 
