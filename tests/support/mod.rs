@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_freshet");
 
+/// The `[vars]` the shipped finance rules read.
+pub const FINANCE_VARS: &str = "[vars]\nfinance_channel = \"#finance\"\nrevenue_floor = 1000.0";
+
 /// The sample payloads of ../shared/api/samples.
 pub fn sample(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -57,6 +60,18 @@ pub struct Setup {
 }
 
 impl Setup {
+    /// The start most tests share: dbt webhooks signed with `secret` (handed to the daemon
+    /// as `T_SECRET`), and retries fast enough for a test: `max_attempts`, the backoff
+    /// from `initial_ms` up to `max_ms`.
+    pub fn dbt(secret: &str, max_attempts: u32, initial_ms: u64, max_ms: u64) -> Setup {
+        Setup::new(&format!(
+            "[dbt]\nwebhook_secrets = [{{ env = \"T_SECRET\" }}]\n\n\
+             [actions]\nmax_attempts = {max_attempts}\n\
+             backoff_initial_ms = {initial_ms}\nbackoff_max_ms = {max_ms}\n"
+        ))
+        .env("T_SECRET", secret)
+    }
+
     pub fn new(extra_config: &str) -> Setup {
         Setup {
             extra_config: extra_config.to_string(),

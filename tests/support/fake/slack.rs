@@ -1,0 +1,165 @@
+//! A fake Slack: the incoming webhook and chat.postMessage with the bot token.
+
+use super::*;
+
+pub const SLACK_WEBHOOK_PATH: &str = "/services/T0001/B0001/hooksecret123";
+pub const SLACK_BOT_TOKEN: &str = "xoxb-test-token-1";
+
+/// A message chat.postMessage accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlackMessage {
+    pub channel: String,
+    pub text: String,
+    pub ts: String,
+    pub thread_ts: Option<String>,
+}
+
+#[derive(Default)]
+pub struct SlackState {
+    /// (channel or "webhook", text) of every accepted post.
+    pub posts: Vec<(String, String)>,
+    /// Every message posted with the bot token, with its `ts` and thread.
+    pub messages: Vec<SlackMessage>,
+    /// Warnings Slack would have sent back (`missing_charset`).
+    pub warnings: Vec<String>,
+    pub faults: Faults,
+    /// How long each post takes to be answered (taken at once, answered late).
+    pub delay_ms: u64,
+}
+
+/// A fake Slack: the incoming webhook answers plain `ok`; chat.postMessage needs the bot
+/// token and answers `{"ok": ..}` with HTTP 200 for method errors, like Slack.
+pub type FakeSlack = Fake<SlackState>;
+
+impl FakeSlack {
+    /// Adds a `[slack]` section pointing at this fake, with its webhook URL and bot token.
+    pub fn configure(&self, setup: Setup) -> Setup {
+        setup
+            .section(&format!(
+                "[slack]\nwebhook_url = {{ env = \"T_SLACK_URL\" }}\nbot_token = {{ env = \"T_SLACK_BOT\" }}\napi_base = \"{}\"\n",
+                self.api_base()
+            ))
+            .env("T_SLACK_URL", &self.webhook_url())
+            .env("T_SLACK_BOT", SLACK_BOT_TOKEN)
+    }
+
+    pub async fn start() -> FakeSlack {
+        Fake::spawn(SlackState::default(), slack_handle)
+    }
+
+    pub fn webhook_url(&self) -> String {
+        format!("http://{}{SLACK_WEBHOOK_PATH}", self.addr)
+    }
+
+    pub fn api_base(&self) -> String {
+        format!("http://{}/api", self.addr)
+    }
+
+    pub fn posts(&self) -> Vec<(String, String)> {
+        self.state.lock().unwrap().posts.clone()
+    }
+
+    pub fn messages(&self) -> Vec<SlackMessage> {
+        self.state.lock().unwrap().messages.clone()
+    }
+}
+
+fn slack_handle(state: &mut SlackState, seen: &Seen) -> Reply {
+    if seen.method != "POST" {
+        return Reply::text(405, "method_not_allowed");
+    }
+    if let Some(reply) = state.faults.take(seen) {
+        return reply;
+    }
+    if !seen
+        .header("content-type")
+        .is_some_and(|c| c.starts_with("application/json"))
+    {
+        return Reply::text(400, "invalid_payload");
+    }
+    let body = seen.json();
+    if seen.path == SLACK_WEBHOOK_PATH {
+        let Some(text) = body.get("text").and_then(|t| t.as_str()) else {
+            return Reply::text(
+                400,
+                if body.is_null() {
+                    "invalid_payload"
+                } else {
+                    "missing_text_or_fallback_or_attachments"
+                },
+            );
+        };
+        state.posts.push(("webhook".into(), text.to_string()));
+        let mut reply = Reply::text(200, "ok");
+        reply.delay_ms = state.delay_ms;
+        return reply;
+    }
+    if seen.path == "/api/chat.postMessage" {
+        match seen.header("authorization") {
+            None => {
+                return Reply::json(200, serde_json::json!({"ok": false, "error": "not_authed"}))
+            }
+            Some(auth) if auth != format!("Bearer {SLACK_BOT_TOKEN}") => {
+                return Reply::json(
+                    200,
+                    serde_json::json!({"ok": false, "error": "invalid_auth"}),
+                )
+            }
+            Some(_) => {}
+        }
+        let channel = body.get("channel").and_then(|c| c.as_str());
+        let text = body.get("text").and_then(|t| t.as_str());
+        let (Some(channel), Some(text)) = (channel, text) else {
+            return Reply::json(200, serde_json::json!({"ok": false, "error": "no_text"}));
+        };
+        if channel == "#not-a-member" {
+            return Reply::json(
+                200,
+                serde_json::json!({"ok": false, "error": "not_in_channel"}),
+            );
+        }
+        let thread_ts = match body.get("thread_ts") {
+            None => None,
+            Some(serde_json::Value::String(ts)) => {
+                // A reply names a message that was posted.
+                if !state.messages.iter().any(|m| &m.ts == ts) {
+                    return Reply::json(
+                        200,
+                        serde_json::json!({"ok": false, "error": "thread_not_found"}),
+                    );
+                }
+                Some(ts.clone())
+            }
+            Some(_) => {
+                return Reply::json(
+                    200,
+                    serde_json::json!({"ok": false, "error": "invalid_thread_ts"}),
+                )
+            }
+        };
+        // Slack reads JSON without a charset but warns about it.
+        let mut warning = None;
+        if !seen.header("content-type").is_some_and(|c| {
+            c.replace(' ', "")
+                .eq_ignore_ascii_case("application/json;charset=utf-8")
+        }) {
+            state.warnings.push("missing_charset".into());
+            warning = Some("missing_charset");
+        }
+        state.posts.push((channel.to_string(), text.to_string()));
+        let ts = format!("1725574158.{:06}", state.posts.len());
+        state.messages.push(SlackMessage {
+            channel: channel.to_string(),
+            text: text.to_string(),
+            ts: ts.clone(),
+            thread_ts,
+        });
+        let mut answer = serde_json::json!({"ok": true, "channel": "C0123456789", "ts": ts});
+        if let Some(warning) = warning {
+            answer["warning"] = serde_json::json!(warning);
+        }
+        return Reply::json(200, answer);
+    }
+    // A wrong webhook path: Slack says no_service.
+    Reply::text(404, "no_service")
+}
