@@ -78,7 +78,7 @@ impl ActionRequest {
         }
     }
 
-    /// The service an action needs, for "<service> is not configured" and concurrency.
+    /// The service an action needs, for "`<service>` is not configured" and concurrency.
     pub fn service(&self) -> &'static str {
         match self {
             ActionRequest::ModeRun(_) => "mode",

@@ -44,7 +44,7 @@ pub enum Command {
     /// Validate the config and compile every rule; check the functions rules call. No network.
     Check,
     /// Dry run: evaluate the rules on event files and print the calls they make; with no
-    /// event files, run the rule tests in <rules dir>/tests/*.toml.
+    /// event files, run the rule tests in `<rules dir>/tests/*.toml`.
     Test {
         /// A rules folder or one rule file (default: the configured rules folder).
         #[arg(long, value_name = "PATH")]

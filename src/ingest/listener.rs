@@ -65,7 +65,7 @@ pub fn raise_file_limit() -> io::Result<u64> {
 }
 
 /// The cap on open connections: the configured one, or what the file limit leaves room
-/// for after [`RESERVED_FDS`], whichever is lower.
+/// for after `RESERVED_FDS`, whichever is lower.
 pub fn connection_cap(configured: usize, file_limit: u64) -> usize {
     let room = file_limit.saturating_sub(RESERVED_FDS).max(1);
     configured.min(usize::try_from(room).unwrap_or(usize::MAX))

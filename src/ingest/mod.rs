@@ -1,5 +1,5 @@
 //! Intake: the HTTP routes of SPEC section 2. A webhook is verified, turned into an
-//! [`Event`](crate::event::Event), and committed to the journal *before* the 200 is sent;
+//! [`Event`], and committed to the journal *before* the 200 is sent;
 //! everything after that (enrichment, rules, actions) happens in the pipeline.
 
 pub mod dbt_cloud;

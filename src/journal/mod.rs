@@ -78,7 +78,7 @@ impl From<rusqlite::Error> for JournalError {
     }
 }
 
-/// The answer to [`JournalStore::append`], given once the transaction that holds the event
+/// The answer to [`StageQueue::append`], given once the transaction that holds the event
 /// is committed (on disk) or has failed. Concurrent appends share one commit, so a caller
 /// waits here rather than holding a thread while it waits its turn for the database.
 pub struct AppendTicket(tokio::sync::oneshot::Receiver<Result<Appended, String>>);

@@ -136,7 +136,7 @@ pub enum Appended {
     Duplicate,
 }
 
-/// What [`JournalStore::release_running`] did.
+/// What [`Operations::release_running`](super::Operations::release_running) did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Released {
     /// Jobs that will run again.

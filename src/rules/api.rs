@@ -39,7 +39,7 @@ pub struct Recording {
     pub calls: Vec<RecordedCall>,
     /// `log(..)`, `print(..)` and `debug(..)` lines, with their line number.
     pub logs: Vec<(usize, String)>,
-    /// Log lines past [`MAX_LOG_LINES`], counted but not kept.
+    /// Log lines past `MAX_LOG_LINES`, counted but not kept.
     pub logs_dropped: usize,
 }
 

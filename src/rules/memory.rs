@@ -78,7 +78,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// How long mimalloc keeps freed memory before giving it back to the OS, in ms.
 /// mimalloc's default, 10 ms, kept ~5 MiB more resident under load (RSS right after
-/// 100,000 events 30.3 against 24.8 MiB at 0, bench/harness.rs) and 33.6 MiB after a
+/// 100,000 events 30.3 against 24.8 MiB at 0, bench/probes/harness.rs) and 33.6 MiB after a
 /// 1.36-million-event run. 0 gave it back at once but cost ~4 % of intake (the
 /// `madvise` calls and the TLB shootdowns they cause, with threads freeing each other's
 /// blocks). 2 ms keeps most of the memory gain (26.8-27.8 MiB after 100,000 events,
@@ -87,7 +87,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 const PURGE_DELAY_MS: std::os::raw::c_long = 2;
 
 /// Tunes mimalloc for a long-running daemon: memory freed is given back to the OS after
-/// [`PURGE_DELAY_MS`]. Called first thing in `main`; options are read when used, so it
+/// `PURGE_DELAY_MS`. Called first thing in `main`; options are read when used, so it
 /// applies from then on.
 pub fn tune_allocator() {
     // SAFETY: sets one integer option; mimalloc reads options atomically.

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::journal::{blocking, Job, Journal, Queue};
 
 /// One `Notify` per queue. A stage (or intake) that journals work for another wakes it;
-/// a wake only shortens the sleep, so a lost one costs at most [`IDLE_POLL`].
+/// a wake only shortens the sleep, so a lost one costs at most `IDLE_POLL` (a second).
 #[derive(Clone, Default)]
 pub struct Wakes {
     pub enrich: Arc<Notify>,

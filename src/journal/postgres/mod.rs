@@ -15,7 +15,7 @@
 //!   since notifications are lost across reconnects;
 //! - migrations run under an advisory lock.
 //!
-//! The [`JournalStore`] interface is blocking; this store runs its async client
+//! The [`JournalStore`](super::JournalStore) interface is blocking; this store runs its async client
 //! (`tokio-postgres` with the `deadpool` pool) on a small runtime of its own and waits
 //! for each call, so it serves the daemon's blocking threads and the CLI alike.
 //!
@@ -25,7 +25,7 @@
 
 //!
 //! - this file: [`PostgresJournal`], its pool and runtime, opening it;
-//! - `calls.rs`: the [`JournalStore`] calls; `sql.rs`: the statements they share;
+//! - `calls.rs`: the [`JournalStore`](super::JournalStore) calls; `sql.rs`: the statements they share;
 //! - `schema.rs`: the schema's migrations, applied under an advisory lock;
 //! - `leases.rs`: renewing this instance's leases; `listen.rs`: `LISTEN` for work.
 
@@ -63,7 +63,7 @@ const POOL_SIZE: usize = 16;
 pub(super) const INTERRUPTED: &str =
     "interrupted: the attempt never finished (the instance stopped or lost the lease while it ran)";
 
-/// The PostgreSQL implementation of [`JournalStore`].
+/// The PostgreSQL implementation of [`JournalStore`](super::JournalStore).
 pub struct PostgresJournal {
     /// The runtime the async client runs on; calls from any thread wait on it.
     runtime: Option<tokio::runtime::Runtime>,

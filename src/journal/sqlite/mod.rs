@@ -1,5 +1,5 @@
 //! The SQLite journal: one file, WAL mode, `synchronous = FULL` so that a commit is on disk
-//! before intake answers 200 (the evaluate stage's own bookkeeping excepted: [`Durability`]).
+//! before intake answers 200 (the evaluate stage's own bookkeeping excepted: `committer::Durability`).
 //!
 //! - this file: [`SqliteJournal`], opening it, and the write and read helpers;
 //! - `calls.rs`: the [`super::JournalStore`] calls;
@@ -40,7 +40,7 @@ use recent::RecentEvents;
 use schema::{migrate, NOW_MS};
 use sql::EventRow;
 
-/// The SQLite implementation of [`JournalStore`].
+/// The SQLite implementation of [`JournalStore`](super::JournalStore).
 pub struct SqliteJournal {
     /// A second, read-only connection for the reads outside transactions (an event to
     /// evaluate, listings). WAL lets it read while the writer commits, so the evaluate

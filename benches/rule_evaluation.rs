@@ -1,6 +1,6 @@
 //! Rule evaluation cost: one event through 1, 10, 100 and 1,000 rules the size of the
 //! shipped examples (copies of rules/*.rhai), and the reload after one file of 1,000
-//! changed. Run with `cargo bench --bench rules`.
+//! changed. Run with `cargo bench --bench rule_evaluation`.
 
 use std::path::Path;
 

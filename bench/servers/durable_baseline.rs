@@ -1,5 +1,5 @@
 //! The durable baseline for intake: what "committed before 200" costs at the least, and
-//! nothing else. The same HMAC check and JSON parse as `baseline.rs`; the `eventId`
+//! nothing else. The same HMAC check and JSON parse as `servers/baseline.rs`; the `eventId`
 //! de-duplicated in an in-memory set (a repeat answers `duplicate: true`); one writer
 //! thread that drains everything queued, appends it to a log file in one `write`, calls
 //! `fdatasync`, and only then lets those requests answer 200. `bench/run` measures

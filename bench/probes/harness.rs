@@ -249,7 +249,7 @@ async fn main() {
     println!("rss_after_100k_mib {:.1}", rss_kib(pid) as f64 / 1024.0);
 
     // One file changed among 1,000 -> the first event that sees it. The 999 others never
-    // fire; their evaluation cost is in `cargo bench --bench rules`.
+    // fire; their evaluation cost is in `cargo bench --bench rule_evaluation`.
     for i in 0..BULK_RULES - 1 {
         std::fs::write(
             rules.join(format!("bulk_{i:04}.rhai")),
