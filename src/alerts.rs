@@ -1,5 +1,5 @@
-//! Stateful threshold alerts (SPEC section 6): decide, from an alert's stored state and a
-//! rule's `alert(name, firing, ..)` call, whether the state changes and what to post.
+//! Stateful threshold alerts (docs/behaviour.md section 6): decide, from an alert's stored state
+//! and a rule's `alert(name, firing, ..)` call, whether the state changes and what to post.
 //!
 //! Pure functions: the journal applies the decision inside the evaluation's transaction,
 //! so one transition yields at most one post even if an evaluation is retried.
@@ -37,7 +37,7 @@ pub fn decide(previous: Option<&AlertState>, call: &AlertCall, now_ms: i64) -> D
         None => json!({ "text": text }),
     };
     // Posted with the bot token, an alert's later posts go in the thread of the post
-    // that announced it (SPEC section 7): they name that post's job.
+    // that announced it (docs/behaviour.md section 7): they name that post's job.
     let in_thread = |text: String, firing_version: i64| {
         let mut post = payload(text);
         if call.channel.is_some() {

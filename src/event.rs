@@ -1,5 +1,5 @@
-//! The common event: what every webhook becomes (SPEC section 4), and the contract between
-//! intake, the journal, the rules and the CLI.
+//! The common event: what every webhook becomes (docs/behaviour.md section 4), and the contract
+//! between intake, the journal, the rules and the CLI.
 //!
 //! An event serializes to one flat JSON object (`id`, `source`, `type`, `received_at`, the
 //! source's own fields, `raw`). That object is what the journal stores, what

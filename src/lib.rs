@@ -4,16 +4,20 @@
 //!
 //! # Layout
 //!
-//! The modules follow the data:
+//! The modules follow the data: ingest -> journal -> stages -> actions (ARCHITECTURE.md
+//! has the map, and one webhook's way through the files).
 //!
 //! - [`config`]: the TOML config, validated into types; secret references.
-//! - [`ingest`]: HTTP routes; signature and token checks; webhook bodies -> [`event::Event`].
+//! - [`ingest`]: the listener, the routes, signature and token checks; one file per event
+//!   source, turning a webhook body into an [`event::Event`].
 //! - [`event`]: the common event every stage speaks.
-//! - [`journal`]: events, jobs and alert state behind the `JournalStore` trait: SQLite
-//!   (one process) or PostgreSQL (several instances sharing one queue).
+//! - [`journal`]: events, jobs and alert state, behind an interface split by audience
+//!   (the stages, the CLI, operations); SQLite (one process) or PostgreSQL (several
+//!   instances sharing one queue), with the same file names in both.
 //! - [`stages`]: every task that claims journal work: enrich, evaluate, act, follow.
-//! - [`rules`]: Rhai rules: sandboxed engine, rule API, hot reload.
-//! - [`actions`]: what rules ask for, and how each call reaches Mode, Tableau or Slack.
+//! - [`rules`]: pure Rhai: the sandboxed engine, the recording rule API, hot reload.
+//! - [`actions`]: one file per action (payload, rule functions, HTTP calls) behind the
+//!   [`actions::ActionRequest`] enum.
 //! - [`alerts`]: the pure state machine of threshold alerts.
 //! - [`pipeline`]: `freshet serve`: starts every task and wires them. Read this first.
 //! - [`metrics`], [`telemetry`], [`shutdown`], [`service`]: Prometheus metrics, logs,

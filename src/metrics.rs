@@ -1,4 +1,4 @@
-//! Prometheus metrics for `/metrics` (SPEC section 2), through the official
+//! Prometheus metrics for `/metrics` (docs/behaviour.md section 2), through the official
 //! `prometheus-client` crate rather than hand-formatted text.
 
 use prometheus_client::encoding::EncodeLabelSet;

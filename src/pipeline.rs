@@ -35,7 +35,8 @@ use crate::stages::enrich::EnrichWorker;
 use crate::stages::evaluate::EvaluateWorker;
 use crate::stages::Wakes;
 
-/// How long a stop may take before in-flight work is abandoned (SPEC: at most 10 s).
+/// How long a stop may take before in-flight work is abandoned (docs/behaviour.md section 1: at
+/// most 10 s).
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Runs the daemon until SIGTERM or SIGINT. `config_path` is what `--config` named, so
@@ -199,7 +200,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     Ok(())
 }
 
-/// `serve` refuses to start without its rules folder (SPEC section 9): running with no
+/// `serve` refuses to start without its rules folder (docs/behaviour.md section 9): running with no
 /// rules would look healthy and do nothing.
 fn ensure_rules_folder(dir: &Path) -> anyhow::Result<()> {
     if dir.is_dir() {
@@ -214,7 +215,7 @@ fn ensure_rules_folder(dir: &Path) -> anyhow::Result<()> {
 
 /// SIGHUP: reads the config again and swaps in its secrets. A config that does not load,
 /// or that would leave a source that has a secret now without one (a file caught
-/// half-written, emptied by mistake), is refused: the running one stays (SPEC section
+/// half-written, emptied by mistake), is refused: the running one stays (docs/behaviour.md section
 /// 11). Returns the outcome for `/healthz`.
 fn reload_config(
     path: Option<PathBuf>,

@@ -1,4 +1,4 @@
-//! PostgreSQL stops under load (SPEC section 10): while it is down, webhooks get 503,
+//! PostgreSQL stops under load (docs/behaviour.md section 10): while it is down, webhooks get 503,
 //! never 200, within 5 s, and /healthz says why; when it is back, intake and jobs resume
 //! without a restart, and nothing acknowledged is lost.
 //!

@@ -1,5 +1,5 @@
 //! What every action shares: the HTTP client, the classification of failures into
-//! "try again" and "final" (SPEC section 6), and the backoff between attempts.
+//! "try again" and "final" (docs/behaviour.md section 6), and the backoff between attempts.
 
 use std::time::{Duration, SystemTime};
 
@@ -35,7 +35,8 @@ impl ActionError {
         ActionError::Final(message.into())
     }
 
-    /// The final error of an action whose service has no config section (SPEC section 3).
+    /// The final error of an action whose service has no config section (docs/behaviour.md section
+    /// 3).
     pub fn not_configured(service: &str) -> ActionError {
         ActionError::Final(format!("{service} is not configured"))
     }
@@ -90,7 +91,7 @@ pub fn status_error(
     }
 }
 
-/// Longest answer read from a service (SPEC section 11): their answers are small JSON
+/// Longest answer read from a service (docs/behaviour.md section 11): their answers are small JSON
 /// documents, and a misbehaving server or proxy must not be able to fill our memory.
 /// Mode's result rows are streamed separately, bounded by `mode.max_result_bytes`.
 pub const MAX_ANSWER_BYTES: usize = 4 << 20;
@@ -176,8 +177,8 @@ pub async fn send_following_redirects(
 }
 
 /// Where a redirect from `from` to `location` may be followed: a relative `Location`, the
-/// same scheme, host and port, or the same host from http to https (SPEC section 7). Any
-/// other target would receive the credentials the request carries (a Tableau PAT or
+/// same scheme, host and port, or the same host from http to https (docs/behaviour.md section 7).
+/// Any other target would receive the credentials the request carries (a Tableau PAT or
 /// token, a Mode key, a Slack token), so it is refused. The error names only the host.
 pub fn safe_redirect(from: &Url, location: &str) -> Result<Url, String> {
     let target = from

@@ -1,6 +1,6 @@
-//! The `mode_run` action and the Mode API (../shared/api/dbt-cloud-and-mode.md section
-//! 3): start a report run, and read runs and their results (the enrich stage's fetch of
-//! Mode events). HTTP Basic with the API token and secret; every URL is built on the
+//! The `mode_run` action and the Mode API (<https://mode.com/developer/api-reference/>):
+//! start a report run, and read runs and their results (the enrich stage's fetch of Mode
+//! events). HTTP Basic with the API token and secret; every URL is built on the
 //! configured `api_base`.
 
 use reqwest::Client;
@@ -145,7 +145,7 @@ impl Mode<'_> {
     /// The rows of a query's results (`.../results/content.json`, a JSON array of row
     /// objects), streamed: rows are parsed as their bytes arrive, at most `max_rows` are
     /// kept (the rest is not downloaded), and a body longer than `max_bytes` is refused
-    /// (`TooLarge`), so memory stays bounded whatever Mode sends (SPEC section 7).
+    /// (`TooLarge`), so memory stays bounded whatever Mode sends (docs/behaviour.md section 7).
     pub async fn result_rows(
         &self,
         path: &str,

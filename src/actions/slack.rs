@@ -1,6 +1,7 @@
-//! The `slack_post` action (../shared/api/tableau-slack-hex-powerbi.md section 2): the
-//! incoming webhook for `slack_post(text)` and `chat.postMessage` with the bot token for
-//! `slack_post(channel, text)`. The webhook URL is a secret and never appears in an error.
+//! The `slack_post` action: the incoming webhook for `slack_post(text)`
+//! (<https://api.slack.com/messaging/webhooks>) and `chat.postMessage` with the bot token
+//! for `slack_post(channel, text)` (<https://api.slack.com/methods/chat.postMessage>). The
+//! webhook URL is a secret and never appears in an error.
 
 use reqwest::header::CONTENT_TYPE;
 use reqwest::{Client, StatusCode};

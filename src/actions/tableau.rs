@@ -1,15 +1,16 @@
 //! The `tableau_refresh` and `tableau_refresh_datasource` actions: Tableau extract
-//! refreshes (../shared/api/tableau-slack-hex-powerbi.md section 1).
+//! refreshes (Tableau's REST API,
+//! <https://help.tableau.com/current/api/rest_api/en-us/REST/rest_api_ref.htm>).
 //!
 //! A personal access token allows one live session: signing in again ends the previous
 //! one. So one [`Tableau`] holds the one session for every job, signs in under a lock,
 //! reuses the token until Tableau refuses it (401002/401000), then signs in once more.
 //!
 //! Unless `tableau.api_version` pins one, the REST API version is the server's own,
-//! asked of `serverinfo` before each sign-in (SPEC section 7): a fixed default is refused
-//! by every server older than it. Names are unique only within a project, so a name may
+//! asked of `serverinfo` before each sign-in (docs/behaviour.md section 7): a fixed default is
+//! refused by every server older than it. Names are unique only within a project, so a name may
 //! come with its project. An accepted refresh is only queued; [`Tableau::job`] reads the
-//! job that runs it, which `follow.rs` polls to its end.
+//! job that runs it, which `stages/follow.rs` polls to its end.
 
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use reqwest::{Client, Method, StatusCode};
@@ -181,7 +182,7 @@ pub struct Target<'a> {
     pub project: Option<&'a str>,
 }
 
-/// A refresh job as Tableau reports it (../shared/api section 1.8).
+/// A refresh job as Tableau's Query Job call reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobState {
     /// Set once the job has ended; until then the job is queued or running.
@@ -472,7 +473,8 @@ async fn api_version(http: &Client, config: &TableauConfig) -> Result<String, Ac
     }
     let version = match parsed.pointer("/serverInfo/restApiVersion") {
         Some(Value::String(version)) => Some(version.clone()),
-        // The JSON shape is unconfirmed (../shared/api section 1.4): accept {"value": ..}.
+        // Tableau documents serverinfo's XML answer only; its JSON shape is unconfirmed:
+        // accept {"value": ..}.
         Some(other) => other.get("value").and_then(Value::as_str).map(String::from),
         None => None,
     };

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-/// The documented config, every key of SPEC section 3.
+/// The documented config, every key of docs/behaviour.md section 3.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../freshet.example.toml");
 
 /// The example rules shipped in `rules/`.

@@ -1,4 +1,4 @@
-//! The command line of SPEC section 1 (clap derive) and the dispatch to each command.
+//! The command line of docs/behaviour.md section 1 (clap derive) and the dispatch to each command.
 //!
 //! Every command returns `Ok(true)` when all went well, `Ok(false)` for a failed check
 //! (exit 1 without an error chain), or an error that `main` prints once (exit 1). Usage
@@ -300,7 +300,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
 }
 
 /// With no config file, tell the newcomer what the daemon generated and how to try it.
-/// Printed on stdout, once, at start-up (SPEC section 3); never written to the log.
+/// Printed on stdout, once, at start-up (docs/behaviour.md section 3); never written to the log.
 fn announce_embedded(config: &config::Config) {
     let secret = config
         .dbt

@@ -1,4 +1,4 @@
-//! Rule tests (SPEC section 8): `freshet test` with no event files runs the tests in
+//! Rule tests (docs/behaviour.md section 8): `freshet test` with no event files runs the tests in
 //! `<rules dir>/tests/*.toml`, so a rule author can say in CI what a rule must do.
 //!
 //! ```toml

@@ -12,7 +12,8 @@ use super::{DbtSample, ModeSample, SendTarget};
 use crate::config;
 use crate::ingest::signature;
 
-/// The built-in samples: the bodies in ../shared/api/samples.
+/// The built-in samples: the vendors' documented webhook bodies, kept in
+/// tests/fixtures/samples.
 const DBT_COMPLETED: &str = include_str!("../../tests/fixtures/samples/dbt-job-run-completed.json");
 const DBT_ERRORED: &str = include_str!("../../tests/fixtures/samples/dbt-job-run-errored.json");
 const DBT_STARTED: &str = include_str!("../../tests/fixtures/samples/dbt-job-run-started.json");

@@ -69,7 +69,7 @@ impl Default for RawRules {
 struct RawJournal {
     path: Option<PathBuf>,
     retention_days: u32,
-    /// PostgreSQL instead of SQLite (SPEC section 10).
+    /// PostgreSQL instead of SQLite (docs/behaviour.md section 10).
     url: Option<SecretRef>,
     lease_seconds: u64,
 }
@@ -127,7 +127,7 @@ struct RawTableau {
     server: String,
     #[serde(default)]
     site: String,
-    /// Unset: the server's own version, from serverinfo (SPEC section 7).
+    /// Unset: the server's own version, from serverinfo (docs/behaviour.md section 7).
     api_version: Option<String>,
     #[serde(default = "default_job_poll_seconds")]
     job_poll_seconds: u64,
@@ -181,7 +181,7 @@ impl Default for RawActions {
 struct Problems<'a> {
     path: &'a Path,
     /// Whether secret references are read; commands that never contact a service leave
-    /// them unresolved (SPEC section 9), so they run without the secrets in place.
+    /// them unresolved (docs/behaviour.md section 9), so they run without the secrets in place.
     secrets: Secrets,
     base_dir: PathBuf,
     errors: Vec<ConfigProblem>,
@@ -493,7 +493,7 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
 }
 
 /// The keys that hold secrets (or secret references): errors about them never quote a
-/// value (SPEC section 11).
+/// value (docs/behaviour.md section 11).
 const SECRET_KEYS: [&str; 8] = [
     "dbt.webhook_secrets",
     "mode.api_token",

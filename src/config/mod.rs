@@ -1,5 +1,5 @@
-//! The daemon's configuration: one TOML file (SPEC section 3), parsed once and validated
-//! into typed values, with secrets resolved from the environment, files or systemd
+//! The daemon's configuration: one TOML file (docs/behaviour.md section 3), parsed once and
+//! validated into typed values, with secrets resolved from the environment, files or systemd
 //! credentials. Everything downstream takes a [`Config`] and never sees raw TOML.
 
 mod file;
@@ -79,9 +79,9 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_bytes: usize,
-    /// Most client connections open at once (SPEC section 11).
+    /// Most client connections open at once (docs/behaviour.md section 11).
     pub max_connections: usize,
-    /// Memory that request bodies being read may hold at once (SPEC section 11).
+    /// Memory that request bodies being read may hold at once (docs/behaviour.md section 11).
     pub max_pending_body_bytes: usize,
 }
 
@@ -95,7 +95,7 @@ pub struct RulesConfig {
 pub struct JournalConfig {
     /// The SQLite file (unused with `url`).
     pub path: PathBuf,
-    /// A PostgreSQL URL: several instances share the journal (SPEC section 10).
+    /// A PostgreSQL URL: several instances share the journal (docs/behaviour.md section 10).
     pub url: Option<Secret>,
     /// How long a PostgreSQL job lease holds without renewal by its instance.
     pub lease_seconds: u64,
@@ -117,7 +117,7 @@ pub struct ModeConfig {
     pub webhook_token: Option<Secret>,
     pub fetch_results: bool,
     pub max_result_rows: usize,
-    /// Most bytes of one query's results read (SPEC section 7).
+    /// Most bytes of one query's results read (docs/behaviour.md section 7).
     pub max_result_bytes: usize,
 }
 
@@ -149,7 +149,7 @@ pub struct ActionsConfig {
     pub timeout_ms: u64,
 }
 
-/// Where the config came from, after the lookup of SPEC section 1.
+/// Where the config came from, after the lookup of docs/behaviour.md section 1.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConfigLocation {
     File(PathBuf),
@@ -188,7 +188,8 @@ pub enum Secrets {
     /// Read every secret: `serve`, `check` and `send`, which use them.
     Resolve,
     /// Leave them unread: the commands that only read or steer the journal, or evaluate
-    /// rules offline, must work without the daemon's secrets in place (SPEC section 9).
+    /// rules offline, must work without the daemon's secrets in place (docs/behaviour.md section
+    /// 9).
     Skip,
 }
 
@@ -256,8 +257,8 @@ impl Config {
         Ok(config)
     }
 
-    /// The defaults of SPEC section 3 with no services and no secrets (for dry runs that
-    /// must not create anything).
+    /// The defaults of docs/behaviour.md section 3 with no services and no secrets (for dry runs
+    /// that must not create anything).
     pub fn defaults() -> Result<Config, ConfigErrors> {
         let mut config = file::parse(Path::new("<embedded defaults>"), "", Secrets::Resolve)?;
         config.path = None;

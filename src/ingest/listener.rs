@@ -1,5 +1,6 @@
 //! The HTTP listener: accepts connections and serves the routes on each, under the limits
-//! of SPEC section 11, so that clients that hold connections open cannot lock others out.
+//! of docs/behaviour.md section 11, so that clients that hold connections open cannot lock others
+//! out.
 //!
 //! - A connection must send a complete request head within [`HEAD_TIMEOUT`] of its
 //!   first byte (or of being accepted); slowloris clients are closed.
@@ -39,8 +40,8 @@ const RESERVED_FDS: u64 = 128;
 /// How often the timeouts are enforced.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Raises this process's soft limit on open files to the hard limit (SPEC section 11) and
-/// returns the soft limit now in force.
+/// Raises this process's soft limit on open files to the hard limit (docs/behaviour.md section 11)
+/// and returns the soft limit now in force.
 pub fn raise_file_limit() -> io::Result<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,

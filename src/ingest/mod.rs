@@ -1,4 +1,4 @@
-//! Intake: the HTTP routes of SPEC section 2. A webhook is verified, turned into an
+//! Intake: the HTTP routes of docs/behaviour.md section 2. A webhook is verified, turned into an
 //! [`Event`], and committed to the journal *before* the 200 is sent;
 //! everything after that (enrichment, rules, actions) happens in the pipeline.
 
@@ -236,7 +236,7 @@ fn mode_route(
     intake: Intake,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
     // The token is taken as the path's tail, not with `path::param`: warp logs every
-    // param it parses at TRACE, and the token is a secret (SPEC section 11).
+    // param it parses at TRACE, and the token is a secret (docs/behaviour.md section 11).
     warp::path("webhooks")
         .and(warp::path("mode"))
         .and(warp::path::tail())

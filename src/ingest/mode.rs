@@ -32,7 +32,7 @@ pub fn parse(body: &[u8], workspace: &str, received_at: String) -> Result<Event,
 }
 
 /// Mode's test delivery: when a webhook is created, Mode posts to it to see that it
-/// answers (../shared/api/dbt-cloud-and-mode.md section 2: the payload is unconfirmed).
+/// answers (Mode's help article shows samples, not a schema: the payload is unconfirmed).
 /// A JSON object that names no resource URL is taken as one: answered 200 so that
 /// creating the webhook succeeds, and journaled nothing, since there is nothing to fetch.
 /// Returns why it was ignored.

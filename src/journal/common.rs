@@ -180,8 +180,8 @@ fn stage_letter(queue: Queue) -> char {
 
 /// Which of the claim candidates (soonest first; id and attempts so far) to lease. A job
 /// tried before may be the one that killed the process last time, so it is leased alone:
-/// if it does so again, it takes no other job's attempt with it (SPEC section 11, poison
-/// events). Fresh jobs are leased together, the earliest due deciding which kind goes
+/// if it does so again, it takes no other job's attempt with it (docs/behaviour.md section 11,
+/// poison events). Fresh jobs are leased together, the earliest due deciding which kind goes
 /// first.
 pub fn isolate_retried(candidates: &[(i64, u32)]) -> Vec<i64> {
     match candidates.first() {

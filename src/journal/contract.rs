@@ -1,5 +1,5 @@
-//! The journal's contract: tests every backend passes, unchanged (SPEC section 10). Each
-//! runs on SQLite (a temp file) and on PostgreSQL (a fresh database on the server named
+//! The journal's contract: tests every backend passes, unchanged (docs/behaviour.md section 10).
+//! Each runs on SQLite (a temp file) and on PostgreSQL (a fresh database on the server named
 //! by `FRESHET_TEST_DATABASE_URL`; without it, the PostgreSQL runs say they are skipped).
 //!
 //! "A process stops" differs by backend and is the one thing a test asks the store to do
@@ -447,8 +447,8 @@ fn alert_transitions_are_decided_from_the_stored_state(store: &TestStore) {
     assert_eq!(journal.reset_alert("nope").unwrap(), None);
 }
 
-/// SPEC section 11, poison events: every stopped attempt counts; the job ends dead, and
-/// the events that were claimed with it, or came later, are each evaluated once.
+/// docs/behaviour.md section 11, poison events: every stopped attempt counts; the job ends dead,
+/// and the events that were claimed with it, or came later, are each evaluated once.
 fn a_job_that_keeps_stopping_the_process_ends_dead_and_holds_nothing_back(store: &TestStore) {
     let mut journal = store.open();
     append(&journal, "dbt:poison");

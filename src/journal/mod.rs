@@ -1,4 +1,4 @@
-//! The durable journal of events, jobs and alert state (JOURNAL.md).
+//! The durable journal of events, jobs and alert state (ARCHITECTURE.md, "The journal").
 //!
 //! Every stage hands work on through here rather than through memory: intake commits an
 //! event and its first job before answering 200, evaluation and actions are jobs claimed

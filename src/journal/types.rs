@@ -159,7 +159,7 @@ impl FirstJob {
         max_attempts: 5,
     };
 
-    /// Enrichment calls the Mode API and retries like an action (SPEC section 7).
+    /// Enrichment calls the Mode API and retries like an action (docs/behaviour.md section 7).
     pub fn enrich(max_attempts: u32) -> FirstJob {
         FirstJob {
             queue: Queue::Enrich,

@@ -18,15 +18,15 @@ use crate::actions::ActionRequest;
 pub struct RecordedCall {
     pub request: ActionRequest,
     /// The arguments as the rule wrote them: a list for positional calls, the map for a
-    /// call with one map (what rule tests compare against, SPEC section 8).
+    /// call with one map (what rule tests compare against, docs/behaviour.md section 8).
     pub written: serde_json::Value,
     pub line: usize,
     pub column: usize,
 }
 
-/// Most action calls one rule may make for one event (SPEC section 11).
+/// Most action calls one rule may make for one event (docs/behaviour.md section 11).
 pub const MAX_CALLS: usize = 100;
-/// Largest serialized arguments of one action call, in bytes (SPEC section 11).
+/// Largest serialized arguments of one action call, in bytes (docs/behaviour.md section 11).
 pub const MAX_CALL_ARGS_BYTES: usize = 64 << 10;
 /// Most `log`/`print`/`debug` lines kept from one evaluation, and the longest kept line:
 /// a rule printing in a loop must not fill memory or the log.
@@ -57,8 +57,8 @@ pub fn recording<T>(f: impl FnOnce() -> T) -> (T, Recording) {
     (result, recorded)
 }
 
-/// Records an action call, refusing one over the limits of SPEC section 11: the error stops
-/// the rule, and the calls it made in this run are then dropped with it.
+/// Records an action call, refusing one over the limits of docs/behaviour.md section 11: the error
+/// stops the rule, and the calls it made in this run are then dropped with it.
 pub(crate) fn record(
     ctx: &NativeCallContext,
     request: ActionRequest,

@@ -1,4 +1,4 @@
-//! Name checks for `freshet check` (SPEC section 8). Rhai resolves function calls only
+//! Name checks for `freshet check` (docs/behaviour.md section 8). Rhai resolves function calls only
 //! when a script runs, so a misspelled `slack_pots(..)` compiles and fails at the first
 //! event that reaches it. This pass reads a rule's source, finds every call, and reports
 //! those that name no function the engine knows or the script defines, with the nearest

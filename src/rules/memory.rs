@@ -32,11 +32,10 @@ fn add(delta: i64) {
 ///
 /// mimalloc rather than glibc's malloc: intake and the evaluate stage allocate and free
 /// many small buffers on several threads, and glibc's `malloc`, `free` and their
-/// consolidation were ~15 % of the daemon's CPU under load. With mimalloc, intake went
-/// from 10,900-11,500 to 12,700-13,200 req/s (bench/README.md). Its version 2 is built
-/// (the `v2` feature): the same speed here as version 3 and 0.5 MiB less idle RSS; and
-/// without transparent huge pages (`no_thp`), which made each thread's first pages a
-/// 2 MiB huge page (idle RSS 25 MiB instead of 15).
+/// consolidation were a large share of the daemon's CPU under load (bench/README.md).
+/// Its version 2 is built (the `v2` feature): as fast here as version 3, with a smaller
+/// idle footprint; and without transparent huge pages (`no_thp`), which made each
+/// thread's first pages a 2 MiB huge page.
 pub struct CountingAllocator;
 
 // SAFETY: every method forwards to `MiMalloc` with the same arguments; the counting only
@@ -77,13 +76,10 @@ unsafe impl GlobalAlloc for CountingAllocator {
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// How long mimalloc keeps freed memory before giving it back to the OS, in ms.
-/// mimalloc's default, 10 ms, kept ~5 MiB more resident under load (RSS right after
-/// 100,000 events 30.3 against 24.8 MiB at 0, bench/probes/harness.rs) and 33.6 MiB after a
-/// 1.36-million-event run. 0 gave it back at once but cost ~4 % of intake (the
-/// `madvise` calls and the TLB shootdowns they cause, with threads freeing each other's
-/// blocks). 2 ms keeps most of the memory gain (26.8-27.8 MiB after 100,000 events,
-/// 29.5-30.3 after 1.1 million) for ~4 % more intake than 0 (`bench/compare`, six pairs;
-/// bench/README.md, fifth session).
+/// mimalloc's default, 10 ms, kept several MiB more resident under load; 0 gave it back
+/// at once but cost intake (the `madvise` calls, and the TLB shootdowns they cause when
+/// threads free each other's blocks). 2 ms keeps most of the memory gain for most of
+/// the speed (the figures are in bench/README.md).
 const PURGE_DELAY_MS: std::os::raw::c_long = 2;
 
 /// Tunes mimalloc for a long-running daemon: memory freed is given back to the OS after

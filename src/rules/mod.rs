@@ -1,6 +1,6 @@
 //! Rules: every `*.rhai` file in the rules folder is one rule, run on every event with
-//! `event` and `vars` in scope (SPEC section 5). Compiled once, evaluated many times on
-//! one frozen, sandboxed engine, with a fresh scope per evaluation so no state leaks.
+//! `event` and `vars` in scope (docs/behaviour.md section 5). Compiled once, evaluated many times
+//! on one frozen, sandboxed engine, with a fresh scope per evaluation so no state leaks.
 //!
 //! - [`engine`]: the sandboxed engine and its limits.
 //! - [`api`]: the functions rules call; they only record.
@@ -279,8 +279,8 @@ mod tests {
         assert!(outcomes[0].error.is_some(), "event is a constant");
     }
 
-    /// Scripts that tried to take the process down (SPEC section 11): each must end in a
-    /// rule error, never in an allocation that aborts the process.
+    /// Scripts that tried to take the process down (docs/behaviour.md section 11): each must end
+    /// in a rule error, never in an allocation that aborts the process.
     #[test]
     fn no_function_builds_a_value_over_the_limits() {
         let (_dir, engine, set) = rule_set(&[

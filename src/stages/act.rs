@@ -190,8 +190,8 @@ async fn run_action(shared: &Shared, config: &Config, job: &Job) -> (JobOutcome,
 }
 
 /// An alert's renotification or resolution goes in the thread of the post that announced
-/// the alert (SPEC section 7), whose `ts` is known once that post has been delivered. Until
-/// then this one waits; if that post never went out (dead, or not through the bot
+/// the alert (docs/behaviour.md section 7), whose `ts` is known once that post has been delivered.
+/// Until then this one waits; if that post never went out (dead, or not through the bot
 /// token), this one is posted on its own.
 async fn thread_of_alert(
     shared: &Shared,
@@ -287,7 +287,7 @@ async fn finish(shared: &Shared, job: &Job, outcome: JobOutcome, mut follow_up: 
 }
 
 /// An event freshet emits about job `job` of event `cause_event_id`: one step further
-/// down its chain (SPEC section 6), so rules reacting to their own outcomes stop.
+/// down its chain (docs/behaviour.md section 6), so rules reacting to their own outcomes stop.
 pub async fn emitted_event(
     journal: &Journal,
     cause_event_id: &str,

@@ -3,7 +3,7 @@
 //! run from the configured `mode.api_base` (never the host in the payload) and, for a
 //! succeeded (or `completed`) run, its result rows, then hands the event on to evaluation.
 //!
-//! Rules never see a half-fetched event as if Mode had no results (SPEC section 7): a
+//! Rules never see a half-fetched event as if Mode had no results (docs/behaviour.md section 7): a
 //! fetch that fails is retried like an action (the `actions.*` backoff, `Retry-After`
 //! honoured), and when it gives up the job is `dead`, listed and retryable, with a
 //! `freshet.action.failed` event. Only a query whose results cannot be had (purged, too

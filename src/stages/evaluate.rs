@@ -1,6 +1,6 @@
 //! The evaluate stage: claims `evaluate` jobs, runs every rule on the event off the async
 //! workers, and journals in one transaction which rules fired, the alert transitions and
-//! the action jobs (JOURNAL.md, "Evaluation is a job too").
+//! the action jobs (ARCHITECTURE.md, "The journal": evaluation is a job too).
 
 use std::sync::Arc;
 
@@ -20,16 +20,15 @@ use crate::rules::RuleResult;
 /// Events at this chain depth (freshet reacting to its own events) queue no more actions.
 pub const MAX_CHAIN_DEPTH: u32 = 3;
 /// Most jobs claimed (and then journaled) together. Each claim and each finish is a
-/// commit, so the batch sets how many commits an event costs the evaluate stage. At 16,
-/// evaluation fell behind sustained intake (4,800 a second against 13,800 at 32
-/// connections, the backlog growing without end); at 64 it keeps up with intake
-/// (10,500 a second, no backlog), and 128 was no better (bench/README.md). Under light
-/// load a claim takes what is there, so a batch is as small as the traffic.
+/// commit, so the batch sets how many commits an event costs the evaluate stage: at 16,
+/// evaluation fell behind sustained intake and the backlog grew without end; 64 keeps
+/// up, and more gained nothing (bench/README.md). Under light load a claim takes what
+/// is there, so a batch is as small as the traffic.
 const EVALUATE_BATCH: usize = 64;
 /// How long a claimed batch is evaluated before what is done is journaled. Cheap rules
-/// get through all 64 in one slice; with 1,000 rules (2.7 ms an event) a whole batch
-/// would hold the first event's actions back for 175 ms, and the rules in force are
-/// read again for each slice, so an edited rule applies within one.
+/// get through a whole batch in one slice; with many rules a whole batch would hold the
+/// first event's actions back for the whole batch's time. The rules in force are read
+/// again for each slice, so an edited rule applies within one.
 const EVALUATE_SLICE: std::time::Duration = std::time::Duration::from_millis(10);
 /// How long an evaluation may hold its job before another worker may take it.
 const LEASE_MS: u64 = 60_000;

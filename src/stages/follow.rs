@@ -1,5 +1,5 @@
-//! Following an accepted Tableau refresh to its end (SPEC section 7). The refresh call's
-//! 202 only says a job was queued; extract refreshes fail every day in real sites
+//! Following an accepted Tableau refresh to its end (docs/behaviour.md section 7). The refresh
+//! call's 202 only says a job was queued; extract refreshes fail every day in real sites
 //! (expired credentials, timeouts), and nobody would be told. So a refresh that returns a
 //! job id starts a `tableau_job` job, in the same transaction that records the refresh;
 //! it polls the Tableau job every `tableau.job_poll_seconds` (a poll spends no attempt)
@@ -38,7 +38,7 @@ struct Followed {
 }
 
 /// The job that follows `request`'s refresh, when Tableau answered with a job id (a
-/// refresh "already queued" has none: SPEC section 7 does not follow it).
+/// refresh "already queued" has none: docs/behaviour.md section 7 does not follow it).
 pub fn start(
     config: &Config,
     job: &Job,

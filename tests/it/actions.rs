@@ -181,8 +181,8 @@ async fn a_sign_in_redirected_on_the_same_server_is_posted_again_there_and_used(
     assert_eq!(fakes.tableau.sign_ins(), 1);
 }
 
-/// SPEC section 7 and the hardening issue: a sign-in redirected to another host must not
-/// take the PAT there.
+/// docs/behaviour.md section 7 and the hardening issue: a sign-in redirected to another host must
+/// not take the PAT there.
 #[tokio::test]
 async fn a_sign_in_redirected_to_another_host_is_refused_and_sends_it_nothing() {
     let fakes = fakes().await;
@@ -500,7 +500,7 @@ async fn after_kill_9_every_pending_action_runs_exactly_once() {
     let mut setup = setup(&fakes, 1000);
     // After its first failed attempt each job waits 5 s, so once every job has failed once
     // and the fake has answered every attempt, nothing is in flight when the process dies.
-    // (A request in flight at a crash is the one honest at-least-once case: JOURNAL.md.)
+    // (A request in flight at a crash is the one honest at-least-once case: ARCHITECTURE.md.)
     setup.extra_config = setup
         .extra_config
         .replace("backoff_initial_ms = 10", "backoff_initial_ms = 5000")

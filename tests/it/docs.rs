@@ -21,8 +21,8 @@ fn names(engine: &rhai::Engine, include_packages: bool) -> std::collections::BTr
         .collect()
 }
 
-/// SPEC section 8: every function registered in the rule engine is in docs/rules.md, so
-/// the reference cannot drift from the engine; and every function it documents exists.
+/// docs/behaviour.md section 8: every function registered in the rule engine is in docs/rules.md,
+/// so the reference cannot drift from the engine; and every function it documents exists.
 #[test]
 fn every_function_of_the_rule_engine_is_documented() {
     let docs = read("docs/rules.md");
@@ -104,8 +104,8 @@ fn shell(dir: &Path, script: &str, extra_env: &[(&str, String)]) -> std::process
     wait_with_timeout(command.spawn().unwrap(), std::time::Duration::from_secs(60))
 }
 
-/// SPEC section 8, "done when": the tutorial of docs/rules.md, from `freshet init` to a
-/// tested rule, runs as written.
+/// docs/behaviour.md section 8, "done when": the tutorial of docs/rules.md, from `freshet init` to
+/// a tested rule, runs as written.
 #[test]
 fn the_rules_tutorial_runs_as_written() {
     let docs = read("docs/rules.md");
@@ -155,7 +155,7 @@ fn the_rules_tutorial_runs_as_written() {
     );
 }
 
-/// SPEC section 9 (README commands stay true): the walk-through of README.md runs as
+/// docs/behaviour.md section 9 (README commands stay true): the walk-through of README.md runs as
 /// shown against a daemon on the embedded defaults. The daemon listens on a free port
 /// instead of 8787 (tests never take fixed ports); the commands are otherwise as written.
 #[test]

@@ -1,5 +1,5 @@
-//! Hostile clients, hostile rules and a journal that fails under the daemon (SPEC section
-//! 11). Every test talks to 127.0.0.1 only and is bounded in count and time; the two that
+//! Hostile clients, hostile rules and a journal that fails under the daemon (docs/behaviour.md
+//! section 11). Every test talks to 127.0.0.1 only and is bounded in count and time; the two that
 //! wait out the listener's timeouts take about 30 s and 60 s and run beside the others.
 
 use std::io::{Read, Write};
@@ -58,9 +58,9 @@ fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
-/// SPEC section 11 (connections): with both file limits at 1,024, 1,100 idle connections
-/// are held open; the daemon closes the longest-idle ones to make room, and /healthz and
-/// signed webhooks keep being answered.
+/// docs/behaviour.md section 11 (connections): with both file limits at 1,024, 1,100 idle
+/// connections are held open; the daemon closes the longest-idle ones to make room, and /healthz
+/// and signed webhooks keep being answered.
 #[tokio::test]
 async fn idle_connections_cannot_lock_out_health_checks_and_webhooks() {
     let own_limit = raise_own_file_limit();
@@ -104,7 +104,7 @@ async fn idle_connections_cannot_lock_out_health_checks_and_webhooks() {
     );
 }
 
-/// SPEC section 11: a request head that is not complete within 30 s is closed
+/// docs/behaviour.md section 11: a request head that is not complete within 30 s is closed
 /// (slowloris); a keep-alive connection with no request is closed after 60 s.
 #[tokio::test]
 async fn slow_heads_and_idle_keep_alive_connections_are_closed() {
@@ -149,7 +149,7 @@ async fn slow_heads_and_idle_keep_alive_connections_are_closed() {
     );
 }
 
-/// SPEC section 11 (unauthenticated bodies): 1,000 clients each send most of a 262,000
+/// docs/behaviour.md section 11 (unauthenticated bodies): 1,000 clients each send most of a 262,000
 /// byte body with a wrong signature and stall. The bodies share one budget
 /// (8 MiB here), so the daemon's memory stays bounded, and it keeps answering.
 #[tokio::test]
@@ -221,8 +221,8 @@ async fn unauthenticated_bodies_share_one_memory_budget() {
     drop(held);
 }
 
-/// SPEC section 11 (answers from services): a Slack answering 500 with a 64 MiB body is
-/// read only up to the cap; the attempt fails as a retryable server error.
+/// docs/behaviour.md section 11 (answers from services): a Slack answering 500 with a 64 MiB body
+/// is read only up to the cap; the attempt fails as a retryable server error.
 #[tokio::test]
 async fn answers_from_services_are_read_up_to_a_cap() {
     let slack = FakeSlack::start().await;
@@ -262,8 +262,8 @@ async fn answers_from_services_are_read_up_to_a_cap() {
     assert_eq!(slack.posts().len(), 1);
 }
 
-/// SPEC section 11 (rules): rules that would build values past the sandbox's limits, or
-/// flood the journal with calls, are stopped; the process stays up and the other rule
+/// docs/behaviour.md section 11 (rules): rules that would build values past the sandbox's limits,
+/// or flood the journal with calls, are stopped; the process stays up and the other rule
 /// fires.
 #[tokio::test]
 async fn hostile_rules_are_stopped_and_the_process_stays_up() {
@@ -329,8 +329,8 @@ fn evaluate_job_status(daemon: &Daemon, event_id: &str) -> Option<(String, i64)>
     .ok()
 }
 
-/// SPEC section 11 (poison events): an event whose evaluation the process never survives
-/// (here: killed while the rule runs, every time) ends dead after its attempts, listed
+/// docs/behaviour.md section 11 (poison events): an event whose evaluation the process never
+/// survives (here: killed while the rule runs, every time) ends dead after its attempts, listed
 /// and retryable; the event that came with it is evaluated and acted on.
 #[tokio::test]
 async fn a_poison_event_ends_dead_and_holds_nothing_back() {
@@ -386,8 +386,8 @@ async fn a_poison_event_ends_dead_and_holds_nothing_back() {
     assert!(retried.contains("queued again"), "{retried}");
 }
 
-/// SPEC section 11 (the journal under the daemon): after `rm journal.db*`, webhooks get
-/// 503 and /healthz says why; nothing is acknowledged that the next start would not see.
+/// docs/behaviour.md section 11 (the journal under the daemon): after `rm journal.db*`, webhooks
+/// get 503 and /healthz says why; nothing is acknowledged that the next start would not see.
 #[tokio::test]
 async fn a_removed_journal_is_noticed_and_nothing_more_is_acknowledged() {
     let mut daemon = Daemon::start(setup());
@@ -432,7 +432,7 @@ async fn a_removed_journal_is_noticed_and_nothing_more_is_acknowledged() {
     assert!(!listing.contains("wev_after"), "{listing}");
 }
 
-/// SPEC section 11: a journal that fails `PRAGMA quick_check` is refused at start.
+/// docs/behaviour.md section 11: a journal that fails `PRAGMA quick_check` is refused at start.
 #[tokio::test]
 async fn a_corrupt_journal_is_refused_at_start() {
     let mut daemon = Daemon::start(setup());
@@ -463,8 +463,8 @@ async fn a_corrupt_journal_is_refused_at_start() {
     );
 }
 
-/// SPEC section 11 (reloads): `: > freshet.toml; kill -HUP` is refused; signed webhooks
-/// and the Mode token keep working on the running config, and /healthz shows the failed
+/// docs/behaviour.md section 11 (reloads): `: > freshet.toml; kill -HUP` is refused; signed
+/// webhooks and the Mode token keep working on the running config, and /healthz shows the failed
 /// reload until a good one.
 #[tokio::test]
 async fn an_emptied_config_is_refused_on_reload() {
@@ -511,7 +511,7 @@ async fn an_emptied_config_is_refused_on_reload() {
     .await;
 }
 
-/// SPEC section 11 (secrets): at RUST_LOG=trace, no log line holds the Mode token, the
+/// docs/behaviour.md section 11 (secrets): at RUST_LOG=trace, no log line holds the Mode token, the
 /// dbt secret or a signature.
 #[tokio::test]
 async fn no_secret_reaches_the_log_even_at_trace() {
@@ -536,7 +536,7 @@ async fn no_secret_reaches_the_log_even_at_trace() {
     }
 }
 
-/// Mode's test delivery on the right token is answered 200 and journals nothing (SPEC
+/// Mode's test delivery on the right token is answered 200 and journals nothing (docs/behaviour.md
 /// section 7), so creating the webhook in Mode succeeds.
 #[tokio::test]
 async fn modes_test_delivery_is_answered_and_journals_nothing() {

@@ -1,4 +1,4 @@
-//! Operating the daemon (SPEC section 9): one serve per journal, commands that need no
+//! Operating the daemon (docs/behaviour.md section 9): one serve per journal, commands that need no
 //! secrets, a missing rules folder, and errors that say once what went wrong and what
 //! to do.
 
@@ -20,8 +20,8 @@ fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).to_string()
 }
 
-/// SPEC section 9: a second serve on the journal exits 1 at once, naming the journal and
-/// the pid that holds it; the commands keep working beside the first.
+/// docs/behaviour.md section 9: a second serve on the journal exits 1 at once, naming the journal
+/// and the pid that holds it; the commands keep working beside the first.
 #[tokio::test]
 async fn a_second_serve_on_one_journal_exits_naming_the_holder() {
     let daemon = Daemon::start(setup());
@@ -45,7 +45,7 @@ async fn a_second_serve_on_one_journal_exits_naming_the_holder() {
     send_dbt(&daemon, SECRET, dbt_completed("wev_o2", "x", "Success")).await;
 }
 
-/// SPEC section 9: events, actions, test, replay and retry never read secrets, so they
+/// docs/behaviour.md section 9: events, actions, test, replay and retry never read secrets, so they
 /// work where the daemon's secrets are not set (an operator's shell, sudo without the
 /// credentials directory).
 #[tokio::test]
@@ -103,7 +103,7 @@ async fn read_only_commands_need_no_secrets() {
     assert!(stdout(&check).contains("T_SECRET"), "{}", stdout(&check));
 }
 
-/// SPEC section 9: a missing rules folder fails `check` and `serve`, with the path and
+/// docs/behaviour.md section 9: a missing rules folder fails `check` and `serve`, with the path and
 /// how to create it.
 #[tokio::test]
 async fn a_missing_rules_folder_fails_check_and_serve() {
@@ -128,7 +128,7 @@ async fn a_missing_rules_folder_fails_check_and_serve() {
     assert!(error.contains("freshet init"), "{error}");
 }
 
-/// SPEC section 9: each cause once, with the path and the likely fix.
+/// docs/behaviour.md section 9: each cause once, with the path and the likely fix.
 #[tokio::test]
 async fn errors_name_each_cause_once_with_what_to_do() {
     let daemon = Daemon::start(setup());
@@ -198,7 +198,7 @@ async fn errors_name_each_cause_once_with_what_to_do() {
     }
 }
 
-/// SPEC section 9: a command on a mistyped journal path says none exists there and
+/// docs/behaviour.md section 9: a command on a mistyped journal path says none exists there and
 /// creates nothing.
 #[tokio::test]
 async fn commands_never_create_a_journal() {
@@ -223,7 +223,8 @@ async fn commands_never_create_a_journal() {
     assert!(!daemon.dir.join("jornal.db").exists());
 }
 
-/// SPEC section 9: unknown `--status` values are usage errors listing the allowed ones.
+/// docs/behaviour.md section 9: unknown `--status` values are usage errors listing the allowed
+/// ones.
 #[tokio::test]
 async fn unknown_status_values_are_refused() {
     let daemon = Daemon::start(setup());
@@ -237,7 +238,7 @@ async fn unknown_status_values_are_refused() {
     }
 }
 
-/// SPEC section 9: `send` to a daemon that is not running says so.
+/// docs/behaviour.md section 9: `send` to a daemon that is not running says so.
 #[tokio::test]
 async fn send_to_a_stopped_daemon_asks_whether_it_runs() {
     let mut daemon = Daemon::start(setup());

@@ -1,4 +1,4 @@
-//! What real Tableau, Mode and Slack servers do, against fakes that do it too (SPEC
+//! What real Tableau, Mode and Slack servers do, against fakes that do it too (docs/behaviour.md
 //! section 7): API versions, refresh jobs followed to their end (across a kill -9),
 //! project-qualified names, Mode run states, per-query result errors, bounded result
 //! downloads, Mode outages and rate limits, and alert threads in Slack.
@@ -46,8 +46,8 @@ fn jobs(daemon: &Daemon) -> Vec<freshet::journal::JobSummary> {
 // Tableau
 // ---------------------------------------------------------------------------------------
 
-/// SPEC section 7: with no `api_version`, the server's own (from serverinfo) is used; a
-/// pinned version the server does not have is a final error that says what to do.
+/// docs/behaviour.md section 7: with no `api_version`, the server's own (from serverinfo) is used;
+/// a pinned version the server does not have is a final error that says what to do.
 #[tokio::test]
 async fn the_api_version_is_the_servers_own_unless_pinned() {
     let tableau = FakeTableau::start().await;
@@ -89,7 +89,7 @@ async fn the_api_version_is_the_servers_own_unless_pinned() {
     );
 }
 
-/// SPEC section 7: a refresh job is followed to its end; a failure (finishCode 1, with
+/// docs/behaviour.md section 7: a refresh job is followed to its end; a failure (finishCode 1, with
 /// Tableau's notes) becomes `tableau.refresh.completed` and the example rule posts it.
 #[tokio::test]
 async fn a_failed_refresh_is_followed_and_reaches_slack() {
@@ -151,8 +151,8 @@ async fn a_failed_refresh_is_followed_and_reaches_slack() {
     assert_eq!((follow.status.as_str(), follow.attempt), ("succeeded", 1));
 }
 
-/// SPEC section 7: following is journaled work. kill -9 while a job is followed; after the
-/// restart the outcome still arrives, once.
+/// docs/behaviour.md section 7: following is journaled work. kill -9 while a job is followed;
+/// after the restart the outcome still arrives, once.
 #[tokio::test]
 async fn following_survives_a_kill_9_and_the_outcome_arrives_once() {
     let tableau = FakeTableau::start().await;
@@ -208,7 +208,7 @@ async fn following_survives_a_kill_9_and_the_outcome_arrives_once() {
     );
 }
 
-/// SPEC section 7: names are unique only within a project. A bare name found in two
+/// docs/behaviour.md section 7: names are unique only within a project. A bare name found in two
 /// projects is a final error naming them; with its project, the right one is refreshed.
 #[tokio::test]
 async fn a_name_in_two_projects_needs_its_project() {
@@ -245,8 +245,8 @@ async fn a_name_in_two_projects_needs_its_project() {
     .await;
 }
 
-/// SPEC section 7: a redirect from https to plain http is refused, and nothing (no PAT,
-/// no token) is sent over plain http.
+/// docs/behaviour.md section 7: a redirect from https to plain http is refused, and nothing (no
+/// PAT, no token) is sent over plain http.
 #[tokio::test]
 async fn a_redirect_from_https_to_http_is_refused() {
     let (plain, plain_log) = crate::support::fake::recorder().await;
@@ -322,8 +322,8 @@ fn low_revenue() -> QueryResult {
     ]))
 }
 
-/// SPEC section 7: a cancelled run reaches the rules as such, with no results fetch; the
-/// shipped failure rule covers it. A `completed` run has its results fetched.
+/// docs/behaviour.md section 7: a cancelled run reaches the rules as such, with no results fetch;
+/// the shipped failure rule covers it. A `completed` run has its results fetched.
 #[tokio::test]
 async fn cancelled_runs_reach_the_rules_and_completed_runs_have_results() {
     let (mode, slack) = (FakeMode::start().await, FakeSlack::start().await);
@@ -360,7 +360,7 @@ async fn cancelled_runs_reach_the_rules_and_completed_runs_have_results() {
     assert_eq!(event["result_errors"], json!({}));
 }
 
-/// SPEC section 7: one query's results failing (purged: 404) leaves the other queries'
+/// docs/behaviour.md section 7: one query's results failing (purged: 404) leaves the other queries'
 /// rows in place, with the failure in `result_errors`; a results body over
 /// `mode.max_result_bytes` is cut off and named there, and memory stays flat.
 #[tokio::test]
@@ -417,8 +417,8 @@ async fn one_querys_missing_or_huge_results_leave_the_others_rows() {
     .await;
 }
 
-/// SPEC section 7: Mode's 429 is retried after its Retry-After; an outage longer than the
-/// attempts leaves the enrichment dead (listed, with a failure event), and once Mode is
+/// docs/behaviour.md section 7: Mode's 429 is retried after its Retry-After; an outage longer than
+/// the attempts leaves the enrichment dead (listed, with a failure event), and once Mode is
 /// back, `freshet retry` fetches the run and the alert fires. `freshet replay` of the
 /// unverified event also fetches the run first.
 #[tokio::test]
@@ -538,8 +538,8 @@ async fn a_mode_outage_ends_dead_and_retry_or_replay_recovers_it() {
 // Slack
 // ---------------------------------------------------------------------------------------
 
-/// SPEC section 7: an alert posted with the bot token keeps its `ts`; its resolution is
-/// posted in that thread. JSON goes with its charset, so Slack has nothing to warn about.
+/// docs/behaviour.md section 7: an alert posted with the bot token keeps its `ts`; its resolution
+/// is posted in that thread. JSON goes with its charset, so Slack has nothing to warn about.
 #[tokio::test]
 async fn an_alert_resolves_in_the_thread_of_its_post() {
     let (mode, slack) = (FakeMode::start().await, FakeSlack::start().await);

@@ -1,5 +1,5 @@
-//! Several `freshet serve` instances on one PostgreSQL journal (SPEC section 10), against
-//! the server `.ci/postgres.sh` starts (`FRESHET_TEST_DATABASE_URL`; without it each test
+//! Several `freshet serve` instances on one PostgreSQL journal (docs/behaviour.md section 10),
+//! against the server `.ci/postgres.sh` starts (`FRESHET_TEST_DATABASE_URL`; without it each test
 //! says it is skipped). Each test has a database of its own.
 
 use std::collections::BTreeMap;

@@ -1,4 +1,4 @@
-//! The rule authors' toolkit (SPEC section 8): rule tests (the shipped ones, and a
+//! The rule authors' toolkit (docs/behaviour.md section 8): rule tests (the shipped ones, and a
 //! failing one with its reason), replay with care, samples that are never duplicates,
 //! following the journal, JSON lines, alert states and their reset, and what `test` says
 //! of a Mode webhook it cannot enrich.

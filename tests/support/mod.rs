@@ -17,7 +17,7 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_freshet");
 /// The `[vars]` the shipped finance rules read.
 pub const FINANCE_VARS: &str = "[vars]\nfinance_channel = \"#finance\"\nrevenue_floor = 1000.0";
 
-/// The sample payloads of ../shared/api/samples.
+/// The vendors' documented webhook bodies in tests/fixtures/samples.
 pub fn sample(name: &str) -> Vec<u8> {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/samples")

@@ -1,6 +1,6 @@
 //! The PostgreSQL journal: several `freshet serve` instances share one database, so that
 //! losing a machine loses neither webhooks (another instance takes them) nor the jobs it
-//! held (another instance takes them over when their lease runs out). SPEC section 10.
+//! held (another instance takes them over when their lease runs out). docs/behaviour.md section 10.
 //!
 //! It follows the Postgres-backed queues (River, Oban, graphile-worker):
 //! - a claim is one `UPDATE .. WHERE id IN (SELECT .. FOR UPDATE SKIP LOCKED)`, so
@@ -15,17 +15,17 @@
 //!   since notifications are lost across reconnects;
 //! - migrations run under an advisory lock.
 //!
-//! The [`JournalStore`](super::JournalStore) interface is blocking; this store runs its async client
-//! (`tokio-postgres` with the `deadpool` pool) on a small runtime of its own and waits
+//! The [`JournalStore`](super::JournalStore) interface is blocking; this store runs its async
+//! client (`tokio-postgres` with the `deadpool` pool) on a small runtime of its own and waits
 //! for each call, so it serves the daemon's blocking threads and the CLI alike.
 //!
 //! Every call is bounded in time (connections within 3 s, calls within a few seconds):
 //! while PostgreSQL is unreachable, webhooks get 503 within 5 s (dbt Cloud gives up on a
 //! delivery after 10 s), never a 200 for an event that was not committed.
-
 //!
 //! - this file: [`PostgresJournal`], its pool and runtime, opening it;
-//! - `calls.rs`: the [`JournalStore`](super::JournalStore) calls; `sql.rs`: the statements they share;
+//! - `calls.rs`: the [`JournalStore`](super::JournalStore) calls; `sql.rs`: the
+//!   statements they share;
 //! - `schema.rs`: the schema's migrations, applied under an advisory lock;
 //! - `leases.rs`: renewing this instance's leases; `listen.rs`: `LISTEN` for work.
 

@@ -1,8 +1,8 @@
 //! The PostgreSQL schema, as ordered migrations applied at start under an advisory lock
 //! (instances starting together apply each once), tracked in `freshet_schema`.
 //!
-//! It mirrors the SQLite schema (JOURNAL.md): times are integer milliseconds from the
-//! database's clock, so every instance orders by one clock; `locked_by` names the
+//! It mirrors the SQLite schema (ARCHITECTURE.md, "The journal"): times are integer milliseconds
+//! from the database's clock, so every instance orders by one clock; `locked_by` names the
 //! instance holding a job's lease, and stays as "who ran it" once the job ends.
 
 use super::{backend, Role, Shared};

@@ -59,8 +59,8 @@ pub(super) enum Durability {
     /// action jobs have deterministic keys, rule runs and alert states are upserts), the
     /// same as when a process dies mid-evaluation. No outside effect can depend on the
     /// undone commit: an action runs only after its own claim, a synced commit, has made
-    /// the evaluation that queued it durable. Halves the fsyncs the evaluate stage waits
-    /// for while holding the writer (bench/README.md).
+    /// the evaluation that queued it durable. It halves the fsyncs the evaluate stage
+    /// waits for while it holds the writer (measured in bench/README.md).
     Deferred,
 }
 
@@ -80,7 +80,7 @@ const MAX_WORK_PER_COMMIT: usize = 1024;
 ///
 /// The evaluate stage's finish and claim ride in the same commits as intake's appends
 /// instead of transactions of their own: one commit instead of two, and the job and event
-/// pages both write are written out once (+10 % intake, bench/README.md, sixth session).
+/// pages both write are written out once (the gain is measured in bench/README.md).
 /// Its claim comes after the appends, so the events of the batch are claimed at once.
 pub(super) fn commit_queued(
     conn: &Mutex<Connection>,

@@ -95,8 +95,8 @@ pub fn ensure_exists(path: &Path) -> Result<(), JournalError> {
     })
 }
 
-/// `PRAGMA quick_check` at the start of `serve` (SPEC section 11): a corrupt journal is
-/// refused with a clear error instead of failing webhooks one by one later.
+/// `PRAGMA quick_check` at the start of `serve` (docs/behaviour.md section 11): a corrupt journal
+/// is refused with a clear error instead of failing webhooks one by one later.
 pub fn quick_check(conn: &rusqlite::Connection, path: &Path) -> Result<(), JournalError> {
     let verdict: String = conn
         .query_row("PRAGMA quick_check", [], |row| row.get(0))
@@ -114,12 +114,11 @@ pub fn quick_check(conn: &rusqlite::Connection, path: &Path) -> Result<(), Journ
 
 /// Reads the journal file once from start to end, so that [`quick_check`] finds it in the
 /// page cache. The check reads every page in B-tree order, which on a journal just
-/// after a reboot is a random read per page: ~10 s to start on a 0.9 GB journal of 1.2
-/// million events, against 1-2 s when the file is first read in file order (bench/README.md,
-/// seventh session). Skipped for a journal too large to stay in memory (it would only
-/// push itself out before the check reads it) and when that cannot be known; a failed
-/// read only costs the speed-up, the check itself reports any real problem. Returns how
-/// many bytes it read.
+/// after a reboot is a random read per page; one sequential read first makes a start
+/// several times faster on a large journal (bench/README.md has the figures). Skipped for a
+/// journal too large to stay in memory (it would only push itself out before the check reads it)
+/// and when that cannot be known; a failed read only costs the speed-up, the check itself reports
+/// any real problem. Returns how many bytes it read.
 ///
 /// Call it before SQLite opens the file: closing any descriptor of a file releases all the
 /// POSIX locks the process holds on it, and SQLite's would go with it (another process,

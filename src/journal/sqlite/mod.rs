@@ -1,5 +1,6 @@
 //! The SQLite journal: one file, WAL mode, `synchronous = FULL` so that a commit is on disk
-//! before intake answers 200 (the evaluate stage's own bookkeeping excepted: `committer::Durability`).
+//! before intake answers 200 (the evaluate stage's own bookkeeping excepted:
+//! `committer::Durability`).
 //!
 //! - this file: [`SqliteJournal`], opening it, and the write and read helpers;
 //! - `calls.rs`: the [`super::JournalStore`] calls;
@@ -45,7 +46,7 @@ pub struct SqliteJournal {
     /// A second, read-only connection for the reads outside transactions (an event to
     /// evaluate, listings). WAL lets it read while the writer commits, so the evaluate
     /// stage no longer queues behind each intake commit (fsync included) for every event
-    /// it loads; without it, evaluation fell behind sustained intake (bench/README.md).
+    /// it loads; without it, evaluation fell behind sustained intake.
     ///
     /// Declared first so that it closes first: the writer, closing last, checkpoints
     /// the WAL into the file and removes it (a read-only connection cannot).

@@ -2,7 +2,7 @@
 //!
 //! Under load the evaluate stage reads each event a few milliseconds after intake
 //! committed it; reading it back meant a query, a zstd frame to decompress and the JSON
-//! to parse again, about a tenth of the daemon's CPU (perf, bench/README.md). The window
+//! to parse again, a tenth of the daemon's CPU when profiled (bench/README.md). The window
 //! is small and bounded: when evaluation falls further behind than it holds, the evaluate
 //! stage reads from the file as before, so the window only saves work, it never decides
 //! what is evaluated.

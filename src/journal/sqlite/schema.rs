@@ -1,7 +1,7 @@
 //! The SQLite schema, as ordered migrations applied at open (tracked in `user_version`).
 //!
 //! Times are integer milliseconds since the Unix epoch, taken from SQLite's own clock
-//! (`NOW_MS`) so that one clock orders everything, as JOURNAL.md asks.
+//! (`NOW_MS`) so that one clock orders everything (ARCHITECTURE.md, "The journal").
 
 use rusqlite::Connection;
 
@@ -107,9 +107,8 @@ CREATE INDEX jobs_running ON jobs(queue, lease_until) WHERE status = 'running';
     // `jobs_open` again, its condition spelled as equalities. SQLite checks a partial
     // index's condition on every insert into the table and on every update of a row in
     // it; `status IN (three values)` made each check build and drop a temporary B-tree
-    // of the three values (`OpenEphemeral`), ~3 % of the daemon's CPU under load, where
-    // two or three comparisons do (bench/README.md, fifth session). The queries that read
-    // it repeat the new condition verbatim (`sqlite/statements.rs`).
+    // of the three values (`OpenEphemeral`), where two or three comparisons do. The
+    // queries that read it repeat the new condition verbatim (`sqlite/sql.rs`).
     r#"
 DROP INDEX jobs_open;
 CREATE INDEX jobs_open ON jobs(queue, scheduled_at)

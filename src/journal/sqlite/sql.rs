@@ -70,7 +70,7 @@ pub(super) static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
 
 /// What an attempt that never finished leaves in a job's errors: the process stopped (or
 /// stalled past the lease) while it ran. It counts as an attempt, so a job that kills the
-/// process every time it runs ends dead instead of crash-looping (SPEC section 11).
+/// process every time it runs ends dead instead of crash-looping (docs/behaviour.md section 11).
 pub(super) const INTERRUPTED: &str =
     "interrupted: the attempt never finished (the process stopped or lost the lease while it ran)";
 

@@ -303,7 +303,7 @@ fn a_journal_of_a_newer_schema_is_refused() {
     );
 }
 
-/// SPEC section 11: `/healthz` reports the last commit's outcome, and sees the journal
+/// docs/behaviour.md section 11: `/healthz` reports the last commit's outcome, and sees the journal
 /// recover without waiting for traffic.
 #[test]
 fn health_follows_the_last_commit_and_its_recovery() {
@@ -332,7 +332,7 @@ fn health_follows_the_last_commit_and_its_recovery() {
     );
 }
 
-/// SPEC section 9: one serve per SQLite journal; the second names the holder's pid.
+/// docs/behaviour.md section 9: one serve per SQLite journal; the second names the holder's pid.
 #[test]
 fn a_second_serve_on_one_journal_is_refused_naming_the_holder() {
     let (_dir, path) = temp_path();
@@ -352,7 +352,7 @@ fn a_second_serve_on_one_journal_is_refused_naming_the_holder() {
     SqliteJournal::open_for_serve(&path).unwrap();
 }
 
-/// SPEC section 9: a command never creates a journal.
+/// docs/behaviour.md section 9: a command never creates a journal.
 #[test]
 fn a_command_on_a_missing_journal_creates_nothing() {
     let (_dir, path) = temp_path();
