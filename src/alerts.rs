@@ -6,7 +6,25 @@
 
 use serde_json::{json, Value};
 
+use crate::actions::ActionRequest;
 use crate::journal::{job_key, AlertCall, AlertState, AlertTransition};
+
+/// The alert call a rule's `alert(..)` made, as the journal decides it; None for the
+/// other actions.
+pub fn call_of(request: &ActionRequest, rule: &str) -> Option<AlertCall> {
+    let ActionRequest::Alert(alert) = request else {
+        return None;
+    };
+    Some(AlertCall {
+        rule: rule.to_string(),
+        name: alert.name.clone(),
+        firing: alert.firing,
+        text: alert.text.clone(),
+        channel: alert.channel.clone(),
+        renotify_minutes: alert.renotify_minutes,
+        resolve: alert.resolve,
+    })
+}
 
 /// What an `alert(..)` call leads to.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,7 +1,7 @@
 //! `alert(name, firing, text | options)`: a threshold alert. Unlike the other actions it
 //! makes no call of its own: the evaluate stage decides the alert's transition
-//! (`alerts.rs`) in the evaluation's transaction, and the Slack posts it yields are
-//! `slack_post` jobs.
+//! (`alerts.rs`, which turns this request into the journal's `AlertCall`) in the
+//! evaluation's transaction, and the Slack posts it yields are `slack_post` jobs.
 
 use rhai::{Dynamic, Engine, ImmutableString, Map, NativeCallContext};
 use serde::{Deserialize, Serialize};
@@ -9,7 +9,6 @@ use serde_json::json;
 
 use super::client::ActionError;
 use super::ActionRequest;
-use crate::journal::AlertCall;
 use crate::rules::api::{bad_argument, get_string, non_empty, record, to_plain_json, Fallible};
 
 /// What one `alert(..)` call asked for.
@@ -26,19 +25,6 @@ pub struct Alert {
 }
 
 impl Alert {
-    /// The call as the journal decides it, for `rule`.
-    pub fn call_of(&self, rule: &str) -> AlertCall {
-        AlertCall {
-            rule: rule.to_string(),
-            name: self.name.clone(),
-            firing: self.firing,
-            text: self.text.clone(),
-            channel: self.channel.clone(),
-            renotify_minutes: self.renotify_minutes,
-            resolve: self.resolve,
-        }
-    }
-
     /// Never run as a job: an alert is decided at evaluation.
     pub fn call(&self) -> Result<serde_json::Value, ActionError> {
         Err(ActionError::final_error(

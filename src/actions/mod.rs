@@ -20,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::journal::AlertCall;
 use client::ActionError;
 
 /// One action call a rule made. Its serialized form, tagged by `action`, is the job's
@@ -114,14 +113,6 @@ impl ActionRequest {
         match self {
             ActionRequest::SlackPost(_) | ActionRequest::Alert(_) => None,
             other => Some(format!("{}:{}", other.kind(), other.args())),
-        }
-    }
-
-    /// The alert call, for `alert(..)` requests.
-    pub fn as_alert(&self, rule: &str) -> Option<AlertCall> {
-        match self {
-            ActionRequest::Alert(alert) => Some(alert.call_of(rule)),
-            _ => None,
         }
     }
 }

@@ -191,7 +191,7 @@ fn print_outcomes(
                 "event": event.id, "rule": outcome.rule,
                 "action": call.request.kind(), "args": call.request.args(),
             });
-            if let Some(alert) = call.request.as_alert(&outcome.rule) {
+            if let Some(alert) = crate::alerts::call_of(&call.request, &outcome.rule) {
                 let state = alerts.iter().find(|a| a.name == alert.name);
                 let decision =
                     crate::alerts::decide(state, &alert, chrono::Utc::now().timestamp_millis());

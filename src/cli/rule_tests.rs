@@ -188,7 +188,7 @@ fn run_one(
                 args: call.written.clone(),
             });
             // An alert that would post shows the post too, as slack_post would be called.
-            if let Some(alert) = call.request.as_alert(&outcome.rule) {
+            if let Some(alert) = crate::alerts::call_of(&call.request, &outcome.rule) {
                 let state = alerts.iter().find(|a| a.name == alert.name);
                 let now = chrono::Utc::now().timestamp_millis();
                 if let Some((_, post)) = crate::alerts::decide(state, &alert, now).post {

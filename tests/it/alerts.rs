@@ -2,24 +2,15 @@
 //! events, once-per-incident posts, resolution, failed and purged runs, the full
 //! dbt -> Mode -> alert -> Slack chain, and alert state across a restart.
 
-use std::path::Path;
-
 use crate::support::fake::{recorder, FakeMode, FakeSlack};
-use crate::support::{dbt_completed, evaluated, eventually, send_dbt, Daemon, Setup, FINANCE_VARS};
+use crate::support::{
+    dbt_completed, evaluated, eventually, example_rule, send_dbt, Daemon, Setup, FINANCE_VARS,
+};
 use serde_json::{json, Value};
 
 const SECRET: &str = "alerts-test-secret-2";
 const HOOK_TOKEN: &str = "mode-hook-token-7";
 const REPORT: &str = "2b3c4d5e6f70";
-
-fn example_rule(name: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("rules")
-            .join(name),
-    )
-    .unwrap()
-}
 
 fn setup(mode: &FakeMode, slack: &FakeSlack) -> Setup {
     let setup = Setup::dbt(SECRET, 3, 10, 40).section(FINANCE_VARS);

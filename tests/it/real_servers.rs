@@ -3,25 +3,17 @@
 //! project-qualified names, Mode run states, per-query result errors, bounded result
 //! downloads, Mode outages and rate limits, and alert threads in Slack.
 
-use std::path::Path;
 use std::time::Duration;
 
 use crate::support::fake::{FakeMode, FakeSlack, FakeTableau, QueryResult, Reply};
-use crate::support::{dbt_completed, evaluated, eventually, send_dbt, Daemon, Setup, FINANCE_VARS};
+use crate::support::{
+    dbt_completed, evaluated, eventually, example_rule, send_dbt, Daemon, Setup, FINANCE_VARS,
+};
 use serde_json::{json, Value};
 
 const SECRET: &str = "real-servers-secret-6";
 const HOOK_TOKEN: &str = "real-servers-hook-1";
 const REPORT: &str = "2b3c4d5e6f70";
-
-fn example_rule(name: &str) -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("rules")
-            .join(name),
-    )
-    .unwrap()
-}
 
 fn base() -> Setup {
     Setup::dbt(SECRET, 3, 10, 40)

@@ -25,6 +25,14 @@ pub fn sample(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
+/// A shipped example rule (`rules/NAME`), as text.
+pub fn example_rule(name: &str) -> String {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("rules")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
 pub fn sign(secret: &str, body: &[u8]) -> String {
     freshet::ingest::signature::sign(secret.as_bytes(), body)
 }
