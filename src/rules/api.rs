@@ -28,10 +28,25 @@ pub struct RecordedCall {
 pub const MAX_CALLS: usize = 100;
 /// Largest serialized arguments of one action call, in bytes (docs/behaviour.md section 11).
 pub const MAX_CALL_ARGS_BYTES: usize = 64 << 10;
-/// Most `log`/`print`/`debug` lines kept from one evaluation, and the longest kept line:
-/// a rule printing in a loop must not fill memory or the log.
+/// Most `log`/`print`/`debug` lines kept from one evaluation: a rule printing in a loop
+/// must not fill memory or the log.
 const MAX_LOG_LINES: usize = 100;
-const MAX_LOG_LINE_BYTES: usize = 4 << 10;
+/// The longest text a rule can put in a log line or the journal: a `log()` line, or a
+/// rule's error message (docs/behaviour.md section 11).
+pub const MAX_TEXT_BYTES: usize = 4 << 10;
+
+/// `text` cut to [`MAX_TEXT_BYTES`] at a character boundary, with `…` where it was cut.
+pub fn capped(mut text: String) -> String {
+    if text.len() > MAX_TEXT_BYTES {
+        let mut end = MAX_TEXT_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
 
 /// What one rule evaluation recorded.
 #[derive(Debug, Default)]
@@ -100,7 +115,7 @@ pub(crate) fn record(
 }
 
 /// Records a log line from the rule (also used for `print` and `debug`).
-pub fn record_log(position: Position, mut text: String) {
+pub fn record_log(position: Position, text: String) {
     RECORDING.with(|r| {
         let mut recording = r.borrow_mut();
         let Some(recording) = recording.as_mut() else {
@@ -110,15 +125,9 @@ pub fn record_log(position: Position, mut text: String) {
             recording.logs_dropped += 1;
             return;
         }
-        if text.len() > MAX_LOG_LINE_BYTES {
-            let mut end = MAX_LOG_LINE_BYTES;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
-            text.push('…');
-        }
-        recording.logs.push((position.line().unwrap_or(0), text));
+        recording
+            .logs
+            .push((position.line().unwrap_or(0), capped(text)));
     });
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use rhai::{Engine, Position, Scope};
 use sha2::{Digest, Sha256};
 
-use super::{Rule, RuleSet};
+use super::{api, Rule, RuleSet};
 
 /// A rule that failed to compile or to run, with where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,12 +35,15 @@ impl fmt::Display for RuleError {
 }
 
 impl RuleError {
+    /// An error at `position` of `file`. The message is capped at
+    /// [`api::MAX_TEXT_BYTES`] like a `log()` line: a rule can throw a string as long as
+    /// the sandbox allows, and its error goes to the log, the journal and the CLI.
     pub fn new(file: &Path, position: Position, message: impl Into<String>) -> RuleError {
         RuleError {
             file: file.to_path_buf(),
             line: position.line().unwrap_or(0),
             column: position.position().unwrap_or(0),
-            message: message.into(),
+            message: api::capped(message.into()),
         }
     }
 

@@ -319,6 +319,42 @@ async fn hostile_rules_are_stopped_and_the_process_stays_up() {
     assert_eq!(health.status(), 200);
 }
 
+/// docs/behaviour.md section 11: a rule's error text is capped like a `log()` line, so a
+/// rule that throws a megabyte puts at most 4 KiB of it in the log and the journal.
+#[tokio::test]
+async fn a_rule_error_is_capped_in_the_log_and_the_journal() {
+    let daemon = Daemon::start(setup().rule(
+        "thrower.rhai",
+        r#"let s = "y"; while s.len() < 1000000 { s += s }; s.truncate(1000000); throw s;"#,
+    ));
+    send_dbt(
+        &daemon,
+        SECRET,
+        dbt_completed("wev_t", "nightly", "Success"),
+    )
+    .await;
+    evaluated(&daemon, "dbt:wev_t").await;
+    let listing = daemon.cli_ok(&["events", "--json"]);
+    let event: Value = serde_json::from_str(listing.lines().next().unwrap()).unwrap();
+    let error = event["rules"][0]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("yyyy"), "{event}");
+    assert!(
+        (4096..4096 + 256).contains(&error.len()),
+        "journaled error of {} bytes",
+        error.len()
+    );
+    let log = daemon.log();
+    let failed: Vec<&str> = log.lines().filter(|l| l.contains("yyyy")).collect();
+    assert!(!failed.is_empty(), "the error is logged:\n{log}");
+    for line in failed {
+        assert!(
+            line.len() < 4096 + 512,
+            "a log line of {} bytes",
+            line.len()
+        );
+    }
+}
+
 fn evaluate_job_status(daemon: &Daemon, event_id: &str) -> Option<(String, i64)> {
     let conn = rusqlite::Connection::open(daemon.dir.join("journal.db")).ok()?;
     conn.query_row(
