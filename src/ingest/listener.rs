@@ -402,14 +402,42 @@ impl Drop for InFlight {
 }
 
 type Request = hyper::Request<hyper::Body>;
+type Response = hyper::Response<hyper::Body>;
+
+/// Whether `request` says its body's length twice, with `Content-Length` and
+/// `Transfer-Encoding`. RFC 9112 section 6.1: such a message "ought to be handled as an
+/// error", since a proxy in front may read the body by the other header and so smuggle a
+/// second request past it; the connection must be closed after answering.
+fn framed_twice(request: &Request) -> bool {
+    let headers = request.headers();
+    headers.contains_key(hyper::header::CONTENT_LENGTH)
+        && headers.contains_key(hyper::header::TRANSFER_ENCODING)
+}
+
+/// The answer to a request framed twice: 400, and the connection closed after it.
+fn refuse_framed_twice() -> Response {
+    let mut answer = Response::new(hyper::Body::from(
+        r#"{"error":"Content-Length and Transfer-Encoding together are refused"}"#,
+    ));
+    *answer.status_mut() = hyper::StatusCode::BAD_REQUEST;
+    let headers = answer.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    answer
+}
 
 impl<S> Service<Request> for RequestCounter<S>
 where
-    S: Service<Request, Error = Infallible>,
+    S: Service<Request, Response = Response, Error = Infallible>,
     S::Future: Send + 'static,
-    S::Response: Send + 'static,
 {
-    type Response = S::Response;
+    type Response = Response;
     type Error = Infallible;
     type Future =
         Pin<Box<dyn std::future::Future<Output = Result<S::Response, Infallible>> + Send>>;
@@ -425,6 +453,12 @@ where
             connection: Arc::clone(&self.connection),
             clock: self.clock,
         };
+        if framed_twice(&request) {
+            return Box::pin(async move {
+                drop(guard);
+                Ok(refuse_framed_twice())
+            });
+        }
         let answer = self.inner.call(request);
         Box::pin(async move {
             let answer = answer.await;

@@ -58,6 +58,38 @@ fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
     }
 }
 
+/// docs/behaviour.md section 11 (request smuggling): a request with both `Content-Length`
+/// and `Transfer-Encoding` is answered 400 and its connection closed (RFC 9112 section
+/// 6.1), so no proxy in front can be made to read the body differently; nothing is
+/// journaled.
+#[tokio::test]
+async fn content_length_with_transfer_encoding_is_refused_and_closed() {
+    let daemon = Daemon::start(setup());
+    let body = r#"{"eventId":"wev_smuggle","eventType":"job.run.completed","data":{}}"#;
+    let mut stream = TcpStream::connect(daemon.addr).unwrap();
+    let request = format!(
+        "POST /webhooks/dbt HTTP/1.1\r\nHost: x\r\nAuthorization: {}\r\n\
+         Content-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        sign(SECRET, body.as_bytes()),
+        body.len(),
+        body.len(),
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert!(closed_by_server(&mut stream, Duration::from_secs(5)));
+    assert_eq!(daemon.cli_ok(&["events"]).trim(), "no events");
+}
+
 /// docs/behaviour.md section 11 (connections): with both file limits at 1,024, 1,100 idle
 /// connections are held open; the daemon closes the longest-idle ones to make room, and /healthz
 /// and signed webhooks keep being answered.
