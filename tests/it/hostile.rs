@@ -501,6 +501,55 @@ async fn a_removed_journal_is_noticed_and_nothing_more_is_acknowledged() {
 }
 
 /// docs/behaviour.md section 11: a journal that fails `PRAGMA quick_check` is refused at start.
+/// docs/behaviour.md section 11: the journal's write-ahead log removed under the daemon is
+/// noticed like the journal file: webhooks get 503 and /healthz says why; and what was
+/// acknowledged before survives even a crash, since the log SQLite still has open is
+/// copied into the journal file when the removal is found.
+#[tokio::test]
+async fn a_removed_write_ahead_log_is_noticed_and_nothing_acknowledged_is_lost() {
+    let mut daemon = Daemon::start(setup());
+    let client = client();
+    for i in 0..20 {
+        send_dbt(
+            &daemon,
+            SECRET,
+            dbt_completed(&format!("wev_kept{i}"), "x", "Success"),
+        )
+        .await;
+    }
+    std::fs::remove_file(daemon.dir.join("journal.db-wal")).unwrap();
+    let body = dbt_completed("wev_after_wal", "x", "Success");
+    let answer = client
+        .post(daemon.url("/webhooks/dbt"))
+        .header("Authorization", sign(SECRET, &body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 503, "acknowledged into a removed log");
+    let health = client.get(daemon.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 503);
+    let health: Value = health.json().await.unwrap();
+    assert!(
+        health["error"]
+            .as_str()
+            .unwrap()
+            .contains("write-ahead log"),
+        "{health}"
+    );
+    daemon.kill();
+    daemon.spawn();
+    let listing = daemon.cli_ok(&["events", "--limit", "100"]);
+    for i in 0..20 {
+        assert!(
+            listing.contains(&format!("dbt:wev_kept{i} "))
+                || listing.contains(&format!("dbt:wev_kept{i}\n")),
+            "wev_kept{i} was acknowledged and is gone:\n{listing}"
+        );
+    }
+    assert!(!listing.contains("wev_after_wal"), "{listing}");
+}
+
 #[tokio::test]
 async fn a_corrupt_journal_is_refused_at_start() {
     let mut daemon = Daemon::start(setup());

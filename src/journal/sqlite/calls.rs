@@ -7,7 +7,7 @@ use rusqlite::{params, OptionalExtension};
 use super::committer::{Durability, COMMIT_THREAD_STOPPED};
 use super::schema::NOW_MS;
 use super::sql::*;
-use super::{body, exec, SqliteJournal};
+use super::{body, exec, rescue_wal, SqliteJournal};
 use crate::event::Event;
 use crate::journal::common::{self, run_now};
 use crate::journal::{
@@ -270,7 +270,14 @@ impl Operations for SqliteJournal {
         if !self.committer.as_ref().is_some_and(|c| !c.is_finished()) {
             return Err(JournalError::commit_failed(COMMIT_THREAD_STOPPED));
         }
-        self.watch.verify()?;
+        let verified = self.watch.verify();
+        if self.watch.wal_rescue_due() {
+            self.with(|conn| {
+                rescue_wal(conn);
+                Ok(())
+            })?;
+        }
+        verified?;
         if let Some(error) = self.watch.last_commit_error() {
             // The last commit failed: try one (a row of its own) to learn whether the
             // journal has recovered, rather than report the past forever.

@@ -10,7 +10,7 @@ use rusqlite::Connection;
 use super::file::FileWatch;
 use super::recent::RecentEvents;
 use super::sql::{claim_in, insert_event, record_evaluations, EventRow};
-use super::{exec, lock, write_transaction};
+use super::{exec, lock, rescue_wal, write_transaction};
 use crate::event::Event;
 use crate::journal::{AppendReply, Appended, Evaluation, FirstJob, Job, JournalError, Queue};
 
@@ -83,14 +83,14 @@ const MAX_WORK_PER_COMMIT: usize = 1024;
 /// pages both write are written out once (the gain is measured in bench/README.md).
 /// Its claim comes after the appends, so the events of the batch are claimed at once.
 pub(super) fn commit_queued(
-    conn: &Mutex<Connection>,
+    writer: &Mutex<Connection>,
     relaxed: &AtomicBool,
     recent: &Mutex<RecentEvents>,
     queued: &mpsc::Receiver<Work>,
     watch: &FileWatch,
 ) {
     while let Ok(first) = queued.recv() {
-        let mut conn = lock(conn);
+        let mut conn = lock(writer);
         let mut appends = Vec::new();
         let mut evaluations = Vec::new();
         for work in std::iter::once(first).chain(queued.try_iter().take(MAX_WORK_PER_COMMIT - 1)) {
@@ -108,6 +108,9 @@ pub(super) fn commit_queued(
         // Committed into the file we hold; but if the path no longer names that file, the
         // next start will not see these events: answer as if the commit had failed.
         let result = result.and_then(|outcomes| watch.verify().map(|()| outcomes));
+        if watch.wal_rescue_due() {
+            rescue_wal(&lock(writer));
+        }
         match result {
             Ok((outcomes, evaluated)) => {
                 // Kept before anyone is answered, so before intake wakes the evaluate stage

@@ -223,11 +223,17 @@ fn identity(path: &Path) -> Option<Identity> {
     std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
-/// Watches over the open journal file: whether it is still the file at its path, and
-/// how the last commit went. `/healthz` and intake read it; commits write it.
+/// Watches over the open journal file and its write-ahead log: whether they are still
+/// the files at their paths, and how the last commit went. `/healthz` and intake read
+/// it; commits write it.
 pub struct FileWatch {
     path: PathBuf,
     opened: Option<Identity>,
+    /// `<journal>-wal`: SQLite keeps writing to the log it opened even once its path is
+    /// removed, and a start after a crash reads the log at the path, so commits in a
+    /// removed log would be lost (docs/behaviour.md section 11).
+    wal_path: PathBuf,
+    wal_opened: Option<Identity>,
     state: Mutex<WatchState>,
 }
 
@@ -238,14 +244,23 @@ struct WatchState {
     gone: Option<String>,
     /// The error of the last commit, while it is the latest outcome.
     last_commit_error: Option<String>,
+    /// Set when the write-ahead log was found removed or replaced, until the caller has
+    /// copied what it holds into the journal file ([`FileWatch::wal_rescue_due`]).
+    wal_rescue: bool,
 }
 
 impl FileWatch {
-    /// Notes the identity of the file just opened at `path`.
+    /// Notes the identity of the file just opened at `path`, and of its write-ahead log
+    /// (which SQLite has made by then: opening runs reads in WAL mode).
     pub fn new(path: &Path) -> FileWatch {
+        let mut wal_path = path.as_os_str().to_os_string();
+        wal_path.push("-wal");
+        let wal_path = PathBuf::from(wal_path);
         FileWatch {
             path: path.to_path_buf(),
             opened: identity(path),
+            wal_opened: identity(&wal_path),
+            wal_path,
             state: Mutex::default(),
         }
     }
@@ -262,21 +277,40 @@ impl FileWatch {
         }
     }
 
-    /// Looks at the path again (one `stat`): fails, for good, if the file there is not the
-    /// one we opened. Called after each commit and before answering for it, so a commit
-    /// that landed in a removed file is never acknowledged.
+    /// Looks at the paths again (two `stat`s): fails, for good, if the journal file or
+    /// its write-ahead log there is not the one we opened. Called after each commit and
+    /// before answering for it, so a commit that landed in a removed file is never
+    /// acknowledged.
     pub fn verify(&self) -> Result<(), JournalError> {
         self.ensure_present()?;
-        if identity(&self.path) == self.opened {
-            return Ok(());
+        if identity(&self.path) != self.opened {
+            let message = format!(
+                "the journal file {} was removed or replaced while freshet ran; restart freshet (what was committed since is in the old file only)",
+                self.path.display()
+            );
+            tracing::error!(journal = %self.path.display(), "The journal file was removed or replaced; refusing webhooks until a restart.");
+            self.state().gone = Some(message.clone());
+            return Err(JournalError::commit_failed(message));
         }
-        let message = format!(
-            "the journal file {} was removed or replaced while freshet ran; restart freshet (what was committed since is in the old file only)",
-            self.path.display()
-        );
-        tracing::error!(journal = %self.path.display(), "The journal file was removed or replaced; refusing webhooks until a restart.");
-        self.state().gone = Some(message.clone());
-        Err(JournalError::commit_failed(message))
+        if self.wal_opened.is_some() && identity(&self.wal_path) != self.wal_opened {
+            let message = format!(
+                "the journal's write-ahead log {} was removed or replaced while freshet ran; what it held was copied into the journal; restart freshet",
+                self.wal_path.display()
+            );
+            tracing::error!(wal = %self.wal_path.display(), "The journal's write-ahead log was removed or replaced; copying it into the journal and refusing webhooks until a restart.");
+            let mut state = self.state();
+            state.gone = Some(message.clone());
+            state.wal_rescue = true;
+            return Err(JournalError::commit_failed(message));
+        }
+        Ok(())
+    }
+
+    /// True once after the write-ahead log was found gone: the caller, holding the
+    /// writer, then checkpoints the log it still has open into the journal file, so what
+    /// was acknowledged before survives even a crash (a start reads the file at the path).
+    pub fn wal_rescue_due(&self) -> bool {
+        std::mem::take(&mut self.state().wal_rescue)
     }
 
     /// Records how a commit went.

@@ -265,9 +265,34 @@ impl SqliteJournal {
                 Err(_) => {}
             }
             let value = outcome?;
-            self.watch.verify()?;
+            let verified = self.watch.verify();
+            if self.watch.wal_rescue_due() {
+                rescue_wal(conn);
+            }
+            verified?;
             Ok(value)
         })
+    }
+}
+
+/// Copies the write-ahead log SQLite still has open into the journal file, once the log
+/// was found removed or replaced at its path ([`FileWatch::wal_rescue_due`]): a start
+/// after a crash reads the log at the path, so without this what was acknowledged before
+/// would be lost with the old log. The journal refuses writes from then on.
+fn rescue_wal(conn: &Connection) {
+    let checkpoint = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+        Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(2)?))
+    });
+    match checkpoint {
+        Ok((0, frames)) => tracing::warn!(
+            frames,
+            "Copied the removed write-ahead log into the journal file."
+        ),
+        Ok((_, frames)) => tracing::error!(
+            frames,
+            "Could copy only part of the removed write-ahead log into the journal file (a reader held it); stop freshet cleanly to copy the rest."
+        ),
+        Err(error) => tracing::error!(error = %error, "Cannot copy the removed write-ahead log into the journal file; stop freshet cleanly to copy it."),
     }
 }
 
