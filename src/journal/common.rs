@@ -16,6 +16,17 @@ use super::{
 
 type Result<T> = std::result::Result<T, JournalError>;
 
+/// `value` as JSON text, for a statement that stores it (or reads it with `json_each`).
+/// A value that cannot be written as JSON is refused, not a journal failure.
+pub(super) fn json_text(value: &impl serde::Serialize) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| JournalError::Refused(e.to_string()))
+}
+
+/// A JSON column as stored: text that does not parse is corrupt data.
+pub(super) fn parse_json(text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|e| JournalError::Corrupt(e.to_string()))
+}
+
 /// The statements a backend runs inside one write transaction, for the decisions below.
 /// Reads that precede a write lock what they read where the backend can (PostgreSQL's
 /// `FOR UPDATE`; SQLite's write transactions hold the whole file).

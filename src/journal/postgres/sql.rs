@@ -12,20 +12,13 @@ use super::backend;
 use super::schema::{NOW_MS, WORK_CHANNEL};
 use crate::event::Event;
 use crate::journal::common::{self, WriteTx};
+pub(super) use crate::journal::common::{json_text, parse_json};
 use crate::journal::{
     stage_job, AlertState, Appended, Evaluation, FirstJob, Job, JobStatus, JobSummary,
     JournalError, NewJob, Queue, RuleOutcome, RuleRun,
 };
 
 type Result<T> = std::result::Result<T, JournalError>;
-
-pub(super) fn json_text(value: &Value) -> Result<String> {
-    serde_json::to_string(value).map_err(|e| JournalError::Refused(e.to_string()))
-}
-
-pub(super) fn parse_json(text: &str) -> Result<Value> {
-    serde_json::from_str(text).map_err(|e| JournalError::Corrupt(e.to_string()))
-}
 
 /// Lets this transaction's commit return before its WAL is flushed: for the evaluate
 /// stage's claims and finishes only, as the SQLite journal does (its `Durability`, and

@@ -13,6 +13,7 @@ use super::schema::NOW_MS;
 use super::{exec, now_ms};
 use crate::event::Event;
 use crate::journal::common::{self, run_now, WriteTx};
+pub(super) use crate::journal::common::{json_text, parse_json};
 use crate::journal::{
     isolate_retried, stage_job, AlertState, Appended, Evaluation, FirstJob, Job, JobStatus,
     JobSummary, JournalError, NewJob, Queue, RuleOutcome, RuleRun,
@@ -181,10 +182,6 @@ pub(super) fn end_job(tx: &Connection, job: &Job, status: &str) -> Result<bool, 
     Ok(updated == 1)
 }
 
-pub(super) fn parse_json(text: &str) -> Result<Value, JournalError> {
-    serde_json::from_str(text).map_err(|e| JournalError::Corrupt(e.to_string()))
-}
-
 pub(super) fn job_summary(row: &rusqlite::Row) -> rusqlite::Result<(JobSummary, String)> {
     Ok((
         JobSummary {
@@ -272,11 +269,6 @@ pub(super) fn record_evaluations(
         exec(tx, MARK_EVALUATED_SQL, [json_text(&evaluated)?])?;
     }
     Ok(recorded)
-}
-
-/// `value` as JSON text, for a statement that reads it with `json_each` or stores it.
-pub(super) fn json_text(value: &impl serde::Serialize) -> Result<String, JournalError> {
-    serde_json::to_string(value).map_err(|e| JournalError::Refused(e.to_string()))
 }
 
 /// SQLite's side of the decisions in `journal/common.rs`: one write transaction.
