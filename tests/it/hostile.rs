@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::fake::{FakeSlack, Reply, SLACK_WEBHOOK_PATH};
 use crate::support::{
-    dbt_completed, evaluated, eventually, raise_own_file_limit, send_dbt, sign, Daemon, Setup,
+    dbt_completed, evaluated, eventually, post_dbt, raise_own_file_limit, send_dbt, sign, Daemon,
+    Setup,
 };
 use serde_json::Value;
 
@@ -467,13 +468,7 @@ async fn a_removed_journal_is_noticed_and_nothing_more_is_acknowledged() {
     let mut acknowledged = Vec::new();
     for i in 0..5 {
         let body = dbt_completed(&format!("wev_after{i}"), "x", "Success");
-        let answer = client
-            .post(daemon.url("/webhooks/dbt"))
-            .header("Authorization", sign(SECRET, &body))
-            .body(body)
-            .send()
-            .await
-            .unwrap();
+        let answer = post_dbt(&daemon, SECRET, body).await;
         if answer.status() == 200 {
             acknowledged.push(i);
         } else {
@@ -518,14 +513,12 @@ async fn a_removed_write_ahead_log_is_noticed_and_nothing_acknowledged_is_lost()
         .await;
     }
     std::fs::remove_file(daemon.dir.join("journal.db-wal")).unwrap();
-    let body = dbt_completed("wev_after_wal", "x", "Success");
-    let answer = client
-        .post(daemon.url("/webhooks/dbt"))
-        .header("Authorization", sign(SECRET, &body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let answer = post_dbt(
+        &daemon,
+        SECRET,
+        dbt_completed("wev_after_wal", "x", "Success"),
+    )
+    .await;
     assert_eq!(answer.status(), 503, "acknowledged into a removed log");
     let health = client.get(daemon.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 503);

@@ -465,15 +465,23 @@ pub fn dbt_completed(event_id: &str, job_name: &str, status: &str) -> Vec<u8> {
     .unwrap()
 }
 
-/// Posts a signed dbt body; panics unless 200.
-pub async fn send_dbt(daemon: &Daemon, secret: &str, body: Vec<u8>) -> serde_json::Value {
-    let response = reqwest::Client::new()
+/// Posts a signed dbt body and returns the answer, whatever it is.
+pub async fn post_dbt(daemon: &Daemon, secret: &str, body: Vec<u8>) -> reqwest::Response {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
         .post(daemon.url("/webhooks/dbt"))
         .header("Authorization", sign(secret, &body))
         .body(body)
         .send()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Posts a signed dbt body; panics unless 200.
+pub async fn send_dbt(daemon: &Daemon, secret: &str, body: Vec<u8>) -> serde_json::Value {
+    let response = post_dbt(daemon, secret, body).await;
     let status = response.status();
     let answer: serde_json::Value = response.json().await.unwrap();
     assert_eq!(status, 200, "{answer}\nlog:\n{}", daemon.log());
