@@ -94,6 +94,10 @@ struct Connection {
     /// When the first byte of the request head now being received arrived ([`NEVER`]
     /// while no head is being received).
     head_started: AtomicU64,
+    /// When the request in flight began, while its body is still arriving ([`NEVER`]
+    /// otherwise). Its signature cannot be checked before the whole body is in, so this is
+    /// a request nobody has vouched for yet: the first to go when every slot is taken.
+    receiving_since: AtomicU64,
     /// Closes the connection at once.
     close: CancellationToken,
 }
@@ -130,6 +134,7 @@ impl Registry {
             last_done: AtomicU64::new(now),
             // A new connection owes its first request head from now.
             head_started: AtomicU64::new(now),
+            receiving_since: AtomicU64::new(NEVER),
             close: CancellationToken::new(),
         });
         self.open().insert(id, Arc::clone(&connection));
@@ -145,20 +150,37 @@ impl Registry {
         self.open().len()
     }
 
-    /// Closes the connection idle longest; false if every one has a request in flight.
-    fn evict_one(&self) -> bool {
+    /// Makes room for one more connection, closing, in this order: the keep-alive
+    /// connection idle longest; else the one whose request body has been arriving
+    /// longest (slow bodies are how unauthenticated clients hold slots; a request whose
+    /// body is in is answered within moments); else the one that has owed its request
+    /// head longest (a client just accepted, its head still to come, goes last). None when
+    /// every connection has a request past its body.
+    fn evict_one(&self) -> Option<Evicted> {
         let open = self.open();
-        let oldest = open
-            .values()
-            .filter(|c| c.is_idle() && !c.close.is_cancelled())
-            .min_by_key(|c| c.last_done.load(Ordering::Acquire));
-        match oldest {
-            Some(connection) => {
-                connection.close.cancel();
-                true
-            }
-            None => false,
-        }
+        let waiting = || {
+            open.values()
+                .filter(|c| c.is_idle() && !c.close.is_cancelled())
+        };
+        let idle = waiting()
+            .filter(|c| c.head_started.load(Ordering::Acquire) == NEVER)
+            .min_by_key(|c| c.last_done.load(Ordering::Acquire))
+            .map(|c| (c, Evicted::Idle));
+        let slow_body = || {
+            open.values()
+                .filter(|c| !c.close.is_cancelled())
+                .filter(|c| c.receiving_since.load(Ordering::Acquire) != NEVER)
+                .min_by_key(|c| c.receiving_since.load(Ordering::Acquire))
+                .map(|c| (c, Evicted::SlowBody))
+        };
+        let owes_head = || {
+            waiting()
+                .min_by_key(|c| c.head_started.load(Ordering::Acquire))
+                .map(|c| (c, Evicted::Idle))
+        };
+        let (connection, evicted) = idle.or_else(slow_body).or_else(owes_head)?;
+        connection.close.cancel();
+        Some(evicted)
     }
 
     /// Closes connections whose head is overdue or that have been idle too long.
@@ -293,14 +315,26 @@ where
     connections.wait().await;
 }
 
-/// At the cap: closes the longest-idle connection, or waits for one to end. False when
-/// the stop came first.
+/// Which connection [`Registry::evict_one`] closed.
+enum Evicted {
+    Idle,
+    SlowBody,
+}
+
+/// At the cap: closes a connection ([`Registry::evict_one`]), or waits for one to end.
+/// False when the stop came first.
 async fn make_room(registry: &Registry, stop: &CancellationToken) -> bool {
     let ended = registry.ended.notified();
     tokio::pin!(ended);
     ended.as_mut().enable();
-    if registry.evict_one() {
-        tracing::debug!("Connection cap reached; closed the connection idle longest.");
+    match registry.evict_one() {
+        Some(Evicted::Idle) => {
+            tracing::debug!("Connection cap reached; closed the connection idle longest.")
+        }
+        Some(Evicted::SlowBody) => tracing::debug!(
+            "Connection cap reached with none idle; closed the one whose request body has been arriving longest."
+        ),
+        None => {}
     }
     // Every connection has a request in flight (each ends within the head or body
     // timeout), or one was just closed: either way, wait for one to end. The timeout only
@@ -386,6 +420,34 @@ struct RequestCounter<S> {
     clock: Clock,
 }
 
+/// A request body that marks its connection as no longer receiving once it has all
+/// arrived (or failed).
+struct Receiving {
+    body: hyper::Body,
+    connection: Arc<Connection>,
+}
+
+impl futures_util::Stream for Receiving {
+    type Item = Result<bytes::Bytes, hyper::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let polled = hyper::body::HttpBody::poll_data(Pin::new(&mut self.body), cx);
+        // The last chunk of a body of known length already says so, before the reader
+        // polls for the end.
+        let done = match &polled {
+            Poll::Ready(Some(Ok(_))) => hyper::body::HttpBody::is_end_stream(&self.body),
+            Poll::Ready(_) => true,
+            Poll::Pending => false,
+        };
+        if done {
+            self.connection
+                .receiving_since
+                .store(NEVER, Ordering::Release);
+        }
+        polled
+    }
+}
+
 /// Ends a request's count when its handler finishes (or is dropped).
 struct InFlight {
     connection: Arc<Connection>,
@@ -394,6 +456,9 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
+        self.connection
+            .receiving_since
+            .store(NEVER, Ordering::Release);
         self.connection
             .last_done
             .store(self.clock.now(), Ordering::Release);
@@ -459,6 +524,19 @@ where
                 Ok(refuse_framed_twice())
             });
         }
+        let request = if hyper::body::HttpBody::is_end_stream(request.body()) {
+            request
+        } else {
+            self.connection
+                .receiving_since
+                .store(self.clock.now(), Ordering::Release);
+            request.map(|body| {
+                hyper::Body::wrap_stream(Receiving {
+                    body,
+                    connection: Arc::clone(&self.connection),
+                })
+            })
+        };
         let answer = self.inner.call(request);
         Box::pin(async move {
             let answer = answer.await;
@@ -514,21 +592,49 @@ mod tests {
     }
 
     #[test]
-    fn eviction_takes_the_longest_idle_connection_and_never_a_busy_one() {
+    fn eviction_takes_idle_then_slow_bodies_then_owed_heads_and_never_a_served_request() {
         let registry = registry();
         let (_, busy) = registry.add();
         busy.in_flight.store(1, Ordering::Release);
         busy.last_done.store(0, Ordering::Release);
-        let (_, old) = registry.add();
-        old.last_done.store(10, Ordering::Release);
-        let (_, new) = registry.add();
-        new.last_done.store(20, Ordering::Release);
-        assert!(registry.evict_one());
-        assert!(old.close.is_cancelled());
-        assert!(!busy.close.is_cancelled() && !new.close.is_cancelled());
-        assert!(registry.evict_one());
-        assert!(new.close.is_cancelled());
-        assert!(!registry.evict_one(), "only a busy connection is left");
+        let owing = |head_started: u64| {
+            let (_, connection) = registry.add();
+            connection
+                .head_started
+                .store(head_started, Ordering::Release);
+            connection
+        };
+        let idle = |last_done: u64| {
+            let connection = owing(NEVER);
+            connection.last_done.store(last_done, Ordering::Release);
+            connection
+        };
+        let receiving = |since: u64| {
+            let connection = owing(NEVER);
+            connection.in_flight.store(1, Ordering::Release);
+            connection.receiving_since.store(since, Ordering::Release);
+            connection
+        };
+        let (new_head, old_head) = (owing(30), owing(5));
+        let (new_body, old_body) = (receiving(40), receiving(1));
+        let (new_idle, old_idle) = (idle(20), idle(10));
+        for (expected, kind) in [
+            (&old_idle, "idle"),
+            (&new_idle, "idle"),
+            (&old_body, "body"),
+            (&new_body, "body"),
+            (&old_head, "idle"),
+            (&new_head, "idle"),
+        ] {
+            let evicted = registry.evict_one().expect("a connection to close");
+            assert!(expected.close.is_cancelled(), "expected the next {kind}");
+            assert_eq!(matches!(evicted, Evicted::SlowBody), kind == "body");
+        }
+        assert!(
+            registry.evict_one().is_none(),
+            "only a request past its body is left"
+        );
+        assert!(!busy.close.is_cancelled());
     }
 
     #[test]

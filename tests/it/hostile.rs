@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use crate::support::fake::{FakeSlack, Reply, SLACK_WEBHOOK_PATH};
 use crate::support::{
-    dbt_completed, evaluated, eventually, post_dbt, raise_own_file_limit, send_dbt, sign, Daemon,
-    Setup,
+    count_in_log, dbt_completed, evaluated, eventually, post_dbt, raise_own_file_limit, send_dbt,
+    sign, Daemon, Setup,
 };
 use serde_json::Value;
 
@@ -57,6 +57,54 @@ fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
             Err(_) => return true,
         }
     }
+}
+
+/// docs/behaviour.md section 11 (connections): at the cap with no idle connection, the
+/// connection whose request body has been arriving longest is closed to make room, so
+/// 260 slow, unsigned bodies at a cap of 200 cannot keep /healthz or a signed webhook
+/// waiting: each is answered within 1 s.
+#[tokio::test]
+async fn slow_bodies_cannot_hold_every_slot() {
+    let daemon = Daemon::start(Setup {
+        server_keys: "max_connections = 200".into(),
+        ..setup()
+    });
+    let addr = daemon.addr;
+    let mut held = Vec::new();
+    for _ in 0..260 {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"POST /webhooks/dbt HTTP/1.1\r\nHost: x\r\nAuthorization: 00\r\nContent-Length: 100000\r\n\r\n{\"eventId\":")
+            .unwrap();
+        held.push(stream);
+    }
+    // Every slot holds a request whose body is still arriving, and the rest wait in the
+    // backlog: the daemon has started closing the slowest to take them in.
+    eventually(&daemon, "the cap reached with no idle connection", || {
+        (count_in_log(
+            &daemon,
+            "closed the one whose request body has been arriving longest",
+        ) > 0)
+            .then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    let health = client().get(daemon.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "/healthz took {:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    let answer = post_dbt(&daemon, SECRET, dbt_completed("wev_slots", "x", "Success")).await;
+    assert_eq!(answer.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the signed webhook took {:?}",
+        started.elapsed()
+    );
+    drop(held);
 }
 
 /// docs/behaviour.md section 11 (request smuggling): a request with both `Content-Length`
