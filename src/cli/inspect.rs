@@ -5,7 +5,9 @@
 use anyhow::Context;
 
 use crate::config::Config;
-use crate::journal::{self, EventSummary, FirstJob, JobStatus, JobSummary, Journal, Replay};
+use crate::journal::{
+    self, EventSummary, FirstJob, JobStatus, JobSummary, Journal, Replay, Retried,
+};
 
 /// The journal the config names; it must exist (a mistyped path creates nothing). The
 /// error names the path once.
@@ -109,8 +111,17 @@ pub fn list_actions(
 }
 
 fn print_job(job: &JobSummary) {
+    let merged = job
+        .merged_into
+        .map(|twin| format!("  merged into #{twin}"))
+        .unwrap_or_default();
+    let error = job
+        .last_error
+        .as_deref()
+        .map(|e| format!("  last error: {e}"))
+        .unwrap_or_default();
     println!(
-        "#{}  {}  {}  [{}]  attempt {}/{}  rule {}  event {}{}",
+        "#{}  {}  {}  [{}]  attempt {}/{}  rule {}  event {}{merged}{error}",
         job.id,
         job.kind,
         job.payload,
@@ -119,16 +130,16 @@ fn print_job(job: &JobSummary) {
         job.max_attempts,
         job.rule.as_deref().unwrap_or("-"),
         job.event_id,
-        job.last_error
-            .as_deref()
-            .map(|e| format!("  last error: {e}"))
-            .unwrap_or_default()
     );
 }
 
 pub fn retry(config: &Config, id: i64) -> anyhow::Result<bool> {
-    open(config)?.retry(id)?;
-    println!("action #{id} queued again");
+    match open(config)?.retry(id)? {
+        Retried::Queued => println!("action #{id} queued again"),
+        Retried::MergedInto(twin) => println!(
+            "action #{id} merged into #{twin}: an identical call is pending already and runs for both"
+        ),
+    }
     Ok(true)
 }
 

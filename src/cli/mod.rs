@@ -145,6 +145,7 @@ pub enum JobStatusArg {
     Retrying,
     Succeeded,
     Dead,
+    Merged,
 }
 
 impl EventStatus {
@@ -164,6 +165,7 @@ impl From<JobStatusArg> for JobStatus {
             JobStatusArg::Retrying => JobStatus::Retrying,
             JobStatusArg::Succeeded => JobStatus::Succeeded,
             JobStatusArg::Dead => JobStatus::Dead,
+            JobStatusArg::Merged => JobStatus::Merged,
         }
     }
 }

@@ -535,7 +535,7 @@ mod tests {
         ) -> Result<Vec<JobSummary>, JournalError> {
             down()
         }
-        fn retry(&self, _: i64) -> Result<(), JournalError> {
+        fn retry(&self, _: i64) -> Result<crate::journal::Retried, JournalError> {
             down()
         }
         fn alerts(&self) -> Result<Vec<AlertState>, JournalError> {

@@ -11,8 +11,17 @@ use std::future::Future;
 use serde_json::{json, Value};
 
 use super::{
-    AlertState, Evaluation, FirstJob, Job, JobStatus, JournalError, NewJob, Queue, Replay, RuleRun,
+    AlertState, Evaluation, FirstJob, Job, JobStatus, JournalError, NewJob, Queue, Replay, Retried,
+    RuleRun,
 };
+
+/// Finds the open, not started job identical to job `?1`: the same `coalesce_key`,
+/// pending or retrying (`jobs_coalesce` indexes them). The same SQL on both backends,
+/// which both read `$1` as the first parameter.
+pub(super) const OPEN_TWIN_SQL: &str = "SELECT twin.id FROM jobs AS me
+     JOIN jobs AS twin ON twin.coalesce_key = me.coalesce_key
+     WHERE me.id = $1 AND twin.id <> me.id AND twin.status IN ('pending', 'retrying')
+     LIMIT 1";
 
 type Result<T> = std::result::Result<T, JournalError>;
 
@@ -41,6 +50,12 @@ pub(super) trait WriteTx {
     async fn job_status(&mut self, id: i64) -> Result<Option<(JobStatus, Queue)>>;
     /// Puts a dead job back to pending with one more attempt, due now, and wakes `queue`.
     async fn requeue_dead(&mut self, id: i64, queue: Queue) -> Result<()>;
+    /// The open, not started job identical to job `id` (same `coalesce_key`, pending or
+    /// retrying), if there is one: the one job `id` must merge into rather than be open
+    /// beside it (the unique index allows one).
+    async fn open_twin(&mut self, id: i64) -> Result<Option<i64>>;
+    /// Ends dead job `id` merged into `twin`.
+    async fn merge_dead(&mut self, id: i64, twin: i64) -> Result<()>;
     /// Alert `name`'s stored state, locked, and the database's clock (ms), for deciding
     /// a transition. `event_id` is the event deciding it.
     async fn lock_alert(&mut self, name: &str, event_id: &str)
@@ -95,11 +110,21 @@ pub(super) async fn queue_replay(
         .ok_or_else(|| JournalError::Refused(format!("a replay of {event_id} is already queued")))
 }
 
-/// Puts a dead job back to pending with one more attempt allowed (`freshet retry`).
-pub(super) async fn retry(tx: &mut impl WriteTx, job_id: i64) -> Result<()> {
+/// Puts a dead job back to pending with one more attempt allowed (`freshet retry`); or,
+/// when an identical call is pending already, merges the dead job into it.
+pub(super) async fn retry(tx: &mut impl WriteTx, job_id: i64) -> Result<Retried> {
     match tx.job_status(job_id).await? {
         None => Err(JournalError::Refused(format!("no action with id {job_id}"))),
-        Some((JobStatus::Dead, queue)) => tx.requeue_dead(job_id, queue).await,
+        Some((JobStatus::Dead, queue)) => match tx.open_twin(job_id).await? {
+            Some(twin) => {
+                tx.merge_dead(job_id, twin).await?;
+                Ok(Retried::MergedInto(twin))
+            }
+            None => {
+                tx.requeue_dead(job_id, queue).await?;
+                Ok(Retried::Queued)
+            }
+        },
         Some((other, _)) => Err(JournalError::Refused(format!(
             "action {job_id} is {other}; only dead actions can be retried"
         ))),

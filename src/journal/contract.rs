@@ -13,8 +13,8 @@ use serde_json::json;
 
 use super::{
     AlertCall, AlertState, AlertTransition, Appended, Evaluation, FirstJob, FollowUp, Job,
-    JobOutcome, JobStatus, Journal, NewJob, PostgresJournal, Queue, Replay, RuleOutcome, RuleRun,
-    SqliteJournal,
+    JobOutcome, JobStatus, Journal, NewJob, PostgresJournal, Queue, Replay, Retried, RuleOutcome,
+    RuleRun, SqliteJournal,
 };
 use crate::event::{Event, Source};
 
@@ -171,6 +171,7 @@ contract!(
     job_keys_are_unambiguous_whatever_an_id_contains,
     replays_of_one_rule_are_queued_each,
     finishing_evaluations_claims_the_next_batch,
+    a_job_open_again_beside_an_identical_pending_one_ends_merged,
 );
 
 fn duplicate_ids_insert_nothing(store: &TestStore) {
@@ -615,4 +616,84 @@ fn finishing_evaluations_claims_the_next_batch(store: &TestStore) {
     assert_eq!(recorded, vec![false, true]);
     assert!(next.is_empty(), "nothing is due");
     assert_eq!(journal.events(10, Some("evaluated")).unwrap().len(), 3);
+}
+
+/// docs/behaviour.md section 6 (merging): a running refresh whose attempt fails while an
+/// identical call is pending would be open twice, which the unique coalescing index
+/// forbids; instead it ends `merged`, naming the pending one, and nothing fails. The
+/// same for `freshet retry` of a dead job beside a pending twin.
+fn a_job_open_again_beside_an_identical_pending_one_ends_merged(store: &TestStore) {
+    let journal = store.open();
+    append(&journal, "dbt:first");
+    evaluate_with(
+        &journal,
+        Evaluation {
+            jobs: vec![action("dbt:first", "k1", Some("refresh:Finance"))],
+            ..Default::default()
+        },
+    );
+    let running = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
+    // While it runs, the same refresh is asked for again: a second job, pending.
+    append(&journal, "dbt:second");
+    evaluate_with(
+        &journal,
+        Evaluation {
+            jobs: vec![action("dbt:second", "k2", Some("refresh:Finance"))],
+            ..Default::default()
+        },
+    );
+    let pending = journal
+        .jobs(Some(JobStatus::Pending), 10)
+        .unwrap()
+        .remove(0)
+        .id;
+    let retry = JobOutcome::Retry {
+        delay_ms: 0,
+        error: "HTTP 503".into(),
+    };
+    assert_eq!(
+        journal
+            .finish(&running, &retry, &FollowUp::default())
+            .unwrap(),
+        Some(JobStatus::Merged)
+    );
+    let merged = journal.jobs(Some(JobStatus::Merged), 10).unwrap();
+    assert_eq!(merged.len(), 1);
+    assert_eq!(merged[0].id, running.id);
+    assert_eq!(merged[0].merged_into, Some(pending));
+    assert_eq!(merged[0].last_error.as_deref(), Some("HTTP 503"));
+
+    // The pending one runs and dies; a third identical call is pending when it is retried.
+    let twin = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
+    assert_eq!(twin.id, pending);
+    let dead = JobOutcome::Dead {
+        error: "HTTP 400".into(),
+    };
+    assert_eq!(
+        journal.finish(&twin, &dead, &FollowUp::default()).unwrap(),
+        Some(JobStatus::Dead)
+    );
+    append(&journal, "dbt:third");
+    evaluate_with(
+        &journal,
+        Evaluation {
+            jobs: vec![action("dbt:third", "k3", Some("refresh:Finance"))],
+            ..Default::default()
+        },
+    );
+    let third = journal
+        .jobs(Some(JobStatus::Pending), 10)
+        .unwrap()
+        .remove(0)
+        .id;
+    assert_eq!(journal.retry(twin.id).unwrap(), Retried::MergedInto(third));
+    let twin_now = journal
+        .jobs(None, 10)
+        .unwrap()
+        .into_iter()
+        .find(|job| job.id == twin.id)
+        .unwrap();
+    assert_eq!(twin_now.status, JobStatus::Merged);
+    assert_eq!(twin_now.merged_into, Some(third));
+    assert_eq!(journal.backlog().unwrap(), 1, "one refresh is left to run");
 }

@@ -237,8 +237,9 @@ pub trait Admin: Send + Sync {
         limit: usize,
     ) -> Result<Vec<JobSummary>, JournalError>;
 
-    /// Puts a dead job back to pending with one more attempt allowed.
-    fn retry(&self, job_id: i64) -> Result<(), JournalError>;
+    /// Puts a dead job back to pending with one more attempt allowed; when an identical
+    /// call is pending already, the dead job ends `merged` into it instead.
+    fn retry(&self, job_id: i64) -> Result<Retried, JournalError>;
 
     /// Current state of every alert.
     fn alerts(&self) -> Result<Vec<AlertState>, JournalError>;

@@ -21,6 +21,9 @@ pub enum JobStatus {
     Succeeded,
     /// Failed for good: listed, and `freshet retry` queues it again.
     Dead,
+    /// Would have been open again (a retry, `freshet retry`) while an identical call was
+    /// pending: that one stands for both (`merged_into` names it).
+    Merged,
 }
 
 impl JobStatus {
@@ -31,6 +34,7 @@ impl JobStatus {
             JobStatus::Retrying => "retrying",
             JobStatus::Succeeded => "succeeded",
             JobStatus::Dead => "dead",
+            JobStatus::Merged => "merged",
         }
     }
 
@@ -42,6 +46,7 @@ impl JobStatus {
             "retrying" => JobStatus::Retrying,
             "succeeded" => JobStatus::Succeeded,
             "dead" => JobStatus::Dead,
+            "merged" => JobStatus::Merged,
             other => {
                 return Err(JournalError::Corrupt(format!(
                     "a job has the unknown status {other:?}"
@@ -436,6 +441,18 @@ pub struct JobSummary {
     pub attempt: u32,
     pub max_attempts: u32,
     pub last_error: Option<String>,
+    /// The job a `merged` one merged into.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merged_into: Option<i64>,
     pub payload: Value,
     pub result: Option<Value>,
+}
+
+/// What `freshet retry` did with a dead job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retried {
+    /// Pending again, with one more attempt.
+    Queued,
+    /// An identical call was pending already: the dead job merged into it.
+    MergedInto(i64),
 }

@@ -7,11 +7,12 @@ use super::schema::NOW_MS;
 use super::sql::*;
 use super::{backend, PostgresJournal, Shared, APPEND_TIMEOUT, CALL_TIMEOUT, INTERRUPTED};
 use crate::event::Event;
-use crate::journal::common;
+use crate::journal::common::{self, WriteTx};
 use crate::journal::{
     isolate_retried, replay_suffix, stage_job, Admin, AlertState, AppendTicket, Evaluation,
     EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError,
-    KeyedJob, Operations, OutcomeColumns, Queue, Released, Replay, RuleRun, StageQueue, WorkWaker,
+    KeyedJob, Operations, OutcomeColumns, Queue, Released, Replay, Retried, RuleRun, StageQueue,
+    WorkWaker,
 };
 
 type Result<T> = std::result::Result<T, JournalError>;
@@ -189,14 +190,15 @@ impl StageQueue for PostgresJournal {
                                   ELSE errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', {NOW_MS}, 'error', $2::text)) END,
                     scheduled_at = CASE WHEN $1 IN ('retrying', 'pending') THEN {NOW_MS} + $3 ELSE scheduled_at END,
                     attempt = CASE WHEN $1 = 'pending' THEN attempt - 1 ELSE attempt END,
-                    finished_at = CASE WHEN $1 IN ('succeeded', 'dead') THEN {NOW_MS} ELSE NULL END,
+                    finished_at = CASE WHEN $1 IN ('succeeded', 'dead', 'merged') THEN {NOW_MS} ELSE NULL END,
                     lease_until = NULL,
-                    result = COALESCE($6, result)
+                    result = COALESCE($6, result),
+                    merged_into = $8
                  WHERE id = $4 AND status = 'running' AND attempt = $5 AND locked_by = $7"
             )
         });
         let OutcomeColumns {
-            status,
+            mut status,
             result,
             error,
             delay_ms,
@@ -208,6 +210,15 @@ impl StageQueue for PostgresJournal {
         self.run(CALL_TIMEOUT, async move {
             let mut client = shared.client().await?;
             let tx = client.transaction().await.map_err(backend)?;
+            // Open again beside an identical pending call, it would break the unique
+            // coalescing index: the two become one instead.
+            let mut merged_into = None;
+            if matches!(status, JobStatus::Retrying | JobStatus::Pending) {
+                merged_into = PgTx(&tx).open_twin(job.id).await?;
+                if merged_into.is_some() {
+                    status = JobStatus::Merged;
+                }
+            }
             let updated = tx
                 .execute(
                     SQL.as_str(),
@@ -219,6 +230,7 @@ impl StageQueue for PostgresJournal {
                         &(job.attempt as i32),
                         &result,
                         &shared.instance,
+                        &merged_into,
                     ],
                 )
                 .await
@@ -418,13 +430,14 @@ impl Admin for PostgresJournal {
         })
     }
 
-    fn retry(&self, job_id: i64) -> Result<()> {
+    fn retry(&self, job_id: i64) -> Result<Retried> {
         let shared = self.shared();
         self.run(CALL_TIMEOUT, async move {
             let mut client = shared.client().await?;
             let tx = client.transaction().await.map_err(backend)?;
-            common::retry(&mut PgTx(&tx), job_id).await?;
-            tx.commit().await.map_err(backend)
+            let retried = common::retry(&mut PgTx(&tx), job_id).await?;
+            tx.commit().await.map_err(backend)?;
+            Ok(retried)
         })
     }
 

@@ -86,6 +86,11 @@ CREATE TABLE alerts (
     r#"
 CREATE INDEX jobs_running ON jobs (queue, lease_until) WHERE status = 'running';
 "#,
+    // A job that would be open again while an identical call is pending ends `merged`,
+    // naming that call, instead of breaking `jobs_coalesce` (docs/behaviour.md section 6).
+    r#"
+ALTER TABLE jobs ADD COLUMN merged_into BIGINT;
+"#,
 ];
 
 /// Brings the schema up to date, instances taking turns under the advisory lock.

@@ -154,6 +154,7 @@ pub(super) fn job_summary(row: &Row) -> Result<JobSummary> {
         attempt: row.get::<_, i32>("attempt") as u32,
         max_attempts: row.get::<_, i32>("max_attempts") as u32,
         last_error: row.get("last_error"),
+        merged_into: row.get("merged_into"),
         payload: parse_json(&row.get::<_, String>("payload"))?,
         result: row
             .get::<_, Option<String>>("result")
@@ -243,6 +244,29 @@ impl WriteTx for PgTx<'_> {
             .map_err(backend)?;
         // Any instance may take it: wake them all.
         notify(self.0, queue).await
+    }
+
+    async fn open_twin(&mut self, id: i64) -> Result<Option<i64>> {
+        let row = self
+            .0
+            .query_opt(common::OPEN_TWIN_SQL, &[&id])
+            .await
+            .map_err(backend)?;
+        Ok(row.map(|row| row.get(0)))
+    }
+
+    async fn merge_dead(&mut self, id: i64, twin: i64) -> Result<()> {
+        self.0
+            .execute(
+                &format!(
+                    "UPDATE jobs SET status = 'merged', merged_into = $2, finished_at = {NOW_MS}
+                     WHERE id = $1 AND status = 'dead'"
+                ),
+                &[&id, &twin],
+            )
+            .await
+            .map_err(backend)?;
+        Ok(())
     }
 
     async fn lock_alert(

@@ -9,11 +9,12 @@ use super::schema::NOW_MS;
 use super::sql::*;
 use super::{body, exec, rescue_wal, SqliteJournal};
 use crate::event::Event;
+use crate::journal::common::WriteTx;
 use crate::journal::common::{self, run_now};
 use crate::journal::{
     replay_suffix, stage_job, Admin, AlertState, AppendTicket, Evaluation, EventSummary, FirstJob,
     FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError, KeyedJob, Operations,
-    OutcomeColumns, Queue, Released, Replay, RuleRun, StageQueue,
+    OutcomeColumns, Queue, Released, Replay, Retried, RuleRun, StageQueue,
 };
 
 impl StageQueue for SqliteJournal {
@@ -77,11 +78,20 @@ impl StageQueue for SqliteJournal {
     ) -> Result<Option<JobStatus>, JournalError> {
         self.write(|tx| {
             let OutcomeColumns {
-                status,
+                mut status,
                 result,
                 error,
                 delay_ms,
             } = outcome.columns(job);
+            // Open again beside an identical pending call, it would break the unique
+            // coalescing index: the two become one instead.
+            let mut merged_into = None;
+            if matches!(status, JobStatus::Retrying | JobStatus::Pending) {
+                merged_into = run_now(SqliteTx(tx).open_twin(job.id))?;
+                if merged_into.is_some() {
+                    status = JobStatus::Merged;
+                }
+            }
             let updated = exec(tx,
                 &format!(
                     "UPDATE jobs SET status = ?1,
@@ -91,12 +101,13 @@ impl StageQueue for SqliteJournal {
                         scheduled_at = CASE WHEN ?1 IN ('retrying', 'pending') THEN {NOW_MS} + ?3 ELSE scheduled_at END,
                         -- A wait is not an attempt: give back the one the claim counted.
                         attempt = CASE WHEN ?1 = 'pending' THEN attempt - 1 ELSE attempt END,
-                        finished_at = CASE WHEN ?1 IN ('succeeded', 'dead') THEN {NOW_MS} ELSE NULL END,
+                        finished_at = CASE WHEN ?1 IN ('succeeded', 'dead', 'merged') THEN {NOW_MS} ELSE NULL END,
                         lease_until = NULL,
-                        result = COALESCE(?6, result)
+                        result = COALESCE(?6, result),
+                        merged_into = ?7
                      WHERE id = ?4 AND status = 'running' AND attempt = ?5"
                 ),
-                params![status, error, delay_ms as i64, job.id, job.attempt, result],
+                params![status, error, delay_ms as i64, job.id, job.attempt, result, merged_into],
             )?;
             if updated != 1 {
                 return Ok(None);
@@ -245,7 +256,7 @@ impl Admin for SqliteJournal {
         })
     }
 
-    fn retry(&self, job_id: i64) -> Result<(), JournalError> {
+    fn retry(&self, job_id: i64) -> Result<Retried, JournalError> {
         self.write(|tx| run_now(common::retry(&mut SqliteTx(tx), job_id)))
     }
 

@@ -114,6 +114,11 @@ DROP INDEX jobs_open;
 CREATE INDEX jobs_open ON jobs(queue, scheduled_at)
     WHERE status = 'pending' OR status = 'retrying' OR status = 'running';
 "#,
+    // A job that would be open again while an identical call is pending ends `merged`,
+    // naming that call, instead of breaking `jobs_coalesce` (docs/behaviour.md section 6).
+    r#"
+ALTER TABLE jobs ADD COLUMN merged_into INTEGER;
+"#,
 ];
 
 /// Brings the schema up to date. An up-to-date journal (every open but the first after

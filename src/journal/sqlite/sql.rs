@@ -194,6 +194,7 @@ pub(super) fn job_summary(row: &rusqlite::Row) -> rusqlite::Result<(JobSummary, 
             attempt: row.get("attempt")?,
             max_attempts: row.get("max_attempts")?,
             last_error: row.get("last_error")?,
+            merged_into: row.get("merged_into")?,
             payload: Value::Null,
             result: row
                 .get::<_, Option<String>>("result")?
@@ -316,6 +317,26 @@ impl WriteTx for SqliteTx<'_> {
                  WHERE id = ?1 AND status = 'dead'"
             ),
             [id],
+        )?;
+        Ok(())
+    }
+
+    async fn open_twin(&mut self, id: i64) -> Result<Option<i64>, JournalError> {
+        Ok(self
+            .0
+            .prepare_cached(common::OPEN_TWIN_SQL)?
+            .query_row([id], |row| row.get(0))
+            .optional()?)
+    }
+
+    async fn merge_dead(&mut self, id: i64, twin: i64) -> Result<(), JournalError> {
+        exec(
+            self.0,
+            &format!(
+                "UPDATE jobs SET status = 'merged', merged_into = ?2, finished_at = {NOW_MS}
+                 WHERE id = ?1 AND status = 'dead'"
+            ),
+            [id, twin],
         )?;
         Ok(())
     }
