@@ -144,6 +144,28 @@ pub(super) async fn reset_alert(tx: &mut impl WriteTx, name: &str) -> Result<Opt
     }
 }
 
+/// Locks every alert a batch of evaluations decides, in name order, before any of them is
+/// recorded. Instances recording batches that touch the same alerts then take the locks
+/// in one order and wait for each other instead of deadlocking (PostgreSQL locks each
+/// alert's row; SQLite's transaction holds the whole file, so it needs none of this).
+pub(super) async fn lock_alerts_in_name_order(
+    tx: &mut impl WriteTx,
+    batch: &[(Job, Evaluation)],
+) -> Result<()> {
+    let mut names = std::collections::BTreeMap::new();
+    for (job, evaluation) in batch {
+        for call in &evaluation.alerts {
+            names
+                .entry(call.name.as_str())
+                .or_insert(job.event_id.as_str());
+        }
+    }
+    for (name, event_id) in names {
+        tx.lock_alert(name, event_id).await?;
+    }
+    Ok(())
+}
+
 /// What one evaluation adds to the journal once its lease is ended: its rule runs, its
 /// action jobs, and each alert call's transition, decided from the state the transaction
 /// reads (and locks) and applied with the post it queues.
@@ -237,4 +259,98 @@ pub fn replay_suffix(payload: &Value) -> Option<String> {
         .get("replay")
         .and_then(Value::as_i64)
         .map(|n| format!("replay{n}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{AlertCall, Queue as JobQueue};
+
+    /// A transaction that only notes which alerts it was asked to lock, in order.
+    #[derive(Default)]
+    struct LockLog(Vec<String>);
+
+    impl WriteTx for LockLog {
+        async fn event_exists(&mut self, _: &str) -> Result<bool> {
+            Ok(true)
+        }
+        async fn evaluations_of(&mut self, _: &str) -> Result<i64> {
+            Ok(0)
+        }
+        async fn insert_job(&mut self, _: &NewJob) -> Result<Option<i64>> {
+            Ok(None)
+        }
+        async fn job_status(&mut self, _: i64) -> Result<Option<(JobStatus, Queue)>> {
+            Ok(None)
+        }
+        async fn requeue_dead(&mut self, _: i64, _: Queue) -> Result<()> {
+            Ok(())
+        }
+        async fn open_twin(&mut self, _: i64) -> Result<Option<i64>> {
+            Ok(None)
+        }
+        async fn merge_dead(&mut self, _: i64, _: i64) -> Result<()> {
+            Ok(())
+        }
+        async fn lock_alert(&mut self, name: &str, _: &str) -> Result<(Option<AlertState>, i64)> {
+            self.0.push(name.to_string());
+            Ok((None, 0))
+        }
+        async fn save_alert(&mut self, _: &AlertState, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn alert_firing(&mut self, _: &str) -> Result<Option<bool>> {
+            Ok(None)
+        }
+        async fn reset_alert_state(&mut self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn upsert_rule_run(&mut self, _: &str, _: &RuleRun) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn evaluation_of(event_id: &str, alerts: &[&str]) -> (Job, Evaluation) {
+        let job = Job {
+            id: 1,
+            queue: JobQueue::Evaluate,
+            kind: "evaluate".into(),
+            event_id: event_id.into(),
+            rule: None,
+            payload: Value::Null,
+            attempt: 1,
+            max_attempts: 5,
+        };
+        let alerts = alerts
+            .iter()
+            .map(|name| AlertCall {
+                rule: "r".into(),
+                name: name.to_string(),
+                firing: true,
+                text: "t".into(),
+                channel: None,
+                renotify_minutes: None,
+                resolve: true,
+            })
+            .collect();
+        let evaluation = Evaluation {
+            alerts,
+            ..Default::default()
+        };
+        (job, evaluation)
+    }
+
+    /// Two instances whose batches touch the same alerts in opposite orders lock them in
+    /// one order (name order), each once, before recording anything: neither can hold one
+    /// lock while waiting for the other's.
+    #[test]
+    fn a_batch_locks_its_alerts_in_name_order_first() {
+        let batch = [
+            evaluation_of("e1", &["zeta", "alpha"]),
+            evaluation_of("e2", &["mid", "alpha", "zeta"]),
+        ];
+        let mut tx = LockLog::default();
+        run_now(lock_alerts_in_name_order(&mut tx, &batch)).unwrap();
+        assert_eq!(tx.0, ["alpha", "mid", "zeta"]);
+    }
 }

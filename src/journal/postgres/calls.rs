@@ -322,6 +322,7 @@ impl StageQueue for PostgresJournal {
             let mut client = shared.client().await?;
             let tx = client.transaction().await.map_err(backend)?;
             defer_commit(&tx).await?;
+            common::lock_alerts_in_name_order(&mut PgTx(&tx), &batch).await?;
             let mut recorded = Vec::with_capacity(batch.len());
             for (job, evaluation) in &batch {
                 recorded.push(record_evaluation(&tx, job, evaluation, &shared.instance).await?);
