@@ -15,6 +15,12 @@ use super::{
     RuleRun,
 };
 
+/// Events pruned per transaction. Each takes its evaluate job and its rule runs with it
+/// (and its actions, usually none or a few), so a batch deletes some thousands of rows:
+/// short enough that intake's commits get the journal between batches, and the rows
+/// of one batch are never a million (docs/behaviour.md section 12).
+pub(crate) const PRUNE_BATCH: usize = 2_500;
+
 /// Finds the open, not started job identical to job `?1`: the same `coalesce_key`,
 /// pending or retrying (`jobs_coalesce` indexes them). The same SQL on both backends,
 /// which both read `$1` as the first parameter.

@@ -513,38 +513,7 @@ impl Operations for PostgresJournal {
     }
 
     fn prune(&self, days: u32) -> Result<usize> {
-        let shared = self.shared();
-        let cutoff_ms = i64::from(days) * 86_400_000;
-        self.run(CALL_TIMEOUT * 6, async move {
-            let mut client = shared.client().await?;
-            let tx = client.transaction().await.map_err(backend)?;
-            let prunable = format!(
-                "SELECT id FROM events e WHERE e.received_ms < {NOW_MS} - $1
-                   AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_id = e.id
-                                   AND j.status IN ('pending', 'retrying', 'running'))"
-            );
-            tx.execute(
-                &format!("DELETE FROM rule_runs WHERE event_id IN ({prunable})"),
-                &[&cutoff_ms],
-            )
-            .await
-            .map_err(backend)?;
-            tx.execute(
-                &format!("DELETE FROM jobs WHERE event_id IN ({prunable})"),
-                &[&cutoff_ms],
-            )
-            .await
-            .map_err(backend)?;
-            let pruned = tx
-                .execute(
-                    &format!("DELETE FROM events WHERE id IN ({prunable})"),
-                    &[&cutoff_ms],
-                )
-                .await
-                .map_err(backend)?;
-            tx.commit().await.map_err(backend)?;
-            Ok(pruned as usize)
-        })
+        self.prune_in_batches(days, common::PRUNE_BATCH)
     }
 
     fn instance(&self) -> Option<String> {

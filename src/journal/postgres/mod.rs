@@ -249,6 +249,78 @@ impl PostgresJournal {
     }
 }
 
+impl PostgresJournal {
+    /// Deletes events older than `days` whose jobs are all finished, `batch` events (with
+    /// their jobs and rule runs) per transaction. One instance prunes at a time: each
+    /// batch takes an advisory lock, and an instance that finds it taken stops (the other
+    /// one is pruning).
+    pub(super) fn prune_in_batches(&self, days: u32, batch: usize) -> Result<usize, JournalError> {
+        let shared = Arc::clone(&self.shared);
+        let cutoff_ms = i64::from(days) * 86_400_000;
+        let mut pruned = 0;
+        loop {
+            let shared = Arc::clone(&shared);
+            let deleted = self.run(CALL_TIMEOUT, async move {
+                let mut client = shared.client().await?;
+                let tx = client.transaction().await.map_err(backend)?;
+                let ours: bool = tx
+                    .query_one(
+                        "SELECT pg_try_advisory_xact_lock($1)",
+                        &[&schema::PRUNE_LOCK],
+                    )
+                    .await
+                    .map_err(backend)?
+                    .get(0);
+                if !ours {
+                    return Ok(None);
+                }
+                let ids: Vec<String> = tx
+                    .query(
+                        &format!(
+                            "SELECT id FROM events e WHERE e.received_ms < {} - $1
+                               AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_id = e.id
+                                               AND j.status IN ('pending', 'retrying', 'running'))
+                             LIMIT $2",
+                            schema::NOW_MS
+                        ),
+                        &[&cutoff_ms, &(batch as i64)],
+                    )
+                    .await
+                    .map_err(backend)?
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect();
+                for table in ["rule_runs", "jobs"] {
+                    tx.execute(
+                        &format!("DELETE FROM {table} WHERE event_id = ANY($1)"),
+                        &[&ids],
+                    )
+                    .await
+                    .map_err(backend)?;
+                }
+                let deleted = tx
+                    .execute("DELETE FROM events WHERE id = ANY($1)", &[&ids])
+                    .await
+                    .map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                Ok(Some(deleted as usize))
+            })?;
+            match deleted {
+                Some(deleted) => {
+                    pruned += deleted;
+                    if deleted < batch {
+                        return Ok(pruned);
+                    }
+                }
+                None => {
+                    tracing::debug!("Another instance is pruning the journal.");
+                    return Ok(pruned);
+                }
+            }
+        }
+    }
+}
+
 impl Drop for PostgresJournal {
     fn drop(&mut self) {
         self.stop.cancel();

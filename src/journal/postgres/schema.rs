@@ -14,6 +14,8 @@ pub const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint
 
 /// The key of the advisory lock that serializes migrations.
 pub const MIGRATION_LOCK: i64 = 0x0066_7265_7368_6574; // "freshet"
+/// The advisory lock one instance prunes under, batch by batch; the others skip.
+pub const PRUNE_LOCK: i64 = MIGRATION_LOCK + 1;
 
 /// The channel instances NOTIFY on when they queue work; the payload is the queue.
 pub const WORK_CHANNEL: &str = "freshet_work";

@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use crate::journal::contract::{event, TestStore};
-use crate::journal::{Evaluation, FirstJob, FollowUp, Job, JobOutcome, JobStatus, Queue};
+use crate::journal::postgres::{PostgresJournal, Role};
+use crate::journal::{
+    Evaluation, FirstJob, FollowUp, Job, JobOutcome, JobStatus, Queue, StageQueue,
+};
 
 fn claim_one(journal: &crate::journal::Journal) -> Option<Job> {
     journal.claim(Queue::Evaluate, 1, 60_000).unwrap().pop()
@@ -68,4 +71,37 @@ fn a_finish_after_the_lease_was_lost_is_discarded() {
     let shown = b.events(10, None).unwrap();
     assert_eq!(shown[0].status, "evaluated");
     assert!(shown[0].instance.is_some());
+}
+
+/// docs/behaviour.md section 12 (retention at volume): pruning deletes a batch of events
+/// per transaction, under an advisory lock that one instance holds at a time, and never
+/// an event whose jobs are not finished.
+#[test]
+fn pruning_goes_in_batches_and_keeps_events_with_open_jobs() {
+    let Some(store) = TestStore::postgres() else {
+        return;
+    };
+    let TestStore::Postgres(url) = &store else {
+        unreachable!("a PostgreSQL store")
+    };
+    let journal = PostgresJournal::open(url, 3, Role::Serve).unwrap();
+    for i in 0..7 {
+        journal
+            .append(&event(&format!("dbt:old{i}")), FirstJob::EVALUATE)
+            .wait()
+            .unwrap();
+    }
+    let claimed = journal.claim(Queue::Evaluate, 10, 60_000).unwrap();
+    let batch: Vec<_> = claimed
+        .into_iter()
+        .map(|job| (job, Evaluation::default()))
+        .collect();
+    journal.finish_evaluations(&batch).unwrap();
+    journal
+        .append(&event("dbt:open"), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    assert_eq!(journal.prune_in_batches(0, 3).unwrap(), 7);
+    assert!(journal.event("dbt:old6").unwrap().is_none());
+    assert!(journal.event("dbt:open").unwrap().is_some());
 }

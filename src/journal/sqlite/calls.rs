@@ -343,24 +343,6 @@ impl Operations for SqliteJournal {
     }
 
     fn prune(&self, days: u32) -> Result<usize, JournalError> {
-        self.recent.lock().clear();
-        self.write(|tx| {
-            let cutoff = format!("{NOW_MS} - {}", i64::from(days) * 86_400_000);
-            tx.execute_batch(&format!(
-                "CREATE TEMP TABLE IF NOT EXISTS prunable (id TEXT PRIMARY KEY);
-                 DELETE FROM prunable;
-                 INSERT INTO prunable SELECT id FROM events e
-                   WHERE e.received_ms < {cutoff}
-                     AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_id = e.id
-                                     AND j.status IN ('pending', 'retrying', 'running'));
-                 DELETE FROM rule_runs WHERE event_id IN (SELECT id FROM prunable);
-                 DELETE FROM jobs WHERE event_id IN (SELECT id FROM prunable);"
-            ))?;
-            let pruned = tx.execute(
-                "DELETE FROM events WHERE id IN (SELECT id FROM prunable)",
-                [],
-            )?;
-            Ok(pruned)
-        })
+        self.prune_in_batches(days, common::PRUNE_BATCH)
     }
 }

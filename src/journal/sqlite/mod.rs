@@ -296,6 +296,39 @@ fn rescue_wal(conn: &Connection) {
     }
 }
 
+impl SqliteJournal {
+    /// Deletes events older than `days` whose jobs are all finished, `batch` events (with
+    /// their jobs and rule runs) per transaction, so intake's commits go between batches.
+    pub(super) fn prune_in_batches(&self, days: u32, batch: usize) -> Result<usize, JournalError> {
+        self.recent.lock().clear();
+        let cutoff = format!("{NOW_MS} - {}", i64::from(days) * 86_400_000);
+        let mut pruned = 0;
+        loop {
+            let deleted = self.write(|tx| {
+                tx.execute_batch(&format!(
+                    "CREATE TEMP TABLE IF NOT EXISTS prunable (id TEXT PRIMARY KEY);
+                     DELETE FROM prunable;
+                     INSERT INTO prunable SELECT id FROM events e
+                       WHERE e.received_ms < {cutoff}
+                         AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.event_id = e.id
+                                         AND j.status IN ('pending', 'retrying', 'running'))
+                       LIMIT {batch};
+                     DELETE FROM rule_runs WHERE event_id IN (SELECT id FROM prunable);
+                     DELETE FROM jobs WHERE event_id IN (SELECT id FROM prunable);"
+                ))?;
+                Ok(tx.execute(
+                    "DELETE FROM events WHERE id IN (SELECT id FROM prunable)",
+                    [],
+                )?)
+            })?;
+            pruned += deleted;
+            if deleted < batch {
+                return Ok(pruned);
+            }
+        }
+    }
+}
+
 impl Drop for SqliteJournal {
     /// Ends the commit thread after it has committed what was queued, so that the
     /// connection is closed (and the WAL checkpointed) when the journal is dropped.

@@ -9,7 +9,8 @@ use super::schema::MIGRATIONS;
 use super::*;
 use crate::journal::contract::event;
 use crate::journal::{
-    Admin, Appended, FirstJob, JobStatus, Operations, Queue, Released, Replay, StageQueue,
+    Admin, Appended, Evaluation, FirstJob, JobStatus, Operations, Queue, Released, Replay,
+    StageQueue,
 };
 
 /// A journal file's path in a new temp dir (the dir goes when dropped).
@@ -114,6 +115,27 @@ fn prune_keeps_recent_events() {
         .unwrap();
     assert_eq!(journal.prune(30).unwrap(), 1);
     assert!(journal.event("dbt:a").unwrap().is_none());
+}
+
+/// docs/behaviour.md section 12 (retention at volume): pruning deletes a batch of events
+/// per transaction until none is left, and never an event whose jobs are not finished.
+#[test]
+fn pruning_goes_in_batches_and_keeps_events_with_open_jobs() {
+    let (_dir, journal) = open();
+    for i in 0..7 {
+        let job = journal_and_claim(&journal, &format!("dbt:old{i}"));
+        journal
+            .finish_evaluations(&[(job, Evaluation::default())])
+            .unwrap();
+    }
+    journal
+        .append(&event("dbt:open"), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    assert_eq!(journal.prune_in_batches(0, 3).unwrap(), 7);
+    assert!(journal.event("dbt:old6").unwrap().is_none());
+    assert!(journal.event("dbt:open").unwrap().is_some());
+    assert_eq!(journal.prune_in_batches(0, 3).unwrap(), 0);
 }
 
 /// Column `column` of each row `{explain} {sql}` answers on the writing connection
