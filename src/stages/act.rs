@@ -190,9 +190,11 @@ async fn run_action(shared: &Shared, config: &Config, job: &Job) -> (JobOutcome,
 }
 
 /// An alert's renotification or resolution goes in the thread of the post that announced
-/// the alert (docs/behaviour.md section 7), whose `ts` is known once that post has been delivered.
-/// Until then this one waits; if that post never went out (dead, or not through the bot
-/// token), this one is posted on its own.
+/// the alert (docs/behaviour.md section 7), whose `ts` is known once that post has been
+/// delivered; and to the channel id Slack answered that post with, not the name the rule
+/// gave, so a channel renamed since keeps its threads (section 12). Until then this one
+/// waits; if that post never went out (dead, or not through the bot token), this one is
+/// posted on its own.
 async fn thread_of_alert(
     shared: &Shared,
     request: ActionRequest,
@@ -213,18 +215,26 @@ async fn thread_of_alert(
         .await
         .ok()
         .flatten();
-    let thread_ts = match announcing {
+    let result = match announcing {
         Some(job) if job.status.is_open() => {
             return Err(JobOutcome::Wait {
                 delay_ms: THREAD_WAIT_MS,
             })
         }
-        Some(job) => job
-            .result
-            .and_then(|result| result.get("ts").and_then(Value::as_str).map(String::from)),
-        None => None,
+        Some(job) => job.result.unwrap_or_default(),
+        None => Value::Null,
     };
-    Ok(ActionRequest::SlackPost(SlackPost { thread_ts, ..post }))
+    let answered = |key: &str| result.get(key).and_then(Value::as_str).map(String::from);
+    let (thread_ts, channel_id) = (answered("ts"), answered("channel"));
+    let channel = match (&thread_ts, channel_id) {
+        (Some(_), Some(id)) => Some(id),
+        _ => post.channel.clone(),
+    };
+    Ok(ActionRequest::SlackPost(SlackPost {
+        thread_ts,
+        channel,
+        ..post
+    }))
 }
 
 /// How long an alert's follow-up post waits for the announcing post to be delivered.

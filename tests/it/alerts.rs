@@ -103,13 +103,10 @@ async fn one_post_per_incident_and_one_resolution() {
     quiet(&daemon, &id).await;
     let posts = slack.posts();
     assert_eq!(posts.len(), 2, "{posts:?}");
-    assert_eq!(
-        posts[1],
-        (
-            "#finance".to_string(),
-            "Resolved: revenue-floor".to_string()
-        )
-    );
+    // The resolution goes to the channel id Slack answered the first post with.
+    let finance = slack.messages()[0].channel_id.clone();
+    assert_eq!(posts[0].0, "#finance");
+    assert_eq!(posts[1], (finance, "Resolved: revenue-floor".to_string()));
 }
 
 #[tokio::test]

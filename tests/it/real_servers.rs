@@ -486,9 +486,12 @@ async fn a_mode_outage_ends_dead_and_retry_or_replay_recovers_it() {
     daemon.cli_ok(&["retry", job]);
     eventually(&daemon, "the resolution after the retry", || {
         slack
-            .posts()
+            .messages()
             .iter()
-            .any(|(c, t)| c == "#finance" && t == "Resolved: revenue-floor")
+            .any(|m| {
+                m.channel_id == slack.messages()[0].channel_id
+                    && m.text == "Resolved: revenue-floor"
+            })
             .then_some(())
     })
     .await;
@@ -530,6 +533,51 @@ async fn a_mode_outage_ends_dead_and_retry_or_replay_recovers_it() {
 // Slack
 // ---------------------------------------------------------------------------------------
 
+/// docs/behaviour.md section 12: a channel renamed while an alert fires keeps the alert's
+/// thread: the resolution goes to the channel id Slack answered the first post with,
+/// which a rename keeps, not to the name the rule gave, which Slack no longer knows.
+#[tokio::test]
+async fn an_alert_resolves_in_its_thread_after_the_channel_is_renamed() {
+    let (mode, slack) = (FakeMode::start().await, FakeSlack::start().await);
+    let daemon = Daemon::start(mode_setup(&mode, &slack));
+    mode.add_run_with(
+        REPORT,
+        "r1",
+        "succeeded",
+        Some(vec![("Daily revenue", low_revenue())]),
+    );
+    let id = mode_webhook(&daemon, "r1").await;
+    evaluated(&daemon, &id).await;
+    let firing = eventually(&daemon, "the alert", || {
+        slack
+            .messages()
+            .into_iter()
+            .find(|m| m.text.contains("under 1000"))
+    })
+    .await;
+    slack.rename("#finance", "#finance-alerts");
+    mode.add_run_with(
+        REPORT,
+        "r2",
+        "succeeded",
+        Some(vec![(
+            "Daily revenue",
+            QueryResult::Rows(json!([{"order_date": "2026-08-07", "total_amt_usd": 5000}])),
+        )]),
+    );
+    let id = mode_webhook(&daemon, "r2").await;
+    evaluated(&daemon, &id).await;
+    let resolved = eventually(&daemon, "the resolution", || {
+        slack
+            .messages()
+            .into_iter()
+            .find(|m| m.text == "Resolved: revenue-floor")
+    })
+    .await;
+    assert_eq!(resolved.channel_id, firing.channel_id);
+    assert_eq!(resolved.thread_ts.as_deref(), Some(firing.ts.as_str()));
+}
+
 /// docs/behaviour.md section 7: an alert posted with the bot token keeps its `ts`; its resolution
 /// is posted in that thread. JSON goes with its charset, so Slack has nothing to warn about.
 #[tokio::test]
@@ -537,7 +585,7 @@ async fn an_alert_resolves_in_the_thread_of_its_post() {
     let (mode, slack) = (FakeMode::start().await, FakeSlack::start().await);
     let daemon = Daemon::start(mode_setup(&mode, &slack).rule(
         "thread.rhai",
-        r##"if event.source == "dbt" { slack_post("#ops", #{ text: "reply", thread_ts: event.job_name }); }"##,
+        r##"if event.source == "dbt" { slack_post("#finance", #{ text: "reply", thread_ts: event.job_name }); }"##,
     ));
     mode.add_run_with(
         REPORT,
@@ -573,7 +621,11 @@ async fn an_alert_resolves_in_the_thread_of_its_post() {
             .find(|m| m.text == "Resolved: revenue-floor")
     })
     .await;
-    assert_eq!(resolved.channel, "#finance");
+    assert_eq!(firing.channel, "#finance");
+    assert_eq!(
+        resolved.channel, firing.channel_id,
+        "replies name the channel by id"
+    );
     assert_eq!(resolved.thread_ts.as_deref(), Some(firing.ts.as_str()));
 
     // Any post can be threaded: here in the alert's thread, named by a dbt job's name.

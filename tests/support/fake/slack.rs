@@ -8,7 +8,10 @@ pub const SLACK_BOT_TOKEN: &str = "xoxb-test-token-1";
 /// A message chat.postMessage accepted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SlackMessage {
+    /// The channel as the post named it (a name or an id).
     pub channel: String,
+    /// The channel's id, which Slack answers with and which stays when it is renamed.
+    pub channel_id: String,
     pub text: String,
     pub ts: String,
     pub thread_ts: Option<String>,
@@ -25,6 +28,29 @@ pub struct SlackState {
     pub faults: Faults,
     /// How long each post takes to be answered (taken at once, answered late).
     pub delay_ms: u64,
+    /// Channel names and their ids, made on first use as a workspace's channels exist.
+    pub channels: Vec<(String, String)>,
+    /// Names that channels had before a rename: Slack no longer knows them.
+    pub retired: Vec<String>,
+}
+
+impl SlackState {
+    /// The id of the channel a post names (by name or id), as Slack resolves it.
+    fn channel_id(&mut self, named: &str) -> Option<String> {
+        if let Some((_, id)) = self
+            .channels
+            .iter()
+            .find(|(name, id)| name == named || id == named)
+        {
+            return Some(id.clone());
+        }
+        if self.retired.iter().any(|name| name == named) {
+            return None;
+        }
+        let id = format!("C{:010}", self.channels.len() + 1);
+        self.channels.push((named.to_string(), id.clone()));
+        Some(id)
+    }
 }
 
 /// A fake Slack: the incoming webhook answers plain `ok`; chat.postMessage needs the bot
@@ -32,6 +58,15 @@ pub struct SlackState {
 pub type FakeSlack = Fake<SlackState>;
 
 impl FakeSlack {
+    /// Renames a channel, as a workspace admin does: its id stays, its old name is gone.
+    pub fn rename(&self, old: &str, new: &str) {
+        let mut state = self.state.lock().unwrap();
+        for (name, _) in state.channels.iter_mut().filter(|(name, _)| name == old) {
+            *name = new.to_string();
+        }
+        state.retired.push(old.to_string());
+    }
+
     /// Adds a `[slack]` section pointing at this fake, with its webhook URL and bot token.
     pub fn configure(&self, setup: Setup) -> Setup {
         setup
@@ -118,11 +153,21 @@ fn slack_handle(state: &mut SlackState, seen: &Seen) -> Reply {
                 serde_json::json!({"ok": false, "error": "not_in_channel"}),
             );
         }
+        let Some(channel_id) = state.channel_id(channel) else {
+            return Reply::json(
+                200,
+                serde_json::json!({"ok": false, "error": "channel_not_found"}),
+            );
+        };
         let thread_ts = match body.get("thread_ts") {
             None => None,
             Some(serde_json::Value::String(ts)) => {
-                // A reply names a message that was posted.
-                if !state.messages.iter().any(|m| &m.ts == ts) {
+                // A reply names a message that was posted in that channel.
+                if !state
+                    .messages
+                    .iter()
+                    .any(|m| &m.ts == ts && m.channel_id == channel_id)
+                {
                     return Reply::json(
                         200,
                         serde_json::json!({"ok": false, "error": "thread_not_found"}),
@@ -150,11 +195,12 @@ fn slack_handle(state: &mut SlackState, seen: &Seen) -> Reply {
         let ts = format!("1725574158.{:06}", state.posts.len());
         state.messages.push(SlackMessage {
             channel: channel.to_string(),
+            channel_id: channel_id.clone(),
             text: text.to_string(),
             ts: ts.clone(),
             thread_ts,
         });
-        let mut answer = serde_json::json!({"ok": true, "channel": "C0123456789", "ts": ts});
+        let mut answer = serde_json::json!({"ok": true, "channel": channel_id, "ts": ts});
         if let Some(warning) = warning {
             answer["warning"] = serde_json::json!(warning);
         }
