@@ -21,6 +21,11 @@ pub struct RejectLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RuleLabels {
     pub rule: String,
 }
@@ -55,7 +60,13 @@ pub struct Metrics {
     pub journal_backlog: Gauge,
     /// 1 for this instance's name in a shared journal.
     pub instance_info: Family<InstanceLabels, Gauge>,
+    /// Answers other than 2xx to a source's webhooks since its last 2xx.
+    pub webhook_consecutive_failures: Family<SourceLabels, Gauge>,
 }
+
+/// dbt Cloud deactivates a webhook after 5 failed deliveries in a row; past this many,
+/// `/healthz` shows the count, while the operator can still act.
+pub const CONSECUTIVE_FAILURES_SHOWN: i64 = 2;
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -128,7 +139,14 @@ impl Metrics {
             "This instance's name in a shared (PostgreSQL) journal: the events it journals and the jobs it runs carry it",
             instance_info.clone(),
         );
+        let webhook_consecutive_failures = Family::<SourceLabels, Gauge>::default();
+        registry.register(
+            "webhook_consecutive_failures",
+            "Answers other than 2xx to a source's webhooks since its last 2xx (dbt Cloud deactivates a webhook after 5 failed deliveries in a row)",
+            webhook_consecutive_failures.clone(),
+        );
         Metrics {
+            webhook_consecutive_failures,
             registry,
             instance_info,
             events_received,
@@ -158,6 +176,38 @@ impl Metrics {
                 instance: name.to_string(),
             })
             .set(1);
+    }
+
+    /// Notes how a source's webhook was answered: a 2xx resets the count of failures in a
+    /// row, anything else adds one.
+    pub fn webhook_answered(&self, source: &str, succeeded: bool) {
+        let failures = self
+            .webhook_consecutive_failures
+            .get_or_create(&SourceLabels {
+                source: source.to_string(),
+            });
+        if succeeded {
+            failures.set(0);
+        } else {
+            failures.inc();
+        }
+    }
+
+    /// Each source whose webhooks have failed more than [`CONSECUTIVE_FAILURES_SHOWN`]
+    /// times in a row, with the count.
+    pub fn failing_sources(&self) -> Vec<(&'static str, i64)> {
+        ["dbt", "mode"]
+            .into_iter()
+            .filter_map(|source| {
+                let count = self
+                    .webhook_consecutive_failures
+                    .get_or_create(&SourceLabels {
+                        source: source.to_string(),
+                    })
+                    .get();
+                (count > CONSECUTIVE_FAILURES_SHOWN).then_some((source, count))
+            })
+            .collect()
     }
 
     pub fn webhook_rejected(&self, source: &str, reason: &str) {

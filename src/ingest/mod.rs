@@ -299,6 +299,15 @@ fn healthz_route(
                 // Still serving on the config it had: degraded, not down.
                 health["status"] = json!("degraded");
             }
+            let failing = intake.metrics.failing_sources();
+            if !failing.is_empty() {
+                // dbt Cloud turns a webhook off after 5 failed deliveries in a row: say so
+                // while there is still time to look (README, "Run as a service").
+                health["webhook_consecutive_failures"] = failing
+                    .into_iter()
+                    .map(|(source, count)| (source.to_string(), json!(count)))
+                    .collect();
+            }
             warp::reply::with_status(warp::reply::json(&health), status).into_response()
         })
 }
@@ -443,6 +452,7 @@ fn respond(
     source: &str,
     result: Result<Accepted, IntakeError>,
 ) -> warp::reply::Response {
+    intake.metrics.webhook_answered(source, result.is_ok());
     match result {
         Ok(Accepted::Ignored(why)) => {
             tracing::info!(source, reason = %why, "Webhook answered and ignored.");

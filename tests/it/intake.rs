@@ -380,3 +380,41 @@ async fn a_mode_url_naming_another_host_never_reaches_it() {
         "the payload's host was contacted"
     );
 }
+
+/// docs/behaviour.md section 12: dbt Cloud turns a webhook off after 5 failed deliveries in
+/// a row, so freshet counts the answers other than 2xx since the last 2xx per source
+/// (`/metrics`), and `/healthz` shows the count past 2, until a delivery succeeds.
+#[tokio::test]
+async fn failed_deliveries_in_a_row_are_counted_until_one_succeeds() {
+    let daemon = Daemon::start(setup());
+    let body = sample("dbt-job-run-completed.json");
+    for _ in 0..3 {
+        let (status, _) = post(&daemon, "/webhooks/dbt", Some("00"), body.clone()).await;
+        assert_eq!(status, 401);
+    }
+    let metrics = daemon.get_text("/metrics").await;
+    assert!(
+        metrics.contains("freshet_webhook_consecutive_failures{source=\"dbt\"} 3"),
+        "{metrics}"
+    );
+    let health = daemon.get_json("/healthz").await;
+    assert_eq!(health["webhook_consecutive_failures"]["dbt"], 3, "{health}");
+    let (status, _) = post(
+        &daemon,
+        "/webhooks/dbt",
+        Some(&sign(SECRET, &body)),
+        body.clone(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let metrics = daemon.get_text("/metrics").await;
+    assert!(
+        metrics.contains("freshet_webhook_consecutive_failures{source=\"dbt\"} 0"),
+        "{metrics}"
+    );
+    let health = daemon.get_json("/healthz").await;
+    assert!(
+        health.get("webhook_consecutive_failures").is_none(),
+        "{health}"
+    );
+}
