@@ -414,17 +414,31 @@ impl Tableau {
             let answer = send(SERVICE, request).await?;
             let (status, wait) = (answer.status, answer.retry_after);
             let parsed = parse_body(&answer.body);
-            if status == StatusCode::UNAUTHORIZED && !renewed {
-                let code = error_code(&parsed);
-                if matches!(code.as_deref(), Some("401002") | Some("401000") | None) {
-                    tracing::info!(
-                        action = "tableau",
-                        "Tableau session refused; signing in again."
-                    );
-                    self.forget(&session.token).await;
-                    renewed = true;
-                    continue;
-                }
+            let code = error_code(&parsed);
+            let session_refused = status == StatusCode::UNAUTHORIZED
+                && matches!(code.as_deref(), Some("401002") | Some("401000") | None);
+            if session_refused && !renewed {
+                tracing::info!(
+                    action = "tableau",
+                    "Tableau session refused; signing in again."
+                );
+                self.forget(&session.token).await;
+                renewed = true;
+                continue;
+            }
+            if session_refused {
+                // Refused right after a sign-in of our own: Tableau keeps one session per
+                // personal access token, so another process (a second instance) signed in
+                // with the same PAT in between. Not final: the next attempt signs in again
+                // (docs/behaviour.md section 12).
+                self.forget(&session.token).await;
+                tracing::warn!(
+                    action = "tableau",
+                    "Tableau refused a session signed in just now: another process signs in with the same personal access token; give each instance its own PAT (one PAT per instance)."
+                );
+                return Err(ActionError::retryable(
+                    "tableau: a session signed in just now was refused: another process uses the same personal access token (one PAT per instance)",
+                ));
             }
             if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
                 return Err(tableau_error(status, wait, &parsed));

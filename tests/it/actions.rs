@@ -6,7 +6,7 @@ use crate::support::fake::{
     FakeMode, FakeSlack, FakeTableau, Reply, SLACK_BOT_TOKEN, SLACK_WEBHOOK_PATH,
     TABLEAU_PAT_SECRET,
 };
-use crate::support::{dbt_completed, eventually, send_dbt, Daemon, Setup};
+use crate::support::{count_in_log, dbt_completed, eventually, send_dbt, Daemon, Setup};
 use freshet::journal::{Admin, JobSummary, SqliteJournal};
 
 const SECRET: &str = "actions-test-secret-5";
@@ -142,6 +142,40 @@ async fn tableau_refresh_signs_in_once_finds_the_id_and_renews_an_expired_sessio
     assert!(
         !log.contains(TABLEAU_PAT_SECRET) && !log.contains("tok1|"),
         "a secret or session token was logged:\n{log}"
+    );
+}
+
+/// docs/behaviour.md section 12: Tableau keeps one session per personal access token, so
+/// two instances sharing a PAT sign each other out. A session refused right after
+/// freshet signed in is not a final error: the attempt is retried with the backoff, and
+/// the log says to give each instance its own PAT.
+#[tokio::test]
+async fn a_session_taken_by_another_sign_in_with_the_same_pat_is_retried_not_dead() {
+    let fakes = fakes().await;
+    // Our sign-in and our sign-in again are each followed by a rival's.
+    fakes.tableau.state.lock().unwrap().rival_sign_ins = 2;
+    let daemon = Daemon::start(setup(&fakes, 3).rule(
+        "r.rhai",
+        r#"if event.source == "dbt" { tableau_refresh("Finance Overview"); }"#,
+    ));
+    send_dbt(
+        &daemon,
+        SECRET,
+        dbt_completed("wev_pat", "nightly", "Success"),
+    )
+    .await;
+    let done = settled(&daemon, 1).await;
+    assert_eq!(done[0].status, "succeeded", "{done:?}");
+    assert_eq!(
+        done[0].attempt, 2,
+        "the first attempt was retried: {done:?}"
+    );
+    assert_eq!(fakes.tableau.refreshes().len(), 1);
+    assert_eq!(fakes.tableau.sign_ins(), 3);
+    assert!(
+        count_in_log(&daemon, "one PAT per instance") > 0,
+        "{}",
+        daemon.log()
     );
 }
 

@@ -48,6 +48,10 @@ pub struct TableauState {
     /// Answer sign-ins with a 301 to this `Location` (absolute or relative). Paths under
     /// `/pod` are served too, as a load balancer's path on the same server would be.
     pub redirect_signin_to: Option<String>,
+    /// This many of the next sign-ins are followed at once by another process's sign-in
+    /// with the same PAT (a second instance): Tableau keeps one session per PAT, so the
+    /// token just handed out is dead before it is used.
+    pub rival_sign_ins: usize,
 }
 
 impl Default for TableauState {
@@ -62,6 +66,7 @@ impl Default for TableauState {
             next_job: (1, Some(0), None),
             faults: Faults::default(),
             redirect_signin_to: None,
+            rival_sign_ins: 0,
         }
     }
 }
@@ -221,6 +226,10 @@ fn tableau_handle(state: &mut TableauState, seen: &Seen) -> Reply {
         state.sign_ins += 1;
         let token = format!("tok{}|{TABLEAU_SITE_ID}", state.sign_ins);
         state.current_token = Some(token.clone());
+        if state.rival_sign_ins > 0 {
+            state.rival_sign_ins -= 1;
+            state.current_token = Some(format!("rival{}", state.sign_ins));
+        }
         return Reply::json(
             200,
             serde_json::json!({"credentials": {
