@@ -72,6 +72,8 @@ struct RawJournal {
     /// PostgreSQL instead of SQLite (docs/behaviour.md section 10).
     url: Option<SecretRef>,
     lease_seconds: u64,
+    /// The PostgreSQL schema freshet's tables live in (docs/behaviour.md section 12).
+    schema: String,
 }
 
 impl Default for RawJournal {
@@ -81,6 +83,7 @@ impl Default for RawJournal {
             retention_days: 30,
             url: None,
             lease_seconds: 30,
+            schema: crate::journal::postgres::DEFAULT_SCHEMA.into(),
         }
     }
 }
@@ -428,6 +431,12 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
     if raw.journal.lease_seconds < 3 {
         problems.error("journal.lease_seconds", "must be at least 3");
     }
+    if !crate::journal::postgres::is_schema_name(&raw.journal.schema) {
+        problems.error(
+            "journal.schema",
+            "must be a plain PostgreSQL name: lowercase letters, digits and _, not starting with a digit, at most 63 characters",
+        );
+    }
 
     let actions = &raw.actions;
     if actions.max_attempts == 0 {
@@ -474,6 +483,7 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
         journal: JournalConfig {
             url: journal_url,
             lease_seconds: raw.journal.lease_seconds,
+            schema: raw.journal.schema.clone(),
             path: journal_path,
             retention_days: raw.journal.retention_days,
         },

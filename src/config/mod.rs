@@ -99,6 +99,8 @@ pub struct JournalConfig {
     pub url: Option<Secret>,
     /// How long a PostgreSQL job lease holds without renewal by its instance.
     pub lease_seconds: u64,
+    /// The PostgreSQL schema of freshet's tables (a database shared with others).
+    pub schema: String,
     pub retention_days: u32,
 }
 

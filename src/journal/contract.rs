@@ -59,8 +59,13 @@ impl TestStore {
                 Arc::new(SqliteJournal::open(&dir.path().join("j.db")).unwrap())
             }
             TestStore::Postgres(url) => Arc::new(
-                PostgresJournal::open(url, TEST_LEASE_SECONDS, super::postgres::Role::Serve)
-                    .unwrap(),
+                PostgresJournal::open(
+                    url,
+                    super::postgres::DEFAULT_SCHEMA,
+                    TEST_LEASE_SECONDS,
+                    super::postgres::Role::Serve,
+                )
+                .unwrap(),
             ),
         }
     }

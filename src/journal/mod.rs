@@ -298,6 +298,7 @@ fn open(
     Ok(match (&config.url, role) {
         (Some(url), role) => Arc::new(PostgresJournal::open(
             url.expose(),
+            &config.schema,
             config.lease_seconds,
             role,
         )?),

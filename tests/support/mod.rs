@@ -416,12 +416,19 @@ pub async fn fresh_postgres() -> Option<String> {
     Some(format!("{base}/{name}"))
 }
 
-/// Runs one query on a test database and returns its rows.
+/// Runs one query on a test database, in the journal's schema, and returns its rows.
 pub async fn postgres_rows(url: &str, sql: &str) -> Vec<tokio_postgres::Row> {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await
         .unwrap();
     tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "SET search_path = {}",
+            freshet::journal::postgres::DEFAULT_SCHEMA
+        ))
+        .await
+        .unwrap();
     client.query(sql, &[]).await.unwrap()
 }
 

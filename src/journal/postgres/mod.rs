@@ -87,6 +87,24 @@ pub(super) struct Shared {
     pub(super) held: Mutex<std::collections::HashSet<i64>>,
     /// For the listener's own connection.
     config: tokio_postgres::Config,
+    /// The schema freshet's tables live in (every connection's `search_path`).
+    pub(super) schema: String,
+}
+
+/// The schema of freshet's tables unless `journal.schema` names another: its own, so a
+/// database shared with other applications (their own `events` or `jobs`) works.
+pub const DEFAULT_SCHEMA: &str = "freshet";
+
+/// Whether `name` is a schema name freshet can use as it is in SQL and in a connection's
+/// `search_path`: lowercase letters, digits and `_`, not starting with a digit, at most
+/// 63 bytes (PostgreSQL's limit for names).
+pub fn is_schema_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|first| first.is_ascii_lowercase() || first == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63
 }
 
 /// Who opens the journal.
@@ -131,10 +149,12 @@ fn pool_error(error: deadpool_postgres::PoolError) -> JournalError {
 }
 
 impl PostgresJournal {
-    /// Connects to the journal at `url` (a postgres:// URL). For `Role::Serve`, brings the
-    /// schema up to date and starts renewing leases and listening for work.
+    /// Connects to the journal at `url` (a postgres:// URL), its tables in `schema`. For
+    /// `Role::Serve`, brings the schema up to date and starts renewing leases and
+    /// listening for work.
     pub fn open(
         url: &str,
+        schema: &str,
         lease_seconds: u64,
         role: Role,
     ) -> Result<PostgresJournal, JournalError> {
@@ -142,11 +162,20 @@ impl PostgresJournal {
             path: "journal.url".into(),
             message: "not a PostgreSQL URL (postgres://USER@HOST:PORT/DB)".into(),
         })?;
+        if !is_schema_name(schema) {
+            return Err(JournalError::Open {
+                path: "journal.schema".into(),
+                message: format!("{schema:?} is not a plain schema name"),
+            });
+        }
+        // Every statement names its tables unqualified: the search path puts them in the
+        // journal's own schema, whatever else the database holds.
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10))
-            .application_name("freshet");
+            .application_name("freshet")
+            .options(format!("-c search_path={schema}"));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("freshet-postgres")
@@ -176,6 +205,7 @@ impl PostgresJournal {
             waker: Mutex::new(None),
             held: Mutex::default(),
             config,
+            schema: schema.to_string(),
         });
         let journal = PostgresJournal {
             runtime: Some(runtime),

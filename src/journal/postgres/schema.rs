@@ -5,6 +5,8 @@
 //! from the database's clock, so every instance orders by one clock; `locked_by` names the
 //! instance holding a job's lease, and stays as "who ran it" once the job ends.
 
+use deadpool_postgres::GenericClient;
+
 use super::{backend, Role, Shared};
 use crate::journal::JournalError;
 
@@ -95,33 +97,45 @@ ALTER TABLE jobs ADD COLUMN merged_into BIGINT;
 "#,
 ];
 
-/// Brings the schema up to date, instances taking turns under the advisory lock.
+/// The tables freshet keeps, `freshet_schema` (the version) first.
+const TABLES: [&str; 5] = ["freshet_schema", "events", "jobs", "rule_runs", "alerts"];
+
+/// Brings the schema up to date, instances taking turns under the advisory lock. The
+/// tables live in the journal's own schema (`Shared::schema`, every connection's search
+/// path): it is made if missing, and a journal an older freshet kept in `public` is moved
+/// there first, whole, in the same transaction. A command only reads the version, so a
+/// role that can only read works for it.
 pub(super) async fn migrate(shared: &Shared, role: Role) -> Result<(), JournalError> {
     let mut client = shared.client().await?;
+    let known = MIGRATIONS.len() as i32;
+    if role == Role::Command {
+        let version = version_in(&client, &shared.schema).await?;
+        if version > known {
+            return Err(newer(version, known));
+        }
+        if version < known {
+            return Err(JournalError::Refused(
+                "the PostgreSQL journal is not set up yet (or is older than this freshet): `freshet serve` creates and migrates its tables".into(),
+            ));
+        }
+        return Ok(());
+    }
     let tx = client.transaction().await.map_err(backend)?;
     // Instances starting together take turns; each sees the version the last one left.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(backend)?;
+    let schema = &shared.schema;
+    tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+        .await
+        .map_err(backend)?;
+    adopt_from_public(&tx, schema).await?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS freshet_schema (version INTEGER NOT NULL)")
         .await
         .map_err(backend)?;
-    let version: i32 = tx
-        .query_opt("SELECT version FROM freshet_schema", &[])
-        .await
-        .map_err(backend)?
-        .map(|row| row.get(0))
-        .unwrap_or(0);
-    let known = MIGRATIONS.len() as i32;
+    let version = version_in(&tx, schema).await?;
     if version > known {
-        return Err(JournalError::Corrupt(format!(
-            "the journal has schema version {version}, newer than this freshet knows ({known})"
-        )));
-    }
-    if version < known && role == Role::Command {
-        return Err(JournalError::Refused(
-            "the PostgreSQL journal is not set up yet: `freshet serve` creates its tables".into(),
-        ));
+        return Err(newer(version, known));
     }
     for migration in &MIGRATIONS[version as usize..] {
         tx.batch_execute(migration).await.map_err(backend)?;
@@ -136,4 +150,62 @@ pub(super) async fn migrate(shared: &Shared, role: Role) -> Result<(), JournalEr
     .await
     .map_err(backend)?;
     tx.commit().await.map_err(backend)
+}
+
+fn newer(version: i32, known: i32) -> JournalError {
+    JournalError::Corrupt(format!(
+        "the journal has schema version {version}, newer than this freshet knows ({known})"
+    ))
+}
+
+/// The journal's schema version in `schema` (0: none there yet).
+async fn version_in(client: &impl GenericClient, schema: &str) -> Result<i32, JournalError> {
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM information_schema.tables
+             WHERE table_schema = $1 AND table_name = 'freshet_schema'",
+            &[&schema],
+        )
+        .await
+        .map_err(backend)?
+        .is_some();
+    if !exists {
+        return Ok(0);
+    }
+    Ok(client
+        .query_opt(
+            &format!("SELECT version FROM \"{schema}\".freshet_schema"),
+            &[],
+        )
+        .await
+        .map_err(backend)?
+        .map(|row| row.get(0))
+        .unwrap_or(0))
+}
+
+/// Moves a journal that an older freshet kept in `public` into `schema`, when `schema`
+/// has none yet: its tables (with their indexes and sequences) change schema, their rows
+/// stay. Tables in `public` that freshet did not make are not touched.
+async fn adopt_from_public(
+    tx: &deadpool_postgres::Transaction<'_>,
+    schema: &str,
+) -> Result<(), JournalError> {
+    if schema == "public"
+        || version_in(tx, schema).await? > 0
+        || version_in(tx, "public").await? == 0
+    {
+        return Ok(());
+    }
+    for table in TABLES {
+        tx.batch_execute(&format!(
+            "ALTER TABLE IF EXISTS public.{table} SET SCHEMA \"{schema}\""
+        ))
+        .await
+        .map_err(backend)?;
+    }
+    tracing::warn!(
+        schema,
+        "Moved the journal's tables from the public schema into its own."
+    );
+    Ok(())
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::journal::contract::{event, TestStore};
-use crate::journal::postgres::{PostgresJournal, Role};
+use crate::journal::postgres::{PostgresJournal, Role, DEFAULT_SCHEMA};
 use crate::journal::{
     Evaluation, FirstJob, FollowUp, Job, JobOutcome, JobStatus, Queue, StageQueue,
 };
@@ -84,7 +84,7 @@ fn pruning_goes_in_batches_and_keeps_events_with_open_jobs() {
     let TestStore::Postgres(url) = &store else {
         unreachable!("a PostgreSQL store")
     };
-    let journal = PostgresJournal::open(url, 3, Role::Serve).unwrap();
+    let journal = PostgresJournal::open(url, DEFAULT_SCHEMA, 3, Role::Serve).unwrap();
     for i in 0..7 {
         journal
             .append(&event(&format!("dbt:old{i}")), FirstJob::EVALUATE)
@@ -104,4 +104,103 @@ fn pruning_goes_in_batches_and_keeps_events_with_open_jobs() {
     assert_eq!(journal.prune_in_batches(0, 3).unwrap(), 7);
     assert!(journal.event("dbt:old6").unwrap().is_none());
     assert!(journal.event("dbt:open").unwrap().is_some());
+}
+
+/// Runs `sql` on the database at `url` outside freshet, and returns the first column of
+/// each row as text.
+fn outside(url: &str, sql: &str) -> Vec<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        client
+            .simple_query(sql)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|message| match message {
+                tokio_postgres::SimpleQueryMessage::Row(row) => {
+                    Some(row.get(0).unwrap_or_default().to_string())
+                }
+                _ => None,
+            })
+            .collect()
+    })
+}
+
+fn tables_in(url: &str, schema: &str) -> Vec<String> {
+    outside(
+        url,
+        &format!(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}' ORDER BY table_name"
+        ),
+    )
+}
+
+/// docs/behaviour.md section 12 (its own schema): in a database whose `public` schema has
+/// an application's own `events` and `jobs`, freshet's tables live in `freshet`, the
+/// others stay as they were, and the journal works.
+#[test]
+fn a_database_with_its_own_events_and_jobs_tables_works() {
+    let Some(store) = TestStore::postgres() else {
+        return;
+    };
+    let TestStore::Postgres(url) = &store else {
+        unreachable!("a PostgreSQL store")
+    };
+    outside(
+        url,
+        "CREATE TABLE public.events (n INTEGER); CREATE TABLE public.jobs (name TEXT);
+         INSERT INTO public.jobs VALUES ('theirs')",
+    );
+    let journal = PostgresJournal::open(url, DEFAULT_SCHEMA, 3, Role::Serve).unwrap();
+    journal
+        .append(&event("dbt:ours"), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    assert_eq!(claim_one_of(&journal).unwrap().event_id, "dbt:ours");
+    assert_eq!(tables_in(url, "public"), ["events", "jobs"]);
+    assert_eq!(
+        tables_in(url, "freshet"),
+        ["alerts", "events", "freshet_schema", "jobs", "rule_runs"]
+    );
+    assert_eq!(outside(url, "SELECT name FROM public.jobs"), ["theirs"]);
+}
+
+/// docs/behaviour.md section 12 (its own schema): a journal an older freshet kept in
+/// `public` is moved into `freshet` at the next start, its rows with it.
+#[test]
+fn an_older_journal_in_public_is_moved_into_its_own_schema() {
+    let Some(store) = TestStore::postgres() else {
+        return;
+    };
+    let TestStore::Postgres(url) = &store else {
+        unreachable!("a PostgreSQL store")
+    };
+    // What an older freshet made: its tables in `public`, the connection's default.
+    let older = PostgresJournal::open(url, "public", 3, Role::Serve).unwrap();
+    older
+        .append(&event("dbt:before"), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    drop(older);
+    let journal = PostgresJournal::open(url, DEFAULT_SCHEMA, 3, Role::Serve).unwrap();
+    assert!(journal.event("dbt:before").unwrap().is_some());
+    assert!(
+        tables_in(url, "public").is_empty(),
+        "{:?}",
+        tables_in(url, "public")
+    );
+    assert!(tables_in(url, "freshet").contains(&"events".to_string()));
+    // A command (which only reads the version) finds it set up.
+    PostgresJournal::open(url, DEFAULT_SCHEMA, 3, Role::Command).unwrap();
+}
+
+fn claim_one_of(journal: &PostgresJournal) -> Option<Job> {
+    journal.claim(Queue::Evaluate, 1, 60_000).unwrap().pop()
 }
