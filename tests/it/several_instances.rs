@@ -323,3 +323,54 @@ async fn the_commands_work_against_postgresql() {
     let metrics = a.get_text("/metrics").await;
     assert!(metrics.contains("freshet_instance{instance="), "{metrics}");
 }
+
+/// docs/behaviour.md section 12 (bounded waits, a truthful health): while another
+/// session holds a lock on freshet's tables, webhooks get 503 (the server gives up the
+/// lock wait within the append budget), and `/healthz` answers within a second and does
+/// not say ok; once the lock is gone, webhooks are journaled and `/healthz` is ok again.
+#[tokio::test]
+async fn a_locked_journal_answers_503_and_health_says_so_within_a_second() {
+    let Some(url) = fresh_postgres().await else {
+        return;
+    };
+    let slack = FakeSlack::start().await;
+    let daemon = Daemon::start(instance_setup(&slack, &url, POST_EACH));
+    let (status, _) = post(&daemon, dbt_completed("wev_before_lock", "x", "Success")).await;
+    assert_eq!(status, 200);
+
+    let (locker, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE freshet.events, freshet.jobs IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    // The health check first, before any webhook failed: its own probe finds the lock.
+    let started = std::time::Instant::now();
+    let health = reqwest::get(daemon.url("/healthz")).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "/healthz took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(health.status(), 503);
+    let health: Value = health.json().await.unwrap();
+    assert_ne!(health["journal"], "ok", "{health}");
+    let started = std::time::Instant::now();
+    let (status, answer) = post(&daemon, dbt_completed("wev_locked", "x", "Success")).await;
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the 503 took {:?}",
+        started.elapsed()
+    );
+    let health = reqwest::get(daemon.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 503, "still locked");
+
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let (status, answer) = post(&daemon, dbt_completed("wev_after_lock", "x", "Success")).await;
+    assert_eq!(status, 200, "{answer}");
+    let health = reqwest::get(daemon.url("/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+}

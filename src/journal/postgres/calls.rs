@@ -5,7 +5,9 @@ use std::sync::{Arc, LazyLock};
 
 use super::schema::NOW_MS;
 use super::sql::*;
-use super::{backend, PostgresJournal, Shared, APPEND_TIMEOUT, CALL_TIMEOUT, INTERRUPTED};
+use super::{
+    backend, PostgresJournal, Shared, APPEND_TIMEOUT, CALL_TIMEOUT, HEALTH_TIMEOUT, INTERRUPTED,
+};
 use crate::event::Event;
 use crate::journal::common::{self, WriteTx};
 use crate::journal::{
@@ -477,10 +479,22 @@ impl Operations for PostgresJournal {
     fn check_writable(&self) -> Result<()> {
         let shared = self.shared();
         let last = shared.last_error();
-        self.run(CALL_TIMEOUT, async move {
-            let client = shared.client().await?;
-            client.execute("SELECT 1", &[]).await.map_err(backend)?;
-            Ok(())
+        // A write probe that writes nothing: the lock an insert takes on the tables
+        // intake writes, waited for briefly. A table locked by someone else, a pool
+        // with no connection to spare or a server that does not answer all fail it
+        // within the health check's second (a `SELECT 1` passed through all of them).
+        // Once it passes, the journal takes writes again, whatever failed before: an
+        // instance a load balancer keeps out while unhealthy must be let back in.
+        self.run(HEALTH_TIMEOUT, async move {
+            let mut client = shared.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            tx.batch_execute(
+                "SET LOCAL lock_timeout = '500ms';
+                 LOCK TABLE events, jobs IN ROW EXCLUSIVE MODE",
+            )
+            .await
+            .map_err(backend)?;
+            tx.rollback().await.map_err(backend)
         })
         .map_err(|error| match last {
             Some(last) if last != error.to_string() => {

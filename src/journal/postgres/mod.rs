@@ -56,6 +56,12 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub(super) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an append may take: its webhook waits for it, and dbt Cloud gives up at 10 s.
 pub(super) const APPEND_TIMEOUT: Duration = Duration::from_secs(4);
+/// Longest wait for a lock inside PostgreSQL: within the append budget, so a locked
+/// table answers a webhook 503 rather than leaving it to time out.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long `/healthz`'s check may take in all: it must answer within a second while the
+/// journal is locked, slow or down.
+pub(super) const HEALTH_TIMEOUT: Duration = Duration::from_millis(900);
 /// Connections per instance.
 const POOL_SIZE: usize = 16;
 
@@ -169,13 +175,27 @@ impl PostgresJournal {
             });
         }
         // Every statement names its tables unqualified: the search path puts them in the
-        // journal's own schema, whatever else the database holds.
+        // journal's own schema, whatever else the database holds. And every wait on the
+        // server is bounded (docs/behaviour.md section 12), so that a paused or cut-off
+        // instance cannot hold locks that block the others: a statement, a wait for a
+        // lock, and a transaction left idle all end within half a lease at most; a lock
+        // wait within the append budget, so a webhook meeting a locked table gets its
+        // 503 from the server; and TCP keepalives notice a dead peer within 25 s.
+        let lease_ms = lease_seconds.saturating_mul(1000);
+        let half_lease = lease_ms / 2;
+        let statement_ms = half_lease.min(CALL_TIMEOUT.as_millis() as u64);
+        let lock_ms = half_lease.min(LOCK_TIMEOUT.as_millis() as u64);
         config
             .connect_timeout(CONNECT_TIMEOUT)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
             .application_name("freshet")
-            .options(format!("-c search_path={schema}"));
+            .options(format!(
+                "-c search_path={schema} -c statement_timeout={statement_ms} \
+                 -c lock_timeout={lock_ms} -c idle_in_transaction_session_timeout={half_lease}"
+            ));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("freshet-postgres")
@@ -257,8 +277,8 @@ impl PostgresJournal {
                 let result = match tokio::time::timeout(timeout, call).await {
                     Ok(result) => result,
                     Err(_) => Err(JournalError::unavailable(format!(
-                        "PostgreSQL did not answer within {} s",
-                        timeout.as_secs()
+                        "PostgreSQL did not answer within {} ms",
+                        timeout.as_millis()
                     ))),
                 };
                 shared.note(&result);
