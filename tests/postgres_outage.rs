@@ -53,6 +53,10 @@ async fn a_postgres_outage_gets_503_and_work_resumes_after_it() {
         return;
     };
     if std::env::var("FRESHET_TEST_PG_CTL").is_err() {
+        assert!(
+            std::env::var_os("FRESHET_TEST_NO_SKIP").is_none(),
+            "FRESHET_TEST_PG_CTL is not set, and FRESHET_TEST_NO_SKIP forbids skipping"
+        );
         eprintln!("skipped: FRESHET_TEST_PG_CTL is not set (.ci/postgres.sh sets it)");
         return;
     }

@@ -36,6 +36,11 @@ impl TestStore {
     /// A fresh database on the test server; None (and a note) without one.
     pub fn postgres() -> Option<TestStore> {
         let Ok(url) = std::env::var("FRESHET_TEST_DATABASE_URL") else {
+            // CI sets FRESHET_TEST_NO_SKIP: there a test must never pass by not running.
+            assert!(
+                std::env::var_os("FRESHET_TEST_NO_SKIP").is_none(),
+                "FRESHET_TEST_DATABASE_URL is not set, and FRESHET_TEST_NO_SKIP forbids skipping"
+            );
             eprintln!(
                 "skipped: FRESHET_TEST_DATABASE_URL is not set (.ci/postgres.sh starts a server)"
             );

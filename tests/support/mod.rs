@@ -398,6 +398,11 @@ pub fn wait_with_timeout(mut child: Child, timeout: Duration) -> Output {
 /// .ci/postgres.sh sets), and its URL; None, said on stderr, without a server.
 pub async fn fresh_postgres() -> Option<String> {
     let Ok(url) = std::env::var("FRESHET_TEST_DATABASE_URL") else {
+        // CI sets FRESHET_TEST_NO_SKIP: there a test must never pass by not running.
+        assert!(
+            std::env::var_os("FRESHET_TEST_NO_SKIP").is_none(),
+            "FRESHET_TEST_DATABASE_URL is not set, and FRESHET_TEST_NO_SKIP forbids skipping"
+        );
         eprintln!(
             "skipped: FRESHET_TEST_DATABASE_URL is not set (.ci/postgres.sh starts a server)"
         );
