@@ -533,6 +533,57 @@ async fn a_mode_outage_ends_dead_and_retry_or_replay_recovers_it() {
 // Slack
 // ---------------------------------------------------------------------------------------
 
+/// Runs the report low (`run`): the revenue-floor alert fires; its post.
+async fn fire_revenue_alert(
+    daemon: &Daemon,
+    mode: &FakeMode,
+    slack: &FakeSlack,
+    run: &str,
+) -> crate::support::fake::SlackMessage {
+    mode.add_run_with(
+        REPORT,
+        run,
+        "succeeded",
+        Some(vec![("Daily revenue", low_revenue())]),
+    );
+    let id = mode_webhook(daemon, run).await;
+    evaluated(daemon, &id).await;
+    eventually(daemon, "the alert", || {
+        slack
+            .messages()
+            .into_iter()
+            .find(|m| m.text.contains("under 1000"))
+    })
+    .await
+}
+
+/// Runs the report high (`run`): the revenue-floor alert resolves; its post.
+async fn resolve_revenue_alert(
+    daemon: &Daemon,
+    mode: &FakeMode,
+    slack: &FakeSlack,
+    run: &str,
+) -> crate::support::fake::SlackMessage {
+    mode.add_run_with(
+        REPORT,
+        run,
+        "succeeded",
+        Some(vec![(
+            "Daily revenue",
+            QueryResult::Rows(json!([{"order_date": "2026-08-07", "total_amt_usd": 5000}])),
+        )]),
+    );
+    let id = mode_webhook(daemon, run).await;
+    evaluated(daemon, &id).await;
+    eventually(daemon, "the resolution", || {
+        slack
+            .messages()
+            .into_iter()
+            .find(|m| m.text == "Resolved: revenue-floor")
+    })
+    .await
+}
+
 /// docs/behaviour.md section 12: a channel renamed while an alert fires keeps the alert's
 /// thread: the resolution goes to the channel id Slack answered the first post with,
 /// which a rename keeps, not to the name the rule gave, which Slack no longer knows.
@@ -540,40 +591,9 @@ async fn a_mode_outage_ends_dead_and_retry_or_replay_recovers_it() {
 async fn an_alert_resolves_in_its_thread_after_the_channel_is_renamed() {
     let (mode, slack) = (FakeMode::start().await, FakeSlack::start().await);
     let daemon = Daemon::start(mode_setup(&mode, &slack));
-    mode.add_run_with(
-        REPORT,
-        "r1",
-        "succeeded",
-        Some(vec![("Daily revenue", low_revenue())]),
-    );
-    let id = mode_webhook(&daemon, "r1").await;
-    evaluated(&daemon, &id).await;
-    let firing = eventually(&daemon, "the alert", || {
-        slack
-            .messages()
-            .into_iter()
-            .find(|m| m.text.contains("under 1000"))
-    })
-    .await;
+    let firing = fire_revenue_alert(&daemon, &mode, &slack, "r1").await;
     slack.rename("#finance", "#finance-alerts");
-    mode.add_run_with(
-        REPORT,
-        "r2",
-        "succeeded",
-        Some(vec![(
-            "Daily revenue",
-            QueryResult::Rows(json!([{"order_date": "2026-08-07", "total_amt_usd": 5000}])),
-        )]),
-    );
-    let id = mode_webhook(&daemon, "r2").await;
-    evaluated(&daemon, &id).await;
-    let resolved = eventually(&daemon, "the resolution", || {
-        slack
-            .messages()
-            .into_iter()
-            .find(|m| m.text == "Resolved: revenue-floor")
-    })
-    .await;
+    let resolved = resolve_revenue_alert(&daemon, &mode, &slack, "r2").await;
     assert_eq!(resolved.channel_id, firing.channel_id);
     assert_eq!(resolved.thread_ts.as_deref(), Some(firing.ts.as_str()));
 }
@@ -587,40 +607,9 @@ async fn an_alert_resolves_in_the_thread_of_its_post() {
         "thread.rhai",
         r##"if event.source == "dbt" { slack_post("#finance", #{ text: "reply", thread_ts: event.job_name }); }"##,
     ));
-    mode.add_run_with(
-        REPORT,
-        "t1",
-        "succeeded",
-        Some(vec![("Daily revenue", low_revenue())]),
-    );
-    let id = mode_webhook(&daemon, "t1").await;
-    evaluated(&daemon, &id).await;
-    let firing = eventually(&daemon, "the alert", || {
-        slack
-            .messages()
-            .into_iter()
-            .find(|m| m.text.contains("under 1000"))
-    })
-    .await;
+    let firing = fire_revenue_alert(&daemon, &mode, &slack, "t1").await;
     assert_eq!(firing.thread_ts, None);
-    mode.add_run_with(
-        REPORT,
-        "t2",
-        "succeeded",
-        Some(vec![(
-            "Daily revenue",
-            QueryResult::Rows(json!([{"order_date": "2026-08-07", "total_amt_usd": 5000}])),
-        )]),
-    );
-    let id = mode_webhook(&daemon, "t2").await;
-    evaluated(&daemon, &id).await;
-    let resolved = eventually(&daemon, "the resolution", || {
-        slack
-            .messages()
-            .into_iter()
-            .find(|m| m.text == "Resolved: revenue-floor")
-    })
-    .await;
+    let resolved = resolve_revenue_alert(&daemon, &mode, &slack, "t2").await;
     assert_eq!(firing.channel, "#finance");
     assert_eq!(
         resolved.channel, firing.channel_id,
