@@ -202,6 +202,26 @@ struct Session {
     /// `{server}/api/{version}` of the server that signed us in: after a 301 (Tableau
     /// Cloud sends sign-ins to the site's pod) every later call goes to the pod too.
     api_root: String,
+    /// Whom it was signed in as ([`signed_in_as`]): a reload that changes the server,
+    /// the site or the PAT makes it no longer the session the config asks for.
+    identity: [u8; 32],
+}
+
+/// The server, site and PAT a session belongs to, as one digest (the PAT's secret is not
+/// kept in the clear beside the token).
+fn signed_in_as(config: &TableauConfig) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut digest = Sha256::new();
+    for part in [
+        config.server.as_str(),
+        config.site.as_str(),
+        config.pat_name.as_str(),
+        config.pat_secret.expose(),
+    ] {
+        digest.update(part.len().to_le_bytes());
+        digest.update(part.as_bytes());
+    }
+    digest.finalize().into()
 }
 
 /// What to refresh.
@@ -449,8 +469,14 @@ impl Tableau {
 
     async fn session(&self, http: &Client, config: &TableauConfig) -> Result<Session, ActionError> {
         let mut slot = self.session.lock().await;
-        if let Some(session) = slot.as_ref() {
-            return Ok(session.clone());
+        let identity = signed_in_as(config);
+        match slot.as_ref() {
+            Some(session) if session.identity == identity => return Ok(session.clone()),
+            Some(_) => tracing::info!(
+                action = "tableau",
+                "The Tableau server, site or token changed (a reload); signing in anew."
+            ),
+            None => {}
         }
         let session = sign_in(http, config).await?;
         *slot = Some(session.clone());
@@ -544,6 +570,7 @@ async fn sign_in(http: &Client, config: &TableauConfig) -> Result<Session, Actio
         (Some(token), Some(site_id)) => {
             tracing::info!(action = "tableau", api_version = %version, "Signed in to Tableau.");
             Ok(Session {
+                identity: signed_in_as(config),
                 token: token.to_string(),
                 site_id: site_id.to_string(),
                 // Where the sign-in was answered: later calls go there too.

@@ -200,16 +200,23 @@ impl Problems<'_> {
         });
     }
 
+    fn warn(&mut self, key: &str, message: impl Into<String>) {
+        self.warnings.push(ConfigProblem {
+            path: self.path.to_path_buf(),
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
     fn secret(&mut self, key: &str, reference: &SecretRef) -> Option<super::Secret> {
         if self.secrets == Secrets::Skip {
             return Some(super::Secret::unresolved());
         }
         if reference.is_literal() {
-            self.warnings.push(ConfigProblem {
-                path: self.path.to_path_buf(),
-                key: key.to_string(),
-                message: "secret written into the config file; prefer { env = .. }, { file = .. } or { credential = .. }".into(),
-            });
+            self.warn(
+                key,
+                "secret written into the config file; prefer { env = .. }, { file = .. } or { credential = .. }",
+            );
         }
         match reference.resolve(&self.base_dir) {
             Ok(secret) => Some(secret),
@@ -358,6 +365,17 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
 
     let tableau = raw.tableau.as_ref().and_then(|tableau| {
         let server = problems.url("tableau.server", &tableau.server);
+        if server
+            .as_ref()
+            .is_some_and(|url| url.host_str() == Some("online.tableau.com"))
+        {
+            // Tableau Cloud answers a sign-in there with a redirect to the site's pod, and
+            // every call after it must go to the pod (docs/behaviour.md section 12).
+            problems.warn(
+                "tableau.server",
+                "online.tableau.com has no pod: use your site's pod URL (e.g. https://10ay.online.tableau.com), as the Tableau Cloud address bar shows it",
+            );
+        }
         let pat_secret = problems.secret("tableau.pat_secret", &tableau.pat_secret);
         if tableau.pat_name.is_empty() {
             problems.error("tableau.pat_name", "must not be empty");
@@ -626,6 +644,18 @@ mod tests {
         assert!(parse_str(text).is_err());
         let config = parse(Path::new("/etc/freshet/freshet.toml"), text, Secrets::Skip).unwrap();
         assert!(!config.tableau.unwrap().pat_secret.is_resolved());
+    }
+
+    #[test]
+    fn tableau_cloud_without_a_pod_is_a_warning() {
+        let text = |server: &str| {
+            format!("[tableau]\nserver = \"{server}\"\npat_name = \"n\"\npat_secret = {{ env = \"PATH\" }}\n")
+        };
+        let config = parse_str(&text("https://online.tableau.com")).unwrap();
+        assert_eq!(config.warnings.len(), 1);
+        assert!(config.warnings[0].to_string().contains("pod"));
+        let config = parse_str(&text("https://10ay.online.tableau.com")).unwrap();
+        assert!(config.warnings.is_empty());
     }
 
     #[test]

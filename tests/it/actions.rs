@@ -179,6 +179,56 @@ async fn a_session_taken_by_another_sign_in_with_the_same_pat_is_retried_not_dea
     );
 }
 
+/// docs/behaviour.md section 12: a reload that points `tableau.server` elsewhere drops the
+/// session signed in with the old server: the next refresh signs in at the new one and
+/// goes there, not to the old server with its old token.
+#[tokio::test]
+async fn a_reload_that_changes_the_tableau_server_signs_in_anew() {
+    let fakes = fakes().await;
+    let other = FakeTableau::start().await;
+    let daemon = Daemon::start(setup(&fakes, 3).rule(
+        "r.rhai",
+        r#"if event.source == "dbt" { tableau_refresh("Finance Overview"); }"#,
+    ));
+    send_dbt(
+        &daemon,
+        SECRET,
+        dbt_completed("wev_old", "nightly", "Success"),
+    )
+    .await;
+    settled(&daemon, 1).await;
+    assert_eq!(fakes.tableau.refreshes().len(), 1);
+
+    let config = std::fs::read_to_string(daemon.config_path()).unwrap();
+    let moved = config.replace(&fakes.tableau.base(), &other.base());
+    assert_ne!(config, moved);
+    std::fs::write(daemon.config_path(), moved).unwrap();
+    daemon.signal("HUP");
+    daemon.wait_for_log(
+        "Configuration reloaded.",
+        std::time::Duration::from_secs(10),
+    );
+    send_dbt(
+        &daemon,
+        SECRET,
+        dbt_completed("wev_new", "nightly", "Success"),
+    )
+    .await;
+    let done = settled(&daemon, 2).await;
+    assert!(done.iter().all(|j| j.status == "succeeded"), "{done:?}");
+    assert_eq!(other.sign_ins(), 1, "a sign-in at the new server");
+    assert_eq!(
+        other.refreshes().len(),
+        1,
+        "the refresh went to the new server"
+    );
+    assert_eq!(
+        fakes.tableau.refreshes().len(),
+        1,
+        "nothing more for the old one"
+    );
+}
+
 #[tokio::test]
 async fn a_sign_in_redirected_on_the_same_server_is_posted_again_there_and_used() {
     let fakes = fakes().await;
