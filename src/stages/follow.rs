@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::act::{emitted_event, Shared};
 use crate::actions::client::ActionError;
+use crate::actions::tableau::JobState;
 use crate::actions::ActionRequest;
 use crate::config::Config;
 use crate::event::Source;
@@ -91,12 +92,35 @@ pub async fn poll(shared: &Shared, config: &Config, job: &Job) -> (JobOutcome, F
         let error = ActionError::not_configured("tableau");
         return (error.into_outcome(config, job), nothing);
     };
+    let poll_ms = tableau.job_poll_seconds.saturating_mul(1000);
+    let given_up = chrono::Utc::now().timestamp_millis() >= followed.give_up_at_ms;
     let state = match shared
         .tableau
         .job(&shared.http, tableau, &followed.job_id)
         .await
     {
         Ok(state) => state,
+        // A transient failure (a 5xx, a timeout, a rate limit) while the refresh runs is
+        // no reason to give it up: look again later, spending no attempt; the follow is
+        // bounded by `tableau.job_timeout_minutes` instead (docs/behaviour.md section 12).
+        Err(ActionError::Retryable {
+            message,
+            retry_after,
+        }) => {
+            tracing::warn!(job_id = job.id, tableau_job = %followed.job_id, error = %message,
+                "Reading the Tableau job failed; looking again later.");
+            if !given_up {
+                let wait = retry_after.map_or(0, |wait| wait.as_millis() as u64);
+                let delay_ms = wait.max(poll_ms);
+                return (JobOutcome::Wait { delay_ms }, nothing);
+            }
+            JobState {
+                completed_at: None,
+                started_at: None,
+                finish_code: None,
+                notes: Some(message),
+            }
+        }
         Err(error) => {
             tracing::warn!(job_id = job.id, tableau_job = %followed.job_id, error = %error,
                 "Reading the Tableau job failed.");
@@ -107,11 +131,8 @@ pub async fn poll(shared: &Shared, config: &Config, job: &Job) -> (JobOutcome, F
         (Some(_), Some(0 | 3)) => "succeeded",
         (Some(_), Some(2)) => "cancelled",
         (Some(_), _) => "failed",
-        (None, _) if chrono::Utc::now().timestamp_millis() >= followed.give_up_at_ms => "timed_out",
-        (None, _) => {
-            let delay_ms = tableau.job_poll_seconds.saturating_mul(1000);
-            return (JobOutcome::Wait { delay_ms }, nothing);
-        }
+        (None, _) if given_up => "timed_out",
+        (None, _) => return (JobOutcome::Wait { delay_ms: poll_ms }, nothing),
     };
     let mut fields = Map::new();
     fields.insert("status".into(), json!(status));

@@ -143,6 +143,42 @@ async fn a_failed_refresh_is_followed_and_reaches_slack() {
     assert_eq!((follow.status.as_str(), follow.attempt), ("succeeded", 1));
 }
 
+/// docs/behaviour.md section 12: transient errors while a refresh is followed (here five
+/// 503s in a row, more than the three attempts an action has) spend no attempt: the
+/// follow looks again later and the outcome still arrives.
+#[tokio::test]
+async fn transient_errors_while_following_spend_no_attempts() {
+    let tableau = FakeTableau::start().await;
+    let slack = FakeSlack::start().await;
+    tableau.state.lock().unwrap().next_job = (1, Some(0), None);
+    tableau.state.lock().unwrap().faults.add(
+        "/jobs/job-1",
+        5,
+        Reply::json(503, json!({"error": {"code": "503000", "summary": "down"}})),
+    );
+    let daemon = Daemon::start(
+        slack.configure(base().section(&tableau.section(None))).rule(
+            "refresh.rhai",
+            r#"if event.source == "dbt" { tableau_refresh(#{ workbook: "Finance Overview", project: "Finance" }); }"#,
+        ),
+    );
+    send_dbt(&daemon, SECRET, dbt_completed("wev_flaky", "x", "Success")).await;
+    let event = eventually(&daemon, "the refresh's outcome", || {
+        daemon
+            .cli(&["events", "--show", "tableau:refresh:job-1"])
+            .status
+            .success()
+            .then(|| show(&daemon, "tableau:refresh:job-1"))
+    })
+    .await;
+    assert_eq!(event["status"], "succeeded", "{event}");
+    let follow = jobs(&daemon)
+        .into_iter()
+        .find(|j| j.kind == "tableau_job")
+        .unwrap();
+    assert_eq!((follow.status.as_str(), follow.attempt), ("succeeded", 1));
+}
+
 /// docs/behaviour.md section 7: following is journaled work. kill -9 while a job is followed;
 /// after the restart the outcome still arrives, once.
 #[tokio::test]
