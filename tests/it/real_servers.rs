@@ -81,6 +81,16 @@ async fn the_api_version_is_the_servers_own_unless_pinned() {
     );
 }
 
+/// The job that followed the refresh ended succeeded on its first attempt: its polls
+/// (and any transient failure between them) spent none.
+fn assert_followed_without_spending_attempts(daemon: &Daemon) {
+    let follow = jobs(daemon)
+        .into_iter()
+        .find(|j| j.kind == "tableau_job")
+        .unwrap();
+    assert_eq!((follow.status.as_str(), follow.attempt), ("succeeded", 1));
+}
+
 /// docs/behaviour.md section 7: a refresh job is followed to its end; a failure (finishCode 1, with
 /// Tableau's notes) becomes `tableau.refresh.completed` and the example rule posts it.
 #[tokio::test]
@@ -136,11 +146,7 @@ async fn a_failed_refresh_is_followed_and_reaches_slack() {
         .filter(|c| c.ends_with("/jobs/job-1"))
         .count();
     assert_eq!(polls, 3);
-    let follow = jobs(&daemon)
-        .into_iter()
-        .find(|j| j.kind == "tableau_job")
-        .unwrap();
-    assert_eq!((follow.status.as_str(), follow.attempt), ("succeeded", 1));
+    assert_followed_without_spending_attempts(&daemon);
 }
 
 /// docs/behaviour.md section 12: transient errors while a refresh is followed (here five
@@ -172,11 +178,7 @@ async fn transient_errors_while_following_spend_no_attempts() {
     })
     .await;
     assert_eq!(event["status"], "succeeded", "{event}");
-    let follow = jobs(&daemon)
-        .into_iter()
-        .find(|j| j.kind == "tableau_job")
-        .unwrap();
-    assert_eq!((follow.status.as_str(), follow.attempt), ("succeeded", 1));
+    assert_followed_without_spending_attempts(&daemon);
 }
 
 /// docs/behaviour.md section 7: following is journaled work. kill -9 while a job is followed;
