@@ -176,7 +176,7 @@ impl Registry {
         let owes_head = || {
             waiting()
                 .min_by_key(|c| c.head_started.load(Ordering::Acquire))
-                .map(|c| (c, Evicted::Idle))
+                .map(|c| (c, Evicted::OwedHead))
         };
         let (connection, evicted) = idle.or_else(slow_body).or_else(owes_head)?;
         connection.close.cancel();
@@ -319,6 +319,7 @@ where
 enum Evicted {
     Idle,
     SlowBody,
+    OwedHead,
 }
 
 /// At the cap: closes a connection ([`Registry::evict_one`]), or waits for one to end.
@@ -333,6 +334,9 @@ async fn make_room(registry: &Registry, stop: &CancellationToken) -> bool {
         }
         Some(Evicted::SlowBody) => tracing::debug!(
             "Connection cap reached with none idle; closed the one whose request body has been arriving longest."
+        ),
+        Some(Evicted::OwedHead) => tracing::debug!(
+            "Connection cap reached with none idle; closed the one that has owed its request head longest."
         ),
         None => {}
     }

@@ -270,7 +270,7 @@ pub fn replay_suffix(payload: &Value) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::{AlertCall, Queue as JobQueue};
+    use crate::journal::AlertCall;
 
     /// A transaction that only notes which alerts it was asked to lock, in order.
     #[derive(Default)]
@@ -319,7 +319,7 @@ mod tests {
     fn evaluation_of(event_id: &str, alerts: &[&str]) -> (Job, Evaluation) {
         let job = Job {
             id: 1,
-            queue: JobQueue::Evaluate,
+            queue: Queue::Evaluate,
             kind: "evaluate".into(),
             event_id: event_id.into(),
             rule: None,

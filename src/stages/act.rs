@@ -209,8 +209,7 @@ async fn thread_of_alert(
     else {
         return Ok(request);
     };
-    let key = post.thread_of.clone().unwrap_or_default();
-    let lookup = key.clone();
+    let lookup = post.thread_of.clone().unwrap_or_default();
     let announcing = blocking(&shared.journal, move |j| j.job_by_key(&lookup))
         .await
         .ok()

@@ -11,7 +11,7 @@ use super::{next_jobs, Wakes};
 use crate::config::Config;
 use crate::event::Event;
 use crate::journal::{
-    blocking, job_key, Evaluation, Job, Journal, NewJob, Queue, RuleOutcome, RuleRun,
+    blocking, job_key, replay_suffix, Evaluation, Job, Journal, NewJob, Queue, RuleOutcome, RuleRun,
 };
 use crate::metrics::{Metrics, RuleLabels};
 use crate::rules::watch::Rules;
@@ -208,11 +208,7 @@ pub fn build_evaluation(
     metrics: &Metrics,
 ) -> Evaluation {
     // A replay is a new evaluation, so its job keys must differ from the first one's.
-    let replay = job
-        .payload
-        .get("replay")
-        .and_then(|r| r.as_i64())
-        .map(|n| format!("replay{n}"));
+    let replay = replay_suffix(&job.payload);
     let too_deep = event.chain_depth >= MAX_CHAIN_DEPTH;
     let mut evaluation = Evaluation {
         alert_max_attempts: config.actions.max_attempts,

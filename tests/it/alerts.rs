@@ -4,7 +4,8 @@
 
 use crate::support::fake::{recorder, FakeMode, FakeSlack};
 use crate::support::{
-    dbt_completed, evaluated, eventually, example_rule, send_dbt, Daemon, Setup, FINANCE_VARS,
+    dbt_completed, evaluated, eventually, example_rule, send_dbt, send_mode_run_completed, Daemon,
+    Setup, FINANCE_VARS,
 };
 use serde_json::{json, Value};
 
@@ -25,16 +26,8 @@ fn setup(mode: &FakeMode, slack: &FakeSlack) -> Setup {
 
 /// Posts a Mode webhook for `run` of the report; returns the event id.
 async fn mode_webhook(daemon: &Daemon, host: &str, run: &str) -> String {
-    let body = json!({"event": "report_run_completed", "report_run_url": format!("{host}/api/acme/reports/{REPORT}/runs/{run}")});
-    let response = reqwest::Client::new()
-        .post(daemon.url(&format!("/webhooks/mode/{HOOK_TOKEN}")))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let answer: Value = response.json().await.unwrap();
-    answer["event_id"].as_str().unwrap().to_string()
+    let url = format!("{host}/api/acme/reports/{REPORT}/runs/{run}");
+    send_mode_run_completed(daemon, HOOK_TOKEN, &url).await
 }
 
 fn revenue(value: f64) -> Vec<(&'static str, Value)> {

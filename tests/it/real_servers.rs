@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::support::fake::{FakeMode, FakeSlack, FakeTableau, QueryResult, Reply};
 use crate::support::{
-    dbt_completed, evaluated, eventually, example_rule, send_dbt, Daemon, Setup, FINANCE_VARS,
+    dbt_completed, evaluated, eventually, example_rule, send_dbt, send_mode_run_completed, Daemon,
+    Setup, FINANCE_VARS,
 };
 use serde_json::{json, Value};
 
@@ -332,17 +333,8 @@ fn mode_setup(mode: &FakeMode, slack: &FakeSlack) -> Setup {
 }
 
 async fn mode_webhook(daemon: &Daemon, run: &str) -> String {
-    let body = json!({"event": "report_run_completed",
-        "report_run_url": format!("https://app.mode.com/api/acme/reports/{REPORT}/runs/{run}")});
-    let response = reqwest::Client::new()
-        .post(daemon.url(&format!("/webhooks/mode/{HOOK_TOKEN}")))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let answer: Value = response.json().await.unwrap();
-    answer["event_id"].as_str().unwrap().to_string()
+    let url = format!("https://app.mode.com/api/acme/reports/{REPORT}/runs/{run}");
+    send_mode_run_completed(daemon, HOOK_TOKEN, &url).await
 }
 
 fn low_revenue() -> QueryResult {

@@ -477,6 +477,21 @@ pub fn dbt_completed(event_id: &str, job_name: &str, status: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// Posts Mode's `report_run_completed` for the run at `run_url` to the token route; the
+/// event id (panics unless 200).
+pub async fn send_mode_run_completed(daemon: &Daemon, token: &str, run_url: &str) -> String {
+    let body = serde_json::json!({"event": "report_run_completed", "report_run_url": run_url});
+    let response = reqwest::Client::new()
+        .post(daemon.url(&format!("/webhooks/mode/{token}")))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    answer["event_id"].as_str().unwrap().to_string()
+}
+
 /// Posts a signed dbt body and returns the answer, whatever it is.
 pub async fn post_dbt(daemon: &Daemon, secret: &str, body: Vec<u8>) -> reqwest::Response {
     reqwest::Client::builder()
