@@ -19,8 +19,28 @@ fi
 freshet_pg_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 as_pg "$pg_bin/initdb" -D "$freshet_pg_dir/data" -A trust -U freshet --no-sync >"$freshet_pg_dir/initdb.log" 2>&1 \
   || { cat "$freshet_pg_dir/initdb.log" >&2; return 1 2>/dev/null || exit 1; }
+# TLS, with a certificate for localhost and 127.0.0.1 from a CA made here and now (never
+# a committed key): the tests connect with sslmode=require and verify-full against it.
+# Plain connections stay allowed, so the other tests are unchanged.
+freshet_tls=$freshet_pg_dir/data
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=freshet test CA" \
+  -keyout "$freshet_pg_dir/ca.key" -out "$freshet_pg_dir/ca.crt" >/dev/null 2>&1 \
+  || { echo "openssl could not make the test CA" >&2; return 1 2>/dev/null || exit 1; }
+openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+  -keyout "$freshet_tls/server.key" -out "$freshet_pg_dir/server.csr" >/dev/null 2>&1
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\n' >"$freshet_pg_dir/san.ext"
+openssl x509 -req -in "$freshet_pg_dir/server.csr" -CA "$freshet_pg_dir/ca.crt" -CAkey "$freshet_pg_dir/ca.key" \
+  -CAcreateserial -days 2 -extfile "$freshet_pg_dir/san.ext" -out "$freshet_tls/server.crt" >/dev/null 2>&1 \
+  || { echo "openssl could not sign the test server's certificate" >&2; return 1 2>/dev/null || exit 1; }
+rm -f "$freshet_pg_dir/ca.key"
+chmod 600 "$freshet_tls/server.key"
+[ "$freshet_pg_user" = "$(id -un)" ] || chown "$freshet_pg_user" "$freshet_tls/server.key" "$freshet_tls/server.crt"
+chmod a+rx "$freshet_pg_dir"; chmod a+r "$freshet_pg_dir/ca.crt"
 # In the config file, so that a plain `pg_ctl start` (the outage test) starts it the same way.
 cat >>"$freshet_pg_dir/data/postgresql.conf" <<CONF
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
 port = $freshet_pg_port
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$freshet_pg_dir'
@@ -40,4 +60,6 @@ export FRESHET_TEST_PG_DATA="$freshet_pg_dir/data"
 export FRESHET_TEST_PG_CTL="$pg_bin/pg_ctl"
 export FRESHET_TEST_PG_USER="$freshet_pg_user"
 export FRESHET_TEST_PG_LOG="$freshet_pg_dir/server.log"
+# The CA that signed the server's certificate (for sslrootcert=).
+export FRESHET_TEST_PG_CA="$freshet_pg_dir/ca.crt"
 echo "PostgreSQL for the tests: $FRESHET_TEST_DATABASE_URL"

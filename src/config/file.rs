@@ -444,6 +444,12 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
             );
             return None;
         }
+        // sslmode, sslrootcert and the rest, read as the journal will: a mistake is
+        // found by `check` and at start, with its reason (never the password).
+        if let Err(reason) = crate::journal::postgres::tls::connection(url.expose()) {
+            problems.error("journal.url", &reason);
+            return None;
+        }
         Some(url)
     });
     if raw.journal.lease_seconds < 3 {

@@ -13,6 +13,7 @@ mod faults;
 mod hostile;
 mod intake;
 mod operating;
+mod postgres_in_production;
 mod real_servers;
 mod rules;
 mod service;

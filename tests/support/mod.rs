@@ -300,6 +300,23 @@ impl Daemon {
         command.output().expect("run freshet")
     }
 
+    /// Like `cli`, with some of the environment changed (`T_DB` pointing elsewhere).
+    pub fn cli_with_env(&self, args: &[&str], changed: &[(&str, &str)]) -> Output {
+        let mut command = Command::new(BIN);
+        command
+            .args(args)
+            .arg("--config")
+            .arg(self.config_path())
+            .current_dir(&self.dir);
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        for (key, value) in changed {
+            command.env(key, value);
+        }
+        command.output().expect("run freshet")
+    }
+
     /// Runs another `freshet` command against the same config with none of the daemon's
     /// environment (its secrets).
     pub fn cli_without_env(&self, args: &[&str]) -> Output {

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 use super::schema::WORK_CHANNEL;
@@ -16,7 +15,7 @@ use crate::journal::Queue;
 pub(super) async fn listen(shared: Arc<Shared>, stop: CancellationToken) {
     use futures_util::future::poll_fn;
     loop {
-        if let Ok((client, mut connection)) = shared.config.connect(NoTls).await {
+        if let Ok((client, mut connection)) = shared.config.connect(shared.tls.clone()).await {
             let (tx, mut notes) = tokio::sync::mpsc::unbounded_channel::<String>();
             // Polling for messages also drives the connection (the LISTEN below).
             let driver = tokio::spawn(async move {

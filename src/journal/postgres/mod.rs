@@ -27,7 +27,8 @@
 //! - `calls.rs`: the [`JournalStore`](super::JournalStore) calls; `sql.rs`: the
 //!   statements they share;
 //! - `schema.rs`: the schema's migrations, applied under an advisory lock;
-//! - `leases.rs`: renewing this instance's leases; `listen.rs`: `LISTEN` for work.
+//! - `leases.rs`: renewing this instance's leases; `listen.rs`: `LISTEN` for work;
+//! - `tls.rs`: `sslmode` and `sslrootcert`, with rustls.
 
 mod calls;
 mod leases;
@@ -36,13 +37,14 @@ mod schema;
 mod sql;
 #[cfg(test)]
 mod tests;
+pub mod tls;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_util::sync::CancellationToken;
 
 use crate::journal::{JournalError, WorkWaker};
@@ -93,6 +95,7 @@ pub(super) struct Shared {
     pub(super) held: Mutex<std::collections::HashSet<i64>>,
     /// For the listener's own connection.
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     /// The schema freshet's tables live in (every connection's `search_path`).
     pub(super) schema: String,
 }
@@ -164,9 +167,11 @@ impl PostgresJournal {
         lease_seconds: u64,
         role: Role,
     ) -> Result<PostgresJournal, JournalError> {
-        let mut config: tokio_postgres::Config = url.parse().map_err(|_| JournalError::Open {
+        let tls::Connection {
+            mut config, tls, ..
+        } = tls::connection(url).map_err(|message| JournalError::Open {
             path: "journal.url".into(),
-            message: "not a PostgreSQL URL (postgres://USER@HOST:PORT/DB)".into(),
+            message,
         })?;
         if !is_schema_name(schema) {
             return Err(JournalError::Open {
@@ -204,7 +209,7 @@ impl PostgresJournal {
             .map_err(backend)?;
         let manager = Manager::from_config(
             config.clone(),
-            NoTls,
+            tls.clone(),
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -225,6 +230,7 @@ impl PostgresJournal {
             waker: Mutex::new(None),
             held: Mutex::default(),
             config,
+            tls,
             schema: schema.to_string(),
         });
         let journal = PostgresJournal {
