@@ -74,6 +74,8 @@ struct RawJournal {
     lease_seconds: u64,
     /// The PostgreSQL schema freshet's tables live in (docs/behaviour.md section 12).
     schema: String,
+    /// "transaction" behind PgBouncer in transaction mode (docs/behaviour.md section 12).
+    pooler: Option<String>,
 }
 
 impl Default for RawJournal {
@@ -84,6 +86,7 @@ impl Default for RawJournal {
             url: None,
             lease_seconds: 30,
             schema: crate::journal::postgres::DEFAULT_SCHEMA.into(),
+            pooler: None,
         }
     }
 }
@@ -455,6 +458,17 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
     if raw.journal.lease_seconds < 3 {
         problems.error("journal.lease_seconds", "must be at least 3");
     }
+    let pooler = match raw.journal.pooler.as_deref() {
+        None | Some("none") | Some("session") => crate::journal::postgres::Pooler::None,
+        Some("transaction") => crate::journal::postgres::Pooler::Transaction,
+        Some(other) => {
+            problems.error(
+                "journal.pooler",
+                format!("{other:?} is not one of \"transaction\" (PgBouncer in transaction mode), \"session\", \"none\""),
+            );
+            crate::journal::postgres::Pooler::None
+        }
+    };
     if !crate::journal::postgres::is_schema_name(&raw.journal.schema) {
         problems.error(
             "journal.schema",
@@ -508,6 +522,7 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
             url: journal_url,
             lease_seconds: raw.journal.lease_seconds,
             schema: raw.journal.schema.clone(),
+            pooler,
             path: journal_path,
             retention_days: raw.journal.retention_days,
         },

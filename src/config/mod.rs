@@ -101,6 +101,8 @@ pub struct JournalConfig {
     pub lease_seconds: u64,
     /// The PostgreSQL schema of freshet's tables (a database shared with others).
     pub schema: String,
+    /// Whether a transaction pooler (PgBouncer) stands between freshet and PostgreSQL.
+    pub pooler: crate::journal::postgres::Pooler,
     pub retention_days: u32,
 }
 

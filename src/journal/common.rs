@@ -326,6 +326,7 @@ mod tests {
             payload: Value::Null,
             attempt: 1,
             max_attempts: 5,
+            interrupted: None,
         };
         let alerts = alerts
             .iter()

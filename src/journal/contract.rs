@@ -68,6 +68,7 @@ impl TestStore {
                     url,
                     super::postgres::DEFAULT_SCHEMA,
                     TEST_LEASE_SECONDS,
+                    super::postgres::Pooler::None,
                     super::postgres::Role::Serve,
                 )
                 .unwrap(),

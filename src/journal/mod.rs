@@ -215,6 +215,13 @@ pub trait StageQueue: Send + Sync {
     /// (PostgreSQL) stops renewing this one; SQLite's leases simply run out.
     fn abandon(&self, _job: &Job) {}
 
+    /// Whether this process surely still holds `job`'s lease, so that it may make an
+    /// outside call for it (docs/behaviour.md section 12). One SQLite process holds every
+    /// lease it took while it runs; PostgreSQL judges it on the monotonic clock.
+    fn lease_held(&self, _job: &Job) -> bool {
+        true
+    }
+
     /// Asks to be woken when another process queues work (PostgreSQL: `LISTEN`). The
     /// stages poll as well, so a backend without notifications does nothing here.
     fn on_work(&self, _waker: WorkWaker) {}
@@ -300,6 +307,7 @@ fn open(
             url.expose(),
             &config.schema,
             config.lease_seconds,
+            config.pooler,
             role,
         )?),
         (None, postgres::Role::Serve) => Arc::new(SqliteJournal::open_for_serve(&config.path)?),

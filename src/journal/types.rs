@@ -243,6 +243,11 @@ pub struct Job {
     /// 1 on the first attempt. Together with `id` it identifies this lease.
     pub attempt: u32,
     pub max_attempts: u32,
+    /// Set when this claim took over an action whose last attempt never finished (its
+    /// process died, or its instance lost the lease): no attempt is left, so the act
+    /// stage ends it dead with this error, without a call, and tells it as it tells any
+    /// death (docs/behaviour.md section 12). `attempt` is that last attempt's.
+    pub interrupted: Option<String>,
 }
 
 /// How an attempt at a job ended.

@@ -122,27 +122,43 @@ impl ActionWorker {
 }
 
 async fn run_job(shared: &Shared, job: Job) {
+    // Its last attempt never finished (its process died, or its instance lost the
+    // lease): no attempt is left, and its death is told like any other.
+    if let Some(error) = job.interrupted.clone() {
+        tracing::warn!(action = %job.kind, job_id = job.id, event_id = %job.event_id, error = %error,
+            "An action's last attempt never finished.");
+        return finish(
+            shared,
+            &job,
+            JobOutcome::Dead { error },
+            FollowUp::default(),
+        )
+        .await;
+    }
     let config = shared.config.load_full();
-    let (outcome, follow_up) = if job.kind == follow::KIND {
+    let ran = if job.kind == follow::KIND {
         follow::poll(shared, &config, &job).await
     } else {
         run_action(shared, &config, &job).await
     };
-    finish(shared, &job, outcome, follow_up).await;
+    if let Some((outcome, follow_up)) = ran {
+        finish(shared, &job, outcome, follow_up).await;
+    }
 }
 
-/// One attempt at a call a rule made.
-async fn run_action(shared: &Shared, config: &Config, job: &Job) -> (JobOutcome, FollowUp) {
+/// One attempt at a call a rule made; None when it was not made because the lease may
+/// have lapsed (`lease_still_held`).
+async fn run_action(shared: &Shared, config: &Config, job: &Job) -> Option<(JobOutcome, FollowUp)> {
     let request = match ActionRequest::from_job(&job.kind, &job.payload) {
         Ok(request) => request,
         Err(error) => {
             let outcome = ActionError::final_error(error).into_outcome(config, job);
-            return (outcome, FollowUp::default());
+            return Some((outcome, FollowUp::default()));
         }
     };
     let request = match thread_of_alert(shared, request).await {
         Ok(request) => request,
-        Err(wait) => return (wait, FollowUp::default()),
+        Err(wait) => return Some((wait, FollowUp::default())),
     };
     let service = request.service();
     let _slot = match shared.services.get(service) {
@@ -154,6 +170,10 @@ async fn run_action(shared: &Shared, config: &Config, job: &Job) -> (JobOutcome,
         ),
         None => None,
     };
+    // Checked last, after any wait for a slot: the call goes out now or not at all.
+    if !super::lease_still_held(&shared.journal, job) {
+        return None;
+    }
     let started = Instant::now();
     let services = Services {
         http: &shared.http,
@@ -176,15 +196,15 @@ async fn run_action(shared: &Shared, config: &Config, job: &Job) -> (JobOutcome,
                 event: None,
                 job: follow::start(config, job, &request, &value),
             };
-            (
+            Some((
                 JobOutcome::Succeeded(Some(value).filter(|v| !v.is_null())),
                 follow_up,
-            )
+            ))
         }
         Err(error) => {
             tracing::warn!(action = %job.kind, job_id = job.id, event_id = %job.event_id, attempt = job.attempt,
                 max_attempts = job.max_attempts, error = %error, "Action attempt failed.");
-            (error.into_outcome(config, job), FollowUp::default())
+            Some((error.into_outcome(config, job), FollowUp::default()))
         }
     }
 }

@@ -81,6 +81,9 @@ impl EnrichWorker {
             event.fields.insert("verified".into(), Value::Bool(false));
             return self.enriched(job, event).await;
         };
+        if !super::lease_still_held(&self.journal, &job) {
+            return;
+        }
         match fetch(&self.http, mode, &event).await {
             Ok(fields) => {
                 let run_state = fields.get("run_state").cloned().unwrap_or(Value::Null);

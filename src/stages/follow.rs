@@ -79,7 +79,15 @@ pub fn start(
 }
 
 /// One look at the followed Tableau job.
-pub async fn poll(shared: &Shared, config: &Config, job: &Job) -> (JobOutcome, FollowUp) {
+pub async fn poll(shared: &Shared, config: &Config, job: &Job) -> Option<(JobOutcome, FollowUp)> {
+    if !super::lease_still_held(&shared.journal, job) {
+        return None;
+    }
+    Some(poll_once(shared, config, job).await)
+}
+
+/// One look at the followed Tableau job.
+async fn poll_once(shared: &Shared, config: &Config, job: &Job) -> (JobOutcome, FollowUp) {
     let nothing = FollowUp::default();
     let followed: Followed = match serde_json::from_value(job.payload.clone()) {
         Ok(followed) => followed,

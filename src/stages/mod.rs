@@ -49,6 +49,20 @@ impl Wakes {
     }
 }
 
+/// Whether this process may still make an outside call for `job`: it surely holds the
+/// job's lease (docs/behaviour.md section 12). If not (a PostgreSQL instance paused or cut
+/// off past its lease), the job is dropped here, without a call and without an outcome:
+/// its lease runs out or has already, and whichever instance holds it next runs it.
+pub fn lease_still_held(journal: &Journal, job: &Job) -> bool {
+    if journal.lease_held(job) {
+        return true;
+    }
+    tracing::warn!(job_id = job.id, kind = %job.kind, event_id = %job.event_id,
+        "This instance may have lost the job's lease (it was paused or cut off); dropping it without a call.");
+    journal.abandon(job);
+    false
+}
+
 /// Longest idle sleep. Work queued by another process (`freshet replay`, `freshet retry`)
 /// cannot wake us, so it is picked up within this time.
 const IDLE_POLL: Duration = Duration::from_secs(1);

@@ -1,20 +1,19 @@
 //! The [`JournalStore`] calls of [`PostgresJournal`], each one transaction (or one
 //! statement) run on the journal's runtime.
 
+use super::session::{Param, Typed};
 use std::sync::{Arc, LazyLock};
+use std::time::Instant;
 
 use super::schema::NOW_MS;
 use super::sql::*;
-use super::{
-    backend, PostgresJournal, Shared, APPEND_TIMEOUT, CALL_TIMEOUT, HEALTH_TIMEOUT, INTERRUPTED,
-};
+use super::{backend, PostgresJournal, Shared, APPEND_TIMEOUT, CALL_TIMEOUT, HEALTH_TIMEOUT};
 use crate::event::Event;
 use crate::journal::common::{self, WriteTx};
 use crate::journal::{
-    isolate_retried, replay_suffix, stage_job, Admin, AlertState, AppendTicket, Evaluation,
-    EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError,
-    KeyedJob, Operations, OutcomeColumns, Queue, Released, Replay, Retried, RuleRun, StageQueue,
-    WorkWaker,
+    replay_suffix, stage_job, Admin, AlertState, AppendTicket, Evaluation, EventSummary, FirstJob,
+    FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError, KeyedJob, Operations,
+    OutcomeColumns, Queue, Released, Replay, Retried, RuleRun, StageQueue, WorkWaker,
 };
 
 type Result<T> = std::result::Result<T, JournalError>;
@@ -57,7 +56,7 @@ impl StageQueue for PostgresJournal {
         self.run(CALL_TIMEOUT, async move {
             let client = shared.client().await?;
             let row = client
-                .query_opt("SELECT body FROM events WHERE id = $1", &[&id])
+                .row_opt("SELECT body FROM events WHERE id = $1", &[&id])
                 .await
                 .map_err(backend)?;
             row.map(|row| {
@@ -72,81 +71,116 @@ impl StageQueue for PostgresJournal {
         // The lease is `journal.lease_seconds`, renewed while this instance lives, rather
         // than the caller's longest-attempt guess: a dead instance's jobs are taken over
         // within one lease.
-        static REAP: LazyLock<String> = LazyLock::new(|| {
+        //
+        // One statement, as River's `JobGetAvailable`: one round trip, its row locks
+        // held only while it runs. In it:
+        // - "now" is read once, in a scalar subquery: a bare `clock_timestamp()` is
+        //   volatile and cannot bound an index scan (it made every claim walk all open
+        //   jobs of the queue, the not yet due included: 39 ms with 100,000 of them);
+        // - `due` (waiting jobs up to now, `jobs_open`) and `lapsed` (running jobs whose
+        //   lease ran out, `jobs_running`) are each bounded by their own index;
+        // - `reaped`: a lapsed stage job (enrich, evaluate) with no attempt left ends
+        //   dead here; a lapsed action with none left is taken instead, unchanged, so
+        //   that the act stage ends it dead the way it ends any action, with its
+        //   `freshet.action.failed` event, metric and log line (`Job::interrupted`);
+        // - `chosen`: `common::isolate_retried`, in SQL: a job that already ran (it may
+        //   be the one that kills instances) is claimed alone;
+        // - a takeover records who lost the lease in the job's errors.
+        static CLAIM: LazyLock<String> = LazyLock::new(|| {
             format!(
-                "UPDATE jobs SET status = 'dead', lease_until = NULL, finished_at = {NOW_MS},
-                    last_error = $2,
-                    errors = errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', {NOW_MS}, 'error', $2::text))
-                 WHERE id IN (
-                     SELECT id FROM jobs
-                     WHERE queue = $1 AND status = 'running' AND lease_until < {NOW_MS}
-                       AND attempt >= max_attempts
-                     FOR UPDATE SKIP LOCKED)"
-            )
-        });
-        static CANDIDATES: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "SELECT id, attempt FROM jobs
-                 WHERE queue = $1 AND status IN ('pending', 'retrying', 'running')
-                   AND ((status IN ('pending', 'retrying') AND scheduled_at <= {NOW_MS})
-                        OR (status = 'running' AND lease_until < {NOW_MS} AND attempt < max_attempts))
-                 ORDER BY scheduled_at, id LIMIT $2
-                 FOR UPDATE SKIP LOCKED"
-            )
-        });
-        static LEASE: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                // scheduled_at becomes the time of the claim: after a takeover, a job that
-                // was taken more recently (the one that keeps killing its instance) goes
-                // behind the others, as SQLite's release at start puts it.
-                "UPDATE jobs SET status = 'running', attempt = attempt + 1, scheduled_at = {NOW_MS},
-                    lease_until = {NOW_MS} + $2, locked_by = $3
-                 WHERE id = ANY($1)
-                 RETURNING id, queue, kind, event_id, rule, payload, attempt, max_attempts"
+                "WITH now AS MATERIALIZED (SELECT {NOW_MS} AS ms),
+                 reaped AS (
+                     UPDATE jobs SET status = 'dead', lease_until = NULL,
+                        finished_at = (SELECT ms FROM now),
+                        last_error = 'interrupted: instance ' || COALESCE(locked_by, '?') || ' lost its lease',
+                        errors = errors || jsonb_build_array(jsonb_build_object(
+                            'attempt', attempt, 'at', (SELECT ms FROM now),
+                            'error', 'interrupted: instance ' || COALESCE(locked_by, '?') || ' lost its lease'))
+                     WHERE id IN (
+                         SELECT id FROM jobs
+                         WHERE queue = $1 AND $1 <> 'action' AND status = 'running'
+                           AND lease_until < (SELECT ms FROM now) AND attempt >= max_attempts
+                         FOR UPDATE SKIP LOCKED)
+                     RETURNING id),
+                 due AS (
+                     SELECT id, attempt, scheduled_at, status, max_attempts, locked_by FROM jobs
+                     WHERE queue = $1 AND status IN ('pending', 'retrying')
+                       AND scheduled_at <= (SELECT ms FROM now)
+                     ORDER BY scheduled_at, id LIMIT $2
+                     FOR UPDATE SKIP LOCKED),
+                 lapsed AS (
+                     SELECT id, attempt, scheduled_at, status, max_attempts, locked_by FROM jobs
+                     WHERE queue = $1 AND status = 'running'
+                       AND lease_until < (SELECT ms FROM now)
+                       AND ($1 = 'action' OR attempt < max_attempts)
+                     ORDER BY lease_until, id LIMIT $2
+                     FOR UPDATE SKIP LOCKED),
+                 open AS (
+                     SELECT * FROM (SELECT * FROM due UNION ALL SELECT * FROM lapsed) o
+                     ORDER BY scheduled_at, id LIMIT $2),
+                 first AS (SELECT attempt FROM open ORDER BY scheduled_at, id LIMIT 1),
+                 chosen AS (
+                     SELECT * FROM open WHERE attempt = 0 AND (SELECT attempt FROM first) = 0
+                     UNION ALL
+                     (SELECT * FROM open WHERE (SELECT attempt FROM first) > 0
+                      ORDER BY scheduled_at, id LIMIT 1))
+                 UPDATE jobs j SET status = 'running',
+                    attempt = CASE WHEN c.status = 'running' AND c.attempt >= c.max_attempts
+                                   THEN j.attempt ELSE j.attempt + 1 END,
+                    errors = CASE WHEN c.status = 'running' AND c.attempt < c.max_attempts
+                                  THEN j.errors || jsonb_build_array(jsonb_build_object(
+                                      'attempt', j.attempt, 'at', (SELECT ms FROM now),
+                                      'error', 'interrupted: instance ' || COALESCE(c.locked_by, '?') || ' lost its lease'))
+                                  ELSE j.errors END,
+                    last_error = CASE WHEN c.status = 'running' AND c.attempt < c.max_attempts
+                                      THEN 'interrupted: instance ' || COALESCE(c.locked_by, '?') || ' lost its lease'
+                                      ELSE j.last_error END,
+                    -- after a takeover, a job taken more recently (the one that keeps
+                    -- killing its instance) goes behind the others
+                    scheduled_at = (SELECT ms FROM now),
+                    lease_until = (SELECT ms FROM now) + $3, locked_by = $4
+                 FROM chosen c
+                 WHERE j.id = c.id
+                 RETURNING j.id, j.queue, j.kind, j.event_id, j.rule, j.payload, j.attempt, j.max_attempts,
+                    CASE WHEN c.status = 'running' AND c.attempt >= c.max_attempts
+                         THEN 'interrupted: instance ' || COALESCE(c.locked_by, '?') || ' lost its lease' END,
+                    (SELECT count(*) FROM reaped)"
             )
         });
         let shared = self.shared();
         self.run(CALL_TIMEOUT, async move {
-            let mut client = shared.client().await?;
-            let tx = client.transaction().await.map_err(backend)?;
-            if queue == Queue::Evaluate {
+            let params: [&dyn Param; 4] =
+                [&queue, &(limit as i64), &shared.lease_ms, &shared.instance];
+            let started = Instant::now();
+            let rows = if queue == Queue::Evaluate {
+                let mut client = shared.client().await?;
+                let tx = client.transaction().await.map_err(backend)?;
                 defer_commit(&tx).await?;
-            }
-            tx.execute(REAP.as_str(), &[&queue.as_str(), &INTERRUPTED])
-                .await
-                .map_err(backend)?;
-            let candidates: Vec<(i64, u32)> = tx
-                .query(CANDIDATES.as_str(), &[&queue.as_str(), &(limit as i64)])
-                .await
-                .map_err(backend)?
-                .iter()
-                .map(|row| (row.get(0), row.get::<_, i32>(1) as u32))
-                .collect();
-            let chosen = isolate_retried(&candidates);
-            let mut jobs = Vec::with_capacity(chosen.len());
-            if !chosen.is_empty() {
-                let rows = tx
-                    .query(
-                        LEASE.as_str(),
-                        &[&chosen, &shared.lease_ms, &shared.instance],
-                    )
+                let rows = tx.rows(CLAIM.as_str(), &params).await.map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                rows
+            } else {
+                let client = shared.client().await?;
+                client
+                    .rows(CLAIM.as_str(), &params)
                     .await
-                    .map_err(backend)?;
-                for row in rows {
-                    jobs.push(Job {
-                        id: row.get(0),
-                        queue: row.get(1),
-                        kind: row.get(2),
-                        event_id: row.get(3),
-                        rule: row.get(4),
-                        payload: parse_json(&row.get::<_, String>(5))?,
-                        attempt: row.get::<_, i32>(6) as u32,
-                        max_attempts: row.get::<_, i32>(7) as u32,
-                    });
-                }
+                    .map_err(backend)?
+            };
+            let mut jobs = Vec::with_capacity(rows.len());
+            for row in rows {
+                jobs.push(Job {
+                    id: row.get(0),
+                    queue: row.get(1),
+                    kind: row.get(2),
+                    event_id: row.get(3),
+                    rule: row.get(4),
+                    payload: parse_json(&row.get::<_, String>(5))?,
+                    attempt: row.get::<_, i32>(6) as u32,
+                    max_attempts: row.get::<_, i32>(7) as u32,
+                    interrupted: row.get(8),
+                });
             }
-            tx.commit().await.map_err(backend)?;
-            shared.held().extend(jobs.iter().map(|job| job.id));
+            shared.hold(jobs.iter().map(|job| job.id), started);
             jobs.sort_by_key(|job| job.id);
             Ok(jobs)
         })
@@ -170,7 +204,7 @@ impl StageQueue for PostgresJournal {
         self.run(CALL_TIMEOUT, async move {
             let client = shared.client().await?;
             let due: Option<i64> = client
-                .query_one(SQL.as_str(), &[&queue.as_str()])
+                .row(SQL.as_str(), &[&queue.as_str()])
                 .await
                 .map_err(backend)?
                 .get(0);
@@ -222,7 +256,7 @@ impl StageQueue for PostgresJournal {
                 }
             }
             let updated = tx
-                .execute(
+                .exec(
                     SQL.as_str(),
                     &[
                         &status,
@@ -261,7 +295,7 @@ impl StageQueue for PostgresJournal {
         self.run(CALL_TIMEOUT, async move {
             let client = shared.client().await?;
             let row = client
-                .query_opt(
+                .row_opt(
                     "SELECT status, result FROM jobs WHERE job_key = $1",
                     &[&key],
                 )
@@ -289,7 +323,7 @@ impl StageQueue for PostgresJournal {
             }
             let body =
                 serde_json::to_string(&event).map_err(|e| JournalError::Refused(e.to_string()))?;
-            tx.execute(
+            tx.exec(
                 "UPDATE events SET body = $1 WHERE id = $2",
                 &[&body, &event.id],
             )
@@ -338,6 +372,10 @@ impl StageQueue for PostgresJournal {
         self.shared.held().remove(&job.id);
     }
 
+    fn lease_held(&self, job: &Job) -> bool {
+        self.shared.lease_held(job.id)
+    }
+
     fn on_work(&self, waker: WorkWaker) {
         *self
             .shared
@@ -354,7 +392,7 @@ impl Admin for PostgresJournal {
         self.run(CALL_TIMEOUT, async move {
             let client = shared.client().await?;
             let rows = client
-                .query(
+                .rows(
                     "SELECT id, type, received_at, status, instance FROM events
                      WHERE ($1::text IS NULL OR status = $1)
                      ORDER BY received_ms DESC, id DESC LIMIT $2",
@@ -366,7 +404,7 @@ impl Admin for PostgresJournal {
             for row in rows {
                 let id: String = row.get("id");
                 let rules = client
-                    .query(
+                    .rows(
                         "SELECT rule, outcome, actions, error FROM rule_runs WHERE event_id = $1 ORDER BY rule",
                         &[&id],
                     )
@@ -381,7 +419,7 @@ impl Admin for PostgresJournal {
                     })
                     .collect();
                 let jobs = client
-                    .query(
+                    .rows(
                         "SELECT * FROM jobs WHERE event_id = $1 AND queue = 'action' ORDER BY id",
                         &[&id],
                     )
@@ -420,7 +458,7 @@ impl Admin for PostgresJournal {
         self.run(CALL_TIMEOUT, async move {
             let client = shared.client().await?;
             let rows = client
-                .query(
+                .rows(
                     "SELECT * FROM jobs
                      WHERE (queue = 'action' OR status IN ('dead', 'retrying'))
                        AND ($1::text IS NULL OR status = $1)
@@ -449,7 +487,7 @@ impl Admin for PostgresJournal {
         self.run(CALL_TIMEOUT, async move {
             let client = shared.client().await?;
             let rows = client
-                .query(
+                .rows(
                     "SELECT name, state, version, since_ms, last_notified_ms FROM alerts
                      WHERE version > 0 ORDER BY name",
                     &[],
@@ -515,7 +553,7 @@ impl Operations for PostgresJournal {
         self.run(CALL_TIMEOUT, async move {
             let client = shared.client().await?;
             let count: i64 = client
-                .query_one(
+                .row(
                     "SELECT COUNT(*) FROM jobs WHERE queue = 'action' AND status IN ('pending', 'retrying', 'running')",
                     &[],
                 )

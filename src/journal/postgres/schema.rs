@@ -5,7 +5,7 @@
 //! from the database's clock, so every instance orders by one clock; `locked_by` names the
 //! instance holding a job's lease, and stays as "who ran it" once the job ends.
 
-use deadpool_postgres::GenericClient;
+use super::session::Typed;
 
 use super::{backend, Role, Shared};
 use crate::journal::JournalError;
@@ -122,7 +122,7 @@ pub(super) async fn migrate(shared: &Shared, role: Role) -> Result<(), JournalEr
     }
     let tx = client.transaction().await.map_err(backend)?;
     // Instances starting together take turns; each sees the version the last one left.
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+    tx.exec("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(backend)?;
     let schema = &shared.schema;
@@ -140,10 +140,10 @@ pub(super) async fn migrate(shared: &Shared, role: Role) -> Result<(), JournalEr
     for migration in &MIGRATIONS[version as usize..] {
         tx.batch_execute(migration).await.map_err(backend)?;
     }
-    tx.execute("DELETE FROM freshet_schema", &[])
+    tx.exec("DELETE FROM freshet_schema", &[])
         .await
         .map_err(backend)?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO freshet_schema (version) VALUES ($1)",
         &[&known],
     )
@@ -159,9 +159,9 @@ fn newer(version: i32, known: i32) -> JournalError {
 }
 
 /// The journal's schema version in `schema` (0: none there yet).
-async fn version_in(client: &impl GenericClient, schema: &str) -> Result<i32, JournalError> {
+async fn version_in(client: &impl Typed, schema: &str) -> Result<i32, JournalError> {
     let exists = client
-        .query_opt(
+        .row_opt(
             "SELECT 1 FROM information_schema.tables
              WHERE table_schema = $1 AND table_name = 'freshet_schema'",
             &[&schema],
@@ -173,7 +173,7 @@ async fn version_in(client: &impl GenericClient, schema: &str) -> Result<i32, Jo
         return Ok(0);
     }
     Ok(client
-        .query_opt(
+        .row_opt(
             &format!("SELECT version FROM \"{schema}\".freshet_schema"),
             &[],
         )
@@ -186,10 +186,7 @@ async fn version_in(client: &impl GenericClient, schema: &str) -> Result<i32, Jo
 /// Moves a journal that an older freshet kept in `public` into `schema`, when `schema`
 /// has none yet: its tables (with their indexes and sequences) change schema, their rows
 /// stay. Tables in `public` that freshet did not make are not touched.
-async fn adopt_from_public(
-    tx: &deadpool_postgres::Transaction<'_>,
-    schema: &str,
-) -> Result<(), JournalError> {
+async fn adopt_from_public(tx: &super::session::Tx<'_>, schema: &str) -> Result<(), JournalError> {
     if schema == "public"
         || version_in(tx, schema).await? > 0
         || version_in(tx, "public").await? == 0

@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use deadpool_postgres::GenericClient;
+use super::session::Typed;
 use serde_json::Value;
 use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 use tokio_postgres::Row;
@@ -25,16 +25,16 @@ type Result<T> = std::result::Result<T, JournalError>;
 /// ARCHITECTURE.md's durability contract). A server crash can undo such a commit only
 /// up to the last flushed one; any synced commit after it, from any instance, flushes
 /// the WAL through it. What is undone is an evaluation that runs again.
-pub(super) async fn defer_commit(tx: &tokio_postgres::Transaction<'_>) -> Result<()> {
+pub(super) async fn defer_commit(tx: &super::session::Tx<'_>) -> Result<()> {
     tx.batch_execute("SET LOCAL synchronous_commit = off")
         .await
         .map_err(backend)
 }
 
 /// Wakes every instance's stage for `queue` once the transaction commits.
-pub(super) async fn notify(client: &impl GenericClient, queue: Queue) -> Result<()> {
+pub(super) async fn notify(client: &impl Typed, queue: Queue) -> Result<()> {
     client
-        .execute(
+        .exec(
             "SELECT pg_notify($1, $2)",
             &[&WORK_CHANNEL, &queue.as_str()],
         )
@@ -43,7 +43,7 @@ pub(super) async fn notify(client: &impl GenericClient, queue: Queue) -> Result<
     Ok(())
 }
 
-pub(super) async fn insert_job(client: &impl GenericClient, job: &NewJob) -> Result<bool> {
+pub(super) async fn insert_job(client: &impl Typed, job: &NewJob) -> Result<bool> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
             "INSERT INTO jobs (queue, kind, event_id, rule, job_key, coalesce_key, payload, status,
@@ -54,7 +54,7 @@ pub(super) async fn insert_job(client: &impl GenericClient, job: &NewJob) -> Res
     });
     let payload = json_text(&job.payload)?;
     let inserted = client
-        .execute(
+        .exec(
             SQL.as_str(),
             &[
                 &job.queue.as_str(),
@@ -76,7 +76,7 @@ pub(super) async fn insert_job(client: &impl GenericClient, job: &NewJob) -> Res
 }
 
 pub(super) async fn insert_event(
-    client: &impl GenericClient,
+    client: &impl Typed,
     event: &Event,
     first: FirstJob,
     instance: &str,
@@ -89,7 +89,7 @@ pub(super) async fn insert_event(
     });
     let body = serde_json::to_string(event).map_err(|e| JournalError::Refused(e.to_string()))?;
     let inserted = client
-        .execute(
+        .exec(
             SQL.as_str(),
             &[
                 &event.id,
@@ -112,7 +112,7 @@ pub(super) async fn insert_event(
 
 /// Ends a job's lease with `status` if it is still this instance's (the fence).
 pub(super) async fn end_job(
-    client: &impl GenericClient,
+    client: &impl Typed,
     job: &Job,
     status: &str,
     me: &str,
@@ -124,7 +124,7 @@ pub(super) async fn end_job(
         )
     });
     let updated = client
-        .execute(
+        .exec(
             SQL.as_str(),
             &[&status, &job.id, &(job.attempt as i32), &me],
         )
@@ -164,7 +164,7 @@ pub(super) fn job_summary(row: &Row) -> Result<JobSummary> {
 
 /// Records one evaluation inside `tx`; false (and nothing written) if the lease was lost.
 pub(super) async fn record_evaluation(
-    tx: &deadpool_postgres::Transaction<'_>,
+    tx: &super::session::Tx<'_>,
     job: &Job,
     evaluation: &Evaluation,
     me: &str,
@@ -173,7 +173,7 @@ pub(super) async fn record_evaluation(
         return Ok(false);
     }
     common::record_outcome(&mut PgTx(tx), job, evaluation).await?;
-    tx.execute(
+    tx.exec(
         "UPDATE events SET status = 'evaluated' WHERE id = $1",
         &[&job.event_id],
     )
@@ -183,13 +183,13 @@ pub(super) async fn record_evaluation(
 }
 
 /// PostgreSQL's side of the decisions in `journal/common.rs`: one transaction.
-pub(super) struct PgTx<'a>(pub(super) &'a deadpool_postgres::Transaction<'a>);
+pub(super) struct PgTx<'a>(pub(super) &'a super::session::Tx<'a>);
 
 impl WriteTx for PgTx<'_> {
     async fn event_exists(&mut self, id: &str) -> Result<bool> {
         let row = self
             .0
-            .query_opt("SELECT 1 FROM events WHERE id = $1", &[&id])
+            .row_opt("SELECT 1 FROM events WHERE id = $1", &[&id])
             .await
             .map_err(backend)?;
         Ok(row.is_some())
@@ -198,7 +198,7 @@ impl WriteTx for PgTx<'_> {
     async fn evaluations_of(&mut self, event_id: &str) -> Result<i64> {
         let row = self
             .0
-            .query_one(
+            .row(
                 "SELECT COUNT(*) FROM jobs WHERE event_id = $1 AND queue = 'evaluate'",
                 &[&event_id],
             )
@@ -213,7 +213,7 @@ impl WriteTx for PgTx<'_> {
         }
         let row = self
             .0
-            .query_one("SELECT id FROM jobs WHERE job_key = $1", &[&job.job_key])
+            .row("SELECT id FROM jobs WHERE job_key = $1", &[&job.job_key])
             .await
             .map_err(backend)?;
         Ok(Some(row.get(0)))
@@ -222,7 +222,7 @@ impl WriteTx for PgTx<'_> {
     async fn job_status(&mut self, id: i64) -> Result<Option<(JobStatus, Queue)>> {
         let row = self
             .0
-            .query_opt(
+            .row_opt(
                 "SELECT status, queue FROM jobs WHERE id = $1 FOR UPDATE",
                 &[&id],
             )
@@ -233,7 +233,7 @@ impl WriteTx for PgTx<'_> {
 
     async fn requeue_dead(&mut self, id: i64, queue: Queue) -> Result<()> {
         self.0
-            .execute(
+            .exec(
                 &format!(
                     "UPDATE jobs SET status = 'pending', max_attempts = attempt + 1,
                         scheduled_at = {NOW_MS}, finished_at = NULL WHERE id = $1"
@@ -249,7 +249,7 @@ impl WriteTx for PgTx<'_> {
     async fn open_twin(&mut self, id: i64) -> Result<Option<i64>> {
         let row = self
             .0
-            .query_opt(common::OPEN_TWIN_SQL, &[&id])
+            .row_opt(common::OPEN_TWIN_SQL, &[&id])
             .await
             .map_err(backend)?;
         Ok(row.map(|row| row.get(0)))
@@ -257,7 +257,7 @@ impl WriteTx for PgTx<'_> {
 
     async fn merge_dead(&mut self, id: i64, twin: i64) -> Result<()> {
         self.0
-            .execute(
+            .exec(
                 &format!(
                     "UPDATE jobs SET status = 'merged', merged_into = $2, finished_at = {NOW_MS}
                      WHERE id = $1 AND status = 'dead'"
@@ -279,7 +279,7 @@ impl WriteTx for PgTx<'_> {
         // the other left, so one incident posts once. A row is made first (version 0,
         // no state yet) so that there is one to lock.
         self.0
-            .execute(
+            .exec(
                 &format!(
                     "INSERT INTO alerts (name, state, version, since_ms, last_notified_ms, event_id)
                      VALUES ($1, 'ok', 0, {NOW_MS}, NULL, $2) ON CONFLICT (name) DO NOTHING"
@@ -290,7 +290,7 @@ impl WriteTx for PgTx<'_> {
             .map_err(backend)?;
         let row = self
             .0
-            .query_one(
+            .row(
                 &format!(
                     "SELECT name, state, version, since_ms, last_notified_ms, {NOW_MS} AS now
                      FROM alerts WHERE name = $1 FOR UPDATE"
@@ -307,7 +307,7 @@ impl WriteTx for PgTx<'_> {
 
     async fn save_alert(&mut self, state: &AlertState, event_id: &str) -> Result<()> {
         self.0
-            .execute(
+            .exec(
                 "UPDATE alerts SET state = $2, version = $3, since_ms = $4, last_notified_ms = $5,
                     event_id = $6 WHERE name = $1",
                 &[
@@ -327,7 +327,7 @@ impl WriteTx for PgTx<'_> {
     async fn alert_firing(&mut self, name: &str) -> Result<Option<bool>> {
         let row = self
             .0
-            .query_opt(
+            .row_opt(
                 "SELECT state FROM alerts WHERE name = $1 AND version > 0 FOR UPDATE",
                 &[&name],
             )
@@ -338,7 +338,7 @@ impl WriteTx for PgTx<'_> {
 
     async fn reset_alert_state(&mut self, name: &str) -> Result<()> {
         self.0
-            .execute(
+            .exec(
                 &format!(
                     "UPDATE alerts SET state = 'ok', version = version + 1, since_ms = {NOW_MS}
                      WHERE name = $1"
@@ -352,7 +352,7 @@ impl WriteTx for PgTx<'_> {
 
     async fn upsert_rule_run(&mut self, event_id: &str, run: &RuleRun) -> Result<()> {
         self.0
-            .execute(
+            .exec(
                 "INSERT INTO rule_runs (event_id, rule, outcome, actions, error) VALUES ($1, $2, $3, $4, $5)
                  ON CONFLICT (event_id, rule) DO UPDATE SET outcome = excluded.outcome,
                     actions = excluded.actions, error = excluded.error",

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::journal::contract::{event, TestStore};
-use crate::journal::postgres::{PostgresJournal, Role, DEFAULT_SCHEMA};
+use crate::journal::postgres::{Pooler, PostgresJournal, Role, DEFAULT_SCHEMA};
 use crate::journal::{
     Evaluation, FirstJob, FollowUp, Job, JobOutcome, JobStatus, Queue, StageQueue,
 };
@@ -84,7 +84,7 @@ fn pruning_goes_in_batches_and_keeps_events_with_open_jobs() {
     let TestStore::Postgres(url) = &store else {
         unreachable!("a PostgreSQL store")
     };
-    let journal = PostgresJournal::open(url, DEFAULT_SCHEMA, 3, Role::Serve).unwrap();
+    let journal = PostgresJournal::open(url, DEFAULT_SCHEMA, 3, Pooler::None, Role::Serve).unwrap();
     for i in 0..7 {
         journal
             .append(&event(&format!("dbt:old{i}")), FirstJob::EVALUATE)
@@ -158,7 +158,7 @@ fn a_database_with_its_own_events_and_jobs_tables_works() {
         "CREATE TABLE public.events (n INTEGER); CREATE TABLE public.jobs (name TEXT);
          INSERT INTO public.jobs VALUES ('theirs')",
     );
-    let journal = PostgresJournal::open(url, DEFAULT_SCHEMA, 3, Role::Serve).unwrap();
+    let journal = PostgresJournal::open(url, DEFAULT_SCHEMA, 3, Pooler::None, Role::Serve).unwrap();
     journal
         .append(&event("dbt:ours"), FirstJob::EVALUATE)
         .wait()
@@ -183,13 +183,13 @@ fn an_older_journal_in_public_is_moved_into_its_own_schema() {
         unreachable!("a PostgreSQL store")
     };
     // What an older freshet made: its tables in `public`, the connection's default.
-    let older = PostgresJournal::open(url, "public", 3, Role::Serve).unwrap();
+    let older = PostgresJournal::open(url, "public", 3, Pooler::None, Role::Serve).unwrap();
     older
         .append(&event("dbt:before"), FirstJob::EVALUATE)
         .wait()
         .unwrap();
     drop(older);
-    let journal = PostgresJournal::open(url, DEFAULT_SCHEMA, 3, Role::Serve).unwrap();
+    let journal = PostgresJournal::open(url, DEFAULT_SCHEMA, 3, Pooler::None, Role::Serve).unwrap();
     assert!(journal.event("dbt:before").unwrap().is_some());
     assert!(
         tables_in(url, "public").is_empty(),
@@ -198,9 +198,59 @@ fn an_older_journal_in_public_is_moved_into_its_own_schema() {
     );
     assert!(tables_in(url, "freshet").contains(&"events".to_string()));
     // A command (which only reads the version) finds it set up.
-    PostgresJournal::open(url, DEFAULT_SCHEMA, 3, Role::Command).unwrap();
+    PostgresJournal::open(url, DEFAULT_SCHEMA, 3, Pooler::None, Role::Command).unwrap();
 }
 
 fn claim_one_of(journal: &PostgresJournal) -> Option<Job> {
     journal.claim(Queue::Evaluate, 1, 60_000).unwrap().pop()
+}
+
+/// docs/behaviour.md section 12 (bounded waits): a call that times out cancels its query
+/// on the server and its connection is discarded, never handed back to the pool busy.
+#[test]
+fn a_timed_out_call_cancels_its_query_and_discards_its_connection() {
+    use super::session::Typed;
+    let Some(store) = TestStore::postgres() else {
+        return;
+    };
+    let TestStore::Postgres(url) = &store else {
+        unreachable!("a PostgreSQL store")
+    };
+    let journal = PostgresJournal::open(url, DEFAULT_SCHEMA, 30, Pooler::None, Role::Serve).unwrap();
+    let shared = std::sync::Arc::clone(&journal.shared);
+    let result = journal.run(Duration::from_millis(300), async move {
+        let session = shared.client().await?;
+        session
+            .rows("SELECT pg_sleep(20), 'freshet-cut-off'", &[])
+            .await
+            .map_err(super::backend)?;
+        Ok(())
+    });
+    assert!(
+        result.unwrap_err().to_string().contains("did not answer within"),
+        "the call timed out"
+    );
+    // The server stops the statement (the cancel request), instead of running it to
+    // its end on a connection a later call would wait behind.
+    let started = std::time::Instant::now();
+    loop {
+        let running = outside(
+            url,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE query LIKE '%freshet-cut-off%' AND state = 'active' AND pid <> pg_backend_pid()",
+        );
+        if running == ["0"] {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the cut-off statement still runs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // And the pool kept no connection that was busy with it: the next call is answered
+    // at once, from a clean connection.
+    let status = journal.shared.pool.status();
+    assert_eq!(status.size, status.available, "{status:?}");
+    assert!(journal.event("dbt:none").unwrap().is_none());
 }

@@ -315,15 +315,22 @@ impl Operations for SqliteJournal {
 
     fn release_running(&self) -> Result<Released, JournalError> {
         self.write(|tx| {
-            // The attempt that was running counts: with none left, the job is dead.
+            // The attempt that was running counts: with none left, the job is dead. An
+            // action stays running with its lease over, so that the act stage takes it
+            // and ends it dead as it ends any action, telling it (an event, a metric, a
+            // log line: docs/behaviour.md section 12).
             let dead = tx.execute(
                 &format!(
                     "UPDATE jobs SET status = 'dead', lease_until = NULL, finished_at = {NOW_MS},
                         last_error = ?1,
                         errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?1))
-                     WHERE status = 'running' AND attempt >= max_attempts"
+                     WHERE status = 'running' AND attempt >= max_attempts AND queue <> 'action'"
                 ),
                 [INTERRUPTED],
+            )? + tx.execute(
+                "UPDATE jobs SET lease_until = 0
+                 WHERE status = 'running' AND attempt >= max_attempts AND queue = 'action'",
+                [],
             )?;
             let again = tx.execute(
                 &format!(

@@ -52,10 +52,13 @@ impl EventRow {
 /// Built once: it runs for every claim.
 pub(super) static CLAIM_CANDIDATES_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "SELECT id, attempt FROM jobs
+        // A lapsed action with no attempt left is a candidate too: the act stage ends it
+        // dead and tells it (`Job::interrupted`); other queues' are reaped (`REAP_SQL`).
+        "SELECT id, attempt, status = 'running' AND attempt >= max_attempts FROM jobs
          WHERE queue = ?1 AND (status = 'pending' OR status = 'retrying' OR status = 'running')
            AND ((status IN ('pending', 'retrying') AND scheduled_at <= {NOW_MS})
-                OR (status = 'running' AND lease_until < {NOW_MS} AND attempt < max_attempts))
+                OR (status = 'running' AND lease_until < {NOW_MS}
+                    AND (attempt < max_attempts OR queue = 'action')))
          ORDER BY scheduled_at, id LIMIT ?2"
     )
 });
@@ -63,7 +66,9 @@ pub(super) static CLAIM_CANDIDATES_SQL: LazyLock<String> = LazyLock::new(|| {
 /// Leases the jobs whose ids the JSON array ?1 lists, for ?2 ms each.
 pub(super) static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "UPDATE jobs SET status = 'running', attempt = attempt + 1, lease_until = {NOW_MS} + ?2
+        "UPDATE jobs SET status = 'running',
+            attempt = CASE WHEN status = 'running' AND attempt >= max_attempts THEN attempt ELSE attempt + 1 END,
+            lease_until = {NOW_MS} + ?2
          WHERE id IN (SELECT value FROM json_each(?1))
          RETURNING id, queue, kind, event_id, rule, payload, attempt, max_attempts"
     )
@@ -83,7 +88,8 @@ pub(super) static REAP_SQL: LazyLock<String> = LazyLock::new(|| {
         "UPDATE jobs SET status = 'dead', lease_until = NULL, finished_at = {NOW_MS},
             last_error = ?2,
             errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?2))
-         WHERE queue = ?1 AND status = 'running' AND lease_until < {NOW_MS} AND attempt >= max_attempts"
+         WHERE queue = ?1 AND status = 'running' AND lease_until < {NOW_MS} AND attempt >= max_attempts
+           AND ?1 <> 'action'"
     )
 });
 
@@ -406,12 +412,21 @@ pub(super) fn claim_in(
     lease_ms: u64,
 ) -> Result<Vec<Job>, JournalError> {
     exec(tx, &REAP_SQL, params![queue.as_str(), INTERRUPTED])?;
-    let candidates: Vec<(i64, u32)> = tx
+    let candidates: Vec<(i64, u32, bool)> = tx
         .prepare_cached(&CLAIM_CANDIDATES_SQL)?
         .query_map(params![queue.as_str(), limit as i64], |row| {
-            Ok((row.get(0)?, row.get(1)?))
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
         })?
         .collect::<Result<_, _>>()?;
+    let exhausted: Vec<i64> = candidates
+        .iter()
+        .filter(|(_, _, exhausted)| *exhausted)
+        .map(|(id, _, _)| *id)
+        .collect();
+    let candidates: Vec<(i64, u32)> = candidates
+        .into_iter()
+        .map(|(id, attempt, _)| (id, attempt))
+        .collect();
     let chosen = isolate_retried(&candidates);
     if chosen.is_empty() {
         return Ok(Vec::new());
@@ -432,6 +447,7 @@ pub(super) fn claim_in(
                     payload: Value::Null,
                     attempt: row.get(6)?,
                     max_attempts: row.get(7)?,
+                    interrupted: None,
                 },
                 row.get::<_, String>(5)?,
             ))
@@ -439,6 +455,9 @@ pub(super) fn claim_in(
         .map(|row| {
             let (mut job, payload) = row?;
             job.payload = parse_json(&payload)?;
+            if exhausted.contains(&job.id) {
+                job.interrupted = Some(INTERRUPTED.to_string());
+            }
             Ok(job)
         })
         .collect::<Result<Vec<Job>, JournalError>>()?;

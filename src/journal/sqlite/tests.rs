@@ -528,6 +528,7 @@ fn only_unchanged_evaluate_first_events_are_kept_in_memory() {
         payload: serde_json::Value::Null,
         attempt: 1,
         max_attempts: 3,
+        interrupted: None,
     };
     journal.finish_enrichment(&enrich_job, &enriched).unwrap();
     assert_eq!(journal.recent.lock().len(), 0);
