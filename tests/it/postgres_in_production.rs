@@ -141,3 +141,195 @@ async fn verify_full_refuses_a_certificate_for_another_host_without_showing_the_
     );
     assert!(!stdout.contains(password), "{stdout}");
 }
+
+/// The instance name a daemon logged at start.
+fn instance_of(daemon: &Daemon) -> String {
+    daemon.wait_for_log(
+        "Sharing the PostgreSQL journal",
+        std::time::Duration::from_secs(10),
+    );
+    let log = daemon.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("Sharing the PostgreSQL journal"))
+        .expect("the instance line");
+    line.split("instance=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// Polls the database until `sql`'s first row's first column (a count) reaches `least`.
+async fn until_count(url: &str, sql: &str, least: i64) -> i64 {
+    for _ in 0..800 {
+        let n: i64 = postgres_rows(url, sql).await[0].get(0);
+        if n >= least {
+            return n;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("never {least} rows: {sql}");
+}
+
+/// docs/behaviour.md section 12 (every death is told): an action whose instance dies
+/// during its last attempt ends dead, taken over by another instance, with its
+/// `freshet.action.failed` event, a metric and a log line; its errors name the instance
+/// that lost the lease.
+#[tokio::test]
+async fn an_action_whose_instance_died_on_its_last_attempt_ends_dead_and_is_told() {
+    let Some(url) = fresh_postgres().await else {
+        return;
+    };
+    let slack = FakeSlack::start().await;
+    slack.state.lock().unwrap().delay_ms = 20_000;
+    let one_attempt = |slack: &FakeSlack| {
+        let setup = Setup {
+            journal_keys: "url = { env = \"T_DB\" }\nlease_seconds = 3".into(),
+            ..Setup::dbt(SECRET, 1, 50, 200)
+        };
+        slack
+            .configure(setup)
+            .env("T_DB", &url)
+            .rule("post.rhai", POST_EACH)
+            .rule(
+                "told.rhai",
+                r#"if event.type == "freshet.action.failed" { log(`told: ${event.error}`); }"#,
+            )
+    };
+    let mut a = Daemon::start(one_attempt(&slack));
+    let dying = instance_of(&a);
+    send_dbt(
+        &a,
+        SECRET,
+        dbt_completed("wev_last_attempt", "x", "Success"),
+    )
+    .await;
+    // The post is in flight (the fake Slack holds it): the instance dies with it.
+    until_count(
+        &url,
+        &format!("SELECT count(*) FROM jobs WHERE queue = 'action' AND status = 'running' AND locked_by = '{dying}'"),
+        1,
+    )
+    .await;
+    eventually(&a, "the post reached Slack", || {
+        (!slack.posts().is_empty()).then_some(())
+    })
+    .await;
+    a.kill();
+
+    let b = Daemon::start(one_attempt(&slack));
+    let listing = eventually(&b, "the action dead", || {
+        let listing = b.cli_ok(&["actions", "--json"]);
+        listing.contains(r#""status":"dead""#).then_some(listing)
+    })
+    .await;
+    assert!(
+        listing.contains(&format!("interrupted: instance {dying} lost its lease")),
+        "{listing}"
+    );
+    eventually(&b, "the failure event evaluated", || {
+        (b.log().contains("told: interrupted: instance")).then_some(())
+    })
+    .await;
+    let events = b.cli_ok(&["events"]);
+    assert!(events.contains("freshet.action.failed"), "{events}");
+    let metrics = b.get_text("/metrics").await;
+    assert!(
+        metrics.contains(r#"freshet_actions_total{kind="slack_post",outcome="dead"} 1"#),
+        "{metrics}"
+    );
+    assert!(b.log().contains("Action is dead"), "{}", b.log());
+    // It was not made again: the one post is the one in flight when the instance died.
+    assert_eq!(slack.posts().len(), 1);
+}
+
+/// docs/behaviour.md section 12 (no call without the lease): two instances, lease 5 s, a
+/// slow Slack. One is paused (SIGSTOP) for 15 s while it holds running jobs, then
+/// resumes: it makes no call for the jobs it had claimed (the other took them over), so
+/// the posts are at most the events plus the calls already in flight at the pause.
+#[tokio::test]
+async fn an_instance_paused_past_its_lease_makes_no_call_for_the_jobs_it_held() {
+    let Some(url) = fresh_postgres().await else {
+        return;
+    };
+    const EVENTS: usize = 16;
+    const DELAY_MS: u64 = 600;
+    let slack = FakeSlack::start().await;
+    slack.state.lock().unwrap().delay_ms = DELAY_MS;
+    let five_seconds = |slack: &FakeSlack| {
+        let setup = Setup {
+            journal_keys: "url = { env = \"T_DB\" }\nlease_seconds = 5".into(),
+            ..Setup::dbt(SECRET, 5, 50, 200)
+        };
+        slack
+            .configure(setup)
+            .env("T_DB", &url)
+            .rule("post.rhai", POST_EACH)
+    };
+    let a = Daemon::start(five_seconds(&slack));
+    let paused = instance_of(&a);
+    // Every event through the instance to be paused, so that it claims most posts.
+    for i in 0..EVENTS {
+        send_dbt(
+            &a,
+            SECRET,
+            dbt_completed(&format!("wev_pause{i}"), "x", "Success"),
+        )
+        .await;
+    }
+    let running_on_a = format!(
+        "SELECT count(*) FROM jobs WHERE queue = 'action' AND status = 'running' AND locked_by = '{paused}'"
+    );
+    until_count(&url, &running_on_a, 3).await;
+    // Only now the second instance: the first holds its claims when it is paused.
+    let b = Daemon::start(five_seconds(&slack));
+    let pause_at = std::time::Instant::now();
+    a.signal("STOP");
+    // What it holds while stopped: each of these ends, once it resumes, either dropped
+    // without a call or (a call in flight) with its outcome discarded.
+    let held: i64 = postgres_rows(&url, &running_on_a).await[0].get(0);
+    tokio::time::sleep(std::time::Duration::from_secs(15)).await;
+    a.signal("CONT");
+
+    eventually(&b, "every event posted", || {
+        let mut texts: Vec<String> = slack.posts().into_iter().map(|(_, text)| text).collect();
+        texts.sort();
+        texts.dedup();
+        (texts.len() == EVENTS).then_some(())
+    })
+    .await;
+    eventually(&b, "every job finished", || {
+        let listing = b.cli_ok(&["actions", "--json"]);
+        (listing.lines().count() == EVENTS
+            && listing
+                .lines()
+                .all(|l| l.contains(r#""status":"succeeded""#)))
+        .then_some(())
+    })
+    .await;
+    // The resumed instance has dealt with every job it held: dropped without a call, or
+    // (the one in flight) its late outcome discarded.
+    eventually(&a, "the paused instance let go of its jobs", || {
+        let log = a.log();
+        let let_go = log.matches("dropping it without a call").count()
+            + log.matches("outcome was not recorded").count();
+        (let_go as i64 >= held).then_some(())
+    })
+    .await;
+    let arrivals = slack.state.lock().unwrap().arrivals.clone();
+    let in_flight = arrivals
+        .iter()
+        .filter(|at| {
+            **at + std::time::Duration::from_millis(DELAY_MS) > pause_at
+                && **at < pause_at + std::time::Duration::from_millis(200)
+        })
+        .count();
+    let posts = slack.posts().len();
+    assert!(
+        posts <= EVENTS + in_flight,
+        "{posts} posts for {EVENTS} events with {in_flight} in flight at the pause (it held {held} jobs)"
+    );
+}

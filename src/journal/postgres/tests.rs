@@ -216,7 +216,8 @@ fn a_timed_out_call_cancels_its_query_and_discards_its_connection() {
     let TestStore::Postgres(url) = &store else {
         unreachable!("a PostgreSQL store")
     };
-    let journal = PostgresJournal::open(url, DEFAULT_SCHEMA, 30, Pooler::None, Role::Serve).unwrap();
+    let journal =
+        PostgresJournal::open(url, DEFAULT_SCHEMA, 30, Pooler::None, Role::Serve).unwrap();
     let shared = std::sync::Arc::clone(&journal.shared);
     let result = journal.run(Duration::from_millis(300), async move {
         let session = shared.client().await?;
@@ -227,7 +228,10 @@ fn a_timed_out_call_cancels_its_query_and_discards_its_connection() {
         Ok(())
     });
     assert!(
-        result.unwrap_err().to_string().contains("did not answer within"),
+        result
+            .unwrap_err()
+            .to_string()
+            .contains("did not answer within"),
         "the call timed out"
     );
     // The server stops the statement (the cancel request), instead of running it to

@@ -21,6 +21,8 @@ pub struct SlackMessage {
 pub struct SlackState {
     /// (channel or "webhook", text) of every accepted post.
     pub posts: Vec<(String, String)>,
+    /// When each of `posts` arrived (a post is in flight from then until `delay_ms` later).
+    pub arrivals: Vec<std::time::Instant>,
     /// Every message posted with the bot token, with its `ts` and thread.
     pub messages: Vec<SlackMessage>,
     /// Warnings Slack would have sent back (`missing_charset`).
@@ -125,6 +127,7 @@ fn slack_handle(state: &mut SlackState, seen: &Seen) -> Reply {
             );
         };
         state.posts.push(("webhook".into(), text.to_string()));
+        state.arrivals.push(std::time::Instant::now());
         let mut reply = Reply::text(200, "ok");
         reply.delay_ms = state.delay_ms;
         return reply;
@@ -192,6 +195,7 @@ fn slack_handle(state: &mut SlackState, seen: &Seen) -> Reply {
             warning = Some("missing_charset");
         }
         state.posts.push((channel.to_string(), text.to_string()));
+        state.arrivals.push(std::time::Instant::now());
         let ts = format!("1725574158.{:06}", state.posts.len());
         state.messages.push(SlackMessage {
             channel: channel.to_string(),
