@@ -49,6 +49,7 @@ CONF
 as_pg "$pg_bin/pg_ctl" -D "$freshet_pg_dir/data" -l "$freshet_pg_dir/server.log" -w -t 60 start >/dev/null \
   || { cat "$freshet_pg_dir/server.log" >&2; return 1 2>/dev/null || exit 1; }
 freshet_pg_stop() {
+  [ -f "$freshet_pg_dir/pgbouncer.pid" ] && kill "$(cat "$freshet_pg_dir/pgbouncer.pid")" 2>/dev/null
   as_pg "$pg_bin/pg_ctl" -D "$freshet_pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
   rm -rf "$freshet_pg_dir"
 }
@@ -60,6 +61,37 @@ export FRESHET_TEST_PG_DATA="$freshet_pg_dir/data"
 export FRESHET_TEST_PG_CTL="$pg_bin/pg_ctl"
 export FRESHET_TEST_PG_USER="$freshet_pg_user"
 export FRESHET_TEST_PG_LOG="$freshet_pg_dir/server.log"
+# PgBouncer (Debian's package) in transaction mode in front of the server, for the tests
+# of journal.pooler = "transaction": any database name is passed through. It refuses to
+# run as root, like the server.
+pgbouncer_bin=$(command -v pgbouncer 2>/dev/null || echo /usr/sbin/pgbouncer)
+if [ -x "$pgbouncer_bin" ]; then
+  freshet_bouncer_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  echo '"freshet" ""' >"$freshet_pg_dir/userlist.txt"
+  cat >"$freshet_pg_dir/pgbouncer.ini" <<INI
+[databases]
+* = host=127.0.0.1 port=$freshet_pg_port
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $freshet_bouncer_port
+unix_socket_dir =
+auth_type = trust
+auth_file = $freshet_pg_dir/userlist.txt
+pool_mode = transaction
+max_client_conn = 1000
+default_pool_size = 20
+logfile = $freshet_pg_dir/pgbouncer.log
+pidfile = $freshet_pg_dir/pgbouncer.pid
+INI
+  [ "$freshet_pg_user" = "$(id -un)" ] || chown "$freshet_pg_user" "$freshet_pg_dir/pgbouncer.ini" "$freshet_pg_dir/userlist.txt"
+  if as_pg "$pgbouncer_bin" -d "$freshet_pg_dir/pgbouncer.ini" >"$freshet_pg_dir/pgbouncer.out" 2>&1; then
+    for _ in $(seq 50); do [ -f "$freshet_pg_dir/pgbouncer.pid" ] && break; sleep 0.1; done
+    export FRESHET_TEST_PGBOUNCER_URL="postgres://freshet@127.0.0.1:$freshet_bouncer_port/freshet"
+    echo "PgBouncer (transaction mode) for the tests: $FRESHET_TEST_PGBOUNCER_URL"
+  else
+    cat "$freshet_pg_dir/pgbouncer.out" >&2
+  fi
+fi
 # The CA that signed the server's certificate (for sslrootcert=).
 export FRESHET_TEST_PG_CA="$freshet_pg_dir/ca.crt"
 echo "PostgreSQL for the tests: $FRESHET_TEST_DATABASE_URL"

@@ -333,3 +333,94 @@ async fn an_instance_paused_past_its_lease_makes_no_call_for_the_jobs_it_held() 
         "{posts} posts for {EVENTS} events with {in_flight} in flight at the pause (it held {held} jobs)"
     );
 }
+
+/// `url`'s database reached through the test PgBouncer (transaction mode).
+fn through_pgbouncer(url: &str) -> String {
+    let bouncer = std::env::var("FRESHET_TEST_PGBOUNCER_URL").expect(
+        "FRESHET_TEST_PGBOUNCER_URL: .ci/postgres.sh starts PgBouncer (apt-get install pgbouncer)",
+    );
+    let (bouncer_base, _) = bouncer.rsplit_once('/').unwrap();
+    let (_, database) = url.rsplit_once('/').unwrap();
+    format!("{bouncer_base}/{database}")
+}
+
+/// docs/behaviour.md section 12 (poolers): through PgBouncer in transaction mode, with
+/// `journal.pooler = "transaction"`, webhooks are journaled and actions run, on two
+/// instances, and the commands work; without the setting, PgBouncer refuses the
+/// connection's settings and freshet says so.
+#[tokio::test]
+async fn through_pgbouncer_in_transaction_mode_webhooks_are_journaled_and_actions_run() {
+    let Some(url) = fresh_postgres().await else {
+        return;
+    };
+    let bounced = through_pgbouncer(&url);
+    let slack = FakeSlack::start().await;
+    let pooled = |slack: &FakeSlack| {
+        let setup = Setup {
+            journal_keys: "url = { env = \"T_DB\" }\nlease_seconds = 3\npooler = \"transaction\""
+                .into(),
+            ..Setup::dbt(SECRET, 5, 50, 200)
+        };
+        slack
+            .configure(setup)
+            .env("T_DB", &bounced)
+            .rule("post.rhai", POST_EACH)
+    };
+    let a = Daemon::start(pooled(&slack));
+    let b = Daemon::start(pooled(&slack));
+    for i in 0..20 {
+        let daemon = if i % 2 == 0 { &a } else { &b };
+        let answer = send_dbt(
+            daemon,
+            SECRET,
+            dbt_completed(&format!("wev_bounced{i}"), "x", "Success"),
+        )
+        .await;
+        assert_eq!(answer["duplicate"], false, "{answer}");
+    }
+    eventually(&a, "every post", || {
+        (slack.posts().len() >= 20).then_some(())
+    })
+    .await;
+    eventually(&a, "every job finished", || {
+        let listing = a.cli_ok(&["actions", "--json"]);
+        (listing.lines().count() == 20
+            && listing
+                .lines()
+                .all(|l| l.contains(r#""status":"succeeded""#)))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(slack.posts().len(), 20, "each once");
+    let events = b.cli_ok(&["events", "--limit", "50"]);
+    assert_eq!(events.matches("  dbt:wev_bounced").count(), 20, "{events}");
+    let health = a.get_json("/healthz").await;
+    assert_eq!(health["journal"], "ok", "{health}");
+    // The rows are in freshet's schema, written through the pooler.
+    let rows: i64 = postgres_rows(&url, "SELECT count(*) FROM events").await[0].get(0);
+    assert_eq!(rows, 20);
+
+    // Without `pooler`, the session settings go as a startup option PgBouncer refuses.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("freshet.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[journal]\nurl = {{ env = \"T_DB\" }}\n\n{}",
+            "[dbt]\nwebhook_secrets = [\"x\"]\n"
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_freshet"))
+        .args(["events", "--config"])
+        .arg(&config)
+        .env("T_DB", &bounced)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("options"),
+        "PgBouncer names what it refused: {stderr}"
+    );
+}
