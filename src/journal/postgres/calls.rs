@@ -29,6 +29,22 @@ impl StageQueue for PostgresJournal {
         let (reply, ticket) = AppendTicket::new();
         let shared = self.shared();
         let event = event.clone();
+        // `serve`: with the others that arrive meanwhile, in one commit (intake.rs).
+        if let Some(appends) = &shared.appends {
+            let pending = super::intake::Pending {
+                event,
+                first_job,
+                reply,
+                since: Instant::now(),
+            };
+            if let Err(refused) = appends.send(pending) {
+                refused
+                    .0
+                    .reply
+                    .send(Err("the PostgreSQL journal is closing".to_string()));
+            }
+            return ticket;
+        }
         self.spawn(async move {
             let appended = tokio::time::timeout(APPEND_TIMEOUT, async {
                 let mut client = shared.client().await?;

@@ -56,3 +56,52 @@ pub(super) async fn listen(shared: Arc<Shared>, stop: CancellationToken) {
         }
     }
 }
+
+/// At most one `NOTIFY` per queue per this long from one instance: a `NOTIFY` takes a
+/// lock that serializes committing transactions database-wide, so one per commit made
+/// intake queue behind it; a wake 50 ms late costs nothing (polling is the truth).
+pub(super) const NOTIFY_EVERY: Duration = Duration::from_millis(50);
+
+/// Sends the wakes sessions owe the other instances (`session::Notifier`): the first at
+/// once, then at most one per queue per [`NOTIFY_EVERY`], each after the commit it
+/// reports. A failed one is dropped: the others' polls find the work.
+pub(super) async fn notifier(
+    shared: Arc<Shared>,
+    mut owed: tokio::sync::mpsc::UnboundedReceiver<Queue>,
+    stop: CancellationToken,
+) {
+    use super::session::Typed;
+    loop {
+        let first = tokio::select! {
+            _ = stop.cancelled() => return,
+            queue = owed.recv() => match queue {
+                Some(queue) => queue,
+                None => return,
+            },
+        };
+        let mut queues = vec![first];
+        while let Ok(queue) = owed.try_recv() {
+            if !queues.contains(&queue) {
+                queues.push(queue);
+            }
+        }
+        let names: Vec<String> = queues.iter().map(|q| q.as_str().to_string()).collect();
+        let sent = async {
+            let client = shared.client().await?;
+            client
+                .exec(
+                    "SELECT pg_notify($1, queue) FROM unnest($2::text[]) AS queue",
+                    &[&WORK_CHANNEL, &names],
+                )
+                .await
+                .map_err(super::backend)
+        };
+        if let Err(error) = sent.await {
+            tracing::debug!(error = %error, "Cannot notify the other instances; they poll.");
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(NOTIFY_EVERY) => {}
+        }
+    }
+}

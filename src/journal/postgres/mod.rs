@@ -31,6 +31,7 @@
 //! - `tls.rs`: `sslmode` and `sslrootcert`, with rustls.
 
 mod calls;
+mod intake;
 mod leases;
 mod listen;
 mod schema;
@@ -102,6 +103,10 @@ pub(super) struct Shared {
     tls: MakeRustlsConnect,
     /// The `SET LOCAL`s every transaction begins with, behind a transaction pooler.
     pooled: Option<Arc<str>>,
+    /// Where sessions send the wakes they owe the other instances (`serve` only).
+    notifier: Option<session::Notifier>,
+    /// Where webhooks' events wait for their grouped commit (`serve` only).
+    appends: Option<intake::Appends>,
     /// The schema freshet's tables live in (every connection's `search_path`).
     pub(super) schema: String,
 }
@@ -258,7 +263,18 @@ impl PostgresJournal {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(|e| JournalError::unavailable(format!("PostgreSQL: {e}")))?;
+        let (notifier_tx, notifier_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (notifier_tx, notifier_rx) = match role {
+            Role::Serve => (Some(notifier_tx), Some(notifier_rx)),
+            Role::Command => (None, None),
+        };
+        let (appends_tx, appends_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (appends_tx, appends_rx) = match role {
+            Role::Serve => (Some(appends_tx), Some(appends_rx)),
+            Role::Command => (None, None),
+        };
         let shared = Arc::new(Shared {
+            appends: appends_tx,
             pool,
             instance: instance_id(),
             lease_ms: (lease_seconds * 1000) as i64,
@@ -268,6 +284,7 @@ impl PostgresJournal {
             config,
             tls,
             pooled,
+            notifier: notifier_tx,
             schema: schema.to_string(),
         });
         let journal = PostgresJournal {
@@ -291,6 +308,16 @@ impl PostgresJournal {
                 Arc::clone(&journal.shared),
                 journal.stop.clone(),
             ));
+            if let Some(appends) = appends_rx {
+                intake::start(runtime, &journal.shared, appends, &journal.stop);
+            }
+            if let Some(owed) = notifier_rx {
+                runtime.spawn(listen::notifier(
+                    Arc::clone(&journal.shared),
+                    owed,
+                    journal.stop.clone(),
+                ));
+            }
             // A transaction pooler cannot hold a `LISTEN` (Oban's notifier notes the
             // same): the stages poll, and this instance's own wakes still work.
             if journal.shared.pooled.is_none() {
@@ -445,6 +472,7 @@ impl Shared {
             object,
             self.pooled.clone(),
             self.tls.clone(),
+            self.notifier.clone(),
         ))
     }
 

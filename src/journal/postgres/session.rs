@@ -41,6 +41,7 @@ param!(
     String => Type::TEXT,
     &str => Type::TEXT,
     Vec<i64> => Type::INT8_ARRAY,
+    Vec<i32> => Type::INT4_ARRAY,
     Vec<String> => Type::TEXT_ARRAY,
     Vec<&str> => Type::TEXT_ARRAY,
     Option<String> => Type::TEXT,
@@ -100,8 +101,30 @@ async fn cached_one(
 
 type PgResult<T> = Result<T, tokio_postgres::Error>;
 
+/// Where a session sends the queues whose new work the other instances should hear of
+/// (`listen::notifier`, which debounces them); without one (a CLI command, which exits
+/// at once), `NOTIFY` goes inside the transaction.
+pub(crate) type Notifier = tokio::sync::mpsc::UnboundedSender<crate::journal::Queue>;
+
+/// `NOTIFY` of `queue`'s new work on `client`, delivered when the transaction commits.
+async fn notify_now(client: &(impl Typed + ?Sized), queue: crate::journal::Queue) -> PgResult<()> {
+    client
+        .exec(
+            "SELECT pg_notify($1, $2)",
+            &[&super::schema::WORK_CHANNEL, &queue.as_str()],
+        )
+        .await
+        .map(|_| ())
+}
+
 /// Statements with typed parameters, on a session or inside a transaction.
 pub(crate) trait Typed: Sync {
+    /// Tells the other instances that `queue` has new work, once it is committed.
+    fn wake_others(
+        &self,
+        queue: crate::journal::Queue,
+    ) -> impl Future<Output = PgResult<()>> + Send;
+
     fn rows(
         &self,
         sql: &str,
@@ -160,6 +183,7 @@ impl<'a> InFlight<'a> {
 /// One pooled connection, for one call.
 pub(crate) struct Session {
     object: Option<deadpool_postgres::Object>,
+    notifier: Option<Notifier>,
     /// The session's settings as `SET LOCAL`s, behind a transaction pooler.
     pooled: Option<Arc<str>>,
     in_flight: Arc<AtomicBool>,
@@ -171,9 +195,11 @@ impl Session {
         object: deadpool_postgres::Object,
         pooled: Option<Arc<str>>,
         tls: MakeRustlsConnect,
+        notifier: Option<Notifier>,
     ) -> Session {
         Session {
             object: Some(object),
+            notifier,
             pooled,
             in_flight: Arc::default(),
             tls,
@@ -211,6 +237,8 @@ impl Session {
             tx,
             in_flight,
             cached: self.pooled.is_none(),
+            notifier: self.notifier.clone(),
+            owed: std::sync::Mutex::default(),
         })
     }
 
@@ -243,6 +271,17 @@ impl Session {
 }
 
 impl Typed for Session {
+    async fn wake_others(&self, queue: crate::journal::Queue) -> PgResult<()> {
+        match &self.notifier {
+            // A statement of its own has committed: tell them now.
+            Some(notifier) => {
+                let _ = notifier.send(queue);
+                Ok(())
+            }
+            None => notify_now(self, queue).await,
+        }
+    }
+
     async fn rows(&self, sql: &str, params: &[&dyn Param]) -> PgResult<Vec<Row>> {
         let typed = typed(params);
         if self.pooled.is_some() {
@@ -302,13 +341,26 @@ pub(crate) struct Tx<'a> {
     in_flight: Arc<AtomicBool>,
     /// Statements prepared once per connection (not behind a transaction pooler).
     cached: bool,
+    notifier: Option<Notifier>,
+    /// Queues to tell the other instances of once this transaction commits.
+    owed: std::sync::Mutex<Vec<crate::journal::Queue>>,
 }
 
 impl Tx<'_> {
     pub(crate) async fn commit(self) -> PgResult<()> {
         let flight = InFlight::start(&self.in_flight);
         let result = self.tx.commit().await;
-        flight.end(result)
+        let result = flight.end(result);
+        if result.is_ok() {
+            if let Some(notifier) = &self.notifier {
+                let owed =
+                    std::mem::take(&mut *self.owed.lock().unwrap_or_else(|p| p.into_inner()));
+                for queue in owed {
+                    let _ = notifier.send(queue);
+                }
+            }
+        }
+        result
     }
 
     pub(crate) async fn rollback(self) -> PgResult<()> {
@@ -325,6 +377,17 @@ impl Tx<'_> {
 }
 
 impl Typed for Tx<'_> {
+    async fn wake_others(&self, queue: crate::journal::Queue) -> PgResult<()> {
+        if self.notifier.is_some() {
+            let mut owed = self.owed.lock().unwrap_or_else(|p| p.into_inner());
+            if !owed.contains(&queue) {
+                owed.push(queue);
+            }
+            return Ok(());
+        }
+        notify_now(self, queue).await
+    }
+
     async fn rows(&self, sql: &str, params: &[&dyn Param]) -> PgResult<Vec<Row>> {
         let typed = typed(params);
         let flight = InFlight::start(&self.in_flight);

@@ -9,7 +9,7 @@ use tokio_postgres::types::{to_sql_checked, FromSql, IsNull, ToSql, Type};
 use tokio_postgres::Row;
 
 use super::backend;
-use super::schema::{NOW_MS, WORK_CHANNEL};
+use super::schema::NOW_MS;
 use crate::event::Event;
 use crate::journal::common::{self, WriteTx};
 pub(super) use crate::journal::common::{json_text, parse_json};
@@ -33,14 +33,7 @@ pub(super) async fn defer_commit(tx: &super::session::Tx<'_>) -> Result<()> {
 
 /// Wakes every instance's stage for `queue` once the transaction commits.
 pub(super) async fn notify(client: &impl Typed, queue: Queue) -> Result<()> {
-    client
-        .exec(
-            "SELECT pg_notify($1, $2)",
-            &[&WORK_CHANNEL, &queue.as_str()],
-        )
-        .await
-        .map_err(backend)?;
-    Ok(())
+    client.wake_others(queue).await.map_err(backend)
 }
 
 pub(super) async fn insert_job(client: &impl Typed, job: &NewJob) -> Result<bool> {

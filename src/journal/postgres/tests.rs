@@ -258,3 +258,120 @@ fn a_timed_out_call_cancels_its_query_and_discards_its_connection() {
     assert_eq!(status.size, status.available, "{status:?}");
     assert!(journal.event("dbt:none").unwrap().is_none());
 }
+
+/// docs/behaviour.md section 12 (intake on PostgreSQL): an instance sends at most one
+/// `NOTIFY` per queue per 50 ms, however many events it journals, and each after the
+/// commit it reports (the others still hear of the work).
+#[test]
+fn wakes_for_the_other_instances_are_debounced() {
+    use futures_util::future::poll_fn;
+    let Some(store) = TestStore::postgres() else {
+        return;
+    };
+    let TestStore::Postgres(url) = &store else {
+        unreachable!("a PostgreSQL store")
+    };
+    let journal =
+        PostgresJournal::open(url, DEFAULT_SCHEMA, 30, Pooler::None, Role::Serve).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (notes_tx, notes_rx) = std::sync::mpsc::channel::<(std::time::Instant, String)>();
+    let listening = runtime.block_on(async {
+        let (client, mut connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = poll_fn(|cx| connection.poll_message(cx)).await {
+                if let tokio_postgres::AsyncMessage::Notification(note) = message {
+                    let _ = notes_tx.send((std::time::Instant::now(), note.payload().to_string()));
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {}", super::schema::WORK_CHANNEL))
+            .await
+            .unwrap();
+        client
+    });
+    let started = std::time::Instant::now();
+    let tickets: Vec<_> = (0..300)
+        .map(|i| journal.append(&event(&format!("dbt:burst{i}")), FirstJob::EVALUATE))
+        .collect();
+    for ticket in tickets {
+        ticket.wait().unwrap();
+    }
+    let elapsed = started.elapsed();
+    // The last wake, at most one period after the last commit.
+    let first = notes_rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("a wake");
+    std::thread::sleep(super::listen::NOTIFY_EVERY * 3);
+    let mut notes = vec![first];
+    notes.extend(notes_rx.try_iter());
+    assert!(
+        notes.iter().all(|(_, queue)| queue == "evaluate"),
+        "{notes:?}"
+    );
+    let periods = (elapsed + super::listen::NOTIFY_EVERY * 3).as_millis()
+        / super::listen::NOTIFY_EVERY.as_millis()
+        + 1;
+    assert!(
+        notes.len() as u128 <= periods,
+        "{} notifications for 300 commits in {elapsed:?}",
+        notes.len()
+    );
+    for pair in notes.windows(2) {
+        assert!(
+            pair[1].0 - pair[0].0 >= super::listen::NOTIFY_EVERY - Duration::from_millis(5),
+            "two wakes {:?} apart",
+            pair[1].0 - pair[0].0
+        );
+    }
+    drop(listening);
+}
+
+/// docs/behaviour.md section 12 (intake on PostgreSQL): webhooks that arrive together are
+/// journaled in shared commits; the same id twice in one batch is new once and a
+/// duplicate once, and every event gets its first job.
+#[test]
+fn appends_that_arrive_together_share_commits() {
+    let Some(store) = TestStore::postgres() else {
+        return;
+    };
+    let TestStore::Postgres(url) = &store else {
+        unreachable!("a PostgreSQL store")
+    };
+    let journal =
+        PostgresJournal::open(url, DEFAULT_SCHEMA, 30, Pooler::None, Role::Serve).unwrap();
+    // Every writing transaction takes a transaction id: their count between two reads
+    // is the number of commits (and this check's own read).
+    let commits = |url: &str| -> i64 { outside(url, "SELECT txid_current()")[0].parse().unwrap() };
+    let before = commits(url);
+    let tickets: Vec<_> = (0..400)
+        .map(|i| {
+            journal.append(
+                &event(&format!("dbt:together{}", i % 200)),
+                FirstJob::EVALUATE,
+            )
+        })
+        .collect();
+    let answers: Vec<_> = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
+    let new = answers
+        .iter()
+        .filter(|a| matches!(a, crate::journal::Appended::New))
+        .count();
+    assert_eq!(new, 200, "each id new once");
+    let rows = outside(
+        url,
+        "SELECT count(*) FROM freshet.events e JOIN freshet.jobs j ON j.event_id = e.id AND j.queue = 'evaluate'",
+    );
+    assert_eq!(rows, ["200"]);
+    let spent = commits(url) - before - 1;
+    assert!(
+        spent < 200,
+        "{spent} commits for 400 appends (with the checks' own)"
+    );
+}

@@ -1,0 +1,256 @@
+//! Intake on PostgreSQL groups commits, as the SQLite journal's commit thread does: the
+//! webhooks that arrive while a commit is under way are journaled together in the next
+//! one, each batch in three statements (its events, their first jobs, the commit)
+//! whatever its size. One transaction per webhook spent a round trip per statement and a
+//! WAL flush per event; grouped, the flush is shared (docs/behaviour.md section 12).
+//!
+//! A few committers take turns at the queue, so that one batch is gathered while another
+//! commits; a webhook waits no longer than the append budget in all (queue included) and
+//! gets its 503 when that runs out, never a 200 for an event that was not committed.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::Value;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::Mutex as AsyncMutex;
+use tokio_util::sync::CancellationToken;
+
+use super::schema::NOW_MS;
+use super::session::Typed;
+use super::{backend, Shared, APPEND_TIMEOUT};
+use crate::event::Event;
+use crate::journal::{stage_job, AppendReply, Appended, FirstJob, JournalError, Queue};
+
+/// Committers taking turns at the queue.
+const COMMITTERS: usize = 4;
+/// Most webhooks journaled in one transaction.
+const BATCH: usize = 256;
+
+/// A webhook's event waiting for its commit.
+pub(super) struct Pending {
+    pub event: Event,
+    pub first_job: FirstJob,
+    pub reply: AppendReply,
+    pub since: Instant,
+}
+
+pub(super) type Appends = UnboundedSender<Pending>;
+
+/// Starts the committers; they end when `stop` is cancelled or the sender is dropped.
+pub(super) fn start(
+    runtime: &tokio::runtime::Runtime,
+    shared: &Arc<Shared>,
+    queue: UnboundedReceiver<Pending>,
+    stop: &CancellationToken,
+) {
+    let queue = Arc::new(AsyncMutex::new(queue));
+    for _ in 0..COMMITTERS {
+        runtime.spawn(committer(
+            Arc::clone(shared),
+            Arc::clone(&queue),
+            stop.clone(),
+        ));
+    }
+}
+
+async fn committer(
+    shared: Arc<Shared>,
+    queue: Arc<AsyncMutex<UnboundedReceiver<Pending>>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let batch = {
+            let mut queue = queue.lock().await;
+            let first = tokio::select! {
+                _ = stop.cancelled() => return,
+                pending = queue.recv() => match pending {
+                    Some(pending) => pending,
+                    None => return,
+                },
+            };
+            let mut batch = vec![first];
+            while batch.len() < BATCH {
+                match queue.try_recv() {
+                    Ok(pending) => batch.push(pending),
+                    Err(_) => break,
+                }
+            }
+            batch
+        };
+        commit(&shared, batch).await;
+    }
+}
+
+/// Journals `batch` in one transaction and answers each webhook.
+async fn commit(shared: &Shared, batch: Vec<Pending>) {
+    // Those that waited out the budget in the queue get their 503 now; the rest share
+    // what is left of the oldest one's budget.
+    let (late, batch): (Vec<_>, Vec<_>) = batch
+        .into_iter()
+        .partition(|pending| pending.since.elapsed() >= APPEND_TIMEOUT);
+    for pending in late {
+        pending.reply.send(Err(timed_out().to_string()));
+    }
+    let Some(oldest) = batch.iter().map(|pending| pending.since).min() else {
+        return;
+    };
+    let budget = APPEND_TIMEOUT.saturating_sub(oldest.elapsed());
+    let outcome = tokio::time::timeout(budget, insert_batch(shared, &batch))
+        .await
+        .unwrap_or_else(|_| Err(timed_out()));
+    shared.note(&outcome);
+    match outcome {
+        Ok(new) => {
+            for (pending, new) in batch.into_iter().zip(new) {
+                pending.reply.send(Ok(if new {
+                    Appended::New
+                } else {
+                    Appended::Duplicate
+                }));
+            }
+        }
+        Err(error) => {
+            let error = error.to_string();
+            for pending in batch {
+                pending.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+fn timed_out() -> JournalError {
+    JournalError::unavailable(format!(
+        "PostgreSQL did not commit within {} s",
+        APPEND_TIMEOUT.as_secs()
+    ))
+}
+
+/// Inserts the batch's events and their first jobs; for each, whether it was new (the
+/// first of its id, in the journal and in the batch).
+async fn insert_batch(shared: &Shared, batch: &[Pending]) -> Result<Vec<bool>, JournalError> {
+    static EVENTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO events (id, source, type, received_at, received_ms, chain_depth, status, body, instance)
+             SELECT e.id, e.source, e.type, e.received_at, {NOW_MS}, e.chain_depth, 'received', e.body, $7
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[])
+                  AS e(id, source, type, received_at, chain_depth, body)
+             ON CONFLICT (id) DO NOTHING
+             RETURNING id"
+        )
+    });
+    static JOBS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "INSERT INTO jobs (queue, kind, event_id, job_key, payload, status, attempt, max_attempts,
+                               scheduled_at, created_at)
+             SELECT j.queue, j.kind, j.event_id, j.job_key, 'null', 'pending', 0, j.max_attempts,
+                    {NOW_MS}, {NOW_MS}
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[])
+                  AS j(queue, kind, event_id, job_key, max_attempts)
+             ON CONFLICT DO NOTHING"
+        )
+    });
+    // The first of each id in the batch is the one that may be new.
+    let mut seen = HashSet::new();
+    let firsts: Vec<bool> = batch
+        .iter()
+        .map(|pending| seen.insert(pending.event.id.as_str()))
+        .collect();
+    let mut columns = EventColumns::default();
+    for (pending, first) in batch.iter().zip(&firsts) {
+        if *first {
+            columns.push(&pending.event)?;
+        }
+    }
+    let mut client = shared.client().await?;
+    let tx = client.transaction().await.map_err(backend)?;
+    let inserted: HashSet<String> = tx
+        .rows(
+            EVENTS.as_str(),
+            &[
+                &columns.ids,
+                &columns.sources,
+                &columns.kinds,
+                &columns.received_at,
+                &columns.depths,
+                &columns.bodies,
+                &shared.instance,
+            ],
+        )
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let mut jobs = JobColumns::default();
+    let mut queues: Vec<Queue> = Vec::new();
+    for (pending, first) in batch.iter().zip(&firsts) {
+        if *first && inserted.contains(&pending.event.id) {
+            let job = stage_job(pending.first_job, &pending.event.id, None, Value::Null);
+            if !queues.contains(&job.queue) {
+                queues.push(job.queue);
+            }
+            jobs.queues.push(job.queue.as_str().to_string());
+            jobs.kinds.push(job.kind);
+            jobs.event_ids.push(job.event_id);
+            jobs.keys.push(job.job_key);
+            jobs.max_attempts.push(job.max_attempts as i32);
+        }
+    }
+    if !jobs.keys.is_empty() {
+        tx.exec(
+            JOBS.as_str(),
+            &[
+                &jobs.queues,
+                &jobs.kinds,
+                &jobs.event_ids,
+                &jobs.keys,
+                &jobs.max_attempts,
+            ],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    for queue in queues {
+        tx.wake_others(queue).await.map_err(backend)?;
+    }
+    tx.commit().await.map_err(backend)?;
+    Ok(batch
+        .iter()
+        .zip(&firsts)
+        .map(|(pending, first)| *first && inserted.contains(&pending.event.id))
+        .collect())
+}
+
+#[derive(Default)]
+struct EventColumns {
+    ids: Vec<String>,
+    sources: Vec<String>,
+    kinds: Vec<String>,
+    received_at: Vec<String>,
+    depths: Vec<i32>,
+    bodies: Vec<String>,
+}
+
+impl EventColumns {
+    fn push(&mut self, event: &Event) -> Result<(), JournalError> {
+        self.ids.push(event.id.clone());
+        self.sources.push(event.source.as_str().to_string());
+        self.kinds.push(event.kind.clone());
+        self.received_at.push(event.received_at.clone());
+        self.depths.push(event.chain_depth as i32);
+        self.bodies
+            .push(serde_json::to_string(event).map_err(|e| JournalError::Refused(e.to_string()))?);
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct JobColumns {
+    queues: Vec<String>,
+    kinds: Vec<String>,
+    event_ids: Vec<String>,
+    keys: Vec<String>,
+    max_attempts: Vec<i32>,
+}
