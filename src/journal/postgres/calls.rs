@@ -87,117 +87,21 @@ impl StageQueue for PostgresJournal {
         // The lease is `journal.lease_seconds`, renewed while this instance lives, rather
         // than the caller's longest-attempt guess: a dead instance's jobs are taken over
         // within one lease.
-        //
-        // One statement, as River's `JobGetAvailable`: one round trip, its row locks
-        // held only while it runs. In it:
-        // - "now" is read once, in a scalar subquery: a bare `clock_timestamp()` is
-        //   volatile and cannot bound an index scan (it made every claim walk all open
-        //   jobs of the queue, the not yet due included: 39 ms with 100,000 of them);
-        // - `due` (waiting jobs up to now, `jobs_open`) and `lapsed` (running jobs whose
-        //   lease ran out, `jobs_running`) are each bounded by their own index;
-        // - `reaped`: a lapsed stage job (enrich, evaluate) with no attempt left ends
-        //   dead here; a lapsed action with none left is taken instead, unchanged, so
-        //   that the act stage ends it dead the way it ends any action, with its
-        //   `freshet.action.failed` event, metric and log line (`Job::interrupted`);
-        // - `chosen`: `common::isolate_retried`, in SQL: a job that already ran (it may
-        //   be the one that kills instances) is claimed alone;
-        // - a takeover records who lost the lease in the job's errors.
-        static CLAIM: LazyLock<String> = LazyLock::new(|| {
-            format!(
-                "WITH now AS MATERIALIZED (SELECT {NOW_MS} AS ms),
-                 reaped AS (
-                     UPDATE jobs SET status = 'dead', lease_until = NULL,
-                        finished_at = (SELECT ms FROM now),
-                        last_error = 'interrupted: instance ' || COALESCE(locked_by, '?') || ' lost its lease',
-                        errors = errors || jsonb_build_array(jsonb_build_object(
-                            'attempt', attempt, 'at', (SELECT ms FROM now),
-                            'error', 'interrupted: instance ' || COALESCE(locked_by, '?') || ' lost its lease'))
-                     WHERE id IN (
-                         SELECT id FROM jobs
-                         WHERE queue = $1 AND $1 <> 'action' AND status = 'running'
-                           AND lease_until < (SELECT ms FROM now) AND attempt >= max_attempts
-                         FOR UPDATE SKIP LOCKED)
-                     RETURNING id),
-                 due AS (
-                     SELECT id, attempt, scheduled_at, status, max_attempts, locked_by FROM jobs
-                     WHERE queue = $1 AND status IN ('pending', 'retrying')
-                       AND scheduled_at <= (SELECT ms FROM now)
-                     ORDER BY scheduled_at, id LIMIT $2
-                     FOR UPDATE SKIP LOCKED),
-                 lapsed AS (
-                     SELECT id, attempt, scheduled_at, status, max_attempts, locked_by FROM jobs
-                     WHERE queue = $1 AND status = 'running'
-                       AND lease_until < (SELECT ms FROM now)
-                       AND ($1 = 'action' OR attempt < max_attempts)
-                     ORDER BY lease_until, id LIMIT $2
-                     FOR UPDATE SKIP LOCKED),
-                 open AS (
-                     SELECT * FROM (SELECT * FROM due UNION ALL SELECT * FROM lapsed) o
-                     ORDER BY scheduled_at, id LIMIT $2),
-                 first AS (SELECT attempt FROM open ORDER BY scheduled_at, id LIMIT 1),
-                 chosen AS (
-                     SELECT * FROM open WHERE attempt = 0 AND (SELECT attempt FROM first) = 0
-                     UNION ALL
-                     (SELECT * FROM open WHERE (SELECT attempt FROM first) > 0
-                      ORDER BY scheduled_at, id LIMIT 1))
-                 UPDATE jobs j SET status = 'running',
-                    attempt = CASE WHEN c.status = 'running' AND c.attempt >= c.max_attempts
-                                   THEN j.attempt ELSE j.attempt + 1 END,
-                    errors = CASE WHEN c.status = 'running' AND c.attempt < c.max_attempts
-                                  THEN j.errors || jsonb_build_array(jsonb_build_object(
-                                      'attempt', j.attempt, 'at', (SELECT ms FROM now),
-                                      'error', 'interrupted: instance ' || COALESCE(c.locked_by, '?') || ' lost its lease'))
-                                  ELSE j.errors END,
-                    last_error = CASE WHEN c.status = 'running' AND c.attempt < c.max_attempts
-                                      THEN 'interrupted: instance ' || COALESCE(c.locked_by, '?') || ' lost its lease'
-                                      ELSE j.last_error END,
-                    -- after a takeover, a job taken more recently (the one that keeps
-                    -- killing its instance) goes behind the others
-                    scheduled_at = (SELECT ms FROM now),
-                    lease_until = (SELECT ms FROM now) + $3, locked_by = $4
-                 FROM chosen c
-                 WHERE j.id = c.id
-                 RETURNING j.id, j.queue, j.kind, j.event_id, j.rule, j.payload, j.attempt, j.max_attempts,
-                    CASE WHEN c.status = 'running' AND c.attempt >= c.max_attempts
-                         THEN 'interrupted: instance ' || COALESCE(c.locked_by, '?') || ' lost its lease' END,
-                    (SELECT count(*) FROM reaped)"
-            )
-        });
         let shared = self.shared();
         self.run(CALL_TIMEOUT, async move {
-            let params: [&dyn Param; 4] =
-                [&queue, &(limit as i64), &shared.lease_ms, &shared.instance];
             let started = Instant::now();
-            let rows = if queue == Queue::Evaluate {
+            let jobs = if queue == Queue::Evaluate {
                 let mut client = shared.client().await?;
                 let tx = client.transaction().await.map_err(backend)?;
                 defer_commit(&tx).await?;
-                let rows = tx.rows(CLAIM.as_str(), &params).await.map_err(backend)?;
+                let jobs = claim_in(&tx, &shared, queue, limit).await?;
                 tx.commit().await.map_err(backend)?;
-                rows
+                jobs
             } else {
                 let client = shared.client().await?;
-                client
-                    .rows(CLAIM.as_str(), &params)
-                    .await
-                    .map_err(backend)?
+                claim_in(&client, &shared, queue, limit).await?
             };
-            let mut jobs = Vec::with_capacity(rows.len());
-            for row in rows {
-                jobs.push(Job {
-                    id: row.get(0),
-                    queue: row.get(1),
-                    kind: row.get(2),
-                    event_id: row.get(3),
-                    rule: row.get(4),
-                    payload: parse_json(&row.get::<_, String>(5))?,
-                    attempt: row.get::<_, i32>(6) as u32,
-                    max_attempts: row.get::<_, i32>(7) as u32,
-                    interrupted: row.get(8),
-                });
-            }
             shared.hold(jobs.iter().map(|job| job.id), started);
-            jobs.sort_by_key(|job| job.id);
             Ok(jobs)
         })
     }
@@ -374,13 +278,50 @@ impl StageQueue for PostgresJournal {
             let mut client = shared.client().await?;
             let tx = client.transaction().await.map_err(backend)?;
             defer_commit(&tx).await?;
-            common::lock_alerts_in_name_order(&mut PgTx(&tx), &batch).await?;
-            let mut recorded = Vec::with_capacity(batch.len());
-            for (job, evaluation) in &batch {
-                recorded.push(record_evaluation(&tx, job, evaluation, &shared.instance).await?);
-            }
+            let recorded = record_evaluations(&tx, &shared, &batch).await?;
             tx.commit().await.map_err(backend)?;
             Ok(recorded)
+        })
+    }
+
+    fn finish_evaluations_and_claim(
+        &self,
+        batch: &[(Job, Evaluation)],
+        limit: usize,
+        _lease_ms: u64,
+    ) -> Result<(Vec<bool>, Vec<Job>)> {
+        let shared = self.shared();
+        {
+            let mut held = shared.held();
+            for (job, _) in batch {
+                held.remove(&job.id);
+            }
+        }
+        let batch = batch.to_vec();
+        self.run(CALL_TIMEOUT, async move {
+            let mut client = shared.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            defer_commit(&tx).await?;
+            let recorded = record_evaluations(&tx, &shared, &batch).await?;
+            // The next batch in the same transaction; a claim that fails alone is
+            // rolled back to here, and the finish stands (the caller claims again).
+            let started = Instant::now();
+            tx.batch_execute("SAVEPOINT next_claim")
+                .await
+                .map_err(backend)?;
+            let claimed = match claim_in(&tx, &shared, Queue::Evaluate, limit).await {
+                Ok(jobs) => jobs,
+                Err(error) => {
+                    tracing::error!(error = %error, "Cannot claim evaluate jobs.");
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT next_claim")
+                        .await
+                        .map_err(backend)?;
+                    Vec::new()
+                }
+            };
+            tx.commit().await.map_err(backend)?;
+            shared.hold(claimed.iter().map(|job| job.id), started);
+            Ok((recorded, claimed))
         })
     }
 
@@ -587,4 +528,143 @@ impl Operations for PostgresJournal {
     fn instance(&self) -> Option<String> {
         Some(self.shared.instance.clone())
     }
+}
+
+/// A claim: one statement, as River's `JobGetAvailable` (riverdriver's
+/// `JobGetAvailable` query): one round trip, its row locks held only while it runs.
+/// In it:
+/// - "now" is read once, in a scalar subquery: a bare `clock_timestamp()` is
+///   volatile and cannot bound an index scan (it made every claim walk all open
+///   jobs of the queue, the not yet due included: 39 ms with 100,000 of them);
+/// - `due` (waiting jobs up to now, `jobs_open`) and `lapsed` (running jobs whose
+///   lease ran out, `jobs_running`) are each bounded by their own index;
+/// - `reaped`: a lapsed stage job (enrich, evaluate) with no attempt left ends
+///   dead here; a lapsed action with none left is taken instead, unchanged, so
+///   that the act stage ends it dead the way it ends any action, with its
+///   `freshet.action.failed` event, metric and log line (`Job::interrupted`);
+/// - `chosen`: `common::isolate_retried`, in SQL: a job that already ran (it may
+///   be the one that kills instances) is claimed alone;
+/// - a takeover records who lost the lease in the job's errors.
+static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+            "WITH now AS MATERIALIZED (SELECT {NOW_MS} AS ms),
+             reaped AS (
+                 UPDATE jobs SET status = 'dead', lease_until = NULL,
+                    finished_at = (SELECT ms FROM now),
+                    last_error = 'interrupted: instance ' || COALESCE(locked_by, '?') || ' lost its lease',
+                    errors = errors || jsonb_build_array(jsonb_build_object(
+                        'attempt', attempt, 'at', (SELECT ms FROM now),
+                        'error', 'interrupted: instance ' || COALESCE(locked_by, '?') || ' lost its lease'))
+                 WHERE id IN (
+                     SELECT id FROM jobs
+                     WHERE queue = $1 AND $1 <> 'action' AND status = 'running'
+                       AND lease_until < (SELECT ms FROM now) AND attempt >= max_attempts
+                     FOR UPDATE SKIP LOCKED)
+                 RETURNING id),
+             due AS (
+                 SELECT id, attempt, scheduled_at, status, max_attempts, locked_by FROM jobs
+                 WHERE queue = $1 AND status IN ('pending', 'retrying')
+                   AND scheduled_at <= (SELECT ms FROM now)
+                 ORDER BY scheduled_at, id LIMIT $2
+                 FOR UPDATE SKIP LOCKED),
+             lapsed AS (
+                 SELECT id, attempt, scheduled_at, status, max_attempts, locked_by FROM jobs
+                 WHERE queue = $1 AND status = 'running'
+                   AND lease_until < (SELECT ms FROM now)
+                   AND ($1 = 'action' OR attempt < max_attempts)
+                 ORDER BY lease_until, id LIMIT $2
+                 FOR UPDATE SKIP LOCKED),
+             open AS (
+                 SELECT * FROM (SELECT * FROM due UNION ALL SELECT * FROM lapsed) o
+                 ORDER BY scheduled_at, id LIMIT $2),
+             first AS (SELECT attempt FROM open ORDER BY scheduled_at, id LIMIT 1),
+             chosen AS (
+                 SELECT * FROM open WHERE attempt = 0 AND (SELECT attempt FROM first) = 0
+                 UNION ALL
+                 (SELECT * FROM open WHERE (SELECT attempt FROM first) > 0
+                  ORDER BY scheduled_at, id LIMIT 1))
+             UPDATE jobs j SET status = 'running',
+                attempt = CASE WHEN c.status = 'running' AND c.attempt >= c.max_attempts
+                               THEN j.attempt ELSE j.attempt + 1 END,
+                errors = CASE WHEN c.status = 'running' AND c.attempt < c.max_attempts
+                              THEN j.errors || jsonb_build_array(jsonb_build_object(
+                                  'attempt', j.attempt, 'at', (SELECT ms FROM now),
+                                  'error', 'interrupted: instance ' || COALESCE(c.locked_by, '?') || ' lost its lease'))
+                              ELSE j.errors END,
+                last_error = CASE WHEN c.status = 'running' AND c.attempt < c.max_attempts
+                                  THEN 'interrupted: instance ' || COALESCE(c.locked_by, '?') || ' lost its lease'
+                                  ELSE j.last_error END,
+                -- after a takeover, a job taken more recently (the one that keeps
+                -- killing its instance) goes behind the others
+                scheduled_at = (SELECT ms FROM now),
+                lease_until = (SELECT ms FROM now) + $3, locked_by = $4
+             FROM chosen c
+             WHERE j.id = c.id
+             RETURNING j.id, j.queue, j.kind, j.event_id, j.rule, j.payload, j.attempt, j.max_attempts,
+                CASE WHEN c.status = 'running' AND c.attempt >= c.max_attempts
+                     THEN 'interrupted: instance ' || COALESCE(c.locked_by, '?') || ' lost its lease' END,
+                (SELECT count(*) FROM reaped)"
+        )
+});
+
+/// Claims up to `limit` due jobs of `queue` on `client` ([`CLAIM_SQL`]), in id order.
+async fn claim_in(
+    client: &impl Typed,
+    shared: &Shared,
+    queue: Queue,
+    limit: usize,
+) -> Result<Vec<Job>> {
+    let params: [&dyn Param; 4] = [&queue, &(limit as i64), &shared.lease_ms, &shared.instance];
+    let rows = client
+        .rows(CLAIM_SQL.as_str(), &params)
+        .await
+        .map_err(backend)?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in rows {
+        jobs.push(Job {
+            id: row.get(0),
+            queue: row.get(1),
+            kind: row.get(2),
+            event_id: row.get(3),
+            rule: row.get(4),
+            payload: parse_json(&row.get::<_, String>(5))?,
+            attempt: row.get::<_, i32>(6) as u32,
+            max_attempts: row.get::<_, i32>(7) as u32,
+            interrupted: row.get(8),
+        });
+    }
+    jobs.sort_by_key(|job| job.id);
+    Ok(jobs)
+}
+
+/// Records a batch of evaluations in `tx`; for each, whether its lease was still ours.
+/// The whole batch's fenced ends go in one statement, and its events are marked
+/// evaluated in another: two statements per event were most of the evaluate stage's
+/// round trips (and of intake's cost on PostgreSQL).
+async fn record_evaluations(
+    tx: &super::session::Tx<'_>,
+    shared: &Shared,
+    batch: &[(Job, Evaluation)],
+) -> Result<Vec<bool>> {
+    common::lock_alerts_in_name_order(&mut PgTx(tx), batch).await?;
+    let ended = end_evaluations(tx, batch, &shared.instance).await?;
+    let mut recorded = Vec::with_capacity(batch.len());
+    let mut evaluated = Vec::with_capacity(batch.len());
+    for (job, evaluation) in batch {
+        let ours = ended.contains(&job.id);
+        if ours {
+            common::record_outcome(&mut PgTx(tx), job, evaluation).await?;
+            evaluated.push(job.event_id.clone());
+        }
+        recorded.push(ours);
+    }
+    if !evaluated.is_empty() {
+        tx.exec(
+            "UPDATE events SET status = 'evaluated' WHERE id = ANY($1)",
+            &[&evaluated],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    Ok(recorded)
 }

@@ -156,23 +156,31 @@ pub(super) fn job_summary(row: &Row) -> Result<JobSummary> {
 }
 
 /// Records one evaluation inside `tx`; false (and nothing written) if the lease was lost.
-pub(super) async fn record_evaluation(
+/// Ends the leases of a batch of evaluate jobs as succeeded, each fenced on this instance
+/// and its attempt; returns the ids whose fence held.
+pub(super) async fn end_evaluations(
     tx: &super::session::Tx<'_>,
-    job: &Job,
-    evaluation: &Evaluation,
+    batch: &[(Job, Evaluation)],
     me: &str,
-) -> Result<bool> {
-    if !end_job(tx, job, "succeeded", me).await? {
-        return Ok(false);
-    }
-    common::record_outcome(&mut PgTx(tx), job, evaluation).await?;
-    tx.exec(
-        "UPDATE events SET status = 'evaluated' WHERE id = $1",
-        &[&job.event_id],
-    )
-    .await
-    .map_err(backend)?;
-    Ok(true)
+) -> Result<std::collections::HashSet<i64>> {
+    static SQL: LazyLock<String> = LazyLock::new(|| {
+        format!(
+            "UPDATE jobs SET status = 'succeeded', finished_at = {NOW_MS}, lease_until = NULL
+             FROM unnest($1::int8[], $2::int4[]) AS f(id, attempt)
+             WHERE jobs.id = f.id AND jobs.attempt = f.attempt
+               AND jobs.status = 'running' AND jobs.locked_by = $3
+             RETURNING jobs.id"
+        )
+    });
+    let ids: Vec<i64> = batch.iter().map(|(job, _)| job.id).collect();
+    let attempts: Vec<i32> = batch.iter().map(|(job, _)| job.attempt as i32).collect();
+    Ok(tx
+        .rows(SQL.as_str(), &[&ids, &attempts, &me])
+        .await
+        .map_err(backend)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect())
 }
 
 /// PostgreSQL's side of the decisions in `journal/common.rs`: one transaction.
