@@ -384,6 +384,7 @@ impl PostgresJournal {
         let mut pruned = 0;
         loop {
             let shared = Arc::clone(&shared);
+            let started = Instant::now();
             let deleted = self.run(CALL_TIMEOUT, async move {
                 let mut client = shared.client().await?;
                 let tx = client.transaction().await.map_err(backend)?;
@@ -435,6 +436,7 @@ impl PostgresJournal {
                     if deleted < batch {
                         return Ok(pruned);
                     }
+                    crate::journal::common::rest_after_prune_batch(started.elapsed());
                 }
                 None => {
                     tracing::debug!("Another instance is pruning the journal.");

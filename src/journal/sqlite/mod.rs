@@ -304,6 +304,7 @@ impl SqliteJournal {
         let cutoff = format!("{NOW_MS} - {}", i64::from(days) * 86_400_000);
         let mut pruned = 0;
         loop {
+            let started = std::time::Instant::now();
             let deleted = self.write(|tx| {
                 tx.execute_batch(&format!(
                     "CREATE TEMP TABLE IF NOT EXISTS prunable (id TEXT PRIMARY KEY);
@@ -325,6 +326,7 @@ impl SqliteJournal {
             if deleted < batch {
                 return Ok(pruned);
             }
+            crate::journal::common::rest_after_prune_batch(started.elapsed());
         }
     }
 }
