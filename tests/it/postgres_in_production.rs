@@ -142,26 +142,6 @@ async fn verify_full_refuses_a_certificate_for_another_host_without_showing_the_
     assert!(!stdout.contains(password), "{stdout}");
 }
 
-/// The instance name a daemon logged at start.
-fn instance_of(daemon: &Daemon) -> String {
-    daemon.wait_for_log(
-        "Sharing the PostgreSQL journal",
-        std::time::Duration::from_secs(10),
-    );
-    let log = daemon.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("Sharing the PostgreSQL journal"))
-        .expect("the instance line");
-    line.split("instance=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 /// Polls the database until `sql`'s first row's first column (a count) reaches `least`.
 async fn until_count(url: &str, sql: &str, least: i64) -> i64 {
     for _ in 0..800 {
@@ -200,7 +180,7 @@ async fn an_action_whose_instance_died_on_its_last_attempt_ends_dead_and_is_told
             )
     };
     let mut a = Daemon::start(one_attempt(&slack));
-    let dying = instance_of(&a);
+    let dying = a.instance_name();
     send_dbt(
         &a,
         SECRET,
@@ -270,7 +250,7 @@ async fn an_instance_paused_past_its_lease_makes_no_call_for_the_jobs_it_held() 
             .rule("post.rhai", POST_EACH)
     };
     let a = Daemon::start(five_seconds(&slack));
-    let paused = instance_of(&a);
+    let paused = a.instance_name();
     // Every event through the instance to be paused, so that it claims most posts.
     for i in 0..EVENTS {
         send_dbt(

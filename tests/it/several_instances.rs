@@ -48,23 +48,6 @@ fn post_counts(slack: &FakeSlack) -> BTreeMap<String, usize> {
     counts
 }
 
-/// The instance name a daemon logged at start.
-fn instance_of(daemon: &Daemon) -> String {
-    daemon.wait_for_log("instance=", Duration::from_secs(10));
-    let log = daemon.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("Sharing the PostgreSQL journal"))
-        .expect("the instance line");
-    line.split("instance=")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 /// The same signed event sent to both instances at once: journaled once (one
 /// `duplicate: true`), acted on once.
 #[tokio::test]
@@ -166,7 +149,7 @@ async fn a_killed_instances_jobs_are_taken_over_after_its_lease() {
     slack.state.lock().unwrap().delay_ms = 1500;
     let mut a = Daemon::start(instance_setup(&slack, &url, POST_EACH));
     let b = Daemon::start(instance_setup(&slack, &url, POST_EACH));
-    let killed = instance_of(&a);
+    let killed = a.instance_name();
     for i in 0..8 {
         let (status, _) = post(&a, dbt_completed(&format!("wev_kill{i}"), "x", "Success")).await;
         assert_eq!(status, 200);

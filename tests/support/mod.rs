@@ -286,6 +286,23 @@ impl Daemon {
         panic!("log never contained {needle:?}; log:\n{}", self.log());
     }
 
+    /// The instance name a daemon on a PostgreSQL journal logged at start.
+    pub fn instance_name(&self) -> String {
+        self.wait_for_log("Sharing the PostgreSQL journal", Duration::from_secs(10));
+        let log = self.log();
+        let line = log
+            .lines()
+            .find(|l| l.contains("Sharing the PostgreSQL journal"))
+            .expect("the instance line");
+        line.split("instance=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_string()
+    }
+
     /// Runs another `freshet` command against the same config.
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut command = Command::new(BIN);

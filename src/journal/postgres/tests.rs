@@ -9,6 +9,16 @@ use crate::journal::{
     Evaluation, FirstJob, FollowUp, Job, JobOutcome, JobStatus, Queue, StageQueue,
 };
 
+/// A fresh PostgreSQL test database and its URL (None: skipped, see `TestStore`).
+fn postgres_store() -> Option<(TestStore, String)> {
+    let store = TestStore::postgres()?;
+    let TestStore::Postgres(url) = &store else {
+        unreachable!("a PostgreSQL store")
+    };
+    let url = url.clone();
+    Some((store, url))
+}
+
 fn claim_one(journal: &crate::journal::Journal) -> Option<Job> {
     journal.claim(Queue::Evaluate, 1, 60_000).unwrap().pop()
 }
@@ -78,12 +88,10 @@ fn a_finish_after_the_lease_was_lost_is_discarded() {
 /// an event whose jobs are not finished.
 #[test]
 fn pruning_goes_in_batches_and_keeps_events_with_open_jobs() {
-    let Some(store) = TestStore::postgres() else {
+    let Some((_store, url)) = postgres_store() else {
         return;
     };
-    let TestStore::Postgres(url) = &store else {
-        unreachable!("a PostgreSQL store")
-    };
+    let url = &url;
     let journal = PostgresJournal::open(url, DEFAULT_SCHEMA, 3, Pooler::None, Role::Serve).unwrap();
     for i in 0..7 {
         journal
@@ -147,12 +155,10 @@ fn tables_in(url: &str, schema: &str) -> Vec<String> {
 /// others stay as they were, and the journal works.
 #[test]
 fn a_database_with_its_own_events_and_jobs_tables_works() {
-    let Some(store) = TestStore::postgres() else {
+    let Some((_store, url)) = postgres_store() else {
         return;
     };
-    let TestStore::Postgres(url) = &store else {
-        unreachable!("a PostgreSQL store")
-    };
+    let url = &url;
     outside(
         url,
         "CREATE TABLE public.events (n INTEGER); CREATE TABLE public.jobs (name TEXT);
@@ -176,12 +182,10 @@ fn a_database_with_its_own_events_and_jobs_tables_works() {
 /// `public` is moved into `freshet` at the next start, its rows with it.
 #[test]
 fn an_older_journal_in_public_is_moved_into_its_own_schema() {
-    let Some(store) = TestStore::postgres() else {
+    let Some((_store, url)) = postgres_store() else {
         return;
     };
-    let TestStore::Postgres(url) = &store else {
-        unreachable!("a PostgreSQL store")
-    };
+    let url = &url;
     // What an older freshet made: its tables in `public`, the connection's default.
     let older = PostgresJournal::open(url, "public", 3, Pooler::None, Role::Serve).unwrap();
     older
@@ -210,12 +214,10 @@ fn claim_one_of(journal: &PostgresJournal) -> Option<Job> {
 #[test]
 fn a_timed_out_call_cancels_its_query_and_discards_its_connection() {
     use super::session::Typed;
-    let Some(store) = TestStore::postgres() else {
+    let Some((_store, url)) = postgres_store() else {
         return;
     };
-    let TestStore::Postgres(url) = &store else {
-        unreachable!("a PostgreSQL store")
-    };
+    let url = &url;
     let journal =
         PostgresJournal::open(url, DEFAULT_SCHEMA, 30, Pooler::None, Role::Serve).unwrap();
     let shared = std::sync::Arc::clone(&journal.shared);
@@ -265,12 +267,10 @@ fn a_timed_out_call_cancels_its_query_and_discards_its_connection() {
 #[test]
 fn wakes_for_the_other_instances_are_debounced() {
     use futures_util::future::poll_fn;
-    let Some(store) = TestStore::postgres() else {
+    let Some((_store, url)) = postgres_store() else {
         return;
     };
-    let TestStore::Postgres(url) = &store else {
-        unreachable!("a PostgreSQL store")
-    };
+    let url = &url;
     let journal =
         PostgresJournal::open(url, DEFAULT_SCHEMA, 30, Pooler::None, Role::Serve).unwrap();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -338,12 +338,10 @@ fn wakes_for_the_other_instances_are_debounced() {
 /// duplicate once, and every event gets its first job.
 #[test]
 fn appends_that_arrive_together_share_commits() {
-    let Some(store) = TestStore::postgres() else {
+    let Some((_store, url)) = postgres_store() else {
         return;
     };
-    let TestStore::Postgres(url) = &store else {
-        unreachable!("a PostgreSQL store")
-    };
+    let url = &url;
     let journal =
         PostgresJournal::open(url, DEFAULT_SCHEMA, 30, Pooler::None, Role::Serve).unwrap();
     // Every writing transaction takes a transaction id: their count between two reads
