@@ -32,6 +32,28 @@ fn report(name: &str, mut times: Vec<Duration>) {
     );
 }
 
+/// [`ROUNDS`] claims of up to `limit` action jobs, each expected to return `expect`.
+async fn time_claims(
+    journal: &std::sync::Arc<PostgresJournal>,
+    limit: usize,
+    expect: usize,
+) -> Vec<Duration> {
+    let journal = std::sync::Arc::clone(journal);
+    tokio::task::spawn_blocking(move || {
+        (0..ROUNDS)
+            .map(|_| {
+                let started = Instant::now();
+                let jobs = journal.claim(Queue::Action, limit, 30_000).unwrap();
+                let took = started.elapsed();
+                assert_eq!(jobs.len(), expect);
+                took
+            })
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let url = std::env::var("FRESHET_TEST_DATABASE_URL")
@@ -80,22 +102,7 @@ async fn main() {
     println!("not_due_jobs {not_due}");
 
     let journal = std::sync::Arc::new(journal);
-    let times = tokio::task::spawn_blocking({
-        let journal = std::sync::Arc::clone(&journal);
-        move || {
-            let mut times = Vec::with_capacity(ROUNDS);
-            for _ in 0..ROUNDS {
-                let started = Instant::now();
-                let jobs = journal.claim(Queue::Action, 8, 30_000).unwrap();
-                times.push(started.elapsed());
-                assert!(jobs.is_empty());
-            }
-            times
-        }
-    })
-    .await
-    .unwrap();
-    report("claim_nothing_due", times);
+    report("claim_nothing_due", time_claims(&journal, 8, 0).await);
 
     client
         .batch_execute(&format!(
@@ -107,22 +114,7 @@ async fn main() {
         ))
         .await
         .unwrap();
-    let times = tokio::task::spawn_blocking({
-        let journal = std::sync::Arc::clone(&journal);
-        move || {
-            let mut times = Vec::with_capacity(ROUNDS);
-            for _ in 0..ROUNDS {
-                let started = Instant::now();
-                let jobs = journal.claim(Queue::Action, 1, 30_000).unwrap();
-                times.push(started.elapsed());
-                assert_eq!(jobs.len(), 1);
-            }
-            times
-        }
-    })
-    .await
-    .unwrap();
-    report("claim_one_due", times);
+    report("claim_one_due", time_claims(&journal, 1, 1).await);
 
     drop(journal);
     drop(client);

@@ -11,9 +11,15 @@ const SECRET: &str = "production-true-secret-1";
 const POST_EACH: &str = r#"if event.source == "dbt" { slack_post(`event ${event.id}`); }"#;
 
 fn setup(slack: &FakeSlack, url: &str) -> Setup {
+    setup_with(slack, url, "lease_seconds = 3", 5)
+}
+
+/// An instance on the journal at `url` (`T_DB`) with `journal_keys` besides the URL, that
+/// posts each dbt event to the fake Slack, with `max_attempts` per action.
+fn setup_with(slack: &FakeSlack, url: &str, journal_keys: &str, max_attempts: u32) -> Setup {
     let setup = Setup {
-        journal_keys: "url = { env = \"T_DB\" }\nlease_seconds = 3".into(),
-        ..Setup::dbt(SECRET, 5, 50, 200)
+        journal_keys: format!("url = {{ env = \"T_DB\" }}\n{journal_keys}"),
+        ..Setup::dbt(SECRET, max_attempts, 50, 200)
     };
     slack
         .configure(setup)
@@ -166,18 +172,10 @@ async fn an_action_whose_instance_died_on_its_last_attempt_ends_dead_and_is_told
     let slack = FakeSlack::start().await;
     slack.state.lock().unwrap().delay_ms = 20_000;
     let one_attempt = |slack: &FakeSlack| {
-        let setup = Setup {
-            journal_keys: "url = { env = \"T_DB\" }\nlease_seconds = 3".into(),
-            ..Setup::dbt(SECRET, 1, 50, 200)
-        };
-        slack
-            .configure(setup)
-            .env("T_DB", &url)
-            .rule("post.rhai", POST_EACH)
-            .rule(
-                "told.rhai",
-                r#"if event.type == "freshet.action.failed" { log(`told: ${event.error}`); }"#,
-            )
+        setup_with(slack, &url, "lease_seconds = 3", 1).rule(
+            "told.rhai",
+            r#"if event.type == "freshet.action.failed" { log(`told: ${event.error}`); }"#,
+        )
     };
     let mut a = Daemon::start(one_attempt(&slack));
     let dying = a.instance_name();
@@ -239,16 +237,7 @@ async fn an_instance_paused_past_its_lease_makes_no_call_for_the_jobs_it_held() 
     const DELAY_MS: u64 = 600;
     let slack = FakeSlack::start().await;
     slack.state.lock().unwrap().delay_ms = DELAY_MS;
-    let five_seconds = |slack: &FakeSlack| {
-        let setup = Setup {
-            journal_keys: "url = { env = \"T_DB\" }\nlease_seconds = 5".into(),
-            ..Setup::dbt(SECRET, 5, 50, 200)
-        };
-        slack
-            .configure(setup)
-            .env("T_DB", &url)
-            .rule("post.rhai", POST_EACH)
-    };
+    let five_seconds = |slack: &FakeSlack| setup_with(slack, &url, "lease_seconds = 5", 5);
     let a = Daemon::start(five_seconds(&slack));
     let paused = a.instance_name();
     // Every event through the instance to be paused, so that it claims most posts.
@@ -336,15 +325,12 @@ async fn through_pgbouncer_in_transaction_mode_webhooks_are_journaled_and_action
     let bounced = through_pgbouncer(&url);
     let slack = FakeSlack::start().await;
     let pooled = |slack: &FakeSlack| {
-        let setup = Setup {
-            journal_keys: "url = { env = \"T_DB\" }\nlease_seconds = 3\npooler = \"transaction\""
-                .into(),
-            ..Setup::dbt(SECRET, 5, 50, 200)
-        };
-        slack
-            .configure(setup)
-            .env("T_DB", &bounced)
-            .rule("post.rhai", POST_EACH)
+        setup_with(
+            slack,
+            &bounced,
+            "lease_seconds = 3\npooler = \"transaction\"",
+            5,
+        )
     };
     let a = Daemon::start(pooled(&slack));
     let b = Daemon::start(pooled(&slack));

@@ -305,16 +305,7 @@ impl Daemon {
 
     /// Runs another `freshet` command against the same config.
     pub fn cli(&self, args: &[&str]) -> Output {
-        let mut command = Command::new(BIN);
-        command
-            .args(args)
-            .arg("--config")
-            .arg(self.config_path())
-            .current_dir(&self.dir);
-        for (key, value) in &self.env {
-            command.env(key, value);
-        }
-        command.output().expect("run freshet")
+        self.cli_with_env(args, &[])
     }
 
     /// Like `cli`, with some of the environment changed (`T_DB` pointing elsewhere).

@@ -19,6 +19,52 @@ use crate::journal::{
 type Result<T> = std::result::Result<T, JournalError>;
 
 impl PostgresJournal {
+    /// Records a batch of evaluations in one transaction and, with `claim`, claims the
+    /// next batch of up to that many evaluate jobs in it too.
+    fn record_and_claim(
+        &self,
+        batch: &[(Job, Evaluation)],
+        claim: Option<usize>,
+    ) -> Result<(Vec<bool>, Vec<Job>)> {
+        let shared = self.shared();
+        {
+            let mut held = shared.held();
+            for (job, _) in batch {
+                held.remove(&job.id);
+            }
+        }
+        let batch = batch.to_vec();
+        self.run(CALL_TIMEOUT, async move {
+            let mut client = shared.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            defer_commit(&tx).await?;
+            let recorded = record_evaluations(&tx, &shared, &batch).await?;
+            let Some(limit) = claim else {
+                tx.commit().await.map_err(backend)?;
+                return Ok((recorded, Vec::new()));
+            };
+            // The next batch in the same transaction; a claim that fails alone is
+            // rolled back to here, and the finish stands (the caller claims again).
+            let started = Instant::now();
+            tx.batch_execute("SAVEPOINT next_claim")
+                .await
+                .map_err(backend)?;
+            let claimed = match claim_in(&tx, &shared, Queue::Evaluate, limit).await {
+                Ok(jobs) => jobs,
+                Err(error) => {
+                    tracing::error!(error = %error, "Cannot claim evaluate jobs.");
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT next_claim")
+                        .await
+                        .map_err(backend)?;
+                    Vec::new()
+                }
+            };
+            tx.commit().await.map_err(backend)?;
+            shared.hold(claimed.iter().map(|job| job.id), started);
+            Ok((recorded, claimed))
+        })
+    }
+
     fn shared(&self) -> Arc<Shared> {
         Arc::clone(&self.shared)
     }
@@ -266,22 +312,8 @@ impl StageQueue for PostgresJournal {
     }
 
     fn finish_evaluations(&self, batch: &[(Job, Evaluation)]) -> Result<Vec<bool>> {
-        let shared = self.shared();
-        {
-            let mut held = shared.held();
-            for (job, _) in batch {
-                held.remove(&job.id);
-            }
-        }
-        let batch = batch.to_vec();
-        self.run(CALL_TIMEOUT, async move {
-            let mut client = shared.client().await?;
-            let tx = client.transaction().await.map_err(backend)?;
-            defer_commit(&tx).await?;
-            let recorded = record_evaluations(&tx, &shared, &batch).await?;
-            tx.commit().await.map_err(backend)?;
-            Ok(recorded)
-        })
+        self.record_and_claim(batch, None)
+            .map(|(recorded, _)| recorded)
     }
 
     fn finish_evaluations_and_claim(
@@ -290,39 +322,7 @@ impl StageQueue for PostgresJournal {
         limit: usize,
         _lease_ms: u64,
     ) -> Result<(Vec<bool>, Vec<Job>)> {
-        let shared = self.shared();
-        {
-            let mut held = shared.held();
-            for (job, _) in batch {
-                held.remove(&job.id);
-            }
-        }
-        let batch = batch.to_vec();
-        self.run(CALL_TIMEOUT, async move {
-            let mut client = shared.client().await?;
-            let tx = client.transaction().await.map_err(backend)?;
-            defer_commit(&tx).await?;
-            let recorded = record_evaluations(&tx, &shared, &batch).await?;
-            // The next batch in the same transaction; a claim that fails alone is
-            // rolled back to here, and the finish stands (the caller claims again).
-            let started = Instant::now();
-            tx.batch_execute("SAVEPOINT next_claim")
-                .await
-                .map_err(backend)?;
-            let claimed = match claim_in(&tx, &shared, Queue::Evaluate, limit).await {
-                Ok(jobs) => jobs,
-                Err(error) => {
-                    tracing::error!(error = %error, "Cannot claim evaluate jobs.");
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT next_claim")
-                        .await
-                        .map_err(backend)?;
-                    Vec::new()
-                }
-            };
-            tx.commit().await.map_err(backend)?;
-            shared.hold(claimed.iter().map(|job| job.id), started);
-            Ok((recorded, claimed))
-        })
+        self.record_and_claim(batch, Some(limit))
     }
 
     fn abandon(&self, job: &Job) {

@@ -61,17 +61,26 @@ fn typed<'a>(params: &'a [&'a dyn Param]) -> Vec<(&'a (dyn ToSql + Sync), Type)>
         .collect()
 }
 
-/// Runs `sql` as a statement prepared once per connection (the cache is the
-/// connection's), with the parameters' types as given.
+/// `sql` as a statement prepared once per connection (the cache is the connection's),
+/// with the parameters' types as given, and the parameters' values for it.
+async fn prepared<'p>(
+    client: &tokio_postgres::Client,
+    cache: &deadpool_postgres::StatementCache,
+    sql: &str,
+    params: &'p [(&'p (dyn ToSql + Sync), Type)],
+) -> PgResult<(tokio_postgres::Statement, Vec<&'p (dyn ToSql + Sync)>)> {
+    let types: Vec<Type> = params.iter().map(|(_, ty)| ty.clone()).collect();
+    let statement = cache.prepare_typed(client, sql, &types).await?;
+    Ok((statement, params.iter().map(|(value, _)| *value).collect()))
+}
+
 async fn cached_rows(
     client: &tokio_postgres::Client,
     cache: &deadpool_postgres::StatementCache,
     sql: &str,
     params: &[(&(dyn ToSql + Sync), Type)],
 ) -> PgResult<Vec<Row>> {
-    let types: Vec<Type> = params.iter().map(|(_, ty)| ty.clone()).collect();
-    let statement = cache.prepare_typed(client, sql, &types).await?;
-    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
+    let (statement, values) = prepared(client, cache, sql, params).await?;
     client.query(&statement, &values).await
 }
 
@@ -81,9 +90,7 @@ async fn cached_exec(
     sql: &str,
     params: &[(&(dyn ToSql + Sync), Type)],
 ) -> PgResult<u64> {
-    let types: Vec<Type> = params.iter().map(|(_, ty)| ty.clone()).collect();
-    let statement = cache.prepare_typed(client, sql, &types).await?;
-    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
+    let (statement, values) = prepared(client, cache, sql, params).await?;
     client.execute(&statement, &values).await
 }
 
@@ -93,9 +100,7 @@ async fn cached_one(
     sql: &str,
     params: &[(&(dyn ToSql + Sync), Type)],
 ) -> PgResult<Row> {
-    let types: Vec<Type> = params.iter().map(|(_, ty)| ty.clone()).collect();
-    let statement = cache.prepare_typed(client, sql, &types).await?;
-    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(value, _)| *value).collect();
+    let (statement, values) = prepared(client, cache, sql, params).await?;
     client.query_one(&statement, &values).await
 }
 
