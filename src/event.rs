@@ -13,6 +13,9 @@ use serde_json::{Map, Value};
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     Dbt,
+    /// dbt Core invocations, posted by `freshet send dbt-core`.
+    #[serde(rename = "dbt-core")]
+    DbtCore,
     Mode,
     /// Outcomes of the Tableau refreshes freshet started (`tableau.refresh.completed`).
     Tableau,
@@ -24,6 +27,7 @@ impl Source {
     pub fn as_str(self) -> &'static str {
         match self {
             Source::Dbt => "dbt",
+            Source::DbtCore => "dbt-core",
             Source::Mode => "mode",
             Source::Tableau => "tableau",
             Source::Freshet => "freshet",
@@ -72,6 +76,17 @@ impl Event {
     /// before the rules see it.
     pub fn names_mode_run(&self) -> bool {
         self.source == Source::Mode && self.field("run_token").is_some_and(|t| !t.is_null())
+    }
+
+    /// A dbt Cloud event of a run that failed (`job.run.errored`, or `job.run.completed`
+    /// with `Errored`): its failures are fetched before the rules see it, when a dbt Cloud
+    /// API token is configured (docs/behaviour.md section 13).
+    pub fn is_failed_dbt_cloud_run(&self) -> bool {
+        self.source == Source::Dbt
+            && (self.kind == "dbt.job.run.errored"
+                || (self.kind == "dbt.job.run.completed"
+                    && (self.field("run_status").and_then(Value::as_str) == Some("Errored")
+                        || self.field("run_status_code").and_then(Value::as_i64) == Some(20))))
     }
 
     /// A Mode run event whose run has not been fetched (yet, or ever).

@@ -28,6 +28,7 @@ pub mod actions;
 pub mod alerts;
 pub mod cli;
 pub mod config;
+pub mod dbt_artifacts;
 pub mod event;
 pub mod ingest;
 pub mod journal;

@@ -143,6 +143,7 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             config: Arc::clone(&current),
             wakes: wakes.clone(),
             http: http.clone(),
+            dbt_runs: Default::default(),
         }
         .run(stop_workers.clone()),
     );

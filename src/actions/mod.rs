@@ -2,7 +2,7 @@
 //! The stage that claims action jobs, runs them and retries them is `stages::act`.
 //!
 //! Each action is one file that holds its payload (the job's arguments), the rule
-//! functions that build it, and its calls: [`mode`] (`mode_run`), [`tableau`]
+//! functions that build it, and its calls: [`mode`] (`mode_run`), [`dbt`] (`dbt_run`), [`tableau`]
 //! (`tableau_refresh`, `tableau_refresh_datasource`), [`slack`] (`slack_post`),
 //! [`alert`] (`alert`, decided at evaluation, posted through Slack). This file keeps the
 //! enum, its job (de)serialization and the dispatch; [`client`] holds what the calls
@@ -11,6 +11,7 @@
 
 pub mod alert;
 pub mod client;
+pub mod dbt;
 pub mod mode;
 pub mod slack;
 pub mod tableau;
@@ -28,6 +29,7 @@ use client::ActionError;
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum ActionRequest {
     ModeRun(mode::ModeRun),
+    DbtRun(dbt::DbtRun),
     TableauRefresh(tableau::RefreshWorkbook),
     TableauRefreshDatasource(tableau::RefreshDatasource),
     SlackPost(slack::SlackPost),
@@ -35,17 +37,31 @@ pub enum ActionRequest {
 }
 
 /// What a call needs from the daemon: the one HTTP client (one connection pool), the
-/// config in force, and the one Tableau session.
+/// config in force, the one Tableau session, and the job the call is for.
 pub struct Services<'a> {
     pub http: &'a reqwest::Client,
     pub config: &'a Config,
     pub tableau: &'a tableau::Tableau,
+    /// Which call this is (its id tags a dbt trigger; its attempt says whether an
+    /// earlier one may have started the run already).
+    pub origin: &'a CallOrigin<'a>,
+}
+
+/// The job a call is made for, as the act stage knows it.
+pub struct CallOrigin<'a> {
+    /// The action job's id, as `freshet actions` lists it.
+    pub action_id: i64,
+    /// 1 on the first attempt.
+    pub attempt: u32,
+    pub rule: Option<&'a str>,
+    pub event_id: &'a str,
 }
 
 impl ActionRequest {
     /// Registers every action's rule functions on `engine`.
     pub fn register_rule_functions(engine: &mut Engine) {
         mode::register(engine);
+        dbt::register(engine);
         tableau::register(engine);
         slack::register(engine);
         alert::register(engine);
@@ -55,6 +71,7 @@ impl ActionRequest {
     pub async fn call(&self, services: &Services<'_>) -> Result<Value, ActionError> {
         match self {
             ActionRequest::ModeRun(run) => run.call(services).await,
+            ActionRequest::DbtRun(run) => run.call(services).await,
             ActionRequest::TableauRefresh(refresh) => {
                 tableau::call(services, refresh.target()).await
             }
@@ -70,6 +87,7 @@ impl ActionRequest {
     pub fn kind(&self) -> &'static str {
         match self {
             ActionRequest::ModeRun(_) => "mode_run",
+            ActionRequest::DbtRun(_) => "dbt_run",
             ActionRequest::TableauRefresh(_) => "tableau_refresh",
             ActionRequest::TableauRefreshDatasource(_) => "tableau_refresh_datasource",
             ActionRequest::SlackPost(_) => "slack_post",
@@ -81,6 +99,7 @@ impl ActionRequest {
     pub fn service(&self) -> &'static str {
         match self {
             ActionRequest::ModeRun(_) => "mode",
+            ActionRequest::DbtRun(_) => "dbt",
             ActionRequest::TableauRefresh(_) | ActionRequest::TableauRefreshDatasource(_) => {
                 "tableau"
             }

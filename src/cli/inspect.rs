@@ -152,8 +152,15 @@ pub fn replay(config: &Config, id: &str, rule: Option<String>) -> anyhow::Result
         .event(id)?
         .with_context(|| format!("no journaled event with id {id}"))?;
     // A Mode run event whose run was never fetched (Mode was down, the enrichment died)
-    // is fetched first: the rules must not see it as if Mode had no results.
-    let unverified_run = event.is_unfetched_mode_run();
+    // is fetched first: the rules must not see it as if Mode had no results. A failed dbt
+    // Cloud run is fetched again (docs/behaviour.md section 13): its failures as dbt has
+    // them now.
+    let refetched_dbt_run = event.is_failed_dbt_cloud_run()
+        && config
+            .dbt
+            .as_ref()
+            .is_some_and(|dbt| dbt.fetches_failures());
+    let unverified_run = event.is_unfetched_mode_run() || refetched_dbt_run;
     let first = if unverified_run {
         FirstJob::enrich(config.actions.max_attempts)
     } else {
@@ -171,7 +178,12 @@ pub fn replay(config: &Config, id: &str, rule: Option<String>) -> anyhow::Result
         None => "the rules".to_string(),
     };
     if unverified_run {
-        println!("event {id} queued: its Mode run is fetched from Mode first, then {rules} run (job #{job}); a running daemon picks it up");
+        let service = if refetched_dbt_run {
+            "dbt Cloud"
+        } else {
+            "Mode"
+        };
+        println!("event {id} queued: its run is fetched from {service} first, then {rules} run (job #{job}); a running daemon picks it up");
     } else {
         println!("event {id} queued for evaluation by {rules} (job #{job}); a running daemon picks it up");
     }

@@ -187,6 +187,22 @@ pub enum SendTarget {
         #[arg(long)]
         url: Option<String>,
     },
+    /// Post a dbt Core invocation (its target/run_results.json) to /webhooks/dbt-core,
+    /// signed with the configured dbt secret: run it as the step after `dbt build`.
+    #[command(name = "dbt-core")]
+    DbtCore {
+        /// The invocation's run_results.json (target/run_results.json).
+        run_results: PathBuf,
+        /// Its manifest.json, for the failed nodes' owners and tags.
+        #[arg(long)]
+        manifest: Option<PathBuf>,
+        /// The job's name in the event (default: the dbt command and its selectors).
+        #[arg(long)]
+        job: Option<String>,
+        /// Where to post (default: the configured listen address).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Post a Mode webhook to the configured Mode token route.
     Mode {
         /// The body to post (or use --sample).

@@ -1,7 +1,9 @@
 //! `freshet send`: post a webhook to a running daemon, signed like dbt Cloud signs it (or
 //! on the Mode token route), so a deployment can be tried without dbt Cloud. A body comes
 //! from a file or a built-in sample; samples (and files with `--new-id`) get a fresh
-//! event id each time, so trying again is never a duplicate.
+//! event id each time, so trying again is never a duplicate. `send dbt-core` is how dbt
+//! Core, which sends no webhooks, reports an invocation: it reads the artifacts and posts
+//! what they say (docs/behaviour.md section 13).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -10,6 +12,8 @@ use serde_json::Value;
 
 use super::{DbtSample, ModeSample, SendTarget};
 use crate::config;
+use crate::dbt_artifacts::{ManifestFacts, RunResults};
+use crate::ingest::dbt_core::Invocation;
 use crate::ingest::signature;
 
 /// The built-in samples: the vendors' documented webhook bodies, kept in
@@ -52,6 +56,29 @@ pub async fn run(
                 .and_then(|dbt| dbt.webhook_secrets.first())
                 .context("no dbt secret is configured ([dbt] webhook_secrets)")?;
             let url = url.unwrap_or_else(|| format!("{base}/webhooks/dbt"));
+            let signature = signature::sign(secret.expose().as_bytes(), &body);
+            (
+                client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("authorization", signature)
+                    .body(body),
+                url,
+            )
+        }
+        SendTarget::DbtCore {
+            run_results,
+            manifest,
+            job,
+            url,
+        } => {
+            let body = dbt_core_body(&run_results, manifest.as_deref(), job)?;
+            let secret = config
+                .dbt
+                .as_ref()
+                .and_then(|dbt| dbt.webhook_secrets.first())
+                .context("no dbt secret is configured ([dbt] webhook_secrets)")?;
+            let url = url.unwrap_or_else(|| format!("{base}/webhooks/dbt-core"));
             let signature = signature::sign(secret.expose().as_bytes(), &body);
             (
                 client
@@ -126,6 +153,36 @@ pub async fn run(
     println!("POST {shown_url} -> {}", status.as_u16());
     println!("{text}");
     Ok(status.is_success())
+}
+
+/// The `/webhooks/dbt-core` body for a dbt Core invocation's artifacts.
+fn dbt_core_body(
+    run_results: &std::path::Path,
+    manifest: Option<&std::path::Path>,
+    job: Option<String>,
+) -> anyhow::Result<Vec<u8>> {
+    let results = RunResults::parse(&read(run_results)?)
+        .map_err(|why| anyhow::anyhow!("{}: {why}", run_results.display()))?;
+    let step = format!(
+        "dbt {}",
+        results
+            .args
+            .get("which")
+            .and_then(Value::as_str)
+            .unwrap_or("run")
+    );
+    let mut failures = results.failures(&step);
+    if let Some(manifest) = manifest {
+        let wanted = failures.iter().filter_map(|f| f.node.clone()).collect();
+        let file = std::fs::File::open(manifest)
+            .with_context(|| format!("cannot read {}", manifest.display()))?;
+        let facts = ManifestFacts::read(file, &wanted)
+            .map_err(|why| anyhow::anyhow!("{}: {why}", manifest.display()))?;
+        facts.annotate(&mut failures);
+    }
+    let invocation = Invocation::from_run_results(&results, failures, job)
+        .map_err(|why| anyhow::anyhow!("{}: {why}", run_results.display()))?;
+    Ok(serde_json::to_vec(&invocation)?)
 }
 
 fn sample_text(sample: DbtSample) -> &'static str {

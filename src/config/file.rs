@@ -94,7 +94,30 @@ impl Default for RawJournal {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDbt {
+    #[serde(default)]
     webhook_secrets: Vec<SecretRef>,
+    #[serde(default = "default_dbt_api_base")]
+    api_base: String,
+    account_id: Option<i64>,
+    api_token: Option<SecretRef>,
+    /// Unset: fetched whenever `api_token` is set.
+    fetch_failures: Option<bool>,
+    #[serde(default)]
+    fetch_owners: bool,
+    #[serde(default = "default_max_artifact_bytes")]
+    max_artifact_bytes: usize,
+    #[serde(default = "default_artifact_wait_seconds")]
+    artifact_wait_seconds: u64,
+}
+
+fn default_dbt_api_base() -> String {
+    "https://cloud.getdbt.com".into()
+}
+fn default_max_artifact_bytes() -> usize {
+    50 << 20
+}
+fn default_artifact_wait_seconds() -> u64 {
+    120
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,9 +342,12 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
         problems.error("rules.max_operations", "must be greater than 0");
     }
 
-    let dbt = raw.dbt.as_ref().map(|dbt| {
-        if dbt.webhook_secrets.is_empty() {
-            problems.error("dbt.webhook_secrets", "needs at least one secret");
+    let dbt = raw.dbt.as_ref().and_then(|dbt| {
+        if dbt.webhook_secrets.is_empty() && dbt.api_token.is_none() {
+            problems.error(
+                "dbt.webhook_secrets",
+                "needs at least one secret (or set dbt.api_token to use only the dbt Cloud API)",
+            );
         }
         let webhook_secrets = dbt
             .webhook_secrets
@@ -329,7 +355,37 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
             .enumerate()
             .filter_map(|(i, r)| problems.secret(&format!("dbt.webhook_secrets[{i}]"), r))
             .collect();
-        DbtConfig { webhook_secrets }
+        let api_base = problems.url("dbt.api_base", &dbt.api_base);
+        let api_token = problems.optional_secret("dbt.api_token", &dbt.api_token);
+        if dbt.fetch_failures == Some(true) && dbt.api_token.is_none() {
+            problems.error(
+                "dbt.fetch_failures",
+                "needs dbt.api_token: failed runs are read from the dbt Cloud API",
+            );
+        }
+        if dbt.fetch_owners && dbt.api_token.is_none() {
+            problems.error("dbt.fetch_owners", "needs dbt.api_token");
+        }
+        if dbt.account_id.is_some_and(|id| id <= 0) {
+            problems.error("dbt.account_id", "must be the account's number (above 0)");
+        }
+        if dbt.max_artifact_bytes == 0 {
+            problems.error("dbt.max_artifact_bytes", "must be greater than 0");
+        }
+        if dbt.artifact_wait_seconds > 300 {
+            // The wait holds an enrichment's lease (ten minutes).
+            problems.error("dbt.artifact_wait_seconds", "must be at most 300");
+        }
+        Some(DbtConfig {
+            webhook_secrets,
+            api_base: api_base?,
+            account_id: dbt.account_id,
+            fetch_failures: dbt.fetch_failures.unwrap_or(true),
+            fetch_owners: dbt.fetch_owners,
+            api_token,
+            max_artifact_bytes: dbt.max_artifact_bytes,
+            artifact_wait_seconds: dbt.artifact_wait_seconds,
+        })
     });
 
     let mode = raw.mode.as_ref().and_then(|mode| {
@@ -543,8 +599,9 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
 
 /// The keys that hold secrets (or secret references): errors about them never quote a
 /// value (docs/behaviour.md section 11).
-const SECRET_KEYS: [&str; 8] = [
+const SECRET_KEYS: [&str; 9] = [
     "dbt.webhook_secrets",
+    "dbt.api_token",
     "mode.api_token",
     "mode.api_secret",
     "mode.webhook_token",

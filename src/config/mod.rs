@@ -108,8 +108,43 @@ pub struct JournalConfig {
 
 #[derive(Debug, Clone)]
 pub struct DbtConfig {
-    /// One per dbt Cloud webhook subscription; several allow rotation.
+    /// One per dbt Cloud webhook subscription; several allow rotation. `freshet send
+    /// dbt-core` signs with the first.
     pub webhook_secrets: Vec<Secret>,
+    /// The dbt Cloud Admin API (docs/behaviour.md section 13): runs, artifacts, triggers.
+    pub api_base: Url,
+    /// The account `dbt_run` triggers jobs in; failures use the event's own account.
+    pub account_id: Option<i64>,
+    pub api_token: Option<Secret>,
+    /// Whether failed runs are fetched before the rules see them (needs `api_token`).
+    pub fetch_failures: bool,
+    /// Whether the failed step's manifest.json is read for owners and tags.
+    pub fetch_owners: bool,
+    /// Most bytes of one artifact read.
+    pub max_artifact_bytes: usize,
+    /// How long an artifact dbt has not ingested yet (404) is waited for.
+    pub artifact_wait_seconds: u64,
+}
+
+impl DbtConfig {
+    /// Only a webhook secret: the defaults of every other `[dbt]` key.
+    pub fn with_webhook_secret(secret: Secret) -> DbtConfig {
+        DbtConfig {
+            webhook_secrets: vec![secret],
+            api_base: Url::parse("https://cloud.getdbt.com").expect("a valid URL"),
+            account_id: None,
+            api_token: None,
+            fetch_failures: true,
+            fetch_owners: false,
+            max_artifact_bytes: 50 << 20,
+            artifact_wait_seconds: 120,
+        }
+    }
+
+    /// Whether failed dbt Cloud runs are fetched (and so go through the enrich stage).
+    pub fn fetches_failures(&self) -> bool {
+        self.fetch_failures && self.api_token.is_some()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -255,9 +290,7 @@ impl Config {
             }])
         })?;
         let mut config = Config::defaults()?;
-        config.dbt = Some(DbtConfig {
-            webhook_secrets: vec![secret],
-        });
+        config.dbt = Some(DbtConfig::with_webhook_secret(secret));
         Ok(config)
     }
 

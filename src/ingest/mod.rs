@@ -3,6 +3,7 @@
 //! everything after that (enrichment, rules, actions) happens in the pipeline.
 
 pub mod dbt_cloud;
+pub mod dbt_core;
 pub mod listener;
 pub mod mode;
 mod rejection;
@@ -20,7 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use warp::http::StatusCode;
 use warp::{Filter, Rejection, Reply};
 
-use crate::config::{Config, Secret};
+use crate::config::{Config, DbtConfig, Secret};
 use crate::event::{now_rfc3339, Event};
 use crate::journal::{blocking, Appended, FirstJob, Journal};
 use crate::metrics::Metrics;
@@ -42,6 +43,8 @@ pub enum BodyError {
 pub struct IntakeSecrets {
     pub dbt: Vec<Secret>,
     pub mode: Option<ModeIntake>,
+    /// Whether a failed dbt Cloud run is fetched (enrich stage) before the rules see it.
+    pub dbt_fetch_failures: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -75,6 +78,7 @@ impl IntakeSecrets {
                     webhook_token: token.clone(),
                 })
             }),
+            dbt_fetch_failures: config.dbt.as_ref().is_some_and(DbtConfig::fetches_failures),
         }
     }
 }
@@ -198,6 +202,7 @@ impl IntakeError {
 /// All routes, with the one `recover` that turns warp's own rejections into JSON.
 pub fn routes(intake: Intake) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     dbt_route(intake.clone())
+        .or(dbt_core_route(intake.clone()))
         .or(mode_route(intake.clone()))
         .or(healthz_route(intake.clone()))
         .or(metrics_route(intake))
@@ -228,6 +233,27 @@ fn dbt_route(
              body: BodyStream| async move {
                 let result = receive_dbt(&intake, length, authorization.as_deref(), body).await;
                 respond(&intake, "dbt", result)
+            },
+        )
+}
+
+fn dbt_core_route(
+    intake: Intake,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("webhooks" / "dbt-core")
+        .and(warp::post())
+        .and(with_intake(intake))
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::header::optional::<String>("authorization"))
+        .and(raw_body())
+        .then(
+            |intake: Intake,
+             length: Option<u64>,
+             authorization: Option<String>,
+             body: BodyStream| async move {
+                let result =
+                    receive_dbt_core(&intake, length, authorization.as_deref(), body).await;
+                respond(&intake, "dbt-core", result)
             },
         )
 }
@@ -395,8 +421,60 @@ async fn receive_dbt(
     let (body, _budget) = read_limited(intake, length, body).await?;
     let secrets = intake.secrets.load();
     signature::verify(authorization, &body, &secrets.dbt)?;
-    let event = dbt_cloud::parse(&body, now_rfc3339())?;
+    let mut event = dbt_cloud::parse(&body, now_rfc3339())?;
+    continue_chain(intake, &mut event).await?;
+    // A failed run's failures are fetched before the rules see it; others go straight on.
+    let first = if secrets.dbt_fetch_failures && event.is_failed_dbt_cloud_run() {
+        FirstJob::enrich(intake.enrich_attempts)
+    } else {
+        FirstJob::EVALUATE
+    };
+    journal_event(intake, event, first).await
+}
+
+/// A dbt Core invocation, as `freshet send dbt-core` posts it, signed with a `[dbt]`
+/// webhook secret.
+async fn receive_dbt_core(
+    intake: &Intake,
+    length: Option<u64>,
+    authorization: Option<&str>,
+    body: BodyStream,
+) -> Result<Accepted, IntakeError> {
+    let (body, _budget) = read_limited(intake, length, body).await?;
+    let secrets = intake.secrets.load();
+    signature::verify(authorization, &body, &secrets.dbt)?;
+    let event = dbt_core::parse(&body, now_rfc3339())?;
     journal_event(intake, event, FirstJob::EVALUATE).await
+}
+
+/// A run `dbt_run` started names its action in its reason (the cause's
+/// `[freshet:<action id>]` tag): its webhook gets `triggered_by` and continues that
+/// action's chain, so a rule that answers a finished run with `dbt_run` cannot loop
+/// (docs/behaviour.md section 13).
+async fn continue_chain(intake: &Intake, event: &mut Event) -> Result<(), IntakeError> {
+    let Some(action_id) = event
+        .field("run_reason")
+        .and_then(serde_json::Value::as_str)
+        .and_then(crate::actions::dbt::tagged_action)
+    else {
+        return Ok(());
+    };
+    let origin = blocking(&intake.journal, move |j| j.action_origin(action_id))
+        .await
+        .map_err(|error| {
+            tracing::error!(error = %error, "Cannot read the action that started this dbt run; answering 503 so dbt Cloud delivers it again.");
+            IntakeError::Journal
+        })?;
+    let Some(origin) = origin else {
+        tracing::info!(event_id = %event.id, action_id, "The dbt run names a freshet action this journal does not hold (pruned, or another freshet's).");
+        return Ok(());
+    };
+    event.chain_depth = origin.chain_depth + 1;
+    event.fields.insert(
+        "triggered_by".into(),
+        json!({ "rule": origin.rule, "action_id": action_id, "cause_event_id": origin.event_id }),
+    );
+    Ok(())
 }
 
 async fn receive_mode(
@@ -506,6 +584,12 @@ mod tests {
         fn event(&self, _: &str) -> Result<Option<Event>, JournalError> {
             down()
         }
+        fn action_origin(
+            &self,
+            _: i64,
+        ) -> Result<Option<crate::journal::ActionOrigin>, JournalError> {
+            down()
+        }
         fn claim(&self, _: Queue, _: usize, _: u64) -> Result<Vec<Job>, JournalError> {
             down()
         }
@@ -578,6 +662,7 @@ mod tests {
             secrets: Arc::new(ArcSwap::from_pointee(IntakeSecrets {
                 dbt: vec![Secret::new("s")],
                 mode: None,
+                dbt_fetch_failures: false,
             })),
             metrics: Arc::new(Metrics::new()),
             max_body_bytes: 1024,

@@ -179,6 +179,9 @@ pub trait StageQueue: Send + Sync {
     /// The job with `job_key`, if there is one.
     fn job_by_key(&self, job_key: &str) -> Result<Option<KeyedJob>, JournalError>;
 
+    /// The rule and event of action job `job_id`, if there is one.
+    fn action_origin(&self, job_id: i64) -> Result<Option<ActionOrigin>, JournalError>;
+
     /// Replaces the event's body (enrichment), finishes the `enrich` job and queues the
     /// `evaluate` job, in one transaction.
     fn finish_enrichment(&self, job: &Job, event: &Event) -> Result<bool, JournalError>;

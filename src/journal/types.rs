@@ -347,6 +347,17 @@ pub struct KeyedJob {
     pub result: Option<Value>,
 }
 
+/// Where an action job came from: a dbt run it started reports back with the job's id
+/// (docs/behaviour.md section 13), and its webhook continues this chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActionOrigin {
+    pub rule: Option<String>,
+    pub event_id: String,
+    /// The chain depth of the event whose rule asked for the action (0 when that event
+    /// has been pruned).
+    pub chain_depth: u32,
+}
+
 /// What one rule did with one event.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct RuleRun {

@@ -17,7 +17,7 @@ use super::{follow, wait_for_work, Wakes};
 use crate::actions::client::{backoff, ActionError};
 use crate::actions::slack::SlackPost;
 use crate::actions::tableau::Tableau;
-use crate::actions::{ActionRequest, Services};
+use crate::actions::{ActionRequest, CallOrigin, Services};
 use crate::config::Config;
 use crate::event::{now_rfc3339, Event, Source};
 use crate::journal::{blocking, FollowUp, Job, JobOutcome, JobStatus, Journal, Queue};
@@ -179,6 +179,12 @@ async fn run_action(shared: &Shared, config: &Config, job: &Job) -> Option<(JobO
         http: &shared.http,
         config,
         tableau: &shared.tableau,
+        origin: &CallOrigin {
+            action_id: job.id,
+            attempt: job.attempt,
+            rule: job.rule.as_deref(),
+            event_id: &job.event_id,
+        },
     };
     let result = request.call(&services).await;
     shared

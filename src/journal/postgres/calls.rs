@@ -11,9 +11,10 @@ use super::{backend, PostgresJournal, Shared, APPEND_TIMEOUT, CALL_TIMEOUT, HEAL
 use crate::event::Event;
 use crate::journal::common::{self, WriteTx};
 use crate::journal::{
-    replay_suffix, stage_job, Admin, AlertState, AppendTicket, Evaluation, EventSummary, FirstJob,
-    FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError, KeyedJob, Operations,
-    OutcomeColumns, Queue, Released, Replay, Retried, RuleRun, StageQueue, WorkWaker,
+    replay_suffix, stage_job, ActionOrigin, Admin, AlertState, AppendTicket, Evaluation,
+    EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError,
+    KeyedJob, Operations, OutcomeColumns, Queue, Released, Replay, Retried, RuleRun, StageQueue,
+    WorkWaker,
 };
 
 type Result<T> = std::result::Result<T, JournalError>;
@@ -272,6 +273,22 @@ impl StageQueue for PostgresJournal {
                 result: row
                     .get::<_, Option<String>>(1)
                     .and_then(|text| serde_json::from_str(&text).ok()),
+            }))
+        })
+    }
+
+    fn action_origin(&self, job_id: i64) -> Result<Option<ActionOrigin>> {
+        let shared = self.shared();
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let row = client
+                .row_opt(ACTION_ORIGIN, &[&job_id])
+                .await
+                .map_err(backend)?;
+            Ok(row.map(|row| ActionOrigin {
+                rule: row.get(0),
+                event_id: row.get(1),
+                chain_depth: row.get::<_, i32>(2) as u32,
             }))
         })
     }

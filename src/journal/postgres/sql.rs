@@ -400,3 +400,8 @@ macro_rules! stored_as_text {
 }
 
 stored_as_text!(JobStatus, Queue, RuleOutcome);
+
+/// The rule, event and chain depth of an action job (a dbt run it started reports back).
+pub const ACTION_ORIGIN: &str = "SELECT j.rule, j.event_id, COALESCE(e.chain_depth, 0)
+     FROM jobs j LEFT JOIN events e ON e.id = j.event_id
+     WHERE j.id = $1 AND j.queue = 'action'";

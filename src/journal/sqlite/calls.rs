@@ -12,9 +12,9 @@ use crate::event::Event;
 use crate::journal::common::WriteTx;
 use crate::journal::common::{self, run_now};
 use crate::journal::{
-    replay_suffix, stage_job, Admin, AlertState, AppendTicket, Evaluation, EventSummary, FirstJob,
-    FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError, KeyedJob, Operations,
-    OutcomeColumns, Queue, Released, Replay, Retried, RuleRun, StageQueue,
+    replay_suffix, stage_job, ActionOrigin, Admin, AlertState, AppendTicket, Evaluation,
+    EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError,
+    KeyedJob, Operations, OutcomeColumns, Queue, Released, Replay, Retried, RuleRun, StageQueue,
 };
 
 impl StageQueue for SqliteJournal {
@@ -132,6 +132,21 @@ impl StageQueue for SqliteJournal {
                 status,
                 result: result.and_then(|text| serde_json::from_str(&text).ok()),
             }))
+        })
+    }
+
+    fn action_origin(&self, job_id: i64) -> Result<Option<ActionOrigin>, JournalError> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(ACTION_ORIGIN)?
+                .query_row([job_id], |row| {
+                    Ok(ActionOrigin {
+                        rule: row.get(0)?,
+                        event_id: row.get(1)?,
+                        chain_depth: row.get(2)?,
+                    })
+                })
+                .optional()?)
         })
     }
 

@@ -1,138 +1,18 @@
-//! The enrich stage: Mode webhooks carry only a link, and a failed run also says
-//! `report_run_completed`. Before the rules see a Mode run event, this stage fetches the
-//! run from the configured `mode.api_base` (never the host in the payload) and, for a
-//! succeeded (or `completed`) run, its result rows, then hands the event on to evaluation.
-//!
-//! Rules never see a half-fetched event as if Mode had no results (docs/behaviour.md section 7): a
-//! fetch that fails is retried like an action (the `actions.*` backoff, `Retry-After`
-//! honoured), and when it gives up the job is `dead`, listed and retryable, with a
-//! `freshet.action.failed` event. Only a query whose results cannot be had (purged, too
-//! large) is left out, named in `result_errors`. Without Mode API credentials nothing
-//! can be fetched, and the event reaches the rules unverified.
+//! Mode's half of the enrich stage: a Mode webhook carries only a link, so the run (and
+//! for a finished run, its result rows) is fetched from the configured `mode.api_base`.
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwap;
 use serde_json::{json, Map, Value};
-use tokio_util::sync::CancellationToken;
 
 use crate::actions::client::ActionError;
 use crate::actions::mode::{Mode, RowsError};
-use crate::config::{Config, ModeConfig};
+use crate::config::ModeConfig;
 use crate::event::Event;
-use crate::journal::{blocking, FollowUp, Job, JobOutcome, JobStatus, Journal, Queue};
-
-use super::act::failure_if_dead;
-use super::{next_jobs, Wakes};
-
-/// How long one enrichment may hold its job: the run, the report, the query runs and
-/// each query's results.
-const LEASE_MS: u64 = 600_000;
 
 /// The run states whose results are fetched: Mode documents both for a finished run.
 const FINISHED_WITH_RESULTS: [&str; 2] = ["succeeded", "completed"];
 
-/// The enrich stage's dependencies.
-pub struct EnrichWorker {
-    pub journal: Journal,
-    pub config: Arc<ArcSwap<Config>>,
-    /// Woken by intake; wakes the evaluate stage once the event is ready (or a failure
-    /// event was emitted).
-    pub wakes: Wakes,
-    /// The daemon's one HTTP client.
-    pub http: reqwest::Client,
-}
-
-impl EnrichWorker {
-    pub async fn run(self, stop: CancellationToken) {
-        while let Some(jobs) = next_jobs(
-            &self.journal,
-            Queue::Enrich,
-            4,
-            LEASE_MS,
-            &self.wakes.enrich,
-            &stop,
-        )
-        .await
-        {
-            for job in jobs {
-                self.enrich(job).await;
-            }
-        }
-    }
-
-    async fn enrich(&self, job: Job) {
-        let event_id = job.event_id.clone();
-        let mut event = match blocking(&self.journal, move |j| j.event(&event_id)).await {
-            Ok(Some(event)) => event,
-            Ok(None) | Err(_) => {
-                tracing::error!(event_id = %job.event_id, "Cannot load the event to enrich; it is retried when the lease ends.");
-                self.journal.abandon(&job);
-                return;
-            }
-        };
-        let config = self.config.load_full();
-        let mode = config
-            .mode
-            .as_ref()
-            .filter(|mode| mode.api_token.is_some() && mode.api_secret.is_some());
-        let Some(mode) = mode else {
-            tracing::warn!(event_id = %event.id, "No Mode API credentials (mode.api_token, mode.api_secret): the run cannot be fetched; rules see the event unverified.");
-            event.fields.insert("verified".into(), Value::Bool(false));
-            return self.enriched(job, event).await;
-        };
-        if !super::lease_still_held(&self.journal, &job) {
-            return;
-        }
-        match fetch(&self.http, mode, &event).await {
-            Ok(fields) => {
-                let run_state = fields.get("run_state").cloned().unwrap_or(Value::Null);
-                tracing::info!(event_id = %event.id, run_state = %run_state, "Mode run fetched.");
-                event.fields.extend(fields);
-                self.enriched(job, event).await;
-            }
-            Err(error) => {
-                tracing::warn!(event_id = %event.id, attempt = job.attempt, max_attempts = job.max_attempts,
-                    error = %error, "Fetching the Mode run failed.");
-                let outcome = error.into_outcome(&config, &job);
-                self.failed(job, outcome).await;
-            }
-        }
-    }
-
-    /// Journals the enriched event with its `evaluate` job.
-    async fn enriched(&self, job: Job, event: Event) {
-        let finished = blocking(&self.journal, move |j| j.finish_enrichment(&job, &event)).await;
-        match finished {
-            Ok(true) => self.wakes.evaluate.notify_waiters(),
-            Ok(false) => tracing::warn!("Enrichment lease lost; another run recorded it."),
-            Err(error) => tracing::error!(error = %error, "Cannot journal the enriched event."),
-        }
-    }
-
-    /// Journals a failed attempt: retrying, or dead with a `freshet.action.failed` event.
-    async fn failed(&self, job: Job, outcome: JobOutcome) {
-        let follow_up = FollowUp {
-            event: failure_if_dead(&self.journal, &job, &outcome).await,
-            job: None,
-        };
-        let id = job.id;
-        match blocking(&self.journal, move |j| j.finish(&job, &outcome, &follow_up)).await {
-            Ok(Some(JobStatus::Dead)) => {
-                tracing::error!(
-                    job_id = id,
-                    "Mode enrichment is dead; `freshet retry` queues it again."
-                );
-                self.wakes.evaluate.notify_waiters();
-            }
-            Ok(_) => {}
-            Err(error) => tracing::error!(error = %error, "Cannot journal the enrichment attempt."),
-        }
-    }
-}
-
 /// Fetches the run (and for a finished run, its results) into event fields.
-async fn fetch(
+pub(super) async fn fetch(
     http: &reqwest::Client,
     config: &ModeConfig,
     event: &Event,
