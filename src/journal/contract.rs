@@ -12,9 +12,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{
-    AlertCall, AlertState, AlertTransition, Appended, Evaluation, FirstJob, FollowUp, Job,
-    JobOutcome, JobStatus, Journal, NewJob, PostgresJournal, Queue, Replay, Retried, RuleOutcome,
-    RuleRun, SqliteJournal,
+    ActionOrigin, AlertCall, AlertState, AlertTransition, Appended, Evaluation, FirstJob, FollowUp,
+    Job, JobOutcome, JobStatus, Journal, NewJob, PostgresJournal, Queue, Replay, Retried,
+    RuleOutcome, RuleRun, SqliteJournal,
 };
 use crate::event::{Event, Source};
 
@@ -183,7 +183,38 @@ contract!(
     replays_of_one_rule_are_queued_each,
     finishing_evaluations_claims_the_next_batch,
     a_job_open_again_beside_an_identical_pending_one_ends_merged,
+    an_action_names_its_rule_event_and_chain_depth,
 );
+
+/// A dbt run `dbt_run` started names its action; the action's origin continues the chain
+/// (docs/behaviour.md section 13).
+fn an_action_names_its_rule_event_and_chain_depth(store: &TestStore) {
+    let journal = store.open();
+    let mut deep = event("dbt:deep");
+    deep.chain_depth = 2;
+    journal.append(&deep, FirstJob::EVALUATE).wait().unwrap();
+    evaluate_with(
+        &journal,
+        Evaluation {
+            jobs: vec![action("dbt:deep", "k1", None)],
+            ..Default::default()
+        },
+    );
+    let id = journal.jobs(None, 10).unwrap()[0].id;
+    assert_eq!(
+        journal.action_origin(id).unwrap(),
+        Some(ActionOrigin {
+            rule: Some("r".into()),
+            event_id: "dbt:deep".into(),
+            chain_depth: 2,
+        })
+    );
+    assert_eq!(journal.action_origin(id + 1000).unwrap(), None);
+    // An evaluate job is not an action.
+    append(&journal, "dbt:other");
+    let evaluate = journal.claim(Queue::Evaluate, 1, 60_000).unwrap().remove(0);
+    assert_eq!(journal.action_origin(evaluate.id).unwrap(), None);
+}
 
 fn duplicate_ids_insert_nothing(store: &TestStore) {
     let journal = store.open();

@@ -8,6 +8,7 @@ mod support;
 
 mod actions;
 mod alerts;
+mod dbt;
 mod docs;
 mod faults;
 mod hostile;

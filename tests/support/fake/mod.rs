@@ -2,16 +2,19 @@
 //! contracts (docs/ and the comments in `src/actions/` cite them). Each records every
 //! request it gets, so tests can assert on exactly what was sent; each is strict (wrong
 //! paths, methods, auth and bodies are refused as the real service refuses them) and
-//! stateful where the real one is. One fake per file: [`mode`], [`tableau`], [`slack`];
+//! stateful where the real one is. One fake per file: [`dbt_cloud`], [`mode`], [`tableau`], [`slack`];
 //! this file holds the server, the request log and the canned replies they share.
 #![allow(dead_code)]
 
+mod dbt_cloud;
 mod mode;
 mod slack;
 mod tableau;
 
 // A test binary that uses only some of the fakes (the outage test) leaves the others'
 // re-exports unused.
+#[allow(unused_imports)]
+pub use dbt_cloud::*;
 #[allow(unused_imports)]
 pub use mode::*;
 #[allow(unused_imports)]
