@@ -170,7 +170,8 @@ pub struct ManifestFacts {
 
 impl ManifestFacts {
     /// Reads `manifest.json` from `reader` as a stream, keeping the nodes named in
-    /// `wanted`, and of the others only those that carry an owner (a failed test's model).
+    /// `wanted`, and of the others only whom they belong to (a failed test takes its
+    /// model's owner), never a node's SQL, columns or descriptions.
     pub fn read(reader: impl Read, wanted: &HashSet<String>) -> Result<ManifestFacts, String> {
         let reader = std::io::BufReader::with_capacity(64 << 10, reader);
         let mut deserializer = serde_json::Deserializer::from_reader(reader);
@@ -185,20 +186,16 @@ impl ManifestFacts {
                 Some((group.name?, owner.email.or(owner.name)?))
             })
             .collect();
-        let nodes = raw
+        let resolve = |owner: OwnerRef| match owner {
+            OwnerRef::Direct(value) => owner_text(value),
+            OwnerRef::Group(group) => owners_of_groups.get(&group).cloned(),
+        };
+        let mut nodes: HashMap<String, NodeFacts> = raw
             .nodes
+            .wanted
             .into_iter()
-            .map(|(id, node)| {
-                let owner = node
-                    .config
-                    .meta
-                    .owner
-                    .or(node.meta.owner)
-                    .and_then(owner_text)
-                    .or_else(|| {
-                        let group = node.config.group.or(node.group)?;
-                        owners_of_groups.get(&group).cloned()
-                    });
+            .map(|(id, mut node)| {
+                let owner = node.owner_ref().and_then(resolve);
                 let tags = if node.config.tags.is_empty() {
                     node.tags
                 } else {
@@ -214,6 +211,25 @@ impl ManifestFacts {
                 (id, facts)
             })
             .collect();
+        // A failed test's model, when the model is not itself among the failures: its
+        // owner alone.
+        let models: Vec<String> = nodes
+            .values()
+            .filter_map(|node| node.attached_node.clone())
+            .filter(|model| !nodes.contains_key(model))
+            .collect();
+        let mut owners = raw.nodes.owners;
+        for model in models {
+            if let Some(owner) = owners.remove(&model).and_then(resolve) {
+                nodes.insert(
+                    model,
+                    NodeFacts {
+                        owner: Some(owner),
+                        ..NodeFacts::default()
+                    },
+                );
+            }
+        }
         Ok(ManifestFacts { nodes })
     }
 
@@ -281,7 +297,7 @@ pub fn log_tail(logs: &str) -> String {
 
 #[derive(Default)]
 struct RawManifest {
-    nodes: HashMap<String, RawNode>,
+    nodes: KeptNodes,
     groups: HashMap<String, RawGroup>,
 }
 
@@ -386,13 +402,39 @@ impl<'de> Visitor<'de> for ManifestSeed<'_> {
     }
 }
 
-/// Reads `nodes` one at a time, keeping the wanted ones and those with an owner.
+/// Reads `nodes` one at a time, keeping the wanted ones, and of the others their owner.
 struct NodesSeed<'a> {
     wanted: &'a HashSet<String>,
 }
 
+/// The failed nodes whole, and of every other node only whom it belongs to.
+#[derive(Default)]
+struct KeptNodes {
+    wanted: HashMap<String, RawNode>,
+    owners: HashMap<String, OwnerRef>,
+}
+
+/// A node's owner as the manifest gives it: directly, or through its group.
+enum OwnerRef {
+    Direct(Value),
+    Group(String),
+}
+
+impl RawNode {
+    fn owner_ref(&mut self) -> Option<OwnerRef> {
+        if let Some(owner) = self.config.meta.owner.take().or(self.meta.owner.take()) {
+            return Some(OwnerRef::Direct(owner));
+        }
+        self.config
+            .group
+            .take()
+            .or(self.group.take())
+            .map(OwnerRef::Group)
+    }
+}
+
 impl<'de> DeserializeSeed<'de> for NodesSeed<'_> {
-    type Value = HashMap<String, RawNode>;
+    type Value = KeptNodes;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
         deserializer.deserialize_map(self)
@@ -400,22 +442,20 @@ impl<'de> DeserializeSeed<'de> for NodesSeed<'_> {
 }
 
 impl<'de> Visitor<'de> for NodesSeed<'_> {
-    type Value = HashMap<String, RawNode>;
+    type Value = KeptNodes;
 
     fn expecting(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
         formatter.write_str("the manifest's nodes (an object)")
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut kept = HashMap::new();
+        let mut kept = KeptNodes::default();
         while let Some(id) = map.next_key::<String>()? {
-            let node: RawNode = map.next_value()?;
-            let has_owner = node.config.meta.owner.is_some()
-                || node.meta.owner.is_some()
-                || node.config.group.is_some()
-                || node.group.is_some();
-            if self.wanted.contains(&id) || has_owner {
-                kept.insert(id, node);
+            let mut node: RawNode = map.next_value()?;
+            if self.wanted.contains(&id) {
+                kept.wanted.insert(id, node);
+            } else if let Some(owner) = node.owner_ref() {
+                kept.owners.insert(id, owner);
             }
         }
         Ok(kept)
@@ -471,8 +511,9 @@ mod tests {
         // A test on orders takes orders' config.meta.owner.
         assert_eq!(failures[2].owner.as_deref(), Some("dana@example.com"));
         assert_eq!(failures[2].name.as_deref(), Some("not_null_orders_amount"));
-        // Only wanted nodes and nodes with owners were kept, not the macros or the rest.
+        // Only the failed nodes and the failed test's model were kept.
         assert!(facts.node("model.shop.raw_orders").is_none());
+        assert!(facts.node("model.shop.revenue_by_day").is_none());
     }
 
     #[test]

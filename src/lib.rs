@@ -1,5 +1,6 @@
 //! freshet: a self-hosted automation daemon for data teams. dbt Cloud and Mode webhooks
-//! come in, Rhai rules decide, and Mode, Tableau and Slack actions go out, with a durable
+//! (and dbt Core invocations) come in, Rhai rules decide, and dbt, Mode, Tableau and
+//! Slack actions go out, with a durable
 //! journal in between so that nothing acknowledged is lost or done twice.
 //!
 //! # Layout
@@ -11,6 +12,7 @@
 //! - [`ingest`]: the listener, the routes, signature and token checks; one file per event
 //!   source, turning a webhook body into an [`event::Event`].
 //! - [`event`]: the common event every stage speaks.
+//! - [`dbt_artifacts`]: dbt's `run_results.json` and `manifest.json` -> why a run failed.
 //! - [`journal`]: events, jobs and alert state, behind an interface split by audience
 //!   (the stages, the CLI, operations); SQLite (one process) or PostgreSQL (several
 //!   instances sharing one queue), with the same file names in both.

@@ -1,10 +1,11 @@
 //! Fuzzes what an attacker controls at intake: the dbt body and its Authorization header
-//! (signature check, then parsing), and the Mode body (URL path extraction). None of it
+//! (signature check, then parsing, as a dbt Cloud webhook and as a dbt Core invocation),
+//! and the Mode body (URL path extraction). None of it
 //! may panic, and a body signed with the wrong key must never verify.
 #![no_main]
 
 use freshet::config::Secret;
-use freshet::ingest::{dbt_cloud, mode, signature};
+use freshet::ingest::{dbt_cloud, dbt_core, mode, signature};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -24,6 +25,11 @@ fuzz_target!(|data: &[u8]| {
 
     if let Ok(event) = dbt_cloud::parse(body, "2026-01-01T00:00:00Z".into()) {
         assert!(event.id.starts_with("dbt:"));
+        let _ = event.to_json();
+    }
+    if let Ok(event) = dbt_core::parse(body, "2026-01-01T00:00:00Z".into()) {
+        assert!(event.id.starts_with("dbt-core:"));
+        assert!(event.fields["failures"].as_array().unwrap().len() <= 50);
         let _ = event.to_json();
     }
     if let Ok(event) = mode::parse(body, "acme", "2026-01-01T00:00:00Z".into()) {

@@ -159,10 +159,14 @@ pub fn replay(config: &Config, id: &str, rule: Option<&str>) -> anyhow::Result<b
     Ok(ok)
 }
 
-/// For a Mode run event that was never fetched: what the rules will not see in it.
+/// For a Mode run event, or a failed dbt Cloud run, that was never fetched: what the
+/// rules will not see in it.
 pub fn not_enriched_note(event: &Event) -> Option<String> {
-    event.is_unfetched_mode_run().then(|| {
-        "this Mode event is not enriched: freshet fetches the run from Mode before the rules see it, so run_state, report_name, run_url, results and result_errors are missing here and verified is false. Test with the journaled event (`freshet events --show ID > event.json`) to have them.".to_string()
+    if event.is_unfetched_mode_run() {
+        return Some("this Mode event is not enriched: freshet fetches the run from Mode before the rules see it, so run_state, report_name, run_url, results and result_errors are missing here and verified is false. Test with the journaled event (`freshet events --show ID > event.json`) to have them.".to_string());
+    }
+    (event.is_failed_dbt_cloud_run() && event.field("failures").is_none()).then(|| {
+        "this failed dbt run is not enriched: with dbt.api_token, freshet fetches why it failed before the rules see it, so failures, failures_truncated, run_url and status_message are missing here. Test with the journaled event (`freshet events --show ID > event.json`) to have them.".to_string()
     })
 }
 

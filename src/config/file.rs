@@ -684,6 +684,34 @@ mod tests {
     }
 
     #[test]
+    fn dbt_api_keys_are_checked_and_the_token_is_a_secret() {
+        let error =
+            parse_str("[dbt]\nfetch_owners = true\nwebhook_secrets = [\"s\"]\n").unwrap_err();
+        assert_eq!(error.0[0].key, "dbt.fetch_owners");
+        let error = parse_str("[dbt]\n").unwrap_err();
+        assert_eq!(error.0[0].key, "dbt.webhook_secrets");
+        let error = parse_str("[dbt]\napi_token = [\"dbtc_s3cr3t\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            !error.contains("dbtc_s3cr3t") && error.contains("dbt.api_token"),
+            "{error}"
+        );
+        std::env::set_var("FRESHET_TEST_DBT_TOKEN", "dbtc_x");
+        let config = parse_str(
+            "[dbt]\naccount_id = 43\napi_token = { env = \"FRESHET_TEST_DBT_TOKEN\" }\nartifact_wait_seconds = 5\n",
+        )
+        .unwrap();
+        let dbt = config.dbt.unwrap();
+        assert!(dbt.fetches_failures() && dbt.webhook_secrets.is_empty());
+        assert_eq!(dbt.api_base.as_str(), "https://cloud.getdbt.com/");
+        assert_eq!((dbt.account_id, dbt.artifact_wait_seconds), (Some(43), 5));
+        let error = parse_str("[dbt]\nwebhook_secrets = [\"s\"]\nartifact_wait_seconds = 301\n")
+            .unwrap_err();
+        assert_eq!(error.0[0].key, "dbt.artifact_wait_seconds");
+    }
+
+    #[test]
     fn secret_problems_name_the_key_not_the_value() {
         let error = parse_str("[dbt]\nwebhook_secrets = [{ env = \"FRESHET_TEST_UNSET_X\" }]\n")
             .unwrap_err();

@@ -208,6 +208,7 @@ fn init_writes_a_config_and_rules_that_check_clean() {
     );
     for name in [
         "dbt_webhook_secret",
+        "dbt_api_token",
         "mode_api_token",
         "mode_api_secret",
         "mode_webhook_token",

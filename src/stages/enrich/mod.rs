@@ -1,8 +1,8 @@
 //! The enrich stage: what a webhook does not say is fetched before the rules see the
 //! event. Mode webhooks carry only a link, and a failed run also says
-//! `report_run_completed`: [`mode`] fetches the run from the configured `mode.api_base`
+//! `report_run_completed`: `mode.rs` fetches the run from the configured `mode.api_base`
 //! (never the host in the payload) and, for a finished run, its result rows. dbt Cloud
-//! says a run errored, not why: [`dbt`] reads the failed steps' artifacts into
+//! says a run errored, not why: `dbt.rs` reads the failed steps' artifacts into
 //! `failures` (docs/behaviour.md section 13).
 //!
 //! Rules never see a half-fetched event as if there were nothing to fetch (docs/behaviour.md
