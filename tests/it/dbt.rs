@@ -268,6 +268,31 @@ async fn a_dbt_outage_ends_dead_and_retry_completes_it() {
     .await;
     assert!(text.contains("revenue error: "), "{text}");
     assert!(text.contains(REVENUE_ERROR), "{text}");
+
+    // A replay fetches the run again (not the fetch of a moment ago).
+    let run_gets = || {
+        dbt.requests()
+            .iter()
+            .filter(|s| s.path.ends_with(&format!("/runs/{FAILED_RUN}/")))
+            .count()
+    };
+    let before = run_gets();
+    let replayed = daemon.cli_ok(&["replay", "dbt:wev_down"]);
+    assert!(
+        replayed.contains("fetched from dbt Cloud first"),
+        "{replayed}"
+    );
+    eventually(&daemon, "the second post, after the replay", || {
+        (slack
+            .posts()
+            .iter()
+            .filter(|(_, t)| t.contains("errored"))
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(run_gets(), before + 1);
 }
 
 /// `dbt_run` posts with `Authorization: Token` and a cause cut to 255 characters that

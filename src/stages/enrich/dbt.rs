@@ -49,12 +49,13 @@ struct Fetched {
 
 impl RecentRuns {
     /// The event's failed run as event fields: fetched, or taken from a fetch of the same
-    /// run a moment ago.
+    /// run a moment ago unless `anew` (a replay fetches again).
     pub async fn fetch(
         &self,
         http: &reqwest::Client,
         config: &DbtConfig,
         event: &Event,
+        anew: bool,
     ) -> Result<Map<String, Value>, ActionError> {
         let (Some(account), Some(run)) = (
             event.field("account_id").and_then(Value::as_i64),
@@ -66,7 +67,10 @@ impl RecentRuns {
         };
         let slot = self.slot(&format!("{account}:{run}"));
         let mut fetched = slot.lock().await;
-        if let Some(recent) = fetched.as_ref().filter(|f| f.at.elapsed() < KEEP_FOR) {
+        if let Some(recent) = fetched
+            .as_ref()
+            .filter(|f| !anew && f.at.elapsed() < KEEP_FOR)
+        {
             tracing::debug!(event_id = %event.id, run, "The failed dbt run was fetched a moment ago for its other delivery.");
             return Ok(recent.fields.clone());
         }

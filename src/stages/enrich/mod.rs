@@ -125,7 +125,9 @@ impl EnrichWorker {
         if !super::lease_still_held(&self.journal, &job) {
             return;
         }
-        match self.dbt_runs.fetch(&self.http, dbt, &event).await {
+        // A replay (its payload numbers it) asks for the run as dbt has it now.
+        let anew = job.payload.get("replay").is_some();
+        match self.dbt_runs.fetch(&self.http, dbt, &event, anew).await {
             Ok(fields) => {
                 let failures = fields
                     .get("failures")
