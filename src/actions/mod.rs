@@ -4,6 +4,7 @@
 //! Each action is one file that holds its payload (the job's arguments), the rule
 //! functions that build it, and its calls: [`mode`] (`mode_run`), [`dbt`] (`dbt_run`), [`tableau`]
 //! (`tableau_refresh`, `tableau_refresh_datasource`), [`slack`] (`slack_post`),
+//! [`pagerduty`] (`pagerduty_event`),
 //! [`alert`] (`alert`, decided at evaluation, posted through Slack). This file keeps the
 //! enum, its job (de)serialization and the dispatch; [`client`] holds what the calls
 //! share (HTTP client, error classification, backoff). ARCHITECTURE.md says what a new
@@ -13,6 +14,7 @@ pub mod alert;
 pub mod client;
 pub mod dbt;
 pub mod mode;
+pub mod pagerduty;
 pub mod slack;
 pub mod tableau;
 
@@ -33,6 +35,8 @@ pub enum ActionRequest {
     TableauRefresh(tableau::RefreshWorkbook),
     TableauRefreshDatasource(tableau::RefreshDatasource),
     SlackPost(slack::SlackPost),
+    #[serde(rename = "pagerduty_event")]
+    PagerDutyEvent(pagerduty::PagerDutyEvent),
     Alert(alert::Alert),
 }
 
@@ -64,6 +68,7 @@ impl ActionRequest {
         dbt::register(engine);
         tableau::register(engine);
         slack::register(engine);
+        pagerduty::register(engine);
         alert::register(engine);
     }
 
@@ -79,6 +84,7 @@ impl ActionRequest {
                 tableau::call(services, refresh.target()).await
             }
             ActionRequest::SlackPost(post) => post.call(services).await,
+            ActionRequest::PagerDutyEvent(event) => event.call(services).await,
             ActionRequest::Alert(alert) => alert.call(),
         }
     }
@@ -91,6 +97,7 @@ impl ActionRequest {
             ActionRequest::TableauRefresh(_) => "tableau_refresh",
             ActionRequest::TableauRefreshDatasource(_) => "tableau_refresh_datasource",
             ActionRequest::SlackPost(_) => "slack_post",
+            ActionRequest::PagerDutyEvent(_) => "pagerduty_event",
             ActionRequest::Alert(_) => "alert",
         }
     }
@@ -104,6 +111,7 @@ impl ActionRequest {
                 "tableau"
             }
             ActionRequest::SlackPost(_) | ActionRequest::Alert(_) => "slack",
+            ActionRequest::PagerDutyEvent(_) => "pagerduty",
         }
     }
 
@@ -130,7 +138,11 @@ impl ActionRequest {
     /// arguments). Slack posts never merge: two identical messages were asked for twice.
     pub fn coalesce_key(&self) -> Option<String> {
         match self {
-            ActionRequest::SlackPost(_) | ActionRequest::Alert(_) => None,
+            // Events with one dedup_key fold into one incident at PagerDuty already, and
+            // a trigger and its resolve must both go out, in order.
+            ActionRequest::SlackPost(_)
+            | ActionRequest::Alert(_)
+            | ActionRequest::PagerDutyEvent(_) => None,
             other => Some(format!("{}:{}", other.kind(), other.args())),
         }
     }

@@ -42,6 +42,17 @@ pub struct SlackPost {
     /// looks it up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub thread_of: Option<String>,
+    /// Who is mentioned: Slack user or group ids, `@here`, `@channel`, e-mail addresses
+    /// (`[slack.users]`); written where Slack notifies them when the post is sent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mention: Vec<String>,
+    /// An alert's resolution: update the post that announced it (the job with this key)
+    /// in place with `chat.update`, once its `ts` is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_of: Option<String>,
+    /// The message to update (`chat.update`), filled in by the act stage from `update_of`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_ts: Option<String>,
 }
 
 impl SlackPost {
@@ -53,6 +64,9 @@ impl SlackPost {
             blocks: None,
             thread_ts: None,
             thread_of: None,
+            mention: Vec::new(),
+            update_of: None,
+            update_ts: None,
         }
     }
 
@@ -109,13 +123,28 @@ fn message_call(ctx: &NativeCallContext, channel: Option<String>, message: Map) 
         None => written_map,
     };
     for key in message.keys() {
-        if !["text", "blocks", "thread_ts"].contains(&key.as_str()) {
+        if !["text", "blocks", "thread_ts", "mention"].contains(&key.as_str()) {
             return Err(bad_argument(
                 ctx,
-                format!("slack_post: unknown key `{key}` (text, blocks, thread_ts)"),
+                format!("slack_post: unknown key `{key}` (text, blocks, thread_ts, mention)"),
             ));
         }
     }
+    let mention = match message.get("mention") {
+        None => Vec::new(),
+        Some(list) => {
+            let list: Vec<Value> = rhai::serde::from_dynamic::<Vec<Value>>(list)
+                .map_err(|_| bad_argument(ctx, "slack_post: mention must be an array".into()))?;
+            let mut mention = Vec::new();
+            for item in list {
+                match item.as_str() {
+                    Some(text) if super::alert::valid_mention(text) => mention.push(text.to_string()),
+                    _ => return Err(bad_argument(ctx, format!("slack_post: mention: {item} is not a Slack user or group id, @here, @channel or an e-mail address"))),
+                }
+            }
+            mention
+        }
+    };
     let text = get_string(&message, "text").ok_or_else(|| {
         bad_argument(
             ctx,
@@ -149,6 +178,9 @@ fn message_call(ctx: &NativeCallContext, channel: Option<String>, message: Map) 
         blocks,
         thread_ts,
         thread_of: None,
+        mention,
+        update_of: None,
+        update_ts: None,
     };
     record(ctx, ActionRequest::SlackPost(post), written)
 }
@@ -163,9 +195,10 @@ async fn post(
     config: &SlackConfig,
     message: &SlackPost,
 ) -> Result<Value, ActionError> {
-    let mut body = json!({ "text": message.text });
+    let mentions = mentions(config, &message.mention);
+    let mut body = json!({ "text": with_mentions(&mentions, &message.text) });
     if let Some(blocks) = &message.blocks {
-        body["blocks"] = blocks.clone();
+        body["blocks"] = blocks_with_mentions(&mentions, blocks.clone());
     }
     let body_for = |body: &Value| serde_json::to_vec(body).expect("JSON always serializes");
     match &message.channel {
@@ -191,8 +224,17 @@ async fn post(
             if let Some(thread_ts) = &message.thread_ts {
                 body["thread_ts"] = json!(thread_ts);
             }
+            // An alert's first post, updated in place (https://api.slack.com/methods/chat.update):
+            // the channel must be the id Slack answered the post with.
+            let method = match &message.update_ts {
+                Some(ts) => {
+                    body["ts"] = json!(ts);
+                    "chat.update"
+                }
+                None => "chat.postMessage",
+            };
             let url = format!(
-                "{}/chat.postMessage",
+                "{}/{method}",
                 config.api_base.as_str().trim_end_matches('/')
             );
             let request = http
@@ -204,7 +246,7 @@ async fn post(
             let (status, wait, body) = (answer.status, answer.retry_after, answer.body);
             if !status.is_success() {
                 return Err(status_error(
-                    "slack chat.postMessage",
+                    &format!("slack {method}"),
                     status,
                     wait,
                     &excerpt(&body),
@@ -220,7 +262,7 @@ async fn post(
                 .get("error")
                 .and_then(Value::as_str)
                 .unwrap_or("unknown_error");
-            let message = format!("slack chat.postMessage: {error}");
+            let message = format!("slack {method}: {error}");
             if RETRYABLE_API_ERRORS.contains(&error) {
                 Err(ActionError::Retryable {
                     message,
@@ -230,5 +272,105 @@ async fn post(
                 Err(ActionError::Final(message))
             }
         }
+    }
+}
+
+/// Mentions as Slack writes them where they notify (https://api.slack.com/reference/surfaces/formatting):
+/// `<@U…>`, `<!subteam^S…>`, `<!here>`, `<!channel>`; an e-mail address through
+/// `[slack.users]`, or as plain text when it has no mapping (logged: nobody is notified).
+fn mentions(config: &SlackConfig, wanted: &[String]) -> String {
+    let written: Vec<String> = wanted
+        .iter()
+        .map(|mention| match mention.as_str() {
+            "@here" => "<!here>".to_string(),
+            "@channel" => "<!channel>".to_string(),
+            id if id.starts_with('S') && !id.contains('@') => format!("<!subteam^{id}>"),
+            id if !id.contains('@') => format!("<@{id}>"),
+            address => match config.users.get(&address.to_lowercase()) {
+                Some(id) => format!("<@{id}>"),
+                None => {
+                    unmapped(address);
+                    crate::rules::api::slack_escape(address)
+                }
+            },
+        })
+        .collect();
+    written.join(" ")
+}
+
+/// Logs an address with no `[slack.users]` entry, once per address per process.
+fn unmapped(address: &str) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.len() < 1_000 && !seen.iter().any(|a| a == address) {
+        seen.push(address.to_string());
+        tracing::warn!(address, "A mention names an e-mail address with no [slack.users] entry: shown as text, nobody is notified.");
+    }
+}
+
+fn with_mentions(mentions: &str, text: &str) -> String {
+    if mentions.is_empty() {
+        text.to_string()
+    } else {
+        format!("{mentions} {text}")
+    }
+}
+
+/// The mentions go into the first section's text too: Slack notifies for mentions in the
+/// top-level text and in blocks, never in attachments.
+fn blocks_with_mentions(mentions: &str, mut blocks: Value) -> Value {
+    if mentions.is_empty() {
+        return blocks;
+    }
+    if let Some(text) = blocks.as_array_mut().and_then(|blocks| {
+        blocks.iter_mut().find_map(|block| {
+            (block.get("type") == Some(&json!("section")))
+                .then(|| block.pointer_mut("/text/text"))
+                .flatten()
+        })
+    }) {
+        if let Some(current) = text.as_str() {
+            *text = json!(with_mentions(mentions, current));
+        }
+    }
+    blocks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mentions_are_written_where_slack_notifies() {
+        let mut config = SlackConfig {
+            webhook_url: None,
+            bot_token: None,
+            api_base: url::Url::parse("https://slack.com/api").unwrap(),
+            users: Default::default(),
+        };
+        config
+            .users
+            .insert("ana@acme.com".into(), "U024BE7LH".into());
+        let written = mentions(
+            &config,
+            &[
+                "U1".into(),
+                "S2".into(),
+                "@here".into(),
+                "Ana@Acme.com".into(),
+                "bo@acme.com".into(),
+            ],
+        );
+        assert_eq!(
+            written,
+            "<@U1> <!subteam^S2> <!here> <@U024BE7LH> bo@acme.com"
+        );
+        let blocks = blocks_with_mentions(
+            "<@U1>",
+            json!([{"type": "header", "text": {"type": "plain_text", "text": "h"}},
+                   {"type": "section", "text": {"type": "mrkdwn", "text": "low"}}]),
+        );
+        assert_eq!(blocks[1]["text"]["text"], "<@U1> low");
+        assert_eq!(blocks[0]["text"]["text"], "h");
     }
 }

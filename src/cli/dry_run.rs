@@ -195,7 +195,7 @@ fn print_outcomes(
                 "event": event.id, "rule": outcome.rule,
                 "action": call.request.kind(), "args": call.request.args(),
             });
-            if let Some(alert) = crate::alerts::call_of(&call.request, &outcome.rule) {
+            if let Some(alert) = crate::alerts::call_of(&call.request, &outcome.rule, &event.id) {
                 let state = alerts.iter().find(|a| a.name == alert.name);
                 let decision =
                     crate::alerts::decide(state, &alert, chrono::Utc::now().timestamp_millis());

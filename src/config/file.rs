@@ -11,7 +11,7 @@ use url::Url;
 
 use super::{
     ActionsConfig, Config, ConfigErrors, ConfigProblem, DbtConfig, JournalConfig, ModeConfig,
-    RulesConfig, SecretRef, Secrets, ServerConfig, SlackConfig, TableauConfig,
+    PagerDutyConfig, RulesConfig, SecretRef, Secrets, ServerConfig, SlackConfig, TableauConfig,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -24,6 +24,7 @@ struct RawConfig {
     mode: Option<RawMode>,
     tableau: Option<RawTableau>,
     slack: Option<RawSlack>,
+    pagerduty: Option<RawPagerDuty>,
     actions: RawActions,
     vars: toml::Table,
 }
@@ -35,6 +36,7 @@ struct RawServer {
     max_body_bytes: usize,
     max_connections: usize,
     max_pending_body_bytes: usize,
+    public_name: Option<String>,
 }
 
 impl Default for RawServer {
@@ -44,6 +46,7 @@ impl Default for RawServer {
             max_body_bytes: 262_144,
             max_connections: 4096,
             max_pending_body_bytes: 64 << 20,
+            public_name: None,
         }
     }
 }
@@ -180,6 +183,22 @@ struct RawSlack {
     bot_token: Option<SecretRef>,
     #[serde(default = "default_slack_api_base")]
     api_base: String,
+    /// E-mail address -> Slack user id, for mentions.
+    #[serde(default)]
+    users: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPagerDuty {
+    #[serde(default = "default_pagerduty_events_url")]
+    events_url: String,
+    #[serde(default)]
+    routing_keys: std::collections::BTreeMap<String, SecretRef>,
+}
+
+fn default_pagerduty_events_url() -> String {
+    "https://events.pagerduty.com/v2/enqueue".into()
 }
 
 fn default_slack_api_base() -> String {
@@ -480,10 +499,51 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
             }
         }
         let bot_token = problems.optional_secret("slack.bot_token", &slack.bot_token);
+        let mut users = std::collections::BTreeMap::new();
+        for (address, id) in &slack.users {
+            let key = format!("slack.users.{address}");
+            if !address.contains('@') {
+                problems.error(&key, "must be an e-mail address");
+            }
+            if !(id.starts_with('U') || id.starts_with('W'))
+                || id.len() < 3
+                || !id.chars().all(|c| c.is_ascii_alphanumeric())
+            {
+                problems.error(&key, "must be a Slack user id (U… or W…)");
+            }
+            users.insert(address.to_lowercase(), id.clone());
+        }
         Some(SlackConfig {
             webhook_url,
             bot_token,
             api_base: api_base?,
+            users,
+        })
+    });
+
+    let pagerduty = raw.pagerduty.as_ref().and_then(|pagerduty| {
+        let events_url = problems.url("pagerduty.events_url", &pagerduty.events_url);
+        if pagerduty.routing_keys.is_empty() {
+            problems.error(
+                "pagerduty.routing_keys",
+                "needs at least one named routing key (an integration key)",
+            );
+        }
+        let routing_keys = pagerduty
+            .routing_keys
+            .iter()
+            .filter_map(|(name, reference)| {
+                let key = format!("pagerduty.routing_keys.{name}");
+                let secret = problems.secret(&key, reference)?;
+                if secret.is_resolved() && secret.expose().trim().len() != 32 {
+                    problems.error(&key, "an integration key is 32 characters");
+                }
+                Some((name.clone(), secret))
+            })
+            .collect();
+        Some(PagerDutyConfig {
+            events_url: events_url?,
+            routing_keys,
         })
     });
 
@@ -569,6 +629,7 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
             max_body_bytes: raw.server.max_body_bytes,
             max_connections: raw.server.max_connections,
             max_pending_body_bytes: raw.server.max_pending_body_bytes,
+            public_name: raw.server.public_name.clone(),
         },
         rules: RulesConfig {
             dir: base_dir.join(&raw.rules.dir),
@@ -586,6 +647,7 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
         mode,
         tableau,
         slack,
+        pagerduty,
         actions: ActionsConfig {
             max_attempts: actions.max_attempts,
             backoff_initial_ms: actions.backoff_initial_ms,
@@ -599,7 +661,7 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
 
 /// The keys that hold secrets (or secret references): errors about them never quote a
 /// value (docs/behaviour.md section 11).
-const SECRET_KEYS: [&str; 9] = [
+const SECRET_KEYS: [&str; 10] = [
     "dbt.webhook_secrets",
     "dbt.api_token",
     "mode.api_token",
@@ -608,6 +670,7 @@ const SECRET_KEYS: [&str; 9] = [
     "tableau.pat_secret",
     "slack.webhook_url",
     "slack.bot_token",
+    "pagerduty.routing_keys",
     "journal.url",
 ];
 

@@ -68,6 +68,7 @@ pub struct Config {
     pub mode: Option<ModeConfig>,
     pub tableau: Option<TableauConfig>,
     pub slack: Option<SlackConfig>,
+    pub pagerduty: Option<PagerDutyConfig>,
     pub actions: ActionsConfig,
     /// The `[vars]` table, handed to rules as `vars`.
     pub vars: serde_json::Map<String, serde_json::Value>,
@@ -83,6 +84,22 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Memory that request bodies being read may hold at once (docs/behaviour.md section 11).
     pub max_pending_body_bytes: usize,
+    /// How this freshet names itself to others (PagerDuty's `payload.source`); None: the
+    /// host name.
+    pub public_name: Option<String>,
+}
+
+impl ServerConfig {
+    /// `public_name`, else the machine's host name.
+    pub fn source_name(&self) -> String {
+        self.public_name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|name| name.trim().to_string())
+                .filter(|name| !name.is_empty())
+                .unwrap_or_else(|| "freshet".into())
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -178,6 +195,16 @@ pub struct SlackConfig {
     pub webhook_url: Option<Secret>,
     pub bot_token: Option<Secret>,
     pub api_base: Url,
+    /// `[slack.users]`: e-mail address (lower case) -> Slack user id, for mentions.
+    pub users: std::collections::BTreeMap<String, String>,
+}
+
+/// `[pagerduty]`: the Events API v2 and the routing keys rules name.
+#[derive(Debug, Clone)]
+pub struct PagerDutyConfig {
+    pub events_url: Url,
+    /// Name (as rules write it) -> integration key (a secret).
+    pub routing_keys: std::collections::BTreeMap<String, Secret>,
 }
 
 #[derive(Debug, Clone)]

@@ -201,9 +201,9 @@ pub(super) async fn record_outcome(
         if let Some(state) = &transition.new_state {
             tx.save_alert(state, &job.event_id).await?;
         }
-        if let Some((key, payload)) = transition.post {
-            let post = call.post_job(job, key, payload, evaluation.alert_max_attempts);
-            tx.insert_job(&post).await?;
+        for queued in transition.jobs {
+            let new_job = call.alert_job(job, queued, evaluation.alert_max_attempts);
+            tx.insert_job(&new_job).await?;
         }
     }
     Ok(())
@@ -347,6 +347,8 @@ mod tests {
                 channel: None,
                 renotify_minutes: None,
                 resolve: true,
+                event_id: "e".into(),
+                presentation: Value::Null,
             })
             .collect();
         let evaluation = Evaluation {

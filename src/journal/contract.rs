@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{
-    ActionOrigin, AlertCall, AlertState, AlertTransition, Appended, Evaluation, FirstJob, FollowUp,
-    Job, JobOutcome, JobStatus, Journal, NewJob, PostgresJournal, Queue, Replay, Retried,
+    ActionOrigin, AlertCall, AlertJob, AlertState, AlertTransition, Appended, Evaluation, FirstJob,
+    FollowUp, Job, JobOutcome, JobStatus, Journal, NewJob, PostgresJournal, Queue, Replay, Retried,
     RuleOutcome, RuleRun, SqliteJournal,
 };
 use crate::event::{Event, Source};
@@ -450,10 +450,11 @@ fn decide(previous: Option<&AlertState>, call: &AlertCall, now: i64) -> AlertTra
             since_ms: now,
             last_notified_ms: Some(now),
         }),
-        post: Some((
-            super::job_key(&["alert", &call.name, &version.to_string()]),
-            json!({ "text": call.text }),
-        )),
+        jobs: vec![AlertJob {
+            key: super::job_key(&["alert", &call.name, &version.to_string()]),
+            kind: "slack_post".into(),
+            payload: json!({ "text": call.text }),
+        }],
     }
 }
 
@@ -467,6 +468,8 @@ fn alert_transitions_are_decided_from_the_stored_state(store: &TestStore) {
         channel: None,
         renotify_minutes: None,
         resolve: true,
+        event_id: "dbt:0".into(),
+        presentation: serde_json::Value::Null,
     };
     for (i, firing) in [true, true, false].into_iter().enumerate() {
         let id = format!("dbt:{i}");

@@ -316,16 +316,17 @@ impl JobOutcome {
 }
 
 impl AlertCall {
-    /// The Slack post an alert transition queues, for the event `job` evaluated.
-    pub fn post_job(&self, job: &Job, key: String, payload: Value, max_attempts: u32) -> NewJob {
+    /// The action job (a Slack post, a PagerDuty event) an alert transition queues, for
+    /// the event `job` evaluated.
+    pub fn alert_job(&self, job: &Job, queued: AlertJob, max_attempts: u32) -> NewJob {
         NewJob {
             queue: Queue::Action,
-            kind: "slack_post".into(),
+            kind: queued.kind,
             event_id: job.event_id.clone(),
             rule: Some(self.rule.clone()),
-            job_key: key,
+            job_key: queued.key,
             coalesce_key: None,
-            payload,
+            payload: queued.payload,
             max_attempts: max_attempts.max(1),
         }
     }
@@ -393,12 +394,21 @@ impl Default for Evaluation {
     }
 }
 
-/// What an alert call does: the state to store (if it changes) and the post to queue
-/// (its job key and payload).
+/// What an alert call does: the state to store (if it changes) and the action jobs to
+/// queue (Slack posts and updates, PagerDuty events).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AlertTransition {
     pub new_state: Option<AlertState>,
-    pub post: Option<(String, Value)>,
+    pub jobs: Vec<AlertJob>,
+}
+
+/// One action job an alert transition queues: its key (unique to this transition), its
+/// action and its payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertJob {
+    pub key: String,
+    pub kind: String,
+    pub payload: Value,
 }
 
 /// Decides an alert call's transition from the stored state, at a time (ms).
@@ -416,6 +426,11 @@ pub struct AlertCall {
     pub channel: Option<String>,
     pub renotify_minutes: Option<u64>,
     pub resolve: bool,
+    /// The event the rule ran on (shown in the alert's context line).
+    pub event_id: String,
+    /// How the alert is shown and whom it reaches (the action's `Presentation`, as JSON:
+    /// the journal passes it through).
+    pub presentation: Value,
 }
 
 /// Stored state of one alert.

@@ -27,7 +27,14 @@ use crate::metrics::{ActionLabels, KindLabels, Metrics};
 const MAX_IN_FLIGHT: usize = 8;
 /// Per service: Slack asks for about one message a second, so posts go one at a time;
 /// one Tableau session serves all refreshes.
-const PER_SERVICE: [(&str, usize); 3] = [("mode", 4), ("tableau", 2), ("slack", 1)];
+const PER_SERVICE: [(&str, usize); 5] = [
+    ("mode", 4),
+    ("dbt", 2),
+    ("tableau", 2),
+    ("slack", 1),
+    // One at a time, so an alert's trigger reaches PagerDuty before its resolve.
+    ("pagerduty", 1),
+];
 
 /// The action stage's dependencies.
 pub struct ActionWorker {
@@ -225,17 +232,14 @@ async fn thread_of_alert(
     shared: &Shared,
     request: ActionRequest,
 ) -> Result<ActionRequest, JobOutcome> {
-    let ActionRequest::SlackPost(
-        post @ SlackPost {
-            thread_ts: None,
-            thread_of: Some(_),
-            ..
-        },
-    ) = request
-    else {
+    let ActionRequest::SlackPost(post) = request else {
         return Ok(request);
     };
-    let lookup = post.thread_of.clone().unwrap_or_default();
+    let lookup = match (&post.thread_of, &post.update_of) {
+        (Some(key), _) if post.thread_ts.is_none() => key.clone(),
+        (_, Some(key)) if post.update_ts.is_none() => key.clone(),
+        _ => return Ok(ActionRequest::SlackPost(post)),
+    };
     let announcing = blocking(&shared.journal, move |j| j.job_by_key(&lookup))
         .await
         .ok()
@@ -250,13 +254,27 @@ async fn thread_of_alert(
         None => Value::Null,
     };
     let answered = |key: &str| result.get(key).and_then(Value::as_str).map(String::from);
-    let (thread_ts, channel_id) = (answered("ts"), answered("channel"));
-    let channel = match (&thread_ts, channel_id) {
+    let (ts, channel_id) = (answered("ts"), answered("channel"));
+    if post.update_of.is_some() {
+        // The first post was never delivered through the bot token: there is nothing to
+        // update (the resolved reply says it all).
+        let (Some(ts), Some(channel)) = (ts, channel_id) else {
+            return Err(JobOutcome::Succeeded(Some(
+                serde_json::json!({"skipped": "the alert's first post has no ts to update"}),
+            )));
+        };
+        return Ok(ActionRequest::SlackPost(SlackPost {
+            update_ts: Some(ts),
+            channel: Some(channel),
+            ..post
+        }));
+    }
+    let channel = match (&ts, channel_id) {
         (Some(_), Some(id)) => Some(id),
         _ => post.channel.clone(),
     };
     Ok(ActionRequest::SlackPost(SlackPost {
-        thread_ts,
+        thread_ts: ts,
         channel,
         ..post
     }))

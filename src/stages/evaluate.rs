@@ -261,7 +261,7 @@ pub fn build_evaluation(
         for (seq, call) in outcome.calls.iter().enumerate() {
             tracing::info!(event_id = %event.id, rule = %outcome.rule, action = call.request.kind(),
                 args = %call.request.args(), "Action queued.");
-            if let Some(alert) = crate::alerts::call_of(&call.request, &outcome.rule) {
+            if let Some(alert) = crate::alerts::call_of(&call.request, &outcome.rule, &event.id) {
                 evaluation.alerts.push(alert);
                 continue;
             }

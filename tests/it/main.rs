@@ -15,6 +15,7 @@ mod hostile;
 mod intake;
 mod operating;
 mod postgres_in_production;
+mod reaching_people;
 mod real_servers;
 mod rules;
 mod service;

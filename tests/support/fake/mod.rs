@@ -2,12 +2,13 @@
 //! contracts (docs/ and the comments in `src/actions/` cite them). Each records every
 //! request it gets, so tests can assert on exactly what was sent; each is strict (wrong
 //! paths, methods, auth and bodies are refused as the real service refuses them) and
-//! stateful where the real one is. One fake per file: [`dbt_cloud`], [`mode`], [`tableau`], [`slack`];
+//! stateful where the real one is. One fake per file: [`dbt_cloud`], [`mode`], [`pagerduty`], [`tableau`], [`slack`];
 //! this file holds the server, the request log and the canned replies they share.
 #![allow(dead_code)]
 
 mod dbt_cloud;
 mod mode;
+mod pagerduty;
 mod slack;
 mod tableau;
 
@@ -17,6 +18,8 @@ mod tableau;
 pub use dbt_cloud::*;
 #[allow(unused_imports)]
 pub use mode::*;
+#[allow(unused_imports)]
+pub use pagerduty::*;
 #[allow(unused_imports)]
 pub use slack::*;
 #[allow(unused_imports)]

@@ -1,4 +1,5 @@
-//! A fake Slack: the incoming webhook and chat.postMessage with the bot token.
+//! A fake Slack: the incoming webhook, and chat.postMessage and chat.update with the bot
+//! token.
 
 use super::*;
 
@@ -15,6 +16,9 @@ pub struct SlackMessage {
     pub text: String,
     pub ts: String,
     pub thread_ts: Option<String>,
+    pub blocks: Option<serde_json::Value>,
+    /// How many times chat.update changed it.
+    pub edits: usize,
 }
 
 #[derive(Default)]
@@ -132,6 +136,9 @@ fn slack_handle(state: &mut SlackState, seen: &Seen) -> Reply {
         reply.delay_ms = state.delay_ms;
         return reply;
     }
+    if seen.path == "/api/chat.update" {
+        return chat_update(state, seen, &body);
+    }
     if seen.path == "/api/chat.postMessage" {
         match seen.header("authorization") {
             None => {
@@ -203,6 +210,8 @@ fn slack_handle(state: &mut SlackState, seen: &Seen) -> Reply {
             text: text.to_string(),
             ts: ts.clone(),
             thread_ts,
+            blocks: body.get("blocks").cloned(),
+            edits: 0,
         });
         let mut answer = serde_json::json!({"ok": true, "channel": channel_id, "ts": ts});
         if let Some(warning) = warning {
@@ -212,4 +221,46 @@ fn slack_handle(state: &mut SlackState, seen: &Seen) -> Reply {
     }
     // A wrong webhook path: Slack says no_service.
     Reply::text(404, "no_service")
+}
+
+/// chat.update (https://api.slack.com/methods/chat.update): the bot token, the channel's
+/// id (not its name) and the `ts` of a message in it; `message_not_found` otherwise.
+fn chat_update(state: &mut SlackState, seen: &Seen, body: &serde_json::Value) -> Reply {
+    if seen.header("authorization") != Some(format!("Bearer {SLACK_BOT_TOKEN}").as_str()) {
+        return Reply::json(
+            200,
+            serde_json::json!({"ok": false, "error": "invalid_auth"}),
+        );
+    }
+    let (Some(channel), Some(ts)) = (
+        body.get("channel").and_then(|c| c.as_str()),
+        body.get("ts").and_then(|t| t.as_str()),
+    ) else {
+        return Reply::json(
+            200,
+            serde_json::json!({"ok": false, "error": "invalid_arguments"}),
+        );
+    };
+    let Some(text) = body.get("text").and_then(|t| t.as_str()) else {
+        return Reply::json(200, serde_json::json!({"ok": false, "error": "no_text"}));
+    };
+    let Some(message) = state
+        .messages
+        .iter_mut()
+        .find(|m| m.channel_id == channel && m.ts == ts)
+    else {
+        let error = if state.channels.iter().any(|(_, id)| id == channel) {
+            "message_not_found"
+        } else {
+            "channel_not_found"
+        };
+        return Reply::json(200, serde_json::json!({"ok": false, "error": error}));
+    };
+    message.text = text.to_string();
+    message.blocks = body.get("blocks").cloned();
+    message.edits += 1;
+    Reply::json(
+        200,
+        serde_json::json!({"ok": true, "channel": channel, "ts": ts, "text": text}),
+    )
 }
