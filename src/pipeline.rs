@@ -4,9 +4,10 @@
 //! ```text
 //! HTTP intake ──► journal (event + first job) ──► 200
 //!                    │
-//!                    ├─► enrich worker   (Mode runs: fetch state and results)
-//!                    ├─► evaluate worker (Rhai rules → action jobs, alert state)
-//!                    └─► action worker   (Mode, Tableau, Slack with retries)
+//!                    ├─► enrich worker   (Mode runs, failed dbt runs: fetch what they lack)
+//!                    ├─► evaluate worker (Rhai rules → action jobs, alert state, check-ins)
+//!                    └─► action worker   (dbt, Mode, Tableau, Slack, PagerDuty with retries)
+//! clock worker (deadlines, schedules) ──► journal (due-time events) ──► evaluate worker
 //! ```
 //!
 //! Workers find their work in the journal, not in channels: intake only *wakes* them
@@ -31,6 +32,7 @@ use crate::rules::watch::{Rules, Watch};
 use crate::service;
 use crate::shutdown::Signals;
 use crate::stages::act::ActionWorker;
+use crate::stages::clock::ClockWorker;
 use crate::stages::enrich::EnrichWorker;
 use crate::stages::evaluate::EvaluateWorker;
 use crate::stages::Wakes;
@@ -133,6 +135,14 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
             rules,
             config: Arc::clone(&current),
             metrics: Arc::clone(&metrics),
+            wakes: wakes.clone(),
+        }
+        .run(stop_workers.clone()),
+    );
+    tracker.spawn(
+        ClockWorker {
+            journal: Arc::clone(&journal),
+            config: Arc::clone(&current),
             wakes: wakes.clone(),
         }
         .run(stop_workers.clone()),

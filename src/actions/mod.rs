@@ -5,12 +5,14 @@
 //! functions that build it, and its calls: [`mode`] (`mode_run`), [`dbt`] (`dbt_run`), [`tableau`]
 //! (`tableau_refresh`, `tableau_refresh_datasource`), [`slack`] (`slack_post`),
 //! [`pagerduty`] (`pagerduty_event`),
-//! [`alert`] (`alert`, decided at evaluation, posted through Slack). This file keeps the
+//! [`alert`] (`alert`, decided at evaluation, posted through Slack and PagerDuty),
+//! [`check_in`] (`check_in`, recorded at evaluation). This file keeps the
 //! enum, its job (de)serialization and the dispatch; [`client`] holds what the calls
 //! share (HTTP client, error classification, backoff). ARCHITECTURE.md says what a new
 //! action costs.
 
 pub mod alert;
+pub mod check_in;
 pub mod client;
 pub mod dbt;
 pub mod mode;
@@ -38,6 +40,7 @@ pub enum ActionRequest {
     #[serde(rename = "pagerduty_event")]
     PagerDutyEvent(pagerduty::PagerDutyEvent),
     Alert(alert::Alert),
+    CheckIn(check_in::CheckIn),
 }
 
 /// What a call needs from the daemon: the one HTTP client (one connection pool), the
@@ -70,6 +73,7 @@ impl ActionRequest {
         slack::register(engine);
         pagerduty::register(engine);
         alert::register(engine);
+        check_in::register(engine);
     }
 
     /// Makes the call: one attempt.
@@ -86,6 +90,7 @@ impl ActionRequest {
             ActionRequest::SlackPost(post) => post.call(services).await,
             ActionRequest::PagerDutyEvent(event) => event.call(services).await,
             ActionRequest::Alert(alert) => alert.call(),
+            ActionRequest::CheckIn(check_in) => check_in.call(),
         }
     }
 
@@ -99,6 +104,7 @@ impl ActionRequest {
             ActionRequest::SlackPost(_) => "slack_post",
             ActionRequest::PagerDutyEvent(_) => "pagerduty_event",
             ActionRequest::Alert(_) => "alert",
+            ActionRequest::CheckIn(_) => "check_in",
         }
     }
 
@@ -112,6 +118,7 @@ impl ActionRequest {
             }
             ActionRequest::SlackPost(_) | ActionRequest::Alert(_) => "slack",
             ActionRequest::PagerDutyEvent(_) => "pagerduty",
+            ActionRequest::CheckIn(_) => "freshet",
         }
     }
 
@@ -142,6 +149,7 @@ impl ActionRequest {
             // a trigger and its resolve must both go out, in order.
             ActionRequest::SlackPost(_)
             | ActionRequest::Alert(_)
+            | ActionRequest::CheckIn(_)
             | ActionRequest::PagerDutyEvent(_) => None,
             other => Some(format!("{}:{}", other.kind(), other.args())),
         }

@@ -34,6 +34,10 @@ pub const EXAMPLE_RULES: &[(&str, &str)] = &[
         "tableau_refresh_failed.rhai",
         include_str!("../../rules/tableau_refresh_failed.rhai"),
     ),
+    (
+        "nightly_deadline.rhai",
+        include_str!("../../rules/nightly_deadline.rhai"),
+    ),
 ];
 
 /// The example rules' tests, written to `rules/tests/`.

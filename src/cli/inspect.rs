@@ -247,6 +247,63 @@ pub fn list_alerts(config: &Config, json: bool) -> anyhow::Result<bool> {
     Ok(true)
 }
 
+/// A deadline for people (`freshet deadlines`).
+#[derive(serde::Serialize)]
+struct DeadlineLine {
+    name: String,
+    cron: String,
+    timezone: String,
+    next_due: Option<String>,
+    last_check_in: Option<String>,
+    /// `missed` (a miss no check-in has met), `met` (checked in since the last due
+    /// time), `waiting` (no check-in yet since the last due time) or `new`.
+    state: &'static str,
+    missed_due: Option<String>,
+}
+
+pub fn list_deadlines(config: &Config, json: bool) -> anyhow::Result<bool> {
+    let states = open(config)?.clocks()?;
+    let now = chrono::Utc::now().timestamp_millis();
+    for (name, clock) in &config.deadlines {
+        let key = crate::stages::clock::ClockKind::Deadline.key(name);
+        let stored = states.iter().find(|s| s.name == key);
+        let state = match stored {
+            None => "new",
+            Some(s) if s.missed_due_ms.is_some() => "missed",
+            Some(s) if s.last_check_in_ms.is_some_and(|at| at > s.last_due_ms) => "met",
+            Some(_) => "waiting",
+        };
+        let line = DeadlineLine {
+            name: name.clone(),
+            cron: clock.pattern.clone(),
+            timezone: clock.timezone.name().to_string(),
+            next_due: clock.next_after(now).map(rfc3339),
+            last_check_in: stored.and_then(|s| s.last_check_in_ms).map(rfc3339),
+            state,
+            missed_due: stored.and_then(|s| s.missed_due_ms).map(rfc3339),
+        };
+        if json {
+            println!("{}", serde_json::to_string(&line)?);
+        } else {
+            println!(
+                "{}  [{}]  next due {}  last check-in {}{}",
+                line.name,
+                line.state,
+                line.next_due.as_deref().unwrap_or("never"),
+                line.last_check_in.as_deref().unwrap_or("never"),
+                line.missed_due
+                    .as_deref()
+                    .map(|due| format!("  missed {due}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    if config.deadlines.is_empty() && !json {
+        println!("no deadlines ([deadlines.NAME] in the config)");
+    }
+    Ok(true)
+}
+
 pub fn reset_alert(config: &Config, name: &str) -> anyhow::Result<bool> {
     match open(config)?.reset_alert(name)? {
         None => anyhow::bail!("no alert named {name} (`freshet alerts` lists them)"),

@@ -102,6 +102,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the deadlines: when each is next due, the last check-in, met or missed.
+    Deadlines {
+        /// One JSON object a line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Re-queue a dead action (or job) for one more attempt.
     Retry {
         #[arg(value_name = "ACTION_ID")]
@@ -301,6 +307,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
                 Some(name) => inspect::reset_alert(&config, &name),
                 None => inspect::list_alerts(&config, json),
             }
+        }
+        Command::Deadlines { json } => {
+            let config = config::load_without_secrets(config_path.as_deref())?;
+            inspect::list_deadlines(&config, json)
         }
         Command::Retry { id } => {
             let config = config::load_without_secrets(config_path.as_deref())?;

@@ -10,8 +10,9 @@ use serde::Deserialize;
 use url::Url;
 
 use super::{
-    ActionsConfig, Config, ConfigErrors, ConfigProblem, DbtConfig, JournalConfig, ModeConfig,
-    PagerDutyConfig, RulesConfig, SecretRef, Secrets, ServerConfig, SlackConfig, TableauConfig,
+    ActionsConfig, ClockConfig, Config, ConfigErrors, ConfigProblem, DbtConfig, JournalConfig,
+    ModeConfig, PagerDutyConfig, RulesConfig, SecretRef, Secrets, ServerConfig, SlackConfig,
+    TableauConfig,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -25,6 +26,8 @@ struct RawConfig {
     tableau: Option<RawTableau>,
     slack: Option<RawSlack>,
     pagerduty: Option<RawPagerDuty>,
+    deadlines: std::collections::BTreeMap<String, RawClock>,
+    schedules: std::collections::BTreeMap<String, RawClock>,
     actions: RawActions,
     vars: toml::Table,
 }
@@ -195,6 +198,18 @@ struct RawPagerDuty {
     events_url: String,
     #[serde(default)]
     routing_keys: std::collections::BTreeMap<String, SecretRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClock {
+    cron: String,
+    #[serde(default = "default_timezone")]
+    timezone: String,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
 }
 
 fn default_pagerduty_events_url() -> String {
@@ -547,6 +562,51 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
         })
     });
 
+    let mut clocks = |section: &str, raw: &std::collections::BTreeMap<String, RawClock>| {
+        let mut clocks = std::collections::BTreeMap::new();
+        for (name, clock) in raw {
+            let key = format!("{section}.{name}");
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+            {
+                problems.error(&key, "a name is letters, digits, _ - .");
+                continue;
+            }
+            let cron = croner::Cron::new(&clock.cron)
+                .with_seconds_optional()
+                .parse();
+            let timezone = clock.timezone.parse::<chrono_tz::Tz>();
+            match (cron, timezone) {
+                (Ok(cron), Ok(timezone)) => {
+                    clocks.insert(
+                        name.clone(),
+                        ClockConfig {
+                            pattern: clock.cron.clone(),
+                            cron,
+                            timezone,
+                        },
+                    );
+                }
+                (Err(error), _) => problems.error(
+                    &format!("{key}.cron"),
+                    format!("not a cron pattern (5 fields, or 6 with seconds first): {error}"),
+                ),
+                (_, Err(_)) => problems.error(
+                    &format!("{key}.timezone"),
+                    format!(
+                        "{:?} is not an IANA time zone (e.g. Europe/Paris, UTC)",
+                        clock.timezone
+                    ),
+                ),
+            }
+        }
+        clocks
+    };
+    let deadlines = clocks("deadlines", &raw.deadlines);
+    let schedules = clocks("schedules", &raw.schedules);
+
     // The journal's URL is needed by every command (they all read the journal), so it is
     // read even when the other secrets are not.
     let journal_url = raw.journal.url.as_ref().and_then(|reference| {
@@ -648,6 +708,8 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
         tableau,
         slack,
         pagerduty,
+        deadlines,
+        schedules,
         actions: ActionsConfig {
             max_attempts: actions.max_attempts,
             backoff_initial_ms: actions.backoff_initial_ms,

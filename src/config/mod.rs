@@ -69,6 +69,10 @@ pub struct Config {
     pub tableau: Option<TableauConfig>,
     pub slack: Option<SlackConfig>,
     pub pagerduty: Option<PagerDutyConfig>,
+    /// `[deadlines.NAME]`: when something must have happened (`check_in(NAME)`).
+    pub deadlines: std::collections::BTreeMap<String, ClockConfig>,
+    /// `[schedules.NAME]`: a `freshet.schedule` event at each due time.
+    pub schedules: std::collections::BTreeMap<String, ClockConfig>,
     pub actions: ActionsConfig,
     /// The `[vars]` table, handed to rules as `vars`.
     pub vars: serde_json::Map<String, serde_json::Value>,
@@ -197,6 +201,27 @@ pub struct SlackConfig {
     pub api_base: Url,
     /// `[slack.users]`: e-mail address (lower case) -> Slack user id, for mentions.
     pub users: std::collections::BTreeMap<String, String>,
+}
+
+/// A deadline's or schedule's due times: a cron pattern (5 fields, or 6 with seconds
+/// first) in an IANA time zone.
+#[derive(Debug, Clone)]
+pub struct ClockConfig {
+    pub pattern: String,
+    pub cron: croner::Cron,
+    pub timezone: chrono_tz::Tz,
+}
+
+impl ClockConfig {
+    /// The first due time strictly after `after` (ms), in UTC ms.
+    pub fn next_after(&self, after_ms: i64) -> Option<i64> {
+        let after =
+            chrono::DateTime::from_timestamp_millis(after_ms)?.with_timezone(&self.timezone);
+        self.cron
+            .find_next_occurrence(&after, false)
+            .ok()
+            .map(|next| next.timestamp_millis())
+    }
 }
 
 /// `[pagerduty]`: the Events API v2 and the routing keys rules name.

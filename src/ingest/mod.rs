@@ -590,6 +590,12 @@ mod tests {
         ) -> Result<Option<crate::journal::ActionOrigin>, JournalError> {
             down()
         }
+        fn clock(&self, _: &str) -> Result<Option<crate::journal::ClockState>, JournalError> {
+            down()
+        }
+        fn judge_clock(&self, _: &crate::journal::ClockJudgement) -> Result<bool, JournalError> {
+            down()
+        }
         fn claim(&self, _: Queue, _: usize, _: u64) -> Result<Vec<Job>, JournalError> {
             down()
         }
@@ -616,6 +622,9 @@ mod tests {
     }
 
     impl Admin for BrokenJournal {
+        fn clocks(&self) -> Result<Vec<crate::journal::ClockState>, JournalError> {
+            down()
+        }
         fn events(&self, _: usize, _: Option<&str>) -> Result<Vec<EventSummary>, JournalError> {
             down()
         }

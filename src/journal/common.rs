@@ -14,6 +14,7 @@ use super::{
     AlertState, Evaluation, FirstJob, Job, JobStatus, JournalError, NewJob, Queue, Replay, Retried,
     RuleRun,
 };
+use crate::event::{Event, Source};
 
 /// Events pruned per transaction. Each takes its evaluate job and its rule runs with it
 /// (and its actions, usually none or a few), so a batch deletes some hundreds of rows:
@@ -81,6 +82,11 @@ pub(super) trait WriteTx {
     async fn alert_firing(&mut self, name: &str) -> Result<Option<bool>>;
     /// Sets a firing alert to OK under a new version, posting nothing.
     async fn reset_alert_state(&mut self, name: &str) -> Result<()>;
+    /// Records a check-in of clock `name` now; returns the due time of a miss it meets
+    /// (clearing it) and the database's clock (ms).
+    async fn check_in(&mut self, name: &str) -> Result<(Option<i64>, i64)>;
+    /// Journals a freshet event with its evaluate job (nothing if its id exists).
+    async fn insert_event(&mut self, event: &Event) -> Result<()>;
     /// Records (or overwrites, for a replay) what `run.rule` did with `event_id`.
     async fn upsert_rule_run(&mut self, event_id: &str, run: &RuleRun) -> Result<()>;
 }
@@ -206,7 +212,41 @@ pub(super) async fn record_outcome(
             tx.insert_job(&new_job).await?;
         }
     }
+    for name in &evaluation.check_ins {
+        let (met, now) = tx.check_in(name).await?;
+        if let Some(due_ms) = met {
+            tx.insert_event(&deadline_met(name, due_ms, now)).await?;
+        }
+    }
     Ok(())
+}
+
+/// `freshet.deadline.met`: the first check-in after a miss (docs/behaviour.md section 14).
+pub fn deadline_met(key: &str, due_ms: i64, now_ms: i64) -> Event {
+    let name = key.strip_prefix("deadline:").unwrap_or(key);
+    let mut fields = serde_json::Map::new();
+    fields.insert("name".into(), json!(name));
+    fields.insert("due_at".into(), json!(rfc3339(due_ms)));
+    fields.insert(
+        "late_minutes".into(),
+        json!((now_ms.saturating_sub(due_ms)) / 60_000),
+    );
+    Event {
+        id: format!("freshet:deadline.met:{name}:{due_ms}"),
+        source: Source::Freshet,
+        kind: "freshet.deadline.met".into(),
+        received_at: rfc3339(now_ms),
+        chain_depth: 0,
+        fields,
+        raw: Value::Null,
+    }
+}
+
+/// A time in ms as RFC 3339 (UTC, milliseconds).
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
 }
 
 /// A job key made of `parts`, unambiguous whatever the parts contain: the parts are
@@ -288,6 +328,12 @@ mod tests {
     impl WriteTx for LockLog {
         async fn event_exists(&mut self, _: &str) -> Result<bool> {
             Ok(true)
+        }
+        async fn check_in(&mut self, _: &str) -> Result<(Option<i64>, i64)> {
+            Ok((None, 0))
+        }
+        async fn insert_event(&mut self, _: &Event) -> Result<()> {
+            Ok(())
         }
         async fn evaluations_of(&mut self, _: &str) -> Result<i64> {
             Ok(0)

@@ -12,9 +12,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{
-    ActionOrigin, AlertCall, AlertJob, AlertState, AlertTransition, Appended, Evaluation, FirstJob,
-    FollowUp, Job, JobOutcome, JobStatus, Journal, NewJob, PostgresJournal, Queue, Replay, Retried,
-    RuleOutcome, RuleRun, SqliteJournal,
+    ActionOrigin, AlertCall, AlertJob, AlertState, AlertTransition, Appended, ClockJudgement,
+    Evaluation, FirstJob, FollowUp, Job, JobOutcome, JobStatus, Journal, NewJob, PostgresJournal,
+    Queue, Replay, Retried, RuleOutcome, RuleRun, SqliteJournal,
 };
 use crate::event::{Event, Source};
 
@@ -184,7 +184,66 @@ contract!(
     finishing_evaluations_claims_the_next_batch,
     a_job_open_again_beside_an_identical_pending_one_ends_merged,
     an_action_names_its_rule_event_and_chain_depth,
+    a_due_time_is_judged_once_and_a_late_check_in_meets_it,
 );
+
+/// docs/behaviour.md section 14: a clock's due time is judged once (a compare-and-set on
+/// its last due time, the event in the same transaction), and the first check-in after a
+/// miss emits `freshet.deadline.met`.
+fn a_due_time_is_judged_once_and_a_late_check_in_meets_it(store: &TestStore) {
+    let journal = store.open();
+    let judge = |last: Option<i64>, due: i64, event: Option<&Event>, missed: bool| {
+        journal
+            .judge_clock(&ClockJudgement {
+                name: "deadline:nightly",
+                last_due_ms: last,
+                due_ms: due,
+                event,
+                missed,
+            })
+            .unwrap()
+    };
+    assert!(judge(None, 1_000, None, false), "the clock starts");
+    assert!(!judge(None, 1_000, None, false), "it starts once");
+    let mut missed = event("freshet:deadline.missed:nightly:2000");
+    missed.source = Source::Freshet;
+    missed.kind = "freshet.deadline.missed".into();
+    assert!(judge(Some(1_000), 2_000, Some(&missed), true));
+    // Another instance read the same state: its judgement finds the due time moved.
+    assert!(!judge(Some(1_000), 2_000, Some(&missed), true));
+    let state = journal.clock("deadline:nightly").unwrap().unwrap();
+    assert_eq!(
+        (state.last_due_ms, state.missed_due_ms),
+        (2_000, Some(2_000))
+    );
+    assert_eq!(
+        journal.events(10, None).unwrap().len(),
+        1,
+        "one missed event"
+    );
+
+    // A check-in (in an evaluation) meets the miss: freshet.deadline.met, once.
+    for id in ["dbt:ok1", "dbt:ok2"] {
+        append(&journal, id);
+        evaluate_with(
+            &journal,
+            Evaluation {
+                check_ins: vec!["deadline:nightly".into()],
+                ..Default::default()
+            },
+        );
+    }
+    let events = journal.events(10, None).unwrap();
+    let met: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "freshet.deadline.met")
+        .collect();
+    assert_eq!(met.len(), 1, "{events:?}");
+    assert_eq!(met[0].id, "freshet:deadline.met:nightly:2000");
+    let state = journal.clock("deadline:nightly").unwrap().unwrap();
+    assert!(state.missed_due_ms.is_none() && state.last_check_in_ms.is_some());
+    assert_eq!(journal.clocks().unwrap().len(), 1);
+}
 
 /// A dbt run `dbt_run` started names its action; the action's origin continues the chain
 /// (docs/behaviour.md section 13).

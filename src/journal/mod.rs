@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use crate::event::Event;
 
-pub use common::{isolate_retried, job_key, replay_suffix, stage_job};
+pub use common::{isolate_retried, job_key, replay_suffix, rfc3339 as common_rfc3339, stage_job};
 pub use types::*;
 
 pub use postgres::PostgresJournal;
@@ -182,6 +182,15 @@ pub trait StageQueue: Send + Sync {
     /// The rule and event of action job `job_id`, if there is one.
     fn action_origin(&self, job_id: i64) -> Result<Option<ActionOrigin>, JournalError>;
 
+    /// A deadline's or schedule's stored state.
+    fn clock(&self, name: &str) -> Result<Option<ClockState>, JournalError>;
+
+    /// Judges one due time of a clock, once across restarts and instances: when the
+    /// stored last due time is still `judgement.last_due_ms`, it becomes `due_ms`, and
+    /// the event (if any) is journaled with its evaluate job, in one transaction. False
+    /// when it was judged already.
+    fn judge_clock(&self, judgement: &ClockJudgement) -> Result<bool, JournalError>;
+
     /// Replaces the event's body (enrichment), finishes the `enrich` job and queues the
     /// `evaluate` job, in one transaction.
     fn finish_enrichment(&self, job: &Job, event: &Event) -> Result<bool, JournalError>;
@@ -253,6 +262,9 @@ pub trait Admin: Send + Sync {
 
     /// Current state of every alert.
     fn alerts(&self) -> Result<Vec<AlertState>, JournalError>;
+
+    /// Every deadline's and schedule's stored state.
+    fn clocks(&self) -> Result<Vec<ClockState>, JournalError>;
 
     /// Sets alert `name` to OK without posting anything (`freshet alerts --reset`): a new
     /// state version, so a later transition posts as usual. None if there is no such

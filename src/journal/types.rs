@@ -348,6 +348,33 @@ pub struct KeyedJob {
     pub result: Option<Value>,
 }
 
+/// A deadline's or schedule's stored state (docs/behaviour.md section 14): the latest due
+/// time judged (or, before the first, when the clock started), the last check-in, and a
+/// deadline's miss that no check-in has met yet. Keyed `deadline:NAME` or `schedule:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClockState {
+    pub name: String,
+    pub last_due_ms: i64,
+    pub last_check_in_ms: Option<i64>,
+    pub missed_due_ms: Option<i64>,
+}
+
+/// What one due time of a clock leads to, judged once.
+#[derive(Debug, Clone)]
+pub struct ClockJudgement<'a> {
+    /// The key (`deadline:NAME`, `schedule:NAME`).
+    pub name: &'a str,
+    /// The last due time as read before judging (None: the clock has no row yet); the
+    /// judgement stands only if it is still so.
+    pub last_due_ms: Option<i64>,
+    pub due_ms: i64,
+    /// The event it emits (`freshet.deadline.missed`, `freshet.schedule`), journaled with
+    /// its evaluate job.
+    pub event: Option<&'a Event>,
+    /// A deadline missed: remembered until a check-in meets it.
+    pub missed: bool,
+}
+
 /// Where an action job came from: a dbt run it started reports back with the job's id
 /// (docs/behaviour.md section 13), and its webhook continues this chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -374,6 +401,8 @@ pub struct Evaluation {
     pub rule_runs: Vec<RuleRun>,
     pub jobs: Vec<NewJob>,
     pub alerts: Vec<AlertCall>,
+    /// Deadlines the rules checked in (`check_in(NAME)`, keyed `deadline:NAME`).
+    pub check_ins: Vec<String>,
     /// `max_attempts` for the Slack posts that alert transitions queue.
     pub alert_max_attempts: u32,
     /// Decides each alert call's transition from the state stored when the transaction
@@ -388,6 +417,7 @@ impl Default for Evaluation {
             rule_runs: Vec::new(),
             jobs: Vec::new(),
             alerts: Vec::new(),
+            check_ins: Vec::new(),
             alert_max_attempts: 1,
             decide_alert: |_, _, _| AlertTransition::default(),
         }

@@ -150,6 +150,51 @@ pub fn check_names(source: &str, known: &KnownFunctions) -> Vec<NameProblem> {
     problems
 }
 
+/// Every `check_in("NAME")` in `source` whose NAME is not in `deadlines`: a check-in
+/// that would record nothing (docs/behaviour.md section 14). Names given as anything but
+/// a string literal are known only when the rule runs, and are not checked here.
+pub fn check_in_problems(
+    source: &str,
+    deadlines: &std::collections::BTreeMap<String, crate::config::ClockConfig>,
+) -> Vec<NameProblem> {
+    let scan = Scan::of(source);
+    let lines: Vec<&str> = source.lines().collect();
+    let mut problems = Vec::new();
+    for call in scan
+        .calls
+        .iter()
+        .filter(|c| c.name == "check_in" && !c.method)
+    {
+        let Some(text) = lines.get(call.line.saturating_sub(1)) else {
+            continue;
+        };
+        // The call's column counts characters from 1; the argument follows `check_in(`.
+        let after: String = text
+            .chars()
+            .skip(call.column.saturating_sub(1) + "check_in".len())
+            .collect();
+        let Some(rest) = after.trim_start().strip_prefix('(') else {
+            continue;
+        };
+        let Some(literal) = rest.trim_start().strip_prefix('"') else {
+            continue;
+        };
+        let Some(name) = literal.split('"').next() else {
+            continue;
+        };
+        if !deadlines.contains_key(name) {
+            problems.push(NameProblem {
+                line: call.line,
+                column: call.column,
+                message: format!(
+                    "check_in names no deadline {name:?} (add [deadlines.{name}] to the config)"
+                ),
+            });
+        }
+    }
+    problems
+}
+
 fn join_or(items: &[String]) -> String {
     match items {
         [] => String::new(),

@@ -8,6 +8,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use super::{next_jobs, Wakes};
+use crate::actions::ActionRequest;
 use crate::config::Config;
 use crate::event::Event;
 use crate::journal::{
@@ -253,6 +254,19 @@ pub fn build_evaluation(
                 )
             }),
         });
+        // A check-in queues nothing, so the chain depth does not hold it back.
+        for call in &outcome.calls {
+            let ActionRequest::CheckIn(check_in) = &call.request else {
+                continue;
+            };
+            if config.deadlines.contains_key(&check_in.name) {
+                tracing::info!(event_id = %event.id, rule = %outcome.rule, deadline = %check_in.name, "Deadline checked in.");
+                evaluation.check_ins.push(check_in.clock_key());
+            } else {
+                tracing::warn!(event_id = %event.id, rule = %outcome.rule, deadline = %check_in.name,
+                    "check_in names no [deadlines] entry; nothing is recorded (`freshet check` finds these).");
+            }
+        }
         if too_deep {
             tracing::warn!(event_id = %event.id, rule = %outcome.rule, depth = event.chain_depth,
                 "Chain depth limit reached; the rule's actions were not queued.");
@@ -263,6 +277,9 @@ pub fn build_evaluation(
                 args = %call.request.args(), "Action queued.");
             if let Some(alert) = crate::alerts::call_of(&call.request, &outcome.rule, &event.id) {
                 evaluation.alerts.push(alert);
+                continue;
+            }
+            if matches!(call.request, ActionRequest::CheckIn(_)) {
                 continue;
             }
             evaluation.jobs.push(NewJob {

@@ -12,6 +12,7 @@
 //! This file holds what they share: the claim-or-sleep loop and [`Wakes`].
 
 pub mod act;
+pub mod clock;
 pub mod enrich;
 pub mod evaluate;
 pub mod follow;

@@ -9,6 +9,7 @@ mod support;
 mod actions;
 mod alerts;
 mod dbt;
+mod deadlines;
 mod docs;
 mod faults;
 mod hostile;

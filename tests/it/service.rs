@@ -229,7 +229,7 @@ fn init_writes_a_config_and_rules_that_check_clean() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{stdout}");
     assert!(
-        stdout.contains("6 rule(s) compiled, 0 with errors"),
+        stdout.contains("7 rule(s) compiled, 0 with errors"),
         "{stdout}"
     );
     assert!(

@@ -11,10 +11,10 @@ use super::{backend, PostgresJournal, Shared, APPEND_TIMEOUT, CALL_TIMEOUT, HEAL
 use crate::event::Event;
 use crate::journal::common::{self, WriteTx};
 use crate::journal::{
-    replay_suffix, stage_job, ActionOrigin, Admin, AlertState, AppendTicket, Evaluation,
-    EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError,
-    KeyedJob, Operations, OutcomeColumns, Queue, Released, Replay, Retried, RuleRun, StageQueue,
-    WorkWaker,
+    replay_suffix, stage_job, ActionOrigin, Admin, AlertState, AppendTicket, ClockJudgement,
+    ClockState, Evaluation, EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobStatus,
+    JobSummary, JournalError, KeyedJob, Operations, OutcomeColumns, Queue, Released, Replay,
+    Retried, RuleRun, StageQueue, WorkWaker,
 };
 
 type Result<T> = std::result::Result<T, JournalError>;
@@ -293,6 +293,41 @@ impl StageQueue for PostgresJournal {
         })
     }
 
+    fn clock(&self, name: &str) -> Result<Option<ClockState>> {
+        let shared = self.shared();
+        let name = name.to_string();
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let row = client.row_opt(CLOCK, &[&name]).await.map_err(backend)?;
+            Ok(row.map(|row| clock_row(&row)))
+        })
+    }
+
+    fn judge_clock(&self, judgement: &ClockJudgement) -> Result<bool> {
+        let shared = self.shared();
+        let name = judgement.name.to_string();
+        let (last, due, missed) = (judgement.last_due_ms, judgement.due_ms, judgement.missed);
+        let event = judgement.event.cloned();
+        self.run(CALL_TIMEOUT, async move {
+            let mut client = shared.client().await?;
+            let tx = client.transaction().await.map_err(backend)?;
+            // The compare-and-set on last_due_ms: of two instances judging one due time,
+            // the second finds it moved and judges nothing.
+            let changed = match last {
+                None => tx.exec(CLOCK_START, &[&name, &due]).await,
+                Some(last) => tx.exec(CLOCK_JUDGED, &[&name, &due, &last, &missed]).await,
+            }
+            .map_err(backend)?;
+            if changed == 1 {
+                if let Some(event) = &event {
+                    insert_event(&tx, event, FirstJob::EVALUATE, &shared.instance).await?;
+                }
+            }
+            tx.commit().await.map_err(backend)?;
+            Ok(changed == 1)
+        })
+    }
+
     fn finish_enrichment(&self, job: &Job, event: &Event) -> Result<bool> {
         let shared = self.shared();
         shared.held().remove(&job.id);
@@ -469,6 +504,15 @@ impl Admin for PostgresJournal {
                 .await
                 .map_err(backend)?;
             Ok(rows.iter().map(alert_state).collect())
+        })
+    }
+
+    fn clocks(&self) -> Result<Vec<ClockState>> {
+        let shared = self.shared();
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let rows = client.rows(CLOCKS, &[]).await.map_err(backend)?;
+            Ok(rows.iter().map(clock_row).collect())
         })
     }
 
@@ -684,4 +728,13 @@ async fn record_evaluations(
         .map_err(backend)?;
     }
     Ok(recorded)
+}
+
+fn clock_row(row: &tokio_postgres::Row) -> ClockState {
+    ClockState {
+        name: row.get(0),
+        last_due_ms: row.get(1),
+        last_check_in_ms: row.get(2),
+        missed_due_ms: row.get(3),
+    }
 }

@@ -101,10 +101,28 @@ ALTER TABLE jobs ADD COLUMN merged_into BIGINT;
     r#"
 ALTER TABLE events SET (fillfactor = 80);
 "#,
+    // Deadlines and schedules (docs/behaviour.md section 14): each due time is judged once,
+    // the row's last_due_ms moving forward under a compare-and-set, whichever instance
+    // gets there first.
+    r#"
+CREATE TABLE clocks (
+    name             TEXT PRIMARY KEY,
+    last_due_ms      BIGINT NOT NULL,
+    last_check_in_ms BIGINT,
+    missed_due_ms    BIGINT
+);
+"#,
 ];
 
 /// The tables freshet keeps, `freshet_schema` (the version) first.
-const TABLES: [&str; 5] = ["freshet_schema", "events", "jobs", "rule_runs", "alerts"];
+const TABLES: [&str; 6] = [
+    "freshet_schema",
+    "events",
+    "jobs",
+    "rule_runs",
+    "alerts",
+    "clocks",
+];
 
 /// Brings the schema up to date, instances taking turns under the advisory lock. The
 /// tables live in the journal's own schema (`Shared::schema`, every connection's search

@@ -351,6 +351,39 @@ impl WriteTx for PgTx<'_> {
         Ok(())
     }
 
+    async fn check_in(&mut self, name: &str) -> Result<(Option<i64>, i64)> {
+        // A deadline checked in before its clock first ran starts from now. The row is
+        // locked by the update: a clock judging it meanwhile waits for this commit.
+        self.0
+            .exec(
+                &format!("INSERT INTO clocks (name, last_due_ms) VALUES ($1, {NOW_MS}) ON CONFLICT (name) DO NOTHING"),
+                &[&name],
+            )
+            .await
+            .map_err(backend)?;
+        let row = self
+            .0
+            .row(
+                &format!(
+                    "UPDATE clocks c SET last_check_in_ms = {NOW_MS}, missed_due_ms = NULL
+                     FROM (SELECT missed_due_ms FROM clocks WHERE name = $1 FOR UPDATE) before
+                     WHERE c.name = $1
+                     RETURNING before.missed_due_ms, c.last_check_in_ms"
+                ),
+                &[&name],
+            )
+            .await
+            .map_err(backend)?;
+        Ok((row.get(0), row.get(1)))
+    }
+
+    async fn insert_event(&mut self, event: &Event) -> Result<()> {
+        // The instance column names the instance whose intake journaled a webhook; an
+        // event an evaluation emits leaves it empty.
+        insert_event(self.0, event, FirstJob::EVALUATE, "").await?;
+        Ok(())
+    }
+
     async fn upsert_rule_run(&mut self, event_id: &str, run: &RuleRun) -> Result<()> {
         self.0
             .exec(
@@ -405,3 +438,17 @@ stored_as_text!(JobStatus, Queue, RuleOutcome);
 pub const ACTION_ORIGIN: &str = "SELECT j.rule, j.event_id, COALESCE(e.chain_depth, 0)
      FROM jobs j LEFT JOIN events e ON e.id = j.event_id
      WHERE j.id = $1 AND j.queue = 'action'";
+
+/// A clock's state.
+pub const CLOCK: &str =
+    "SELECT name, last_due_ms, last_check_in_ms, missed_due_ms FROM clocks WHERE name = $1";
+/// Every clock's state.
+pub const CLOCKS: &str =
+    "SELECT name, last_due_ms, last_check_in_ms, missed_due_ms FROM clocks ORDER BY name";
+/// A clock's first row: its due times are judged from `last_due_ms` on.
+pub const CLOCK_START: &str =
+    "INSERT INTO clocks (name, last_due_ms) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+/// One due time judged: only if no one judged it (or a later one) first.
+pub const CLOCK_JUDGED: &str = "UPDATE clocks SET last_due_ms = $2,
+        missed_due_ms = CASE WHEN $4 THEN $2 ELSE missed_due_ms END
+     WHERE name = $1 AND last_due_ms = $3";

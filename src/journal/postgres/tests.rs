@@ -173,7 +173,14 @@ fn a_database_with_its_own_events_and_jobs_tables_works() {
     assert_eq!(tables_in(url, "public"), ["events", "jobs"]);
     assert_eq!(
         tables_in(url, "freshet"),
-        ["alerts", "events", "freshet_schema", "jobs", "rule_runs"]
+        [
+            "alerts",
+            "clocks",
+            "events",
+            "freshet_schema",
+            "jobs",
+            "rule_runs"
+        ]
     );
     assert_eq!(outside(url, "SELECT name FROM public.jobs"), ["theirs"]);
 }

@@ -12,9 +12,10 @@ use crate::event::Event;
 use crate::journal::common::WriteTx;
 use crate::journal::common::{self, run_now};
 use crate::journal::{
-    replay_suffix, stage_job, ActionOrigin, Admin, AlertState, AppendTicket, Evaluation,
-    EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError,
-    KeyedJob, Operations, OutcomeColumns, Queue, Released, Replay, Retried, RuleRun, StageQueue,
+    replay_suffix, stage_job, ActionOrigin, Admin, AlertState, AppendTicket, ClockJudgement,
+    ClockState, Evaluation, EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobStatus,
+    JobSummary, JournalError, KeyedJob, Operations, OutcomeColumns, Queue, Released, Replay,
+    Retried, RuleRun, StageQueue,
 };
 
 impl StageQueue for SqliteJournal {
@@ -148,6 +149,36 @@ impl StageQueue for SqliteJournal {
                 })
                 .optional()?)
         })
+    }
+
+    fn clock(&self, name: &str) -> Result<Option<ClockState>, JournalError> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(CLOCK)?
+                .query_row([name], clock_row)
+                .optional()?)
+        })
+    }
+
+    fn judge_clock(&self, judgement: &ClockJudgement) -> Result<bool, JournalError> {
+        let row = judgement.event.map(EventRow::new).transpose()?;
+        let judged = self.write(|tx| {
+            let changed = match judgement.last_due_ms {
+                None => exec(tx, CLOCK_START, params![judgement.name, judgement.due_ms])?,
+                Some(last) => exec(
+                    tx,
+                    CLOCK_JUDGED,
+                    params![judgement.name, judgement.due_ms, last, judgement.missed],
+                )?,
+            };
+            if changed == 1 {
+                if let Some(row) = &row {
+                    insert_event(tx, row, FirstJob::EVALUATE)?;
+                }
+            }
+            Ok(changed == 1)
+        })?;
+        Ok(judged)
     }
 
     fn finish_enrichment(&self, job: &Job, event: &Event) -> Result<bool, JournalError> {
@@ -288,6 +319,14 @@ impl Admin for SqliteJournal {
     fn reset_alert(&self, name: &str) -> Result<Option<bool>, JournalError> {
         self.write(|tx| run_now(common::reset_alert(&mut SqliteTx(tx), name)))
     }
+
+    fn clocks(&self) -> Result<Vec<ClockState>, JournalError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare(CLOCKS)?;
+            let rows = statement.query_map([], clock_row)?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
 }
 
 impl Operations for SqliteJournal {
@@ -367,4 +406,13 @@ impl Operations for SqliteJournal {
     fn prune(&self, days: u32) -> Result<usize, JournalError> {
         self.prune_in_batches(days, common::PRUNE_BATCH)
     }
+}
+
+fn clock_row(row: &rusqlite::Row) -> rusqlite::Result<ClockState> {
+    Ok(ClockState {
+        name: row.get(0)?,
+        last_due_ms: row.get(1)?,
+        last_check_in_ms: row.get(2)?,
+        missed_due_ms: row.get(3)?,
+    })
 }

@@ -119,6 +119,16 @@ CREATE INDEX jobs_open ON jobs(queue, scheduled_at)
     r#"
 ALTER TABLE jobs ADD COLUMN merged_into INTEGER;
 "#,
+    // Deadlines and schedules (docs/behaviour.md section 14): each due time is judged once,
+    // the row's last_due_ms moving forward under a compare-and-set.
+    r#"
+CREATE TABLE clocks (
+    name             TEXT PRIMARY KEY,
+    last_due_ms      INTEGER NOT NULL,
+    last_check_in_ms INTEGER,
+    missed_due_ms    INTEGER
+);
+"#,
 ];
 
 /// Brings the schema up to date. An up-to-date journal (every open but the first after

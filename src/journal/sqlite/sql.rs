@@ -139,7 +139,7 @@ pub(super) static END_JOB_SQL: LazyLock<String> = LazyLock::new(|| {
 });
 
 pub(super) fn insert_event(
-    tx: &Transaction,
+    tx: &Connection,
     event: &EventRow,
     first_job: FirstJob,
 ) -> Result<Appended, JournalError> {
@@ -392,6 +392,29 @@ impl WriteTx for SqliteTx<'_> {
         Ok(())
     }
 
+    async fn check_in(&mut self, name: &str) -> Result<(Option<i64>, i64), JournalError> {
+        let now = now_ms(self.0)?;
+        // A deadline checked in before its clock first ran starts from now.
+        exec(self.0, CLOCK_START, params![name, now])?;
+        // The write transaction holds the file: read, then update.
+        let missed: Option<i64> = self.0.query_row(
+            "SELECT missed_due_ms FROM clocks WHERE name = ?1",
+            [name],
+            |row| row.get(0),
+        )?;
+        exec(
+            self.0,
+            "UPDATE clocks SET last_check_in_ms = ?2, missed_due_ms = NULL WHERE name = ?1",
+            params![name, now],
+        )?;
+        Ok((missed, now))
+    }
+
+    async fn insert_event(&mut self, event: &Event) -> Result<(), JournalError> {
+        insert_event(self.0, &EventRow::new(event)?, FirstJob::EVALUATE)?;
+        Ok(())
+    }
+
     async fn upsert_rule_run(&mut self, event_id: &str, run: &RuleRun) -> Result<(), JournalError> {
         exec(
             self.0,
@@ -489,3 +512,17 @@ stored_as_text!(JobStatus, Queue, RuleOutcome);
 pub const ACTION_ORIGIN: &str = "SELECT j.rule, j.event_id, COALESCE(e.chain_depth, 0)
      FROM jobs j LEFT JOIN events e ON e.id = j.event_id
      WHERE j.id = ?1 AND j.queue = 'action'";
+
+/// A clock's state.
+pub const CLOCK: &str =
+    "SELECT name, last_due_ms, last_check_in_ms, missed_due_ms FROM clocks WHERE name = ?1";
+/// Every clock's state.
+pub const CLOCKS: &str =
+    "SELECT name, last_due_ms, last_check_in_ms, missed_due_ms FROM clocks ORDER BY name";
+/// A clock's first row: its due times are judged from `last_due_ms` on.
+pub const CLOCK_START: &str =
+    "INSERT INTO clocks (name, last_due_ms) VALUES (?1, ?2) ON CONFLICT (name) DO NOTHING";
+/// One due time judged: only if no one judged it (or a later one) first.
+pub const CLOCK_JUDGED: &str = "UPDATE clocks SET last_due_ms = ?2,
+        missed_due_ms = CASE WHEN ?4 THEN ?2 ELSE missed_due_ms END
+     WHERE name = ?1 AND last_due_ms = ?3";
