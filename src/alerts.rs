@@ -59,8 +59,69 @@ pub fn transition(previous: Option<&AlertState>, call: &AlertCall, now_ms: i64) 
     }
 }
 
-/// Decides the effect of `call` given the stored state `previous`, at `now_ms`.
+/// Decides the effect of `call` given the stored state `previous`, at `now_ms`. A muted
+/// alert (`freshet alerts --mute`) changes state as usual and posts and pages nothing; a
+/// transition made while muted is posted at the first call after the mute ended, if the
+/// alert is still in that state.
 pub fn decide(previous: Option<&AlertState>, call: &AlertCall, now_ms: i64) -> Decision {
+    let muted = previous.is_some_and(|p| p.muted_until_ms.is_some_and(|until| until > now_ms));
+    if let Some(owed) = previous.filter(|p| !muted && p.unposted && p.firing == call.firing) {
+        return catch_up(owed, call, now_ms);
+    }
+    let mut decision = decide_unmuted(previous, call, now_ms);
+    let Some(previous) = previous else {
+        return decision;
+    };
+    if let Some(state) = decision.new_state.as_mut() {
+        state.muted_until_ms = previous.muted_until_ms;
+        state.mute_reason = previous.mute_reason.clone();
+        let transition = state.version != previous.version;
+        if transition && previous.unposted {
+            // It returns to the state last posted: nothing is owed any more.
+            state.unposted = false;
+        } else if transition && muted {
+            state.unposted = !decision.jobs.is_empty();
+        } else {
+            state.unposted = previous.unposted;
+        }
+    }
+    if muted && !decision.jobs.is_empty() {
+        decision.jobs.clear();
+        decision.summary = format!("{} (muted: posts and pages nothing)", decision.summary);
+    }
+    if previous.unposted
+        && !muted
+        && decision
+            .new_state
+            .as_ref()
+            .is_some_and(|s| s.version != previous.version)
+    {
+        // The transition owed was never posted, and this one undoes it: say nothing.
+        decision.jobs.clear();
+    }
+    decision
+}
+
+/// Posts the transition made while muted, now that the mute has ended and the alert is
+/// still in that state: as if it had happened now, keeping its since.
+fn catch_up(owed: &AlertState, call: &AlertCall, now_ms: i64) -> Decision {
+    let before = AlertState {
+        firing: !owed.firing,
+        version: owed.version - 1,
+        ..owed.clone()
+    };
+    let mut decision = decide_unmuted(Some(&before), call, now_ms);
+    if let Some(state) = decision.new_state.as_mut() {
+        state.since_ms = owed.since_ms;
+        state.muted_until_ms = owed.muted_until_ms;
+        state.mute_reason = owed.mute_reason.clone();
+        state.unposted = false;
+    }
+    decision.summary = format!("{} (held back while muted)", decision.summary);
+    decision
+}
+
+fn decide_unmuted(previous: Option<&AlertState>, call: &AlertCall, now_ms: i64) -> Decision {
     let was_firing = previous.is_some_and(|p| p.firing);
     let version = previous.map(|p| p.version).unwrap_or(0);
     let shown: Presentation = serde_json::from_value(call.presentation.clone()).unwrap_or_default();
@@ -100,6 +161,7 @@ pub fn decide(previous: Option<&AlertState>, call: &AlertCall, now_ms: i64) -> D
                     version,
                     since_ms: now_ms,
                     last_notified_ms: Some(now_ms),
+                    ..AlertState::default()
                 }),
                 jobs,
                 summary: "ok -> firing: posts the alert".into(),
@@ -203,6 +265,7 @@ pub fn decide(previous: Option<&AlertState>, call: &AlertCall, now_ms: i64) -> D
                     version,
                     since_ms: now_ms,
                     last_notified_ms: previous.and_then(|p| p.last_notified_ms),
+                    ..AlertState::default()
                 }),
                 jobs,
                 summary,
@@ -457,6 +520,37 @@ mod tests {
             resolved.jobs[0].payload,
             json!({"event_action": "resolve", "routing_key": "data", "dedup_key": "freshet/revenue-floor"})
         );
+    }
+
+    #[test]
+    fn a_muted_alert_posts_nothing_and_owes_only_what_still_holds() {
+        let mut c = call(true);
+        c.presentation = json!({"pagerduty": "data"});
+        let fired = decide(None, &c, 0).new_state.unwrap();
+        let resolved_state = decide(Some(&fired), &call(false), 1).new_state.unwrap();
+        let muted = AlertState {
+            muted_until_ms: Some(1_000),
+            ..resolved_state
+        };
+        // Fires while muted: state changes, nothing goes out, the post is owed.
+        let silent = decide(Some(&muted), &c, 10);
+        assert!(silent.jobs.is_empty(), "{:?}", silent.jobs);
+        let owed = silent.new_state.unwrap();
+        assert!(owed.firing && owed.unposted && owed.muted_until_ms == Some(1_000));
+        // Still muted, still firing: quiet.
+        assert!(decide(Some(&owed), &c, 500).jobs.is_empty());
+        // The mute over and still firing: the post and the page go out now, once.
+        let caught_up = decide(Some(&owed), &c, 2_000);
+        assert_eq!(kinds(&caught_up), ["slack_post", "pagerduty_event"]);
+        let posted = caught_up.new_state.unwrap();
+        assert!(!posted.unposted && posted.since_ms == 10 && posted.version == owed.version);
+        assert!(decide(Some(&posted), &c, 3_000).jobs.is_empty());
+        // Fired and resolved within the mute: nothing is owed after it.
+        let back = decide(Some(&owed), &call(false), 600);
+        assert!(back.jobs.is_empty());
+        let back = back.new_state.unwrap();
+        assert!(!back.unposted);
+        assert!(decide(Some(&back), &call(false), 2_000).jobs.is_empty());
     }
 
     #[test]

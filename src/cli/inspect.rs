@@ -209,6 +209,10 @@ struct AlertLine {
     since: String,
     last_notified: Option<String>,
     version: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    muted_until: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mute_reason: Option<String>,
 }
 
 fn rfc3339(ms: i64) -> String {
@@ -219,11 +223,19 @@ fn rfc3339(ms: i64) -> String {
 
 pub fn list_alerts(config: &Config, json: bool) -> anyhow::Result<bool> {
     let alerts = open(config)?.alerts()?;
+    let now = chrono::Utc::now().timestamp_millis();
     let lines = alerts.into_iter().map(|alert| AlertLine {
         state: if alert.firing { "firing" } else { "ok" },
         since: rfc3339(alert.since_ms),
         last_notified: alert.last_notified_ms.map(rfc3339),
         version: alert.version,
+        muted_until: alert
+            .muted_until_ms
+            .filter(|until| *until > now)
+            .map(rfc3339),
+        mute_reason: alert
+            .mute_reason
+            .filter(|_| alert.muted_until_ms.is_some_and(|until| until > now)),
         name: alert.name,
     });
     let mut any = false;
@@ -232,8 +244,13 @@ pub fn list_alerts(config: &Config, json: bool) -> anyhow::Result<bool> {
         if json {
             println!("{}", serde_json::to_string(&line)?);
         } else {
+            let muted = match (&line.muted_until, &line.mute_reason) {
+                (Some(until), Some(reason)) => format!("  muted until {until} ({reason})"),
+                (Some(until), None) => format!("  muted until {until}"),
+                _ => String::new(),
+            };
             println!(
-                "{}  [{}]  since {}  last notified {}",
+                "{}  [{}]  since {}  last notified {}{muted}",
                 line.name,
                 line.state,
                 line.since,
@@ -302,6 +319,65 @@ pub fn list_deadlines(config: &Config, json: bool) -> anyhow::Result<bool> {
         println!("no deadlines ([deadlines.NAME] in the config)");
     }
     Ok(true)
+}
+
+/// `freshet alerts --mute NAME --for DURATION [--reason TEXT]`.
+pub fn mute_alert(
+    config: &Config,
+    name: &str,
+    duration: &str,
+    reason: Option<&str>,
+) -> anyhow::Result<bool> {
+    let length = parse_duration(duration)?;
+    let until = chrono::Utc::now().timestamp_millis() + length;
+    anyhow::ensure!(
+        open(config)?.mute_alert(name, Some(until), reason)?,
+        "no alert named {name} (`freshet alerts` lists them; an alert exists once a rule has raised it)"
+    );
+    println!(
+        "alert {name} muted until {}: it is tracked, and nothing is posted or paged",
+        rfc3339(until)
+    );
+    Ok(true)
+}
+
+/// `freshet alerts --unmute NAME`.
+pub fn unmute_alert(config: &Config, name: &str) -> anyhow::Result<bool> {
+    anyhow::ensure!(
+        open(config)?.mute_alert(name, None, None)?,
+        "no alert named {name} (`freshet alerts` lists them)"
+    );
+    println!("alert {name} unmuted");
+    Ok(true)
+}
+
+/// `90s`, `30m`, `2h`, `1d` (or a sum: `1h30m`) in ms.
+fn parse_duration(text: &str) -> anyhow::Result<i64> {
+    let mut total: i64 = 0;
+    let mut number = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1_000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
+            _ => anyhow::bail!("--for {text:?}: a duration such as 90s, 30m, 2h or 1d"),
+        };
+        let value: i64 = number
+            .parse()
+            .map_err(|_| anyhow::anyhow!("--for {text:?}: a number before each unit (2h)"))?;
+        total = total.saturating_add(value.saturating_mul(unit));
+        number.clear();
+    }
+    anyhow::ensure!(
+        number.is_empty() && total > 0,
+        "--for {text:?}: a duration such as 90s, 30m, 2h or 1d"
+    );
+    Ok(total)
 }
 
 pub fn reset_alert(config: &Config, name: &str) -> anyhow::Result<bool> {

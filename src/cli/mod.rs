@@ -96,8 +96,26 @@ pub enum Command {
     /// List alert states, or reset one to OK without posting.
     Alerts {
         /// Set this alert to OK, posting nothing.
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", conflicts_with_all = ["mute", "unmute"])]
         reset: Option<String>,
+        /// Keep tracking this alert but post and page nothing for `--for` (a transition
+        /// meanwhile is posted when the mute ends, if the alert is still in that state).
+        #[arg(
+            long,
+            value_name = "NAME",
+            requires = "for_",
+            conflicts_with = "unmute"
+        )]
+        mute: Option<String>,
+        /// How long to mute: 90s, 30m, 2h, 1d.
+        #[arg(long = "for", value_name = "DURATION")]
+        for_: Option<String>,
+        /// Why, shown by `freshet alerts`.
+        #[arg(long, requires = "mute")]
+        reason: Option<String>,
+        /// End an alert's mute now.
+        #[arg(long, value_name = "NAME")]
+        unmute: Option<String>,
         /// One JSON object a line.
         #[arg(long)]
         json: bool,
@@ -301,11 +319,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             let config = config::load_without_secrets(config_path.as_deref())?;
             inspect::list_actions(&config, status.map(JobStatus::from), limit, json)
         }
-        Command::Alerts { reset, json } => {
+        Command::Alerts {
+            reset,
+            mute,
+            for_,
+            reason,
+            unmute,
+            json,
+        } => {
             let config = config::load_without_secrets(config_path.as_deref())?;
-            match reset {
-                Some(name) => inspect::reset_alert(&config, &name),
-                None => inspect::list_alerts(&config, json),
+            match (reset, mute, unmute) {
+                (Some(name), _, _) => inspect::reset_alert(&config, &name),
+                (_, Some(name), _) => inspect::mute_alert(
+                    &config,
+                    &name,
+                    for_.as_deref().unwrap_or_default(),
+                    reason.as_deref(),
+                ),
+                (_, _, Some(name)) => inspect::unmute_alert(&config, &name),
+                _ => inspect::list_alerts(&config, json),
             }
         }
         Command::Deadlines { json } => {

@@ -260,6 +260,7 @@ fn alert_states(states: &BTreeMap<String, String>) -> Result<Vec<AlertState>, St
                 version: 1,
                 since_ms: 0,
                 last_notified_ms: firing.then_some(0),
+                ..AlertState::default()
             })
         })
         .collect()

@@ -622,6 +622,14 @@ mod tests {
     }
 
     impl Admin for BrokenJournal {
+        fn mute_alert(
+            &self,
+            _: &str,
+            _: Option<i64>,
+            _: Option<&str>,
+        ) -> Result<bool, JournalError> {
+            down()
+        }
         fn clocks(&self) -> Result<Vec<crate::journal::ClockState>, JournalError> {
             down()
         }

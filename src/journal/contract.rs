@@ -508,6 +508,7 @@ fn decide(previous: Option<&AlertState>, call: &AlertCall, now: i64) -> AlertTra
             version,
             since_ms: now,
             last_notified_ms: Some(now),
+            ..AlertState::default()
         }),
         jobs: vec![AlertJob {
             key: super::job_key(&["alert", &call.name, &version.to_string()]),

@@ -266,6 +266,15 @@ pub trait Admin: Send + Sync {
     /// Every deadline's and schedule's stored state.
     fn clocks(&self) -> Result<Vec<ClockState>, JournalError>;
 
+    /// Mutes alert `name` until `until_ms` (None: unmutes it), with a reason; false if
+    /// there is no such alert.
+    fn mute_alert(
+        &self,
+        name: &str,
+        until_ms: Option<i64>,
+        reason: Option<&str>,
+    ) -> Result<bool, JournalError>;
+
     /// Sets alert `name` to OK without posting anything (`freshet alerts --reset`): a new
     /// state version, so a later transition posts as usual. None if there is no such
     /// alert; Some(false) if it was OK already.

@@ -464,13 +464,22 @@ pub struct AlertCall {
 }
 
 /// Stored state of one alert.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct AlertState {
     pub name: String,
     pub firing: bool,
     pub version: i64,
     pub since_ms: i64,
     pub last_notified_ms: Option<i64>,
+    /// Muted until then (`freshet alerts --mute`): tracked, but nothing posted or paged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub muted_until_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mute_reason: Option<String>,
+    /// A transition happened while muted and was not posted: posted when the mute has
+    /// ended, if the alert is still in that state.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unposted: bool,
 }
 
 /// One line of `freshet events`.

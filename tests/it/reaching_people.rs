@@ -207,3 +207,65 @@ if event.type == "dbt.job.run.completed" && event.job_name == "refused" {
     );
     assert!(!dead.contains(PAGERDUTY_KEY));
 }
+
+/// A muted alert is tracked but posts and pages nothing; its resolution, made while
+/// muted, is posted at the first call after the mute ends, the alert still OK.
+#[tokio::test]
+async fn a_muted_alert_posts_and_pages_nothing_until_unmuted() {
+    let (slack, pagerduty) = (FakeSlack::start().await, FakePagerDuty::start().await);
+    let daemon = Daemon::start(setup(&slack, &pagerduty).rule("nightly.rhai", NIGHTLY));
+    run(&daemon, "wev_m1", "Errored").await;
+    eventually(&daemon, "the firing post and page", || {
+        (slack.messages().len() == 1 && pagerduty.events().len() == 1).then_some(())
+    })
+    .await;
+    let muted = daemon.cli_ok(&[
+        "alerts",
+        "--mute",
+        "nightly",
+        "--for",
+        "1h",
+        "--reason",
+        "warehouse maintenance",
+    ]);
+    assert!(muted.contains("alert nightly muted until"), "{muted}");
+    let listing = daemon.cli_ok(&["alerts"]);
+    assert!(
+        listing.contains("[firing]") && listing.contains("(warehouse maintenance)"),
+        "{listing}"
+    );
+
+    run(&daemon, "wev_m2", "Success").await;
+    let state = daemon.cli_ok(&["alerts", "--json"]);
+    assert!(
+        state.contains(r#""state":"ok""#),
+        "tracked while muted: {state}"
+    );
+    let all = daemon.cli_ok(&["actions", "--limit", "100"]);
+    assert_eq!(
+        all.matches("pagerduty_event").count(),
+        1,
+        "nothing queued while muted: {all}"
+    );
+    assert_eq!(slack.messages().len(), 1);
+
+    let unmuted = daemon.cli_ok(&["alerts", "--unmute", "nightly"]);
+    assert!(unmuted.contains("unmuted"), "{unmuted}");
+    run(&daemon, "wev_m3", "Success").await;
+    eventually(&daemon, "the resolution held back while muted", || {
+        let resolved = slack
+            .messages()
+            .iter()
+            .any(|m| m.text == "Resolved: nightly");
+        let paged = pagerduty
+            .events()
+            .iter()
+            .any(|e| e["event_action"] == "resolve");
+        (resolved && paged).then_some(())
+    })
+    .await;
+    assert!(!daemon.cli_ok(&["alerts"]).contains("muted"));
+    let missing = daemon.cli(&["alerts", "--mute", "nope", "--for", "1h"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no alert named nope"));
+}

@@ -497,13 +497,26 @@ impl Admin for PostgresJournal {
             let client = shared.client().await?;
             let rows = client
                 .rows(
-                    "SELECT name, state, version, since_ms, last_notified_ms FROM alerts
+                    "SELECT name, state, version, since_ms, last_notified_ms, muted_until_ms, mute_reason, unposted FROM alerts
                      WHERE version > 0 ORDER BY name",
                     &[],
                 )
                 .await
                 .map_err(backend)?;
             Ok(rows.iter().map(alert_state).collect())
+        })
+    }
+
+    fn mute_alert(&self, name: &str, until_ms: Option<i64>, reason: Option<&str>) -> Result<bool> {
+        let shared = self.shared();
+        let (name, reason) = (name.to_string(), reason.map(String::from));
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let changed = client
+                .exec(MUTE_ALERT, &[&name, &until_ms, &reason])
+                .await
+                .map_err(backend)?;
+            Ok(changed == 1)
         })
     }
 

@@ -112,6 +112,12 @@ CREATE TABLE clocks (
     missed_due_ms    BIGINT
 );
 "#,
+    // Muted alerts (`freshet alerts --mute`), and a transition made while muted.
+    r#"
+ALTER TABLE alerts ADD COLUMN muted_until_ms BIGINT;
+ALTER TABLE alerts ADD COLUMN mute_reason TEXT;
+ALTER TABLE alerts ADD COLUMN unposted BOOLEAN NOT NULL DEFAULT FALSE;
+"#,
 ];
 
 /// The tables freshet keeps, `freshet_schema` (the version) first.

@@ -133,6 +133,9 @@ pub(super) fn alert_state(row: &Row) -> AlertState {
         version: row.get("version"),
         since_ms: row.get("since_ms"),
         last_notified_ms: row.get("last_notified_ms"),
+        muted_until_ms: row.get("muted_until_ms"),
+        mute_reason: row.get("mute_reason"),
+        unposted: row.get("unposted"),
     }
 }
 
@@ -293,7 +296,7 @@ impl WriteTx for PgTx<'_> {
             .0
             .row(
                 &format!(
-                    "SELECT name, state, version, since_ms, last_notified_ms, {NOW_MS} AS now
+                    "SELECT name, state, version, since_ms, last_notified_ms, muted_until_ms, mute_reason, unposted, {NOW_MS} AS now
                      FROM alerts WHERE name = $1 FOR UPDATE"
                 ),
                 &[&name],
@@ -310,7 +313,7 @@ impl WriteTx for PgTx<'_> {
         self.0
             .exec(
                 "UPDATE alerts SET state = $2, version = $3, since_ms = $4, last_notified_ms = $5,
-                    event_id = $6 WHERE name = $1",
+                    event_id = $6, unposted = $7 WHERE name = $1",
                 &[
                     &state.name,
                     &if state.firing { "firing" } else { "ok" },
@@ -318,6 +321,7 @@ impl WriteTx for PgTx<'_> {
                     &state.since_ms,
                     &state.last_notified_ms,
                     &event_id,
+                    &state.unposted,
                 ],
             )
             .await
@@ -452,3 +456,7 @@ pub const CLOCK_START: &str =
 pub const CLOCK_JUDGED: &str = "UPDATE clocks SET last_due_ms = $2,
         missed_due_ms = CASE WHEN $4 THEN $2 ELSE missed_due_ms END
      WHERE name = $1 AND last_due_ms = $3";
+
+/// Mutes (or unmutes) an alert that exists.
+pub const MUTE_ALERT: &str = "UPDATE alerts SET muted_until_ms = $2, mute_reason = $3
+     WHERE name = $1 AND version > 0";

@@ -309,7 +309,7 @@ impl Admin for SqliteJournal {
     fn alerts(&self) -> Result<Vec<AlertState>, JournalError> {
         self.read(|conn| {
             let mut statement = conn.prepare(
-                "SELECT name, state, version, since_ms, last_notified_ms FROM alerts ORDER BY name",
+                "SELECT name, state, version, since_ms, last_notified_ms, muted_until_ms, mute_reason, unposted FROM alerts ORDER BY name",
             )?;
             let rows = statement.query_map([], alert_row)?;
             Ok(rows.collect::<Result<_, _>>()?)
@@ -318,6 +318,15 @@ impl Admin for SqliteJournal {
 
     fn reset_alert(&self, name: &str) -> Result<Option<bool>, JournalError> {
         self.write(|tx| run_now(common::reset_alert(&mut SqliteTx(tx), name)))
+    }
+
+    fn mute_alert(
+        &self,
+        name: &str,
+        until_ms: Option<i64>,
+        reason: Option<&str>,
+    ) -> Result<bool, JournalError> {
+        self.write(|tx| Ok(exec(tx, MUTE_ALERT, params![name, until_ms, reason])? == 1))
     }
 
     fn clocks(&self) -> Result<Vec<ClockState>, JournalError> {

@@ -129,6 +129,12 @@ CREATE TABLE clocks (
     missed_due_ms    INTEGER
 );
 "#,
+    // Muted alerts (`freshet alerts --mute`), and a transition made while muted.
+    r#"
+ALTER TABLE alerts ADD COLUMN muted_until_ms INTEGER;
+ALTER TABLE alerts ADD COLUMN mute_reason TEXT;
+ALTER TABLE alerts ADD COLUMN unposted INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Brings the schema up to date. An up-to-date journal (every open but the first after

@@ -213,7 +213,7 @@ pub(super) fn job_summary(row: &rusqlite::Row) -> rusqlite::Result<(JobSummary, 
 pub(super) fn load_alert(tx: &Connection, name: &str) -> Result<Option<AlertState>, JournalError> {
     Ok(tx
         .query_row(
-            "SELECT name, state, version, since_ms, last_notified_ms FROM alerts WHERE name = ?1",
+            "SELECT name, state, version, since_ms, last_notified_ms, muted_until_ms, mute_reason, unposted FROM alerts WHERE name = ?1",
             [name],
             alert_row,
         )
@@ -227,6 +227,9 @@ pub(super) fn alert_row(row: &rusqlite::Row) -> rusqlite::Result<AlertState> {
         version: row.get(2)?,
         since_ms: row.get(3)?,
         last_notified_ms: row.get(4)?,
+        muted_until_ms: row.get(5)?,
+        mute_reason: row.get(6)?,
+        unposted: row.get(7)?,
     })
 }
 
@@ -359,18 +362,19 @@ impl WriteTx for SqliteTx<'_> {
     async fn save_alert(&mut self, state: &AlertState, event_id: &str) -> Result<(), JournalError> {
         exec(
             self.0,
-            "INSERT INTO alerts (name, state, version, since_ms, last_notified_ms, event_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO alerts (name, state, version, since_ms, last_notified_ms, event_id, unposted)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (name) DO UPDATE SET state = excluded.state, version = excluded.version,
                 since_ms = excluded.since_ms, last_notified_ms = excluded.last_notified_ms,
-                event_id = excluded.event_id",
+                event_id = excluded.event_id, unposted = excluded.unposted",
             params![
                 state.name,
                 if state.firing { "firing" } else { "ok" },
                 state.version,
                 state.since_ms,
                 state.last_notified_ms,
-                event_id
+                event_id,
+                state.unposted
             ],
         )?;
         Ok(())
@@ -526,3 +530,7 @@ pub const CLOCK_START: &str =
 pub const CLOCK_JUDGED: &str = "UPDATE clocks SET last_due_ms = ?2,
         missed_due_ms = CASE WHEN ?4 THEN ?2 ELSE missed_due_ms END
      WHERE name = ?1 AND last_due_ms = ?3";
+
+/// Mutes (or unmutes) an alert that exists.
+pub const MUTE_ALERT: &str = "UPDATE alerts SET muted_until_ms = ?2, mute_reason = ?3
+     WHERE name = ?1 AND version > 0";
