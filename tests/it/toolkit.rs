@@ -97,6 +97,64 @@ args = ["Sales"]
     assert!(text.ends_with("1 passed, 1 failed\n"), "{text}");
 }
 
+/// docs/behaviour.md section 14: rule tests take `now` (the clock alert decisions see) and
+/// inline deadline events; a renotification is listed only once its interval has passed
+/// at `now`, and a test that expects otherwise fails.
+#[test]
+fn rule_tests_take_now_and_inline_deadline_events() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("tests")).unwrap();
+    std::fs::write(
+        dir.path().join("late.rhai"),
+        r##"if event.type == "freshet.deadline.missed" {
+    alert("late", true, #{ channel: "#data", text: `${event.name} missed ${event.due_at}`, renotify_minutes: 60 });
+}"##,
+    )
+    .unwrap();
+    let event = r#"{ id = "freshet:deadline.missed:nightly:1", source = "freshet", type = "freshet.deadline.missed", received_at = "1970-01-01T00:00:00Z", name = "nightly", due_at = "1970-01-01T00:00:00.001Z" }"#;
+    std::fs::write(
+        dir.path().join("tests/late.toml"),
+        format!(
+            r##"
+[[test]]
+name = "quiet within the hour"
+event = {event}
+alerts = {{ late = "firing" }}
+now = "1970-01-01T00:30:00Z"
+expect_no = ["slack_post"]
+
+[[test]]
+name = "renotifies after the hour"
+event = {event}
+alerts = {{ late = "firing" }}
+now = "1970-01-01T02:00:00Z"
+[[test.expect]]
+action = "slack_post"
+args = ["#data", {{ text = "nightly missed 1970-01-01T00:00:00.001Z" }}]
+
+[[test]]
+name = "wrongly expects a post within the hour"
+event = {event}
+alerts = {{ late = "firing" }}
+now = "1970-01-01T00:30:00Z"
+[[test.expect]]
+action = "slack_post"
+"##
+        ),
+    )
+    .unwrap();
+    let output = freshet(&["test", "--rules", dir.path().to_str().unwrap()]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(text.contains("PASS quiet within the hour"), "{text}");
+    assert!(text.contains("PASS renotifies after the hour"), "{text}");
+    assert!(
+        text.contains("FAIL wrongly expects a post within the hour"),
+        "{text}"
+    );
+    assert!(text.ends_with("2 passed, 1 failed\n"), "{text}");
+}
+
 /// `freshet test` on a raw Mode run webhook says what it is missing.
 #[test]
 fn testing_a_raw_mode_webhook_says_it_is_not_enriched() {
