@@ -64,6 +64,18 @@ pub struct CallOrigin<'a> {
     pub event_id: &'a str,
 }
 
+/// Every action's name as rules write it and jobs record it (`kind`).
+pub const KINDS: [&str; 8] = [
+    "mode_run",
+    "dbt_run",
+    "tableau_refresh",
+    "tableau_refresh_datasource",
+    "slack_post",
+    "pagerduty_event",
+    "alert",
+    "check_in",
+];
+
 impl ActionRequest {
     /// Registers every action's rule functions on `engine`.
     pub fn register_rule_functions(engine: &mut Engine) {

@@ -11,7 +11,7 @@ use crate::event::{now_rfc3339, Event};
 use crate::ingest::{dbt_cloud, mode};
 use crate::journal::AlertState;
 use crate::rules::engine::build_engine;
-use crate::rules::lint::{check_in_problems, check_names, KnownFunctions};
+use crate::rules::lint::check_in_problems;
 use crate::rules::load::{load_dir, load_files};
 use crate::rules::RuleError;
 use crate::rules::RuleResult;
@@ -52,21 +52,14 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<bool> {
     for error in &set.errors {
         println!("{}", error.with_source_excerpt());
     }
-    // Rhai finds an unknown function only when the call runs: look before it does.
-    let known = KnownFunctions::of(&engine);
+    // Unknown functions are load errors (above); check-ins are checked against the
+    // config's deadlines, when there is a config file (in a folder, no deadline is known).
     let mut name_errors = 0;
-    for rule in set.rules.values() {
+    for rule in set.rules.values().filter(|_| config.path.is_some()) {
         let Ok(source) = std::fs::read_to_string(&rule.path) else {
             continue;
         };
-        // Without a config file (`check` in a folder) no deadline is known: check-ins are
-        // checked against a config only.
-        let check_ins = match config.path {
-            Some(_) => check_in_problems(&source, &config.deadlines),
-            None => Vec::new(),
-        };
-        let problems = check_names(&source, &known).into_iter().chain(check_ins);
-        for problem in problems {
+        for problem in check_in_problems(&source, &config.deadlines) {
             let error = RuleError {
                 file: rule.path.clone(),
                 line: problem.line,

@@ -267,6 +267,20 @@ fn alert_states(states: &BTreeMap<String, String>) -> Result<Vec<AlertState>, St
 }
 
 fn check_expectations(test: &RuleTest, calls: &[SeenCall]) -> Result<(), String> {
+    // An expectation naming no action could never be met (or never fail): a typo.
+    let actions = test
+        .expect
+        .iter()
+        .map(|expected| expected.action.as_str())
+        .chain(test.expect_no.iter().map(String::as_str));
+    for action in actions {
+        if !crate::actions::KINDS.contains(&action) && action != "slack_update" {
+            return Err(format!(
+                "no action is named {action:?} (actions: {}, slack_update)",
+                crate::actions::KINDS.join(", ")
+            ));
+        }
+    }
     let made = || {
         if calls.is_empty() {
             "\n    calls made: none".to_string()

@@ -269,7 +269,12 @@ impl Problems<'_> {
     }
 
     fn secret(&mut self, key: &str, reference: &SecretRef) -> Option<super::Secret> {
-        if self.secrets == Secrets::Skip {
+        let wanted = match self.secrets {
+            Secrets::Resolve => true,
+            Secrets::Skip => false,
+            Secrets::Only(keys) => keys.iter().any(|wanted| key.starts_with(wanted)),
+        };
+        if !wanted {
             return Some(super::Secret::unresolved());
         }
         if reference.is_literal() {
@@ -610,6 +615,10 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
     // The journal's URL is needed by every command (they all read the journal), so it is
     // read even when the other secrets are not.
     let journal_url = raw.journal.url.as_ref().and_then(|reference| {
+        if matches!(problems.secrets, super::Secrets::Only(_)) {
+            // `send` talks to the daemon, not the journal.
+            return Some(super::Secret::unresolved());
+        }
         let secrets = std::mem::replace(&mut problems.secrets, super::Secrets::Resolve);
         let url = problems.secret("journal.url", reference);
         problems.secrets = secrets;

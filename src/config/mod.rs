@@ -282,12 +282,26 @@ pub enum Secrets {
     /// rules offline, must work without the daemon's secrets in place (docs/behaviour.md section
     /// 9).
     Skip,
+    /// Read only the secrets under these keys (`dbt.webhook_secrets`): `send`, which signs
+    /// with one and needs none of the others, nor the journal (docs/behaviour.md section 17).
+    Only(&'static [&'static str]),
 }
 
 /// Loads the config from wherever [`locate`] finds it, with every secret resolved.
 pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigErrors> {
     match locate(explicit)? {
         ConfigLocation::File(path) => Config::from_file(&path),
+        ConfigLocation::Embedded => Config::embedded(),
+    }
+}
+
+/// Loads the config reading only the secrets under `keys` (`freshet send`).
+pub fn load_only(
+    explicit: Option<&Path>,
+    keys: &'static [&'static str],
+) -> Result<Config, ConfigErrors> {
+    match locate(explicit)? {
+        ConfigLocation::File(path) => Config::read(&path, Secrets::Only(keys)),
         ConfigLocation::Embedded => Config::embedded(),
     }
 }

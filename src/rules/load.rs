@@ -10,6 +10,7 @@ use std::sync::Arc;
 use rhai::{Engine, Position, Scope};
 use sha2::{Digest, Sha256};
 
+use super::lint::{check_names, KnownFunctions};
 use super::{api, Rule, RuleSet};
 
 /// A rule that failed to compile or to run, with where.
@@ -76,7 +77,7 @@ pub fn compile_scope() -> Scope<'static> {
 
 /// Compiles one rule file.
 pub fn compile_file(engine: &Engine, path: &Path) -> Result<Rule, RuleError> {
-    compile_source(engine, path, &read_rule(path)?)
+    compile_source(engine, &KnownFunctions::of(engine), path, &read_rule(path)?)
 }
 
 fn read_rule(path: &Path) -> Result<String, RuleError> {
@@ -94,10 +95,27 @@ fn digest(source: &str) -> [u8; 32] {
     Sha256::digest(source.as_bytes()).into()
 }
 
-fn compile_source(engine: &Engine, path: &Path, source: &str) -> Result<Rule, RuleError> {
+/// Compiles a rule and checks the functions it calls (`lint::check_names`): Rhai finds an
+/// unknown function only when the call runs, so a typo would load and then fail on every
+/// event. It is a load error instead, as `freshet check` reports it (docs/behaviour.md
+/// section 17), and the last good version keeps running.
+fn compile_source(
+    engine: &Engine,
+    known: &KnownFunctions,
+    path: &Path,
+    source: &str,
+) -> Result<Rule, RuleError> {
     let mut ast = engine
         .compile_with_scope(&compile_scope(), source)
         .map_err(|error| RuleError::new(path, error.position(), error.err_type().to_string()))?;
+    if let Some(problem) = check_names(source, known).into_iter().next() {
+        return Err(RuleError {
+            file: path.to_path_buf(),
+            line: problem.line,
+            column: problem.column,
+            message: problem.message,
+        });
+    }
     ast.set_source(path.display().to_string());
     Ok(Rule {
         name: rule_name(path),
@@ -139,6 +157,8 @@ pub fn load_files(engine: &Engine, paths: &[PathBuf], previous: Option<&RuleSet>
     let mut rules = BTreeMap::new();
     let mut errors = Vec::new();
     let mut compiled = 0;
+    // The engine's functions, listed once a load and only if something is compiled.
+    let known = std::cell::OnceCell::new();
     for path in paths {
         let unchanged = |source: &String| {
             let old = previous?.rules.get(&rule_name(path))?;
@@ -148,7 +168,8 @@ pub fn load_files(engine: &Engine, paths: &[PathBuf], previous: Option<&RuleSet>
             Some(old) => Ok(old),
             None => {
                 compiled += 1;
-                compile_source(engine, path, &source).map(Arc::new)
+                let known = known.get_or_init(|| KnownFunctions::of(engine));
+                compile_source(engine, known, path, &source).map(Arc::new)
             }
         });
         match outcome {

@@ -431,18 +431,32 @@ async fn send_dbt_core_reports_a_real_invocation() {
     let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dbt");
     let run_results = fixtures.join("run_results.json");
     let manifest = fixtures.join("manifest.json");
-    let out = daemon.cli_ok(&[
-        "send",
-        "dbt-core",
-        run_results.to_str().unwrap(),
-        "--manifest",
-        manifest.to_str().unwrap(),
-        "--job",
-        "nightly",
-        "--url",
-        &daemon.url("/webhooks/dbt-core"),
-    ]);
-    assert!(out.contains("-> 200"), "{out}");
+    // Run as a CI step would: only the dbt secret in its environment, not Slack's
+    // (docs/behaviour.md section 17: send reads only the secret it signs with).
+    let output = std::process::Command::new(BIN)
+        .args([
+            "send",
+            "dbt-core",
+            run_results.to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+            "--job",
+            "nightly",
+            "--url",
+            &daemon.url("/webhooks/dbt-core"),
+            "--config",
+            daemon.config_path().to_str().unwrap(),
+        ])
+        .env_clear()
+        .env("T_SECRET", SECRET)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && out.contains("-> 200"),
+        "{out}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let invocation: Value = serde_json::from_slice(&fixture("run_results.json")).unwrap();
     let id = format!(
         "dbt-core:{}",

@@ -231,6 +231,39 @@ async fn rules_reload_while_running() {
         "the last good version runs:\n{block}"
     );
 
+    // An edit that compiles but calls a function no one has (docs/behaviour.md section
+    // 17): a load error as `check` reports it, not a rule that fails on every event.
+    let reloads = count_in_log(&daemon, "Rules reloaded.");
+    std::fs::write(
+        daemon.dir.join("rules/first.rhai"),
+        "if event.type == \"dbt.job.run.completed\" {\n    slack_pots(\"typo\");\n}\n",
+    )
+    .unwrap();
+    eventually(&daemon, "the reload after a typo", || {
+        (count_in_log(&daemon, "Rules reloaded.") > reloads).then_some(())
+    })
+    .await;
+    let health: Value = daemon.get_json("/healthz").await;
+    assert_eq!(health["rule_errors"], 1, "{health}");
+    assert!(
+        daemon
+            .log()
+            .contains("first.rhai:2:5: unknown function slack_pots (did you mean slack_post?)"),
+        "{}",
+        daemon.log()
+    );
+    let event = send_dbt(
+        &daemon,
+        SECRET,
+        dbt_completed("wev_r3b", "nightly", "Success"),
+    )
+    .await;
+    let block = evaluated(&daemon, event["event_id"].as_str().unwrap()).await;
+    assert!(
+        block.contains("rule first: fired"),
+        "the last good version still runs:\n{block}"
+    );
+
     // Deleted file: stops firing.
     let reloads = count_in_log(&daemon, "Rules reloaded.");
     std::fs::remove_file(daemon.dir.join("rules/second.rhai")).unwrap();

@@ -155,6 +155,46 @@ action = "slack_post"
     assert!(text.ends_with("2 passed, 1 failed\n"), "{text}");
 }
 
+/// docs/behaviour.md section 17: an expectation naming no action fails the test (a typo
+/// in `expect_no` would otherwise pass for ever), and a rule with a typo'd function is a
+/// load error of the tests, as `check` reports it.
+#[test]
+fn rule_tests_refuse_unknown_actions_and_lint_their_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("tests")).unwrap();
+    std::fs::write(dir.path().join("post.rhai"), r#"slack_post("hi");"#).unwrap();
+    std::fs::write(
+        dir.path().join("tests/post.toml"),
+        r#"
+[[test]]
+name = "a typo in expect_no"
+event = { eventType = "job.run.completed", eventId = "t1", data = { jobId = "1" } }
+expect_no = ["slack_psot"]
+"#,
+    )
+    .unwrap();
+    let output = freshet(&["test", "--rules", dir.path().to_str().unwrap()]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(r#"FAIL a typo in expect_no: no action is named "slack_psot""#),
+        "{text}"
+    );
+
+    std::fs::write(dir.path().join("post.rhai"), r#"slack_pots("hi");"#).unwrap();
+    let output = freshet(&["test", "--rules", dir.path().to_str().unwrap()]);
+    let all = format!(
+        "{}{}",
+        stdout(&output),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_ne!(output.status.code(), Some(0), "{all}");
+    assert!(
+        all.contains("post.rhai:1:1: unknown function slack_pots (did you mean slack_post?)"),
+        "{all}"
+    );
+}
+
 /// `freshet test` on a raw Mode run webhook says what it is missing.
 #[test]
 fn testing_a_raw_mode_webhook_says_it_is_not_enriched() {

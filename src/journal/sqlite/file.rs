@@ -54,6 +54,23 @@ pub fn open_error(path: &Path, error: &dyn std::fmt::Display) -> JournalError {
     }
 }
 
+/// Creates a new journal file readable and writable by its owner only (0600), before
+/// SQLite opens it: SQLite gives its `-wal` and `-shm` files the same mode. An existing
+/// file is left as it is.
+pub fn create_private(path: &Path) -> Result<(), JournalError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(open_error(path, &error)),
+    }
+}
+
 /// Creates the journal's folder, saying which part of the path is in the way.
 pub fn create_folder(path: &Path) -> Result<(), JournalError> {
     let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) else {
@@ -62,26 +79,33 @@ pub fn create_folder(path: &Path) -> Result<(), JournalError> {
     if parent.is_dir() {
         return Ok(());
     }
-    std::fs::create_dir_all(parent).map_err(|error| {
-        let blocker = parent
-            .ancestors()
-            .find(|p| !p.as_os_str().is_empty() && p.exists() && !p.is_dir());
-        let message = match blocker {
-            Some(file) => format!(
-                "{} is a file, not a folder: set journal.path to a path in a folder",
-                file.display()
-            ),
-            None if error.kind() == std::io::ErrorKind::PermissionDenied => format!(
-                "cannot create the folder {}: permission denied",
-                parent.display()
-            ),
-            None => format!("cannot create the folder {}: {error}", parent.display()),
-        };
-        JournalError::Open {
-            path: path.display().to_string(),
-            message,
-        }
-    })
+    // The journal holds webhook bodies and action results: readable by its owner only
+    // (docs/behaviour.md section 17), whatever the umask.
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)
+        .map_err(|error| {
+            let blocker = parent
+                .ancestors()
+                .find(|p| !p.as_os_str().is_empty() && p.exists() && !p.is_dir());
+            let message = match blocker {
+                Some(file) => format!(
+                    "{} is a file, not a folder: set journal.path to a path in a folder",
+                    file.display()
+                ),
+                None if error.kind() == std::io::ErrorKind::PermissionDenied => format!(
+                    "cannot create the folder {}: permission denied",
+                    parent.display()
+                ),
+                None => format!("cannot create the folder {}: {error}", parent.display()),
+            };
+            JournalError::Open {
+                path: path.display().to_string(),
+                message,
+            }
+        })
 }
 
 /// The journal exists (for [`Opener::Command`]).

@@ -94,6 +94,7 @@ impl SqliteJournal {
             file::ensure_exists(path)?;
         } else {
             file::create_folder(path)?;
+            file::create_private(path)?;
         }
         let lock = match opener {
             Opener::Serve => Some(ServeLock::acquire(path)?),

@@ -36,6 +36,25 @@ fn journal_and_claim(journal: &SqliteJournal, id: &str) -> Job {
     jobs.remove(0)
 }
 
+/// docs/behaviour.md section 17: a new journal and the folder made for it are its owner's
+/// only, whatever the umask; SQLite's -wal file follows the journal's mode.
+#[test]
+fn a_new_journal_and_its_folder_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state/freshet/journal.db");
+    let journal = SqliteJournal::open(&path).unwrap();
+    journal
+        .append(&event("dbt:private"), FirstJob::EVALUATE)
+        .wait()
+        .unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(path.parent().unwrap()), 0o700);
+    assert_eq!(mode(&dir.path().join("state")), 0o700);
+    assert_eq!(mode(&path.with_extension("db-wal")), 0o600);
+}
+
 #[test]
 fn appends_still_queued_when_the_journal_is_dropped_are_committed() {
     let (_dir, path) = temp_path();
