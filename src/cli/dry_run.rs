@@ -193,7 +193,9 @@ fn print_outcomes(
         for call in &outcome.calls {
             let mut line = json!({
                 "event": event.id, "rule": outcome.rule,
-                "action": call.request.kind(), "args": call.request.args(),
+                // As the rule wrote it: the form a rule test's `args` takes, so a line can
+                // be pasted into a test (docs/behaviour.md section 17).
+                "action": call.request.kind(), "args": call.written,
             });
             if let Some(alert) = crate::alerts::call_of(&call.request, &outcome.rule, &event.id) {
                 let state = alerts.iter().find(|a| a.name == alert.name);
@@ -212,7 +214,7 @@ fn print_outcomes(
                     "  rule {}: {} {}{alert}",
                     outcome.rule,
                     call.request.kind(),
-                    call.request.args()
+                    call.written
                 );
             }
         }

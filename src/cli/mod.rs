@@ -207,6 +207,10 @@ pub enum SendTarget {
         /// Give FILE a fresh event id, so posting it again is not a duplicate.
         #[arg(long)]
         new_id: bool,
+        /// Set a field of the body by its dotted path: `--set data.jobName="nightly finance"`,
+        /// `--set data.runStatus=Errored` (a JSON value, or else a string). Repeatable.
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
         /// Where to post (default: the configured listen address).
         #[arg(long)]
         url: Option<String>,
@@ -238,6 +242,10 @@ pub enum SendTarget {
         /// Give FILE a fresh run token, so posting it again is not a duplicate.
         #[arg(long)]
         new_id: bool,
+        /// Set a field of the body by its dotted path: `--set data.jobName="nightly finance"`,
+        /// `--set data.runStatus=Errored` (a JSON value, or else a string). Repeatable.
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
         /// Where to post (default: the configured listen address and token route).
         #[arg(long)]
         url: Option<String>,

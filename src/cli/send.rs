@@ -43,6 +43,7 @@ pub async fn run(
             sample,
             new_id,
             url,
+            set,
         } => {
             let body = match (sample, file) {
                 (Some(sample), _) => fresh_dbt_id(sample_text(sample).as_bytes())?,
@@ -56,6 +57,7 @@ pub async fn run(
                 }
                 (None, None) => bail!("name a FILE or a --sample"),
             };
+            let body = with_fields_set(body, &set)?;
             let secret = config
                 .dbt
                 .as_ref()
@@ -100,6 +102,7 @@ pub async fn run(
             sample,
             new_id,
             url,
+            set,
         } => {
             let body = match (sample, file) {
                 (Some(ModeSample::ReportRunCompleted), _) => {
@@ -115,6 +118,7 @@ pub async fn run(
                 }
                 (None, None) => bail!("name a FILE or a --sample"),
             };
+            let body = with_fields_set(body, &set)?;
             let (url, shown) = match url {
                 Some(url) => (url, "the given --url".to_string()),
                 None => {
@@ -189,6 +193,42 @@ fn dbt_core_body(
     let invocation = Invocation::from_run_results(&results, failures, job)
         .map_err(|why| anyhow::anyhow!("{}: {why}", run_results.display()))?;
     Ok(serde_json::to_vec(&invocation)?)
+}
+
+/// The body with each `PATH=VALUE` of `--set` applied: a dotted path into the JSON
+/// object (objects are made on the way), the value JSON if it reads as JSON, else the
+/// text as a string (as the Stripe CLI's `trigger --override` does).
+fn with_fields_set(body: Vec<u8>, set: &[String]) -> anyhow::Result<Vec<u8>> {
+    if set.is_empty() {
+        return Ok(body);
+    }
+    let mut value: Value = serde_json::from_slice(&body).context("the body is not JSON")?;
+    for assignment in set {
+        let (path, text) = assignment.split_once('=').with_context(|| {
+            format!("--set {assignment:?}: write PATH=VALUE (data.jobName=nightly)")
+        })?;
+        let keys: Vec<&str> = path.split('.').collect();
+        anyhow::ensure!(
+            keys.iter().all(|k| !k.is_empty()),
+            "--set {assignment:?}: the path {path:?} has an empty key"
+        );
+        let new =
+            serde_json::from_str::<Value>(text).unwrap_or_else(|_| Value::String(text.to_string()));
+        let mut at = &mut value;
+        for key in &keys[..keys.len() - 1] {
+            let object = at.as_object_mut().with_context(|| {
+                format!("--set {assignment:?}: {key} is inside a value that is not an object")
+            })?;
+            at = object
+                .entry(key.to_string())
+                .or_insert_with(|| Value::Object(Default::default()));
+        }
+        let object = at.as_object_mut().with_context(|| {
+            format!("--set {assignment:?}: the path does not lead into an object")
+        })?;
+        object.insert(keys[keys.len() - 1].to_string(), new);
+    }
+    Ok(serde_json::to_vec(&value)?)
 }
 
 fn sample_text(sample: DbtSample) -> &'static str {
@@ -271,6 +311,25 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn set_writes_json_values_or_strings_by_dotted_path() {
+        let body = with_fields_set(
+            DBT_COMPLETED.as_bytes().to_vec(),
+            &[
+                "data.jobName=nightly finance".into(),
+                "data.runStatusCode=20".into(),
+                "data.extra.flag=true".into(),
+            ],
+        )
+        .unwrap();
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(value["data"]["jobName"], "nightly finance");
+        assert_eq!(value["data"]["runStatusCode"], 20);
+        assert_eq!(value["data"]["extra"]["flag"], true);
+        assert!(with_fields_set(body.clone(), &["novalue".into()]).is_err());
+        assert!(with_fields_set(body, &["eventId.x=1".into()]).is_err());
+    }
 
     #[test]
     fn fresh_ids_differ_every_time() {

@@ -133,7 +133,7 @@ fn the_rules_tutorial_runs_as_written() {
     );
     assert!(
         outputs[3].contains(
-            r##"rule orders_failed: slack_post {"channel":"#data","text":"orders run 9001 ended Errored"}"##
+            r##"rule orders_failed: slack_post ["#data","orders run 9001 ended Errored"]"##
         ),
         "{}",
         outputs[3]

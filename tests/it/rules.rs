@@ -144,13 +144,13 @@ fn test_command_prints_the_example_rules_calls_for_the_samples() {
     );
     assert_eq!(
         lines[0]["args"],
-        serde_json::json!({"workbook": "Sales Overview, Q3"})
+        serde_json::json!(["Sales Overview, Q3"])
     );
     assert_eq!(
         lines[1]["args"],
-        serde_json::json!({"report": "2b3c4d5e6f70", "parameters": {"run_id": 12345}})
+        serde_json::json!(["2b3c4d5e6f70", {"run_id": 12345}])
     );
-    assert_eq!(lines[3]["args"]["firing"], true);
+    assert_eq!(lines[3]["args"][1], true);
     assert_eq!(lines[3]["alert"], "ok -> firing: posts the alert");
 
     // A rule that raises an error makes `test` exit 1.

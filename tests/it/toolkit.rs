@@ -240,8 +240,8 @@ async fn replay_dry_run_queues_nothing_and_rule_picks_one() {
     let dry = daemon.cli_ok(&["replay", "dbt:wev_r1", "--dry-run"]);
     assert!(dry.contains("nothing is queued"), "{dry}");
     assert!(
-        dry.contains(r#"rule first: slack_post {"text":"from first"}"#)
-            && dry.contains(r#"rule second: slack_post {"text":"from second"}"#),
+        dry.contains(r#"rule first: slack_post ["from first"]"#)
+            && dry.contains(r#"rule second: slack_post ["from second"]"#),
         "{dry}"
     );
     let dry_one = daemon.cli_ok(&["replay", "dbt:wev_r1", "--dry-run", "--rule", "second"]);
@@ -301,6 +301,29 @@ async fn samples_get_a_fresh_id_every_time() {
     assert_eq!(unique.len(), ids.len(), "{ids:?}");
     let listing = daemon.cli_ok(&["events", "--limit", "10"]);
     assert!(listing.contains("dbt.job.run.errored") && listing.contains("dbt.job.run.started"));
+
+    // docs/behaviour.md section 17: a sample shaped with --set (a string, a JSON value).
+    let url = daemon.url("/webhooks/dbt");
+    let out = daemon.cli_ok(&[
+        "send",
+        "dbt",
+        "--sample",
+        "job.run.completed",
+        "--set",
+        "data.jobName=nightly finance",
+        "--set",
+        "data.runStatus=Errored",
+        "--set",
+        "data.runStatusCode=20",
+        "--url",
+        &url,
+    ]);
+    let answer: Value = serde_json::from_str(out.lines().nth(1).unwrap()).unwrap();
+    let shown = daemon.cli_ok(&["events", "--show", answer["event_id"].as_str().unwrap()]);
+    let event: Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(event["job_name"], "nightly finance");
+    assert_eq!(event["run_status"], "Errored");
+    assert_eq!(event["run_status_code"], 20);
 }
 
 /// `events --follow` prints an event sent after it started, and an action's outcome,
