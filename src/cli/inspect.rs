@@ -395,7 +395,20 @@ const FOLLOW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 /// `events --follow`: prints each event and each action outcome journaled from now on,
 /// until Ctrl-C (or SIGTERM). It reads the journal as the other commands do, so it
 /// follows a daemon in another process.
-pub async fn follow(config: &Config, json: bool) -> anyhow::Result<bool> {
+/// With `since` (`10m`), the first look prints the events received within it and their
+/// actions' outcomes before following.
+pub async fn follow(config: &Config, json: bool, since: Option<&str>) -> anyhow::Result<bool> {
+    let since_ms = since
+        .map(parse_duration)
+        .transpose()?
+        .map(|length| chrono::Utc::now().timestamp_millis() - length);
+    let recent = |event: &crate::journal::EventSummary| {
+        since_ms.is_some_and(|from| {
+            chrono::DateTime::parse_from_rfc3339(&event.received_at)
+                .is_ok_and(|at| at.timestamp_millis() >= from)
+        })
+    };
+    let mut recent_events = std::collections::HashSet::new();
     let journal = open(config)?;
     let mut seen_events = std::collections::HashSet::new();
     let mut job_states = std::collections::HashMap::new();
@@ -413,10 +426,16 @@ pub async fn follow(config: &Config, json: bool) -> anyhow::Result<bool> {
         .await??;
         // Oldest first, as they happened.
         for event in events.iter().rev() {
-            if seen_events.insert(event.id.clone()) && !first {
+            let shown = !first || recent(event);
+            if first && shown {
+                recent_events.insert(event.id.clone());
+            }
+            if seen_events.insert(event.id.clone()) && shown {
                 if json {
+                    // `line` tells the two kinds of line apart; an event's `type` and an
+                    // action's `kind` stay as they are (docs/behaviour.md section 17).
                     let mut line = serde_json::to_value(event)?;
-                    line["kind"] = serde_json::json!("event");
+                    line["line"] = serde_json::json!("event");
                     println!("{line}");
                 } else {
                     println!("event  {}  {}  {}", event.received_at, event.kind, event.id);
@@ -429,10 +448,11 @@ pub async fn follow(config: &Config, json: bool) -> anyhow::Result<bool> {
                 job.status,
                 JobStatus::Succeeded | JobStatus::Dead | JobStatus::Retrying
             );
-            if changed && outcome && !first {
+            let shown = !first || recent_events.contains(&job.event_id);
+            if changed && outcome && shown {
                 if json {
                     let mut line = serde_json::to_value(job)?;
-                    line["kind"] = serde_json::json!("action");
+                    line["line"] = serde_json::json!("action");
                     println!("{line}");
                 } else {
                     print!("action ");

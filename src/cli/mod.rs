@@ -78,6 +78,10 @@ pub enum Command {
         /// Print events and action outcomes as they are journaled, until interrupted.
         #[arg(long)]
         follow: bool,
+        /// With --follow: start with the events of this recent past (10m, 2h) and their
+        /// actions' outcomes.
+        #[arg(long, value_name = "DURATION", requires = "follow")]
+        since: Option<String>,
         /// One JSON object a line.
         #[arg(long)]
         json: bool,
@@ -308,12 +312,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             status,
             show,
             follow,
+            since,
             json,
         } => {
             let config = config::load_without_secrets(config_path.as_deref())?;
             match (show, follow) {
                 (Some(id), _) => inspect::show_event(&config, &id),
-                (None, true) => inspect::follow(&config, json).await,
+                (None, true) => inspect::follow(&config, json, since.as_deref()).await,
                 (None, false) => {
                     inspect::list_events(&config, limit, status.map(EventStatus::as_str), json)
                 }

@@ -142,10 +142,7 @@ fn test_command_prints_the_example_rules_calls_for_the_samples() {
         ],
         "{stdout}"
     );
-    assert_eq!(
-        lines[0]["args"],
-        serde_json::json!(["Sales Overview, Q3"])
-    );
+    assert_eq!(lines[0]["args"], serde_json::json!(["Sales Overview, Q3"]));
     assert_eq!(
         lines[1]["args"],
         serde_json::json!(["2b3c4d5e6f70", {"run_id": 12345}])

@@ -370,7 +370,9 @@ async fn follow_prints_what_comes_and_json_lines_parse() {
         let lines = lines.lock().unwrap().clone();
         let event = lines.iter().any(|l| l.contains(r#""id":"dbt:wev_after""#));
         let action = lines.iter().any(|l| {
-            l.contains(r#""kind":"action""#) && l.contains(r#""event_id":"dbt:wev_after""#)
+            l.contains(r#""line":"action""#)
+                && l.contains(r#""kind":"slack_post""#)
+                && l.contains(r#""event_id":"dbt:wev_after""#)
         });
         (event && action).then_some(lines)
     })
@@ -378,7 +380,7 @@ async fn follow_prints_what_comes_and_json_lines_parse() {
     for line in &seen {
         let value: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
         assert!(
-            value["kind"] == "event" || value["kind"] == "action",
+            value["line"] == "event" || value["line"] == "action",
             "{line}"
         );
     }
@@ -393,6 +395,32 @@ async fn follow_prints_what_comes_and_json_lines_parse() {
         .status()
         .unwrap();
     assert!(status.success());
+
+    // --since: the recent past first (the event from before, with its action's kind).
+    let mut since = Command::new(BIN)
+        .args(["events", "--follow", "--json", "--since", "10m", "--config"])
+        .arg(daemon.config_path())
+        .current_dir(&daemon.dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut banner = String::new();
+    BufReader::new(since.stderr.take().unwrap())
+        .read_line(&mut banner)
+        .unwrap();
+    assert!(banner.starts_with("Following "), "{banner}");
+    let _ = Command::new("kill")
+        .args(["-INT", &since.id().to_string()])
+        .status();
+    let out = since.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(r#""id":"dbt:wev_before""#), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains(r#""line":"action""#) && l.contains("dbt:wev_before")),
+        "{text}"
+    );
     let exit = crate::support::wait_with_timeout(child, Duration::from_secs(10));
     assert!(exit.status.success(), "--follow ended with {}", exit.status);
     reader.join().unwrap();
