@@ -58,21 +58,8 @@ pub async fn run(
                 (None, None) => bail!("name a FILE or a --sample"),
             };
             let body = with_fields_set(body, &set)?;
-            let secret = config
-                .dbt
-                .as_ref()
-                .and_then(|dbt| dbt.webhook_secrets.first())
-                .context("no dbt secret is configured ([dbt] webhook_secrets)")?;
             let url = url.unwrap_or_else(|| format!("{base}/webhooks/dbt"));
-            let signature = signature::sign(secret.expose().as_bytes(), &body);
-            (
-                client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("authorization", signature)
-                    .body(body),
-                url,
-            )
+            (signed_post(&client, &config, &url, body)?, url)
         }
         SendTarget::DbtCore {
             run_results,
@@ -81,21 +68,8 @@ pub async fn run(
             url,
         } => {
             let body = dbt_core_body(&run_results, manifest.as_deref(), job)?;
-            let secret = config
-                .dbt
-                .as_ref()
-                .and_then(|dbt| dbt.webhook_secrets.first())
-                .context("no dbt secret is configured ([dbt] webhook_secrets)")?;
             let url = url.unwrap_or_else(|| format!("{base}/webhooks/dbt-core"));
-            let signature = signature::sign(secret.expose().as_bytes(), &body);
-            (
-                client
-                    .post(&url)
-                    .header("content-type", "application/json")
-                    .header("authorization", signature)
-                    .body(body),
-                url,
-            )
+            (signed_post(&client, &config, &url, body)?, url)
         }
         SendTarget::Mode {
             file,
@@ -163,6 +137,26 @@ pub async fn run(
     println!("POST {shown_url} -> {}", status.as_u16());
     println!("{text}");
     Ok(status.is_success())
+}
+
+/// A POST of `body` signed as dbt Cloud signs webhooks, with the first `[dbt]` secret.
+fn signed_post(
+    client: &reqwest::Client,
+    config: &config::Config,
+    url: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<reqwest::RequestBuilder> {
+    let secret = config
+        .dbt
+        .as_ref()
+        .and_then(|dbt| dbt.webhook_secrets.first())
+        .context("no dbt secret is configured ([dbt] webhook_secrets)")?;
+    let signature = signature::sign(secret.expose().as_bytes(), &body);
+    Ok(client
+        .post(url)
+        .header("content-type", "application/json")
+        .header("authorization", signature)
+        .body(body))
 }
 
 /// The `/webhooks/dbt-core` body for a dbt Core invocation's artifacts.

@@ -201,8 +201,8 @@ impl IntakeError {
 
 /// All routes, with the one `recover` that turns warp's own rejections into JSON.
 pub fn routes(intake: Intake) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
-    dbt_route(intake.clone())
-        .or(dbt_core_route(intake.clone()))
+    dbt_route(intake.clone(), "dbt")
+        .or(dbt_route(intake.clone(), "dbt-core"))
         .or(mode_route(intake.clone()))
         .or(healthz_route(intake.clone()))
         .or(metrics_route(intake))
@@ -217,43 +217,32 @@ fn with_intake(intake: Intake) -> impl Filter<Extract = (Intake,), Error = Infal
 type BodyStream =
     std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, warp::Error>> + Send>>;
 
+/// `POST /webhooks/dbt` (dbt Cloud) and `POST /webhooks/dbt-core` (`freshet send
+/// dbt-core`): both signed with a `[dbt]` webhook secret.
 fn dbt_route(
     intake: Intake,
+    segment: &'static str,
 ) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    warp::path!("webhooks" / "dbt")
+    warp::path("webhooks")
+        .and(warp::path(segment))
+        .and(warp::path::end())
         .and(warp::post())
         .and(with_intake(intake))
         .and(warp::header::optional::<u64>("content-length"))
         .and(warp::header::optional::<String>("authorization"))
         .and(raw_body())
         .then(
-            |intake: Intake,
-             length: Option<u64>,
-             authorization: Option<String>,
-             body: BodyStream| async move {
-                let result = receive_dbt(&intake, length, authorization.as_deref(), body).await;
-                respond(&intake, "dbt", result)
-            },
-        )
-}
-
-fn dbt_core_route(
-    intake: Intake,
-) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    warp::path!("webhooks" / "dbt-core")
-        .and(warp::post())
-        .and(with_intake(intake))
-        .and(warp::header::optional::<u64>("content-length"))
-        .and(warp::header::optional::<String>("authorization"))
-        .and(raw_body())
-        .then(
-            |intake: Intake,
-             length: Option<u64>,
-             authorization: Option<String>,
-             body: BodyStream| async move {
-                let result =
-                    receive_dbt_core(&intake, length, authorization.as_deref(), body).await;
-                respond(&intake, "dbt-core", result)
+            move |intake: Intake,
+                  length: Option<u64>,
+                  authorization: Option<String>,
+                  body: BodyStream| async move {
+                let authorization = authorization.as_deref();
+                let result = if segment == "dbt-core" {
+                    receive_dbt_core(&intake, length, authorization, body).await
+                } else {
+                    receive_dbt(&intake, length, authorization, body).await
+                };
+                respond(&intake, segment, result)
             },
         )
 }
