@@ -99,7 +99,12 @@ pub(super) fn commit_queued(
                 Work::Evaluations(pending) => evaluations.push(pending),
             }
         }
-        let result = commit_batch(&mut conn, relaxed, watch, &appends, &evaluations);
+        // Looked at before committing as well as after: a batch is never committed into a
+        // write-ahead log already removed, where the rescue below would keep what was
+        // answered 503 (docs/behaviour.md section 11).
+        let result = watch
+            .verify()
+            .and_then(|()| commit_batch(&mut conn, relaxed, watch, &appends, &evaluations));
         // Hand the connection straight to a stage waiting for it: released the usual way,
         // this thread took it back for the next batch before a waiter woke, and the
         // evaluate stage fell ever further behind intake.
