@@ -74,6 +74,8 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     let health = Arc::new(Health::default());
     let current = Arc::new(ArcSwap::from_pointee(config.clone()));
     let secrets = Arc::new(ArcSwap::from_pointee(IntakeSecrets::from_config(&config)));
+    // What `configured(NAME)` answers in rules.
+    crate::rules::api::set_configured(Some(config.configured_services()));
     let wakes = Wakes::default();
     // One client (and connection pool) for every call to Mode, Tableau and Slack.
     let http = crate::actions::client::build_client(&config.actions).map_err(anyhow::Error::msg)?;
@@ -252,6 +254,7 @@ fn reload_config(
     }
     warn_about_restart_only_changes(&current.load(), &config);
     secrets.store(Arc::new(next));
+    crate::rules::api::set_configured(Some(config.configured_services()));
     current.store(Arc::new(config));
     tracing::info!("Configuration reloaded.");
     Ok(())

@@ -91,6 +91,13 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+/// What `configured(NAME)` answers in a dry run: as the config file says; with none (the
+/// embedded defaults), every service counts as configured, so the dry run shows what the
+/// rules would do once they are.
+fn set_configured_from(config: &Config) {
+    crate::rules::api::set_configured(config.path.as_ref().map(|_| config.configured_services()));
+}
+
 /// `freshet test`: evaluate the rules on event files and print the calls they make.
 pub fn test(
     explicit: Option<&Path>,
@@ -99,6 +106,7 @@ pub fn test(
     events: &[PathBuf],
 ) -> anyhow::Result<bool> {
     let config = config::load_without_secrets(explicit)?;
+    set_configured_from(&config);
     let engine = build_engine(config.rules.max_operations);
     let set = load_rules(&engine, rules.unwrap_or(&config.rules.dir))?;
     let mut ok = true;
@@ -139,6 +147,7 @@ pub fn replay(config: &Config, id: &str, rule: Option<&str>) -> anyhow::Result<b
         .with_context(|| format!("no journaled event with id {id}"))?;
     let alerts = journal.alerts()?;
     drop(journal);
+    set_configured_from(config);
     let engine = build_engine(config.rules.max_operations);
     let set = load_dir(&engine, &config.rules.dir, None);
     let mut ok = true;

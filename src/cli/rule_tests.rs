@@ -53,6 +53,8 @@ struct RuleTest {
     alerts: BTreeMap<String, String>,
     /// The clock alert decisions see (RFC 3339), for `renotify_minutes`; default: now.
     now: Option<String>,
+    /// The services `configured(NAME)` says are configured; default: every one.
+    configured: Option<Vec<String>>,
 }
 
 /// The event: a file (relative to the test file) or an inline table.
@@ -206,6 +208,22 @@ fn run_one(
     }
     .map_err(|error| format!("the event: {error:#}"))?;
     let alerts = alert_states(&test.alerts)?;
+    if let Some(unknown) = test
+        .configured
+        .iter()
+        .flatten()
+        .find(|name| !crate::rules::api::SERVICES.contains(&name.as_str()))
+    {
+        return Err(format!(
+            "configured: no service {unknown:?} ({})",
+            crate::rules::api::SERVICES.join(", ")
+        ));
+    }
+    crate::rules::api::set_configured(
+        test.configured
+            .clone()
+            .map(|names| names.into_iter().collect()),
+    );
     let now = match &test.now {
         None => chrono::Utc::now().timestamp_millis(),
         Some(text) => chrono::DateTime::parse_from_rfc3339(text)

@@ -93,6 +93,42 @@ pub struct ServerConfig {
     pub public_name: Option<String>,
 }
 
+impl Config {
+    /// The services whose config holds what their actions need, by the names
+    /// `configured(NAME)` takes (docs/behaviour.md section 17).
+    pub fn configured_services(&self) -> std::collections::BTreeSet<String> {
+        let slack = self.slack.as_ref();
+        [
+            ("slack", slack.is_some_and(|s| s.bot_token.is_some())),
+            (
+                "slack_webhook",
+                slack.is_some_and(|s| s.webhook_url.is_some()),
+            ),
+            ("tableau", self.tableau.is_some()),
+            (
+                "mode",
+                self.mode
+                    .as_ref()
+                    .is_some_and(|m| m.api_token.is_some() && m.api_secret.is_some()),
+            ),
+            (
+                "dbt_api",
+                self.dbt.as_ref().is_some_and(|d| d.api_token.is_some()),
+            ),
+            (
+                "pagerduty",
+                self.pagerduty
+                    .as_ref()
+                    .is_some_and(|p| !p.routing_keys.is_empty()),
+            ),
+        ]
+        .into_iter()
+        .filter(|(_, configured)| *configured)
+        .map(|(name, _)| name.to_string())
+        .collect()
+    }
+}
+
 impl ServerConfig {
     /// `public_name`, else the machine's host name.
     pub fn source_name(&self) -> String {

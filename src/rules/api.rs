@@ -182,10 +182,51 @@ pub fn slack_escape(text: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// Registers every rule function on `engine`: each action's (`actions/`), and `log`
-/// and `slack_escape`.
+/// The services `configured(NAME)` knows (docs/behaviour.md section 17).
+pub const SERVICES: [&str; 8] = [
+    "slack",
+    "slack_webhook",
+    "tableau",
+    "mode",
+    "dbt_api",
+    "pagerduty",
+    "hex",
+    "powerbi",
+];
+
+/// The services whose config is complete, as `configured(NAME)` answers it: set by
+/// `serve` from its config (and on reload), by `freshet test` from the config it reads,
+/// by a rule test from its `configured` list. Unset: every service counts as configured.
+static CONFIGURED: std::sync::RwLock<Option<std::collections::BTreeSet<String>>> =
+    std::sync::RwLock::new(None);
+
+/// Sets what `configured(NAME)` answers from now on (None: true for every service).
+pub fn set_configured(services: Option<std::collections::BTreeSet<String>>) {
+    *CONFIGURED.write().unwrap_or_else(|p| p.into_inner()) = services;
+}
+
+/// Registers every rule function on `engine`: each action's (`actions/`), `log`,
+/// `slack_escape` and `configured`.
 pub fn register(engine: &mut Engine) {
     ActionRequest::register_rule_functions(engine);
+    engine.register_fn(
+        "configured",
+        |ctx: NativeCallContext, service: &str| -> Result<bool, Box<EvalAltResult>> {
+            if !SERVICES.contains(&service) {
+                return Err(bad_argument(
+                    &ctx,
+                    format!(
+                        "configured: no service {service:?} ({})",
+                        SERVICES.join(", ")
+                    ),
+                ));
+            }
+            let configured = CONFIGURED.read().unwrap_or_else(|p| p.into_inner());
+            Ok(configured
+                .as_ref()
+                .map_or(true, |set| set.contains(service)))
+        },
+    );
     engine.register_fn("log", |ctx: NativeCallContext, value: Dynamic| {
         record_log(ctx.call_position(), value.to_string());
     });

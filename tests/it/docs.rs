@@ -125,7 +125,7 @@ fn the_rules_tutorial_runs_as_written() {
         outputs.push(stdout);
     }
     // What the text says each step prints.
-    assert!(outputs[0].contains("11 passed, 0 failed"), "{}", outputs[0]);
+    assert!(outputs[0].contains("12 passed, 0 failed"), "{}", outputs[0]);
     assert!(
         outputs[2].contains("8 rule(s) compiled, 0 with errors"),
         "{}",
@@ -138,7 +138,7 @@ fn the_rules_tutorial_runs_as_written() {
         "{}",
         outputs[3]
     );
-    assert!(outputs[4].contains("13 passed, 0 failed"), "{}", outputs[4]);
+    assert!(outputs[4].contains("14 passed, 0 failed"), "{}", outputs[4]);
 
     // And check catches the typo the text says it does.
     let rule = dir.path().join("my-freshet/rules/orders_failed.rhai");
@@ -197,6 +197,8 @@ fn the_readme_walk_through_runs_as_shown() {
         .unwrap();
     let stderr = daemon.stderr.take().unwrap();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let daemon_log = std::sync::Arc::clone(&log);
     std::thread::spawn(move || {
         use std::io::BufRead;
         for line in std::io::BufReader::new(stderr)
@@ -206,6 +208,7 @@ fn the_readme_walk_through_runs_as_shown() {
             if line.contains("Listening.") {
                 let _ = ready_tx.send(());
             }
+            daemon_log.lock().unwrap().push(line);
         }
     });
     ready_rx
@@ -237,8 +240,45 @@ fn the_readme_walk_through_runs_as_shown() {
             .unwrap();
         wait_with_timeout(child, std::time::Duration::from_secs(60))
     };
+    // docs/behaviour.md section 17: on the embedded defaults the walk-through is quiet: the
+    // example rules queue nothing for services that are not configured, so no action
+    // dies and no ERROR line is logged (once the events are evaluated).
+    let freshet_cmd = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(repo)
+            .env("HOME", home.join("home"))
+            .env("XDG_CONFIG_HOME", home.join("home/.config"))
+            .env("XDG_DATA_HOME", home.join("home/.local/share"))
+            .env_remove("FRESHET_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let received = freshet_cmd(&["events", "--status", "received"]);
+        if String::from_utf8_lossy(&received.stdout).trim() == "no events" {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "events not evaluated"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let actions = freshet_cmd(&["actions"]);
+    let actions = String::from_utf8_lossy(&actions.stdout).to_string();
     let _ = daemon.kill();
     let _ = daemon.wait();
+    assert!(!actions.contains("[dead]"), "{actions}");
+    let errors: Vec<String> = log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|line| line.contains(" ERROR "))
+        .cloned()
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -82,11 +82,30 @@ fn check_reports_file_line_and_column_with_a_caret() {
 #[test]
 fn test_command_prints_the_example_rules_calls_for_the_samples() {
     let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules");
+    // docs/behaviour.md section 17: with no service configured, the example rules queue
+    // nothing (configured(NAME) is false for each).
+    let samples = [
+        fixture("samples/dbt-job-run-completed.json"),
+        fixture("samples/dbt-job-run-completed-error.json"),
+        fixture("events/mode-run-succeeded-low.json"),
+    ];
+    let mut args = vec!["test", "--json", "--config"];
+    let none = fixture("no-services.toml");
+    args.extend([none.as_str(), "--rules", rules.to_str().unwrap()]);
+    args.extend(samples.iter().map(String::as_str));
+    let output = freshet(&args);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&output.stdout).trim().is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+
     let output = freshet(&[
         "test",
         "--json",
         "--config",
-        &fixture("no-services.toml"),
+        &fixture("services.toml"),
         "--rules",
         rules.to_str().unwrap(),
         &fixture("samples/dbt-job-run-completed.json"),
