@@ -89,6 +89,13 @@ impl Event {
                         || self.field("run_status_code").and_then(Value::as_i64) == Some(20))))
     }
 
+    /// Whether the enrich stage fetches what this event lacks before the rules see it:
+    /// a Mode run not fetched yet, or a failed dbt Cloud run when `dbt_fetches_failures`.
+    /// Intake and `freshet replay` decide the first job with it.
+    pub fn needs_fetching(&self, dbt_fetches_failures: bool) -> bool {
+        self.is_unfetched_mode_run() || (dbt_fetches_failures && self.is_failed_dbt_cloud_run())
+    }
+
     /// A Mode run event whose run has not been fetched (yet, or ever).
     pub fn is_unfetched_mode_run(&self) -> bool {
         self.names_mode_run() && self.field("verified") != Some(&Value::Bool(true))

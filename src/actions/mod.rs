@@ -172,6 +172,22 @@ impl ActionRequest {
 mod tests {
     use super::*;
 
+    /// `KINDS` (what rule tests accept as an action) names exactly the rule functions
+    /// the actions register, so a new action cannot be left out of it.
+    #[test]
+    fn kinds_are_the_registered_action_functions() {
+        let mut engine = Engine::new_raw();
+        ActionRequest::register_rule_functions(&mut engine);
+        let registered: std::collections::BTreeSet<String> = engine
+            .gen_fn_signatures(false)
+            .iter()
+            .filter_map(|signature| signature.split('(').next().map(String::from))
+            .collect();
+        let kinds: std::collections::BTreeSet<String> =
+            KINDS.iter().map(|kind| kind.to_string()).collect();
+        assert_eq!(registered, kinds);
+    }
+
     #[test]
     fn round_trips_through_a_job_payload() {
         let request = ActionRequest::ModeRun(mode::ModeRun {

@@ -155,12 +155,12 @@ pub fn replay(config: &Config, id: &str, rule: Option<String>) -> anyhow::Result
     // is fetched first: the rules must not see it as if Mode had no results. A failed dbt
     // Cloud run is fetched again (docs/behaviour.md section 13): its failures as dbt has
     // them now.
-    let refetched_dbt_run = event.is_failed_dbt_cloud_run()
-        && config
-            .dbt
-            .as_ref()
-            .is_some_and(|dbt| dbt.fetches_failures());
-    let unverified_run = event.is_unfetched_mode_run() || refetched_dbt_run;
+    let dbt_fetches = config
+        .dbt
+        .as_ref()
+        .is_some_and(|dbt| dbt.fetches_failures());
+    let refetched_dbt_run = dbt_fetches && event.is_failed_dbt_cloud_run();
+    let unverified_run = event.needs_fetching(dbt_fetches);
     let first = if unverified_run {
         FirstJob::enrich(config.actions.max_attempts)
     } else {

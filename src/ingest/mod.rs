@@ -412,12 +412,7 @@ async fn receive_dbt(
     signature::verify(authorization, &body, &secrets.dbt)?;
     let mut event = dbt_cloud::parse(&body, now_rfc3339())?;
     continue_chain(intake, &mut event).await?;
-    // A failed run's failures are fetched before the rules see it; others go straight on.
-    let first = if secrets.dbt_fetch_failures && event.is_failed_dbt_cloud_run() {
-        FirstJob::enrich(intake.enrich_attempts)
-    } else {
-        FirstJob::EVALUATE
-    };
+    let first = first_job(intake, &event, secrets.dbt_fetch_failures);
     journal_event(intake, event, first).await
 }
 
@@ -484,13 +479,18 @@ async fn receive_mode(
         return Ok(Accepted::Ignored(why));
     }
     let event = mode::from_value(raw, &mode.workspace, now_rfc3339())?;
-    // Run events are fetched from the Mode API before the rules see them.
-    let first = if event.names_mode_run() {
+    let first = first_job(intake, &event, secrets.dbt_fetch_failures);
+    journal_event(intake, event, first).await
+}
+
+/// A Mode run, or a failed dbt run when its failures are fetched, goes to the enrich
+/// stage first; every other event straight to evaluation.
+fn first_job(intake: &Intake, event: &Event, dbt_fetches_failures: bool) -> FirstJob {
+    if event.needs_fetching(dbt_fetches_failures) {
         FirstJob::enrich(intake.enrich_attempts)
     } else {
         FirstJob::EVALUATE
-    };
-    journal_event(intake, event, first).await
+    }
 }
 
 async fn journal_event(

@@ -27,6 +27,18 @@ fn run_webhook(event_id: &str, event_type: &str, run: i64, status: &str, reason:
     .unwrap()
 }
 
+/// The first Slack post that announces a failed run (the shipped rule's "... errored").
+async fn failure_post(daemon: &Daemon, slack: &FakeSlack, what: &str) -> String {
+    eventually(daemon, what, || {
+        slack
+            .posts()
+            .into_iter()
+            .map(|(_, text)| text)
+            .find(|text| text.contains("errored"))
+    })
+    .await
+}
+
 fn show(daemon: &Daemon, id: &str) -> Value {
     serde_json::from_str(&daemon.cli_ok(&["events", "--show", id])).unwrap()
 }
@@ -155,14 +167,7 @@ async fn a_failed_run_reaches_the_rules_with_its_failures_and_owners() {
         .all(|s| s.query == "step=4"));
 
     // The shipped rule posts once per run (on `completed`), naming model, error and owner.
-    let text = eventually(&daemon, "the failure post", || {
-        slack
-            .posts()
-            .into_iter()
-            .map(|(_, text)| text)
-            .find(|t| t.contains("errored"))
-    })
-    .await;
+    let text = failure_post(&daemon, &slack, "the failure post").await;
     assert!(
         text.contains("revenue error (owner: finance-data@example.com)"),
         "{text}"
@@ -258,14 +263,7 @@ async fn a_dbt_outage_ends_dead_and_retry_completes_it() {
         .unwrap()
         .trim_start_matches('#');
     daemon.cli_ok(&["retry", job]);
-    let text = eventually(&daemon, "the post after the retry", || {
-        slack
-            .posts()
-            .into_iter()
-            .map(|(_, t)| t)
-            .find(|t| t.contains("errored"))
-    })
-    .await;
+    let text = failure_post(&daemon, &slack, "the post after the retry").await;
     assert!(text.contains("revenue error: "), "{text}");
     assert!(text.contains(REVENUE_ERROR), "{text}");
 
@@ -475,14 +473,7 @@ async fn send_dbt_core_reports_a_real_invocation() {
         .as_str()
         .unwrap()
         .contains(REVENUE_ERROR));
-    let text = eventually(&daemon, "the dbt Core failure post", || {
-        slack
-            .posts()
-            .into_iter()
-            .map(|(_, t)| t)
-            .find(|t| t.contains("errored"))
-    })
-    .await;
+    let text = failure_post(&daemon, &slack, "the dbt Core failure post").await;
     assert!(text.contains("dbt job nightly"), "{text}");
     assert!(
         text.contains("revenue error (owner: finance-data@example.com)"),

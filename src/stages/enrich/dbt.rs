@@ -86,8 +86,8 @@ impl RecentRuns {
     fn slot(&self, key: &str) -> Slot {
         let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
         if runs.len() >= KEEP_AT_MOST && !runs.contains_key(key) {
-            // Forget the runs nobody is fetching or waiting for (no other holder of the
-            // slot), the oldest first by dropping them all: a third delivery is rare.
+            // Full: forget every run nobody is fetching or waiting for (no other holder
+            // of its slot), recent or not. A later delivery of one of them fetches again.
             runs.retain(|_, slot| Arc::strong_count(slot) > 1);
         }
         Arc::clone(runs.entry(key.to_string()).or_default())
