@@ -33,6 +33,11 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, default_value = "text")]
     pub log_format: LogFormat,
 
+    /// With `--json`: print the journal's location as the first line (`{"journal": ..}`);
+    /// without `--json` it is always named on stderr.
+    #[arg(long, global = true)]
+    pub verbose: bool,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -56,9 +61,16 @@ pub enum Command {
         #[arg(value_name = "EVENT.json")]
         events: Vec<PathBuf>,
     },
-    /// Write a documented freshet.toml, the example rules and their tests into DIR
+    /// Write a freshet.toml that works at once (a generated dbt webhook secret beside it,
+    /// service sections commented out), the example rules and their tests into DIR
     /// (default: the user config dir).
-    Init { dir: Option<PathBuf> },
+    Init {
+        dir: Option<PathBuf>,
+        /// Write the form the packaged systemd unit reads: secrets as credentials from
+        /// DIR/credentials, the journal in /var/lib/freshet (DIR defaults to /etc/freshet).
+        #[arg(long)]
+        systemd: bool,
+    },
     /// Post a webhook to a running daemon (a file, or a built-in sample) and print the answer.
     Send {
         #[command(subcommand)]
@@ -277,6 +289,7 @@ pub enum ModeSample {
 /// Runs one command.
 pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     let config_path = cli.config.clone();
+    let verbose = cli.verbose;
     match cli.command {
         Command::Serve => {
             let location = config::locate(config_path.as_deref())?;
@@ -305,7 +318,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             json,
             events,
         } => dry_run::test(config_path.as_deref(), rules.as_deref(), json, &events),
-        Command::Init { dir } => init::run(dir),
+        Command::Init { dir, systemd } => init::run(
+            dir,
+            if systemd {
+                init::Target::Systemd
+            } else {
+                init::Target::Here
+            },
+        ),
         Command::Send { target } => send::run(config_path.as_deref(), target).await,
         Command::Events {
             limit,
@@ -316,6 +336,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             json,
         } => {
             let config = config::load_without_secrets(config_path.as_deref())?;
+            name_journal(&config, json && show.is_none(), verbose);
             match (show, follow) {
                 (Some(id), _) => inspect::show_event(&config, &id),
                 (None, true) => inspect::follow(&config, json, since.as_deref()).await,
@@ -330,6 +351,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             json,
         } => {
             let config = config::load_without_secrets(config_path.as_deref())?;
+            name_journal(&config, json, verbose);
             inspect::list_actions(&config, status.map(JobStatus::from), limit, json)
         }
         Command::Alerts {
@@ -341,6 +363,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             json,
         } => {
             let config = config::load_without_secrets(config_path.as_deref())?;
+            name_journal(&config, json, verbose);
             match (reset, mute, unmute) {
                 (Some(name), _, _) => inspect::reset_alert(&config, &name),
                 (_, Some(name), _) => inspect::mute_alert(
@@ -355,14 +378,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
         }
         Command::Deadlines { json } => {
             let config = config::load_without_secrets(config_path.as_deref())?;
+            name_journal(&config, json, verbose);
             inspect::list_deadlines(&config, json)
         }
         Command::Retry { id } => {
             let config = config::load_without_secrets(config_path.as_deref())?;
+            name_journal(&config, false, verbose);
             inspect::retry(&config, id)
         }
         Command::Replay { id, dry_run, rule } => {
             let config = config::load_without_secrets(config_path.as_deref())?;
+            name_journal(&config, false, verbose);
             if dry_run {
                 dry_run::replay(&config, &id, rule.as_deref())
             } else {
@@ -372,23 +398,58 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
     }
 }
 
+/// Names the journal a command reads (docs/behaviour.md section 17), so nobody reads
+/// another journal than they meant (root's own, beside the packaged daemon's) unawares:
+/// on stderr, or, for `--json` output, as its first line when asked (`--verbose`).
+fn name_journal(config: &config::Config, json: bool, verbose: bool) {
+    let place = crate::journal::describe(&config.journal);
+    if !json {
+        eprintln!("journal: {place}");
+    } else if verbose {
+        println!("{}", serde_json::json!({ "journal": place }));
+    }
+}
+
 /// With no config file, tell the newcomer what the daemon generated and how to try it.
 /// Printed on stdout, once, at start-up (docs/behaviour.md section 3); never written to the log.
 fn announce_embedded(config: &config::Config) {
+    print!("{}", embedded_banner(config));
+}
+
+fn embedded_banner(config: &config::Config) -> String {
     let secret = config
         .dbt
         .as_ref()
         .and_then(|dbt| dbt.webhook_secrets.first())
         .map(|s| s.expose().to_string())
         .unwrap_or_default();
-    println!("freshet: no config file found; running on embedded defaults.");
-    println!("  journal:    {}", config.journal.path.display());
-    println!("  rules:      {}", config.rules.dir.display());
-    println!(
-        "  dbt secret: {secret}  (kept in {})",
+    format!(
+        "freshet: no config file found; running on embedded defaults.\n\
+         \x20 journal:    {}\n\
+         \x20 rules:      {}\n\
+         \x20 dbt secret: {secret}  (kept in {})\n\
+         \x20 try it:     freshet send dbt --sample job.run.completed\n\
+         \x20             freshet send dbt --sample job.run.errored   (a failed run)\n",
+        config.journal.path.display(),
+        config.rules.dir.display(),
         config::default_data_dir()
             .join(config::GENERATED_SECRET_FILE)
             .display()
-    );
-    println!("  try it:     freshet send dbt <webhook.json>");
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_start_banner_names_the_samples() {
+        let config = config::Config::defaults().unwrap();
+        let banner = embedded_banner(&config);
+        assert!(
+            banner.contains("  try it:     freshet send dbt --sample job.run.completed\n"),
+            "{banner}"
+        );
+        assert!(banner.contains("--sample job.run.errored"), "{banner}");
+    }
 }

@@ -428,8 +428,9 @@ pub fn generated_dbt_secret(data_dir: &Path) -> Result<Secret, String> {
     Ok(Secret::new(value))
 }
 
+/// Writes a new file readable by its owner only (0600); an existing file is an error.
 #[cfg(unix)]
-fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+pub fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -442,6 +443,6 @@ fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+pub fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
     std::fs::write(path, contents)
 }

@@ -244,7 +244,7 @@ async fn a_dbt_outage_ends_dead_and_retry_completes_it() {
         Reply::json(503, json!({"status": {"code": 503, "is_success": false}})),
     );
     let daemon = Daemon::start(setup(&dbt, &slack, ""));
-    let body = run_webhook("wev_down", "job.run.completed", FAILED_RUN, "Errored", "x");
+    let body = run_webhook("wev_down", "job.run.errored", FAILED_RUN, "Errored", "x");
     send_dbt(&daemon, SECRET, body).await;
     let dead = eventually(&daemon, "the dead enrichment", || {
         let dead = daemon.cli_ok(&["actions", "--status", "dead"]);

@@ -125,7 +125,7 @@ fn the_rules_tutorial_runs_as_written() {
         outputs.push(stdout);
     }
     // What the text says each step prints.
-    assert!(outputs[0].contains("12 passed, 0 failed"), "{}", outputs[0]);
+    assert!(outputs[0].contains("13 passed, 0 failed"), "{}", outputs[0]);
     assert!(
         outputs[2].contains("8 rule(s) compiled, 0 with errors"),
         "{}",
@@ -138,7 +138,7 @@ fn the_rules_tutorial_runs_as_written() {
         "{}",
         outputs[3]
     );
-    assert!(outputs[4].contains("14 passed, 0 failed"), "{}", outputs[4]);
+    assert!(outputs[4].contains("15 passed, 0 failed"), "{}", outputs[4]);
 
     // And check catches the typo the text says it does.
     let rule = dir.path().join("my-freshet/rules/orders_failed.rhai");
@@ -279,6 +279,13 @@ fn the_readme_walk_through_runs_as_shown() {
         .cloned()
         .collect();
     assert!(errors.is_empty(), "{errors:#?}");
+    // The errored sample reaches the shipped failure rule, which says what it would post.
+    let failure_logged = log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|line| line.contains("a failed dbt run, not posted"));
+    assert!(failure_logged, "{:#?}", log.lock().unwrap());
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

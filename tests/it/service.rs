@@ -170,75 +170,148 @@ async fn sighup_picks_up_a_changed_secret() {
     assert_eq!(post("new-secret").await, 200);
 }
 
-#[test]
-fn init_writes_a_config_and_rules_that_check_clean() {
-    let dir = tempfile::tempdir().unwrap();
-    let target = dir.path().join("etc");
-    let run = |args: &[&str], credentials: &std::path::Path| {
-        std::process::Command::new(crate::support::BIN)
+/// docs/behaviour.md section 17: `freshet init DIR` writes a config that `check`,
+/// `serve` and `send` accept at once, with no environment set; `init --systemd` the form
+/// the unit's credentials match.
+#[tokio::test]
+async fn init_writes_a_config_that_works_where_it_is_run() {
+    let temp = tempfile::tempdir().unwrap();
+    let target = temp.path().to_path_buf();
+    let run = |args: &[&str], env: &[(&str, &std::path::Path)]| {
+        let mut command = std::process::Command::new(crate::support::BIN);
+        command
             .args(args)
-            .env("CREDENTIALS_DIRECTORY", credentials)
             .env_remove("FRESHET_CONFIG")
-            .output()
-            .unwrap()
+            .env_remove("CREDENTIALS_DIRECTORY");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().unwrap()
     };
-    let credentials = dir.path().join("credentials");
-    std::fs::create_dir(&credentials).unwrap();
-    let output = run(&["init", target.to_str().unwrap()], &credentials);
+    let output = run(&["init", target.to_str().unwrap()], &[]);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("freshet check --config"), "{stdout}");
+    let secret = target.join("dbt_webhook_secret");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&secret).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let config = target.join("freshet.toml");
+    let config_arg = config.to_str().unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("path = \"journal.db\""), "{text}");
+    assert!(text.contains("# [tableau]"), "{text}");
+
+    // check: clean at once.
+    let output = run(&["check", "--config", config_arg], &[]);
+    let check = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{check}");
+    assert!(
+        check.contains("7 rule(s) compiled, 0 with errors"),
+        "{check}"
+    );
+
+    // serve and send: a sample is signed with the written secret and accepted.
+    std::fs::write(
+        &config,
+        text.replace("listen = \"127.0.0.1:8787\"", "listen = \"127.0.0.1:0\""),
+    )
+    .unwrap();
+    let daemon = Daemon::start_in(temp);
+    let url = daemon.url("/webhooks/dbt");
+    let output = run(
+        &[
+            "send",
+            "dbt",
+            "--sample",
+            "job.run.errored",
+            "--config",
+            config_arg,
+            "--url",
+            &url,
+        ],
+        &[],
+    );
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // The journal commands name the journal they read.
+    let output = run(&["events", "--config", config_arg], &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "journal: {}",
+            daemon.dir.join("journal.db").display()
+        )),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("dbt.job.run.errored"));
+    let output = run(&["events", "--json", "--config", config_arg], &[]);
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = run(
+        &["events", "--json", "--verbose", "--config", config_arg],
+        &[],
+    );
+    let first: serde_json::Value = serde_json::from_str(
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        first["journal"],
+        daemon.dir.join("journal.db").display().to_string()
+    );
+
+    // A second init refuses to overwrite.
+    let output = run(&["init", daemon.dir.to_str().unwrap()], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("refusing to overwrite"));
+
+    // --systemd: the credential form, checked with the folder the unit's lines read.
+    let systemd = tempfile::tempdir().unwrap();
+    let output = run(
+        &["init", "--systemd", systemd.path().to_str().unwrap()],
+        &[],
+    );
     assert!(
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(
-        target.join("freshet.toml").is_file() && target.join("rules/revenue_floor.rhai").is_file()
+    let config = systemd.path().join("freshet.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("webhook_secrets = [{ credential = \"dbt_webhook_secret\" }]"));
+    assert!(text.contains("path = \"/var/lib/freshet/journal.db\""));
+    let credentials = systemd.path().join("credentials");
+    let output = run(&["check", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "without the unit's credentials"
     );
-
-    // Without the credentials, check names each missing one; with them, it is clean.
-    let config = target.join("freshet.toml");
     let output = run(
         &["check", "--config", config.to_str().unwrap()],
-        &credentials,
+        &[("CREDENTIALS_DIRECTORY", &credentials)],
     );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(1), "{stdout}");
-    assert!(
-        stdout.contains("freshet.toml: tableau.pat_secret: cannot read secret file"),
-        "{stdout}"
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
     );
-    for name in [
-        "dbt_webhook_secret",
-        "dbt_api_token",
-        "mode_api_token",
-        "mode_api_secret",
-        "mode_webhook_token",
-        "tableau_pat_secret",
-        "slack_bot_token",
-    ] {
-        std::fs::write(credentials.join(name), format!("value-of-{name}\n")).unwrap();
-    }
-    std::fs::write(
-        credentials.join("slack_webhook_url"),
-        "https://hooks.slack.com/services/T/B/x\n",
-    )
-    .unwrap();
-    let output = run(
-        &["check", "--config", config.to_str().unwrap()],
-        &credentials,
-    );
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(0), "{stdout}");
-    assert!(
-        stdout.contains("7 rule(s) compiled, 0 with errors"),
-        "{stdout}"
-    );
-    assert!(
-        !stdout.contains("value-of-"),
-        "check printed a secret: {stdout}"
-    );
-
-    // A second init refuses to overwrite.
-    let output = run(&["init", target.to_str().unwrap()], &credentials);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("refusing to overwrite"));
 }

@@ -142,6 +142,22 @@ impl Daemon {
         daemon
     }
 
+    /// Starts `freshet serve` on a folder that holds its own `freshet.toml` (one that
+    /// `freshet init` wrote, say), with no environment set.
+    pub fn start_in(temp: tempfile::TempDir) -> Daemon {
+        let mut daemon = Daemon {
+            child: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            dir: temp.path().to_path_buf(),
+            _temp: Some(temp),
+            log: Arc::new(Mutex::new(Vec::new())),
+            env: Vec::new(),
+            file_limit: None,
+        };
+        daemon.spawn();
+        daemon
+    }
+
     /// The `freshet serve` command for this daemon's dir and config.
     fn serve_command(&self) -> Command {
         let mut command = Command::new(BIN);
