@@ -228,6 +228,21 @@ impl DbtCloud<'_> {
             .header("Accept", "application/json"))
     }
 
+    /// `freshet check --online`: `GET /api/v2/accounts/{account}/`, the account the
+    /// token must reach (read-only).
+    pub async fn probe(&self, account: i64) -> Result<String, ActionError> {
+        let answer = send(SERVICE, self.get(&format!("/api/v2/accounts/{account}/"))?).await?;
+        if !answer.status.is_success() {
+            return Err(answer.into_error(SERVICE));
+        }
+        let body: Value = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
+        let name = body
+            .pointer("/data/name")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        Ok(format!("account {account} ({name})"))
+    }
+
     /// A run with its steps.
     pub async fn run(&self, account: i64, run: i64) -> Result<Value, ActionError> {
         let path = format!("/api/v2/accounts/{account}/runs/{run}/");

@@ -142,6 +142,24 @@ impl Mode<'_> {
 }
 
 impl Mode<'_> {
+    /// `freshet check --online`: `GET /api/{workspace}`, the workspace the credentials
+    /// must reach (read-only).
+    pub async fn probe(&self) -> Result<String, ActionError> {
+        let (token, secret) = self.credentials()?;
+        let path = format!("/api/{}", self.config.workspace);
+        let request = self
+            .http
+            .get(self.url(&path))
+            .basic_auth(token, Some(secret))
+            .header("Accept", "application/hal+json");
+        let workspace = read_json(send(SERVICE, request).await?)?;
+        let name = workspace
+            .get("name")
+            .and_then(Value::as_str)
+            .unwrap_or(&self.config.workspace);
+        Ok(format!("workspace {:?} ({name})", self.config.workspace))
+    }
+
     /// The rows of a query's results (`.../results/content.json`, a JSON array of row
     /// objects), streamed: rows are parsed as their bytes arrive, at most `max_rows` are
     /// kept (the rest is not downloaded), and a body longer than `max_bytes` is refused

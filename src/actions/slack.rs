@@ -275,6 +275,45 @@ async fn post(
     }
 }
 
+/// `freshet check --online`: `auth.test` with the bot token (who the token is; it posts
+/// nothing). slack_sdk's `WebClient.auth_test()` POSTs it as an empty form.
+pub async fn probe(http: &Client, config: &SlackConfig) -> Result<String, ActionError> {
+    let Some(token) = &config.bot_token else {
+        return Err(ActionError::not_configured("slack (slack.bot_token)"));
+    };
+    let url = format!(
+        "{}/auth.test",
+        config.api_base.as_str().trim_end_matches('/')
+    );
+    let request = http
+        .post(url)
+        .bearer_auth(token.expose())
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded");
+    let answer = send(SERVICE, request).await?;
+    if !answer.status.is_success() {
+        return Err(answer.into_error("slack auth.test"));
+    }
+    let body: Value = serde_json::from_str(&answer.body).map_err(|_| {
+        ActionError::retryable(format!(
+            "slack auth.test: answer is not JSON: {}",
+            excerpt(&answer.body)
+        ))
+    })?;
+    if body.get("ok").and_then(Value::as_bool) != Some(true) {
+        let error = body
+            .get("error")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown_error");
+        return Err(ActionError::Final(format!("slack auth.test: {error}")));
+    }
+    let text = |key: &str| body.get(key).and_then(Value::as_str).unwrap_or("?");
+    Ok(format!(
+        "bot token of {:?} in workspace {:?}",
+        text("user"),
+        text("team")
+    ))
+}
+
 /// Mentions as Slack writes them where they notify (https://api.slack.com/reference/surfaces/formatting):
 /// `<@U…>`, `<!subteam^S…>`, `<!here>`, `<!channel>`; an e-mail address through
 /// `[slack.users]`, or as plain text when it has no mapping (logged: nobody is notified).

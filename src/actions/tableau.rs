@@ -530,6 +530,52 @@ async fn api_version(http: &Client, config: &TableauConfig) -> Result<String, Ac
     }
 }
 
+/// `freshet check --online`: serverinfo, a PAT sign-in, the site, and a sign-out, on a
+/// session of its own; nothing is changed. Tableau keeps one session per PAT, so a
+/// running freshet with the same PAT signs in again at its next call.
+pub async fn probe(http: &Client, config: &TableauConfig) -> Result<String, ActionError> {
+    let session = sign_in(http, config).await?;
+    let site = send(
+        SERVICE,
+        http.get(format!("{}/sites/{}", session.api_root, session.site_id))
+            .header("X-Tableau-Auth", &session.token)
+            .header("Accept", "application/json"),
+    )
+    .await;
+    // Signed out whatever the site's answer was, so no session is left behind.
+    let signed_out = send(
+        SERVICE,
+        http.post(format!("{}/auth/signout", session.api_root))
+            .header("X-Tableau-Auth", &session.token)
+            .header("Accept", "application/json"),
+    )
+    .await;
+    let site = site?;
+    let parsed = parse_body(&site.body);
+    if !site.status.is_success() {
+        return Err(tableau_error(site.status, site.retry_after, &parsed));
+    }
+    let name = parsed
+        .pointer("/site/name")
+        .and_then(Value::as_str)
+        .unwrap_or(&config.site);
+    let version = session
+        .api_root
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let signed_out = match signed_out {
+        Ok(answer) if answer.status.is_success() => "signed out".to_string(),
+        Ok(answer) => format!("sign-out answered HTTP {}", answer.status.as_u16()),
+        Err(error) => format!("sign-out failed: {error}"),
+    };
+    Ok(format!(
+        "signed in to site {name:?} as PAT {:?} (REST API {version}), {signed_out}",
+        config.pat_name
+    ))
+}
+
 async fn sign_in(http: &Client, config: &TableauConfig) -> Result<Session, ActionError> {
     let version = api_version(http, config).await?;
     let body = json!({ "credentials": {

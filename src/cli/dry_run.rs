@@ -20,7 +20,7 @@ use crate::rules::RuleSet;
 /// The config for `check`: the file if there is one, with its secrets read (check says
 /// when one is missing), else the defaults (without generating the embedded secret: a
 /// check creates nothing).
-fn check_config(explicit: Option<&Path>) -> Result<Config, config::ConfigErrors> {
+pub(super) fn check_config(explicit: Option<&Path>) -> Result<Config, config::ConfigErrors> {
     match config::locate(explicit)? {
         ConfigLocation::File(path) => Config::from_file(&path),
         ConfigLocation::Embedded => Config::defaults(),

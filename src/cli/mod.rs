@@ -7,6 +7,7 @@
 mod dry_run;
 mod init;
 mod inspect;
+mod online;
 mod rule_tests;
 mod send;
 
@@ -47,7 +48,13 @@ pub enum Command {
     /// Run the daemon: HTTP listener, rules with hot reload, action runner, journal.
     Serve,
     /// Validate the config and compile every rule; check the functions rules call. No network.
-    Check,
+    Check {
+        /// Also try each configured service once with a call that changes nothing (Slack
+        /// auth.test, Tableau sign-in and sign-out, Mode's workspace, dbt Cloud's account,
+        /// PagerDuty's key shape): one line each, exit 1 if any fails.
+        #[arg(long)]
+        online: bool,
+    },
     /// Dry run: evaluate the rules on event files and print the calls they make; with no
     /// event files, run the rule tests in `<rules dir>/tests/*.toml`.
     Test {
@@ -164,7 +171,10 @@ impl Command {
     /// Commands whose output is read by other programs (`| head`, `| jq`) and that write
     /// to no socket.
     pub fn prints_to_a_pipe(&self) -> bool {
-        !matches!(self, Command::Serve | Command::Send { .. })
+        !matches!(
+            self,
+            Command::Serve | Command::Send { .. } | Command::Check { online: true }
+        )
     }
 }
 
@@ -307,7 +317,20 @@ pub async fn run(cli: Cli) -> anyhow::Result<bool> {
             crate::pipeline::serve(config, config_path).await?;
             Ok(true)
         }
-        Command::Check => dry_run::check(config_path.as_deref()),
+        Command::Check { online } => {
+            let ok = dry_run::check(config_path.as_deref())?;
+            if !online {
+                return Ok(ok);
+            }
+            // A config that does not load was reported above: nothing to try.
+            let Ok(config) = dry_run::check_config(config_path.as_deref()) else {
+                return Ok(false);
+            };
+            let outcomes = online::try_services(&config)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            Ok(online::print(&outcomes) && ok)
+        }
         Command::Test {
             rules,
             json,

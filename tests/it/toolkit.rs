@@ -485,3 +485,85 @@ async fn alerts_are_listed_and_reset_without_posting() {
     })
     .await;
 }
+
+/// docs/behaviour.md section 17: `check --online` tries each configured service once
+/// (Slack auth.test, Tableau serverinfo + sign-in + site + sign-out, Mode's workspace,
+/// dbt Cloud's account, PagerDuty's key shape), one line each; it changes nothing, shows
+/// no secret, and exits 1 naming the service whose credentials are wrong. (Multi-thread:
+/// the fakes answer while the test thread waits for the command.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_online_tries_each_service_and_changes_nothing() {
+    use crate::support::fake::{
+        FakeDbtCloud, FakeMode, FakePagerDuty, FakeTableau, DBT_TOKEN, MODE_SECRET, MODE_TOKEN,
+        PAGERDUTY_KEY, SLACK_BOT_TOKEN, TABLEAU_PAT_SECRET,
+    };
+    let slack = FakeSlack::start().await;
+    let tableau = FakeTableau::start().await;
+    let mode = FakeMode::start().await;
+    let dbt = FakeDbtCloud::start().await;
+    let pagerduty = FakePagerDuty::start().await;
+    let setup = Setup::dbt(SECRET, 3, 10, 20)
+        .section(&tableau.section(None))
+        .env("T_PAT", TABLEAU_PAT_SECRET);
+    let setup = dbt.configure(setup, "");
+    let setup = pagerduty.configure(mode.configure(slack.configure(setup), None));
+    let daemon = Daemon::start(setup);
+
+    let output = daemon.cli(&["check", "--online"]);
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    for line in [
+        "dbt cloud: ok: account 43 (Acme)",
+        "mode: ok: workspace \"acme\" (Acme)",
+        "tableau: ok: signed in to site \"Finance\" as PAT \"freshet\" (REST API 3.22), signed out",
+        "slack: ok: bot token of \"freshet\" in workspace \"Acme\"",
+        "slack webhook: not tried: an incoming webhook has no call that does not post",
+        "pagerduty data: ok: an integration key of the right shape",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    for secret in [
+        DBT_TOKEN,
+        MODE_TOKEN,
+        MODE_SECRET,
+        TABLEAU_PAT_SECRET,
+        SLACK_BOT_TOKEN,
+        PAGERDUTY_KEY,
+    ] {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret));
+    }
+    // Nothing changed anywhere: no post, no run, no refresh, no page; Tableau's session
+    // was ended; dbt Cloud was only read.
+    assert_eq!(slack.state.lock().unwrap().auth_tests, 1);
+    assert!(slack.posts().is_empty() && slack.messages().is_empty());
+    assert!(mode.state.lock().unwrap().runs.is_empty());
+    {
+        let tableau = tableau.state.lock().unwrap();
+        assert_eq!((tableau.sign_ins, tableau.sign_outs), (1, 1));
+        assert!(tableau.refreshes.is_empty() && tableau.current_token.is_none());
+    }
+    assert!(dbt.requests().iter().all(|seen| seen.method == "GET"));
+    assert!(pagerduty.events().is_empty());
+
+    // Wrong credentials: each failing service is named, with why; exit 1.
+    let output = daemon.cli_with_env(
+        &["check", "--online"],
+        &[
+            ("T_SLACK_BOT", "xoxb-not-the-token"),
+            ("T_MODE_TOKEN", "not-the-token"),
+            ("T_PAT", "not-the-pat"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    for line in [
+        "slack: FAILED: slack auth.test: invalid_auth",
+        "mode: FAILED: mode: HTTP 401",
+        "tableau: FAILED: tableau: sign-in refused (401001)",
+        "dbt cloud: ok",
+    ] {
+        assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
+    }
+    assert!(!stdout.contains("not-the-pat") && !stdout.contains("xoxb-not-the-token"));
+}

@@ -269,6 +269,12 @@ fn dbt_handle(state: &mut DbtCloudState, seen: &Seen) -> Reply {
     };
     let parts: Vec<&str> = rest.split('/').collect();
     match (seen.method.as_str(), parts.as_slice()) {
+        // The account: `GET /api/v2/accounts/{id}/`.
+        ("GET", [""]) => Reply::json(
+            200,
+            json!({"status": {"code": 200, "is_success": true},
+                "data": {"id": DBT_ACCOUNT, "name": "Acme", "state": 1}}),
+        ),
         ("POST", ["jobs", job, "run", ""]) => {
             if job.parse::<i64>().ok() != Some(DBT_JOB) {
                 return refusal(404, "Job definition not found.");

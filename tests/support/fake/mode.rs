@@ -165,6 +165,12 @@ fn mode_handle(state: &mut ModeState, seen: &Seen) -> Reply {
         return not_found("account not found");
     }
     match (seen.method.as_str(), &parts[2..]) {
+        // The workspace (Mode calls it an account): `GET /api/{workspace}`.
+        ("GET", []) => Reply::json(
+            200,
+            serde_json::json!({"username": MODE_WORKSPACE, "name": "Acme", "token": "a1b2c3",
+                "_links": {"self": {"href": format!("/api/{MODE_WORKSPACE}")}}}),
+        ),
         ("POST", ["reports", report, "runs"]) => {
             if !state.reports.iter().any(|(r, _)| r == report) {
                 return not_found("report not found");

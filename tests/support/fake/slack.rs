@@ -38,6 +38,8 @@ pub struct SlackState {
     pub channels: Vec<(String, String)>,
     /// Names that channels had before a rename: Slack no longer knows them.
     pub retired: Vec<String>,
+    /// How many auth.test calls were made (whatever their answer).
+    pub auth_tests: usize,
 }
 
 impl SlackState {
@@ -111,6 +113,9 @@ fn slack_handle(state: &mut SlackState, seen: &Seen) -> Reply {
     }
     if let Some(reply) = state.faults.take(seen) {
         return reply;
+    }
+    if seen.path == "/api/auth.test" {
+        return auth_test(state, seen);
     }
     if !seen
         .header("content-type")
@@ -221,6 +226,24 @@ fn slack_handle(state: &mut SlackState, seen: &Seen) -> Reply {
     }
     // A wrong webhook path: Slack says no_service.
     Reply::text(404, "no_service")
+}
+
+/// auth.test (https://api.slack.com/methods/auth.test): who the token is. Read-only; it
+/// takes no arguments, so any body (slack_sdk posts an empty form) is accepted.
+fn auth_test(state: &mut SlackState, seen: &Seen) -> Reply {
+    state.auth_tests += 1;
+    match seen.header("authorization") {
+        None => Reply::json(200, serde_json::json!({"ok": false, "error": "not_authed"})),
+        Some(auth) if auth != format!("Bearer {SLACK_BOT_TOKEN}") => Reply::json(
+            200,
+            serde_json::json!({"ok": false, "error": "invalid_auth"}),
+        ),
+        Some(_) => Reply::json(
+            200,
+            serde_json::json!({"ok": true, "url": "https://acme.slack.com/", "team": "Acme",
+                "user": "freshet", "team_id": "T0001", "user_id": "U0FRESHET", "bot_id": "B0001"}),
+        ),
+    }
 }
 
 /// chat.update (https://api.slack.com/methods/chat.update): the bot token, the channel's

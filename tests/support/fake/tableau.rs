@@ -39,6 +39,8 @@ pub struct TableauState {
     pub max_api_version: String,
     pub current_token: Option<String>,
     pub sign_ins: usize,
+    /// Sessions ended with `POST auth/signout`.
+    pub sign_outs: usize,
     /// (kind, id) of every accepted refresh.
     pub refreshes: Vec<(String, String)>,
     pub jobs: Vec<TableauJob>,
@@ -61,6 +63,7 @@ impl Default for TableauState {
             max_api_version: "3.22".into(),
             current_token: None,
             sign_ins: 0,
+            sign_outs: 0,
             refreshes: Vec::new(),
             jobs: Vec::new(),
             next_job: (1, Some(0), None),
@@ -180,8 +183,10 @@ fn tableau_handle(state: &mut TableauState, seen: &Seen) -> Reply {
         (Some(asked), Some(max)) if asked <= max => {}
         _ => return tableau_error(404, "404001", "Invalid version"),
     }
-    // Without these headers Tableau reads the body as XML and answers in XML.
+    // Without these headers Tableau reads the body as XML and answers in XML (sign-out
+    // has no body, so no Content-Type: tableauserverclient sends none).
     if seen.method == "POST"
+        && rest != "auth/signout"
         && !seen
             .header("content-type")
             .is_some_and(|c| c.starts_with("application/json"))
@@ -246,8 +251,22 @@ fn tableau_handle(state: &mut TableauState, seen: &Seen) -> Reply {
     if let Some(reply) = state.faults.take(seen) {
         return reply;
     }
+    if rest == "auth/signout" {
+        if seen.method != "POST" {
+            return tableau_error(405, "405000", "Method Not Allowed");
+        }
+        // The session ends: its token is refused from now on.
+        state.current_token = None;
+        state.sign_outs += 1;
+        return Reply::text(204, "");
+    }
     let parts: Vec<&str> = rest.split('/').collect();
     match (seen.method.as_str(), parts.as_slice()) {
+        ("GET", ["sites", site]) if *site == TABLEAU_SITE_ID => Reply::json(
+            200,
+            serde_json::json!({"site": {"id": TABLEAU_SITE_ID, "name": "Finance",
+                "contentUrl": TABLEAU_SITE, "state": "Active"}}),
+        ),
         ("GET", ["sites", site, kind])
             if *site == TABLEAU_SITE_ID && (*kind == "workbooks" || *kind == "datasources") =>
         {
