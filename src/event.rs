@@ -35,6 +35,78 @@ impl Source {
     }
 }
 
+/// Every field some event type has (docs/rules.md, "Events"): `freshet check` warns about
+/// a rule reading `event.NAME` for a NAME not listed, naming the nearest one. A test
+/// keeps it in step with the docs' tables and with what intake makes of the samples.
+pub const FIELDS: &[&str] = &[
+    // Every event.
+    "id",
+    "source",
+    "type",
+    "received_at",
+    "chain_depth",
+    "raw",
+    "verified",
+    // dbt Cloud.
+    "account_id",
+    "webhook_name",
+    "webhook_id",
+    "timestamp",
+    "job_id",
+    "run_id",
+    "environment_id",
+    "project_id",
+    "run_status_code",
+    "job_name",
+    "environment_name",
+    "project_name",
+    "dbt_version",
+    "run_status",
+    "run_status_message",
+    "run_reason",
+    "started_at",
+    "finished_at",
+    "errored_at",
+    "triggered_by",
+    "failures",
+    "failures_truncated",
+    "run_url",
+    "status_message",
+    // dbt Core.
+    "command",
+    "selectors",
+    "target",
+    "counts",
+    // Mode.
+    "workspace",
+    "report_token",
+    "run_token",
+    "resource_path",
+    "run_state",
+    "report_name",
+    "results",
+    "result_errors",
+    // Tableau refresh outcomes.
+    "status",
+    "finish_code",
+    "notes",
+    "workbook",
+    "datasource",
+    "project",
+    "completed_at",
+    "rule",
+    "cause_event_id",
+    // freshet's own: failed actions, deadlines, schedules.
+    "action",
+    "args",
+    "error",
+    "action_id",
+    "name",
+    "due_at",
+    "last_check_in",
+    "late_minutes",
+];
+
 /// One normalized event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {

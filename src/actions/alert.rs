@@ -160,7 +160,8 @@ fn alert_call(
 }
 
 /// The options `alert(..)` takes.
-const OPTIONS: [&str; 10] = [
+/// The keys of `alert`'s options map (checked when a rule runs, and by `freshet check`).
+pub const OPTIONS: [&str; 10] = [
     "text",
     "channel",
     "renotify_minutes",

@@ -31,7 +31,7 @@ pub const MAX_CAUSE_CHARS: usize = 255;
 const ADOPTION_WINDOW: usize = 20;
 
 /// The options `dbt_run` passes through to the trigger, as dbt Cloud names them.
-const TRIGGER_OPTIONS: [&str; 7] = [
+pub const TRIGGER_OPTIONS: [&str; 7] = [
     "cause",
     "git_branch",
     "git_sha",

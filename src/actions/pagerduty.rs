@@ -113,18 +113,20 @@ pub(super) fn register(engine: &mut Engine) {
     );
 }
 
+/// The keys of `pagerduty_event`'s map (checked when a rule runs, and by `freshet check`).
+pub const KEYS: [&str; 6] = [
+    "action",
+    "routing_key",
+    "dedup_key",
+    "summary",
+    "severity",
+    "details",
+];
+
 fn checked(
     ctx: &NativeCallContext,
     event: RhaiMap,
 ) -> Result<PagerDutyEvent, Box<rhai::EvalAltResult>> {
-    const KEYS: [&str; 6] = [
-        "action",
-        "routing_key",
-        "dedup_key",
-        "summary",
-        "severity",
-        "details",
-    ];
     if let Some(key) = event.keys().find(|k| !KEYS.contains(&k.as_str())) {
         return Err(bad_argument(
             ctx,

@@ -114,6 +114,9 @@ pub(super) fn register(engine: &mut Engine) {
     );
 }
 
+/// The keys of `slack_post`'s message map (checked when a rule runs, and by `freshet check`).
+pub const MESSAGE_KEYS: [&str; 4] = ["text", "blocks", "thread_ts", "mention"];
+
 /// `slack_post` with a map: `text` (required, the notification fallback), `blocks`, and
 /// `thread_ts` (post as a reply in that message's thread, docs/rules.md).
 fn message_call(ctx: &NativeCallContext, channel: Option<String>, message: Map) -> Fallible {
@@ -123,10 +126,13 @@ fn message_call(ctx: &NativeCallContext, channel: Option<String>, message: Map) 
         None => written_map,
     };
     for key in message.keys() {
-        if !["text", "blocks", "thread_ts", "mention"].contains(&key.as_str()) {
+        if !MESSAGE_KEYS.contains(&key.as_str()) {
             return Err(bad_argument(
                 ctx,
-                format!("slack_post: unknown key `{key}` (text, blocks, thread_ts, mention)"),
+                format!(
+                    "slack_post: unknown key `{key}` ({})",
+                    MESSAGE_KEYS.join(", ")
+                ),
             ));
         }
     }

@@ -149,6 +149,10 @@ pub(super) fn register(engine: &mut Engine) {
 
 /// `#{ workbook, project }` or `#{ datasource, project }`: the name, and the project that
 /// holds it.
+/// The keys of `tableau_refresh`'s and `tableau_refresh_datasource`'s map.
+pub const WORKBOOK_KEYS: [&str; 2] = ["workbook", "project"];
+pub const DATASOURCE_KEYS: [&str; 2] = ["datasource", "project"];
+
 fn named_target(
     ctx: &NativeCallContext,
     function: &str,

@@ -11,7 +11,7 @@ use crate::event::{now_rfc3339, Event};
 use crate::ingest::{dbt_cloud, mode};
 use crate::journal::AlertState;
 use crate::rules::engine::build_engine;
-use crate::rules::lint::check_in_problems;
+use crate::rules::lint::{check_in_problems, unknown_field_warnings};
 use crate::rules::load::{load_dir, load_files};
 use crate::rules::RuleError;
 use crate::rules::RuleResult;
@@ -55,6 +55,22 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<bool> {
     // Unknown functions are load errors (above); check-ins are checked against the
     // config's deadlines, when there is a config file (in a folder, no deadline is known).
     let mut name_errors = 0;
+    // A read of a field no event has is a warning: the rule runs, and the condition
+    // that reads it is never true.
+    for rule in set.rules.values() {
+        let Ok(source) = std::fs::read_to_string(&rule.path) else {
+            continue;
+        };
+        for problem in unknown_field_warnings(&source) {
+            let warning = RuleError {
+                file: rule.path.clone(),
+                line: problem.line,
+                column: problem.column,
+                message: problem.message,
+            };
+            println!("{}", warning.with_source_excerpt());
+        }
+    }
     for rule in set.rules.values().filter(|_| config.path.is_some()) {
         let Ok(source) = std::fs::read_to_string(&rule.path) else {
             continue;

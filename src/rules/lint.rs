@@ -99,6 +99,16 @@ struct Call {
     column: usize,
     method: bool,
     args: usize,
+    /// Where its `(` is, in characters from the source's start.
+    open: usize,
+}
+
+/// A read of `event.NAME` (or `event?.NAME`) that is not a method call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FieldRead {
+    name: String,
+    line: usize,
+    column: usize,
 }
 
 /// Checks every call in `source` against `known` and the functions `source` defines.
@@ -129,6 +139,9 @@ pub fn check_names(source: &str, known: &KnownFunctions) -> Vec<NameProblem> {
             .chain(known.arities.get(&call.name).into_iter().flatten())
             .copied()
             .collect();
+        if let Some(problem) = map_key_problem(&scan, call, source) {
+            problems.push(problem);
+        }
         if !accepted.is_empty() && !accepted.contains(&args) {
             let counts: Vec<String> = accepted.iter().map(usize::to_string).collect();
             problems.push(NameProblem {
@@ -195,6 +208,202 @@ pub fn check_in_problems(
     problems
 }
 
+/// The actions that take a map of fixed keys: for a call of `name` with `args`
+/// arguments, which argument is the map and the keys it may have.
+fn map_argument(name: &str, args: usize) -> Option<(usize, &'static [&'static str])> {
+    use crate::actions::{alert, dbt, pagerduty, slack, tableau};
+    Some(match (name, args) {
+        ("tableau_refresh", 1) => (0, &tableau::WORKBOOK_KEYS),
+        ("tableau_refresh_datasource", 1) => (0, &tableau::DATASOURCE_KEYS),
+        ("slack_post", 1) => (0, &slack::MESSAGE_KEYS),
+        ("slack_post", 2) => (1, &slack::MESSAGE_KEYS),
+        ("dbt_run", 2) => (1, &dbt::TRIGGER_OPTIONS),
+        ("alert", 3) => (2, &alert::OPTIONS),
+        ("pagerduty_event", 1) => (0, &pagerduty::KEYS),
+        _ => return None,
+    })
+}
+
+/// The first unknown key of a map literal (`#{ .. }`) given to an action that takes a
+/// map of fixed keys: `unknown key workbok (did you mean workbook?)`. A map built
+/// elsewhere (a variable) is checked when the rule runs.
+fn map_key_problem(scan: &Scan, call: &Call, source: &str) -> Option<NameProblem> {
+    if call.method || scan.defined.contains_key(&call.name) {
+        return None;
+    }
+    let (position, keys) = map_argument(&call.name, call.args)?;
+    let chars: Vec<char> = source.chars().collect();
+    let start = argument_start(&chars, call.open, position)?;
+    for (key, at) in map_literal_keys(&chars, start) {
+        if keys.contains(&key.as_str()) {
+            continue;
+        }
+        let limit = (key.chars().count() / 3).clamp(1, 3);
+        let hint = keys
+            .iter()
+            .map(|known| (edit_distance(&key, known), *known))
+            .filter(|(distance, _)| *distance <= limit)
+            .min()
+            .map(|(_, near)| format!("did you mean {near}?"))
+            .unwrap_or_else(|| format!("{} takes {}", call.name, keys.join(", ")));
+        let (line, column) = line_column(&chars, at);
+        return Some(NameProblem {
+            line,
+            column,
+            message: format!("unknown key {key} ({hint})"),
+        });
+    }
+    None
+}
+
+/// Where argument `position` of the call whose `(` is at `open` starts (after blanks).
+fn argument_start(chars: &[char], open: usize, position: usize) -> Option<usize> {
+    let mut at = open + 1;
+    let mut depth = 0usize;
+    let mut index = 0;
+    let mut start = Some(at);
+    while let Some(&c) = chars.get(at) {
+        match c {
+            '"' | '`' | '\'' => at = skip_quoted(chars, at),
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' if depth == 0 => break,
+            ')' | ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                if index == position {
+                    break;
+                }
+                index += 1;
+                start = Some(at + 1);
+            }
+            _ => {}
+        }
+        at += 1;
+    }
+    let mut start = start.filter(|_| index == position)?;
+    while chars.get(start).is_some_and(|c| c.is_whitespace()) {
+        start += 1;
+    }
+    Some(start)
+}
+
+/// The index of a quoted literal's closing quote (`at` is its opening one).
+fn skip_quoted(chars: &[char], at: usize) -> usize {
+    let quote = chars[at];
+    let mut at = at + 1;
+    while let Some(&c) = chars.get(at) {
+        if c == '\\' {
+            at += 1;
+        } else if c == quote {
+            return at;
+        }
+        at += 1;
+    }
+    at
+}
+
+/// The top-level keys of the map literal starting at `start` (`#{ key: .., "key": .. }`),
+/// with where each is; nothing when no map literal starts there.
+fn map_literal_keys(chars: &[char], start: usize) -> Vec<(String, usize)> {
+    let mut keys = Vec::new();
+    if chars.get(start) != Some(&'#') || chars.get(start + 1) != Some(&'{') {
+        return keys;
+    }
+    let mut at = start + 2;
+    // Whether the next token at depth 0 is a key (after `#{` or a top-level comma).
+    let mut expecting_key = true;
+    let mut depth = 0usize;
+    while let Some(&c) = chars.get(at) {
+        match c {
+            c if c.is_whitespace() => {}
+            '/' if chars.get(at + 1) == Some(&'/') => {
+                while chars.get(at + 1).is_some_and(|c| *c != '\n') {
+                    at += 1;
+                }
+            }
+            '"' | '`' | '\'' => {
+                let end = skip_quoted(chars, at);
+                if expecting_key && depth == 0 && c == '"' {
+                    keys.push((chars[at + 1..end.min(chars.len())].iter().collect(), at));
+                }
+                expecting_key = false;
+                at = end;
+            }
+            '(' | '[' | '{' => {
+                depth += 1;
+                expecting_key = false;
+            }
+            '}' if depth == 0 => break,
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            ',' if depth == 0 => expecting_key = true,
+            c if expecting_key && depth == 0 && (c.is_ascii_alphabetic() || c == '_') => {
+                let begin = at;
+                while chars
+                    .get(at + 1)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_')
+                {
+                    at += 1;
+                }
+                keys.push((chars[begin..=at].iter().collect(), begin));
+                expecting_key = false;
+            }
+            _ => expecting_key = false,
+        }
+        at += 1;
+    }
+    keys
+}
+
+/// The 1-based line and column of character `at`.
+fn line_column(chars: &[char], at: usize) -> (usize, usize) {
+    let before = &chars[..at.min(chars.len())];
+    let line = before.iter().filter(|c| **c == '\n').count() + 1;
+    let column = before.iter().rev().take_while(|c| **c != '\n').count() + 1;
+    (line, column)
+}
+
+/// Warnings for reads of `event.NAME` where no event type has NAME
+/// ([`crate::event::FIELDS`]), with the nearest field: `event.jobname` is `()` on every
+/// event, so a condition on it is silently never true.
+pub fn unknown_field_warnings(source: &str) -> Vec<NameProblem> {
+    let scan = Scan::of(source);
+    let fields = crate::event::FIELDS;
+    scan.field_reads
+        .iter()
+        .filter(|read| !fields.contains(&read.name.as_str()))
+        .map(|read| {
+            let limit = (read.name.chars().count() / 3).clamp(1, 3);
+            // Case and underscores first (`jobname`, `jobName`), then spelling.
+            let folded = |s: &str| s.replace('_', "").to_lowercase();
+            let near = fields
+                .iter()
+                .find(|field| folded(field) == folded(&read.name))
+                .or_else(|| {
+                    // On a tie, a field the read is the start of (`run_statu`: run_status).
+                    fields
+                        .iter()
+                        .map(|field| {
+                            let distance = edit_distance(&read.name, field);
+                            (distance, !field.starts_with(read.name.as_str()), field)
+                        })
+                        .filter(|(distance, _, _)| *distance <= limit)
+                        .min()
+                        .map(|(_, _, field)| field)
+                });
+            let hint = near
+                .map(|field| format!(" (did you mean event.{field}?)"))
+                .unwrap_or_default();
+            NameProblem {
+                line: read.line,
+                column: read.column,
+                message: format!(
+                    "warning: no event type has a field {}{hint}: event.{} is always ()",
+                    read.name, read.name
+                ),
+            }
+        })
+        .collect()
+}
+
 fn join_or(items: &[String]) -> String {
     match items {
         [] => String::new(),
@@ -209,6 +418,7 @@ struct Scan {
     calls: Vec<Call>,
     /// Functions the script defines, with their parameter counts.
     defined: BTreeMap<String, BTreeSet<usize>>,
+    field_reads: Vec<FieldRead>,
 }
 
 impl Scan {
@@ -314,7 +524,14 @@ impl Scanner<'_> {
                             column,
                             method,
                             args,
+                            open: self.at + after,
                         });
+                    } else if word == "event"
+                        && !matches!(previous.as_deref(), Some(".") | Some("?."))
+                    {
+                        if let Some(read) = self.field_read() {
+                            scan.field_reads.push(read);
+                        }
                     }
                     previous = Some(word);
                 }
@@ -400,6 +617,41 @@ impl Scanner<'_> {
                 _ => {}
             }
         }
+    }
+
+    /// The field read right after the word `event` (the cursor is past it): `.NAME` or
+    /// `?.NAME`, not followed by `(`. Looks without moving.
+    fn field_read(&self) -> Option<FieldRead> {
+        let blank = |at: &mut usize| {
+            while self.chars.get(*at).is_some_and(|c| c.is_whitespace()) {
+                *at += 1;
+            }
+        };
+        let mut at = self.at;
+        blank(&mut at);
+        if self.chars.get(at) == Some(&'?') {
+            at += 1;
+        }
+        if self.chars.get(at) != Some(&'.') {
+            return None;
+        }
+        at += 1;
+        blank(&mut at);
+        let start = at;
+        while self
+            .chars
+            .get(at)
+            .is_some_and(|c| c.is_ascii_alphanumeric() || *c == '_')
+        {
+            at += 1;
+        }
+        let name: String = self.chars[start..at].iter().collect();
+        blank(&mut at);
+        if !is_identifier(&name) || self.chars.get(at) == Some(&'(') {
+            return None;
+        }
+        let (line, column) = line_column(self.chars, start);
+        Some(FieldRead { name, line, column })
     }
 
     /// The number of arguments of the call whose `(` is `offset` characters ahead:
@@ -497,6 +749,61 @@ mod tests {
             problems("let s = `${event.name.to_uper()}`;"),
             vec!["1:23: unknown function to_uper (did you mean to_upper?)"]
         );
+    }
+
+    #[test]
+    fn unknown_keys_of_an_action_map_are_found_with_the_nearest_key() {
+        assert_eq!(
+            problems("tableau_refresh(#{ workbok: \"Sales\" });"),
+            vec!["1:20: unknown key workbok (did you mean workbook?)"]
+        );
+        assert_eq!(
+            problems("slack_post(\"#c\", #{\n  text: \"hi\",\n  \"colour\": 1 });"),
+            vec!["3:3: unknown key colour (slack_post takes text, blocks, thread_ts, mention)"]
+        );
+        assert_eq!(
+            problems("alert(\"a\", x > 1, #{ text: `${1 + 2}`, chanel: \"#c\" });"),
+            vec!["1:40: unknown key chanel (did you mean channel?)"]
+        );
+        assert_eq!(
+            problems("pagerduty_event(#{ action: \"trigger\", summery: \"s\" });"),
+            vec!["1:39: unknown key summery (did you mean summary?)"]
+        );
+        // Known keys, nested maps, values that are maps, maps in variables, and
+        // mode_run's free parameters pass.
+        for fine in [
+            "tableau_refresh(#{ workbook: \"w\", project: \"p\" });",
+            "tableau_refresh_datasource(#{ datasource: \"d\" });",
+            "alert(\"a\", true, #{ text: \"t\", fields: #{ anything: 1 }, pagerduty: \"data\" });",
+            "dbt_run(1, #{ cause: \"c\", steps_override: [\"a, b\"] });",
+            "let m = #{ workbok: 1 }; tableau_refresh(m);",
+            "mode_run(\"r\", #{ any_parameter: 1 });",
+        ] {
+            assert_eq!(problems(fine), Vec::<String>::new(), "{fine}");
+        }
+    }
+
+    #[test]
+    fn reads_of_fields_no_event_has_are_warned_about() {
+        let warnings = |source: &str| -> Vec<String> {
+            unknown_field_warnings(source)
+                .into_iter()
+                .map(|p| format!("{}:{}: {}", p.line, p.column, p.message))
+                .collect()
+        };
+        assert_eq!(
+            warnings("if event.jobname == \"x\" {}"),
+            vec!["1:10: warning: no event type has a field jobname (did you mean event.job_name?): event.jobname is always ()"]
+        );
+        assert_eq!(
+            warnings("let s = `${event?.run_statu}`;"),
+            vec!["1:19: warning: no event type has a field run_statu (did you mean event.run_status?): event.run_statu is always ()"]
+        );
+        // Known fields, method calls on the event, fields of other maps, indexing.
+        assert!(warnings(
+            "event.job_name; event.keys(); failure.jobname; x.event.foo; event[\"jobname\"];"
+        )
+        .is_empty());
     }
 
     #[test]

@@ -303,3 +303,52 @@ fn the_readme_walk_through_runs_as_shown() {
     );
     assert!(stdout.contains(r#""status":"ok""#), "{stdout}");
 }
+
+/// The fields `freshet check` knows (`event::FIELDS`, for its warning about a read of a
+/// field no event has) are every field docs/rules.md's event tables name, and every field
+/// intake makes of the sample webhooks: a field added to an event and its docs but not to
+/// the list would be warned about in correct rules.
+#[test]
+fn the_fields_check_knows_are_the_documented_and_the_parsed_ones() {
+    let known = freshet::event::FIELDS;
+    let rules = read("docs/rules.md");
+    let events = &rules[rules.find("## Events").unwrap()..rules.find("## Rule tests").unwrap()];
+    let mut documented = vec!["id", "source", "type", "received_at", "chain_depth", "raw"];
+    for row in events.lines().filter(|l| l.starts_with("| `")) {
+        let first = row.split('|').nth(1).unwrap();
+        documented.extend(
+            first
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .filter(|name| name.chars().all(|c| c.is_ascii_lowercase() || c == '_')),
+        );
+    }
+    // freshet.schedule's are in prose.
+    documented.extend(["name", "due_at"]);
+    for field in &documented {
+        assert!(
+            known.contains(field),
+            "docs/rules.md names `{field}`, event::FIELDS lacks it"
+        );
+    }
+    assert!(documented.len() > 50, "{documented:?}");
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/samples");
+    for entry in std::fs::read_dir(samples).unwrap() {
+        let path = entry.unwrap().path();
+        let body = std::fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        let event = if name.starts_with("dbt-") {
+            freshet::ingest::dbt_cloud::parse(&body, "2026-12-06T00:00:00Z".into())
+        } else {
+            freshet::ingest::mode::parse(&body, "acme", "2026-12-06T00:00:00Z".into())
+        }
+        .unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        for field in event.fields.keys() {
+            assert!(
+                known.contains(&field.as_str()),
+                "{name}: intake makes `{field}`, event::FIELDS lacks it"
+            );
+        }
+    }
+}

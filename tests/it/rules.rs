@@ -86,7 +86,7 @@ fn test_command_prints_the_example_rules_calls_for_the_samples() {
     // nothing (configured(NAME) is false for each).
     let samples = [
         fixture("samples/dbt-job-run-completed.json"),
-        fixture("samples/dbt-job-run-completed-error.json"),
+        fixture("samples/dbt-job-run-errored.json"),
         fixture("events/mode-run-succeeded-low.json"),
     ];
     let mut args = vec!["test", "--json", "--config"];
@@ -109,7 +109,7 @@ fn test_command_prints_the_example_rules_calls_for_the_samples() {
         "--rules",
         rules.to_str().unwrap(),
         &fixture("samples/dbt-job-run-completed.json"),
-        &fixture("samples/dbt-job-run-completed-error.json"),
+        &fixture("samples/dbt-job-run-errored.json"),
         &fixture("samples/dbt-job-run-started.json"),
         &fixture("events/mode-run-succeeded-low.json"),
     ]);
@@ -149,7 +149,7 @@ fn test_command_prints_the_example_rules_calls_for_the_samples() {
                 "mode_run"
             ),
             expect(
-                "dbt:wev_2L6m5FqJ7nVb3kXyQpR8sTuWz1A",
+                "dbt:wev_2L6m5BggBw9uPNuSmtg4MUiW4Re",
                 "dbt_failures",
                 "slack_post"
             ),
