@@ -59,11 +59,13 @@ async fn freshet_connections_encrypted(url: &str) -> (usize, usize) {
 
 /// `sslmode=require` and `verify-full` (with the test CA): webhooks are journaled and acted
 /// on, over connections the server lists as encrypted.
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 #[tokio::test]
 async fn webhooks_are_journaled_over_tls_with_require_and_verify_full() {
-    let Some(url) = fresh_postgres().await else {
-        return;
-    };
+    let url = fresh_postgres().await;
     let ca = test_ca();
     for (n, tls) in [
         "sslmode=require".to_string(),
@@ -99,11 +101,13 @@ async fn webhooks_are_journaled_over_tls_with_require_and_verify_full() {
 
 /// `verify-full` against a certificate made for another host is refused, saying why, and
 /// no error shows the URL's password.
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 #[tokio::test]
 async fn verify_full_refuses_a_certificate_for_another_host_without_showing_the_password() {
-    let Some(url) = fresh_postgres().await else {
-        return;
-    };
+    let url = fresh_postgres().await;
     let ca = test_ca();
     let slack = FakeSlack::start().await;
     let daemon = Daemon::start(setup(
@@ -164,11 +168,13 @@ async fn until_count(url: &str, sql: &str, least: i64) -> i64 {
 /// during its last attempt ends dead, taken over by another instance, with its
 /// `freshet.action.failed` event, a metric and a log line; its errors name the instance
 /// that lost the lease.
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 #[tokio::test]
 async fn an_action_whose_instance_died_on_its_last_attempt_ends_dead_and_is_told() {
-    let Some(url) = fresh_postgres().await else {
-        return;
-    };
+    let url = fresh_postgres().await;
     let slack = FakeSlack::start().await;
     slack.state.lock().unwrap().delay_ms = 20_000;
     let one_attempt = |slack: &FakeSlack| {
@@ -228,11 +234,13 @@ async fn an_action_whose_instance_died_on_its_last_attempt_ends_dead_and_is_told
 /// slow Slack. One is paused (SIGSTOP) for 15 s while it holds running jobs, then
 /// resumes: it makes no call for the jobs it had claimed (the other took them over), so
 /// the posts are at most the events plus the calls already in flight at the pause.
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 #[tokio::test]
 async fn an_instance_paused_past_its_lease_makes_no_call_for_the_jobs_it_held() {
-    let Some(url) = fresh_postgres().await else {
-        return;
-    };
+    let url = fresh_postgres().await;
     const EVENTS: usize = 16;
     const DELAY_MS: u64 = 600;
     let slack = FakeSlack::start().await;
@@ -317,11 +325,13 @@ fn through_pgbouncer(url: &str) -> String {
 /// `journal.pooler = "transaction"`, webhooks are journaled and actions run, on two
 /// instances, and the commands work; without the setting, PgBouncer refuses the
 /// connection's settings and freshet says so.
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 #[tokio::test]
 async fn through_pgbouncer_in_transaction_mode_webhooks_are_journaled_and_actions_run() {
-    let Some(url) = fresh_postgres().await else {
-        return;
-    };
+    let url = fresh_postgres().await;
     let bounced = through_pgbouncer(&url);
     let slack = FakeSlack::start().await;
     let pooled = |slack: &FakeSlack| {

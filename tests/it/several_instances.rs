@@ -50,11 +50,13 @@ fn post_counts(slack: &FakeSlack) -> BTreeMap<String, usize> {
 
 /// The same signed event sent to both instances at once: journaled once (one
 /// `duplicate: true`), acted on once.
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 #[tokio::test]
 async fn one_event_sent_to_both_is_journaled_once_and_acted_on_once() {
-    let Some(url) = fresh_postgres().await else {
-        return;
-    };
+    let url = fresh_postgres().await;
     let slack = FakeSlack::start().await;
     let a = Daemon::start(instance_setup(&slack, &url, POST_EACH));
     let b = Daemon::start(instance_setup(&slack, &url, POST_EACH));
@@ -92,11 +94,13 @@ async fn one_event_sent_to_both_is_journaled_once_and_acted_on_once() {
 }
 
 /// 200 events spread over two instances: every action runs exactly once.
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 #[tokio::test]
 async fn two_hundred_events_over_two_instances_run_each_action_once() {
-    let Some(url) = fresh_postgres().await else {
-        return;
-    };
+    let url = fresh_postgres().await;
     let slack = FakeSlack::start().await;
     let a = Daemon::start(instance_setup(&slack, &url, POST_EACH));
     let b = Daemon::start(instance_setup(&slack, &url, POST_EACH));
@@ -140,11 +144,13 @@ async fn two_hundred_events_over_two_instances_run_each_action_once() {
 /// other takes them over when the lease runs out, and every post is delivered. A post is
 /// delivered twice only if the killed instance had sent it already (the at-least-once
 /// window); the test names those.
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 #[tokio::test]
 async fn a_killed_instances_jobs_are_taken_over_after_its_lease() {
-    let Some(url) = fresh_postgres().await else {
-        return;
-    };
+    let url = fresh_postgres().await;
     let slack = FakeSlack::start().await;
     slack.state.lock().unwrap().delay_ms = 1500;
     let mut a = Daemon::start(instance_setup(&slack, &url, POST_EACH));
@@ -213,11 +219,13 @@ async fn a_killed_instances_jobs_are_taken_over_after_its_lease() {
 
 /// An alert evaluated by both instances at the same time fires once: its row is locked
 /// in each evaluation's transaction.
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 #[tokio::test]
 async fn an_alert_evaluated_by_both_at_once_fires_once() {
-    let Some(url) = fresh_postgres().await else {
-        return;
-    };
+    let url = fresh_postgres().await;
     let slack = FakeSlack::start().await;
     let rule = r#"if event.source == "dbt" { alert("orders-late", true, "orders are late"); }"#;
     let a = Daemon::start(instance_setup(&slack, &url, rule));
@@ -258,11 +266,13 @@ async fn an_alert_evaluated_by_both_at_once_fires_once() {
 }
 
 /// Every command works against the PostgreSQL journal.
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 #[tokio::test]
 async fn the_commands_work_against_postgresql() {
-    let Some(url) = fresh_postgres().await else {
-        return;
-    };
+    let url = fresh_postgres().await;
     let slack = FakeSlack::start().await;
     slack.state.lock().unwrap().faults.add(
         crate::support::fake::SLACK_WEBHOOK_PATH,
@@ -311,11 +321,13 @@ async fn the_commands_work_against_postgresql() {
 /// session holds a lock on freshet's tables, webhooks get 503 (the server gives up the
 /// lock wait within the append budget), and `/healthz` answers within a second and does
 /// not say ok; once the lock is gone, webhooks are journaled and `/healthz` is ok again.
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 #[tokio::test]
 async fn a_locked_journal_answers_503_and_health_says_so_within_a_second() {
-    let Some(url) = fresh_postgres().await else {
-        return;
-    };
+    let url = fresh_postgres().await;
     let slack = FakeSlack::start().await;
     let daemon = Daemon::start(instance_setup(&slack, &url, POST_EACH));
     let (status, _) = post(&daemon, dbt_completed("wev_before_lock", "x", "Success")).await;

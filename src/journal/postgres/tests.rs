@@ -9,14 +9,14 @@ use crate::journal::{
     Evaluation, FirstJob, FollowUp, Job, JobOutcome, JobStatus, Queue, StageQueue,
 };
 
-/// A fresh PostgreSQL test database and its URL (None: skipped, see `TestStore`).
-fn postgres_store() -> Option<(TestStore, String)> {
-    let store = TestStore::postgres()?;
+/// A fresh PostgreSQL test database and its URL (see `TestStore::postgres`).
+fn postgres_store() -> (TestStore, String) {
+    let store = TestStore::postgres();
     let TestStore::Postgres(url) = &store else {
         unreachable!("a PostgreSQL store")
     };
     let url = url.clone();
-    Some((store, url))
+    (store, url)
 }
 
 fn claim_one(journal: &crate::journal::Journal) -> Option<Job> {
@@ -24,10 +24,12 @@ fn claim_one(journal: &crate::journal::Journal) -> Option<Job> {
 }
 
 #[test]
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 fn a_held_lease_is_renewed_and_an_abandoned_one_is_taken_over() {
-    let Some(store) = TestStore::postgres() else {
-        return;
-    };
+    let store = TestStore::postgres();
     let a = store.open();
     let b = store.open();
     a.append(&event("dbt:a"), FirstJob::EVALUATE)
@@ -45,10 +47,12 @@ fn a_held_lease_is_renewed_and_an_abandoned_one_is_taken_over() {
 }
 
 #[test]
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 fn a_finish_after_the_lease_was_lost_is_discarded() {
-    let Some(store) = TestStore::postgres() else {
-        return;
-    };
+    let store = TestStore::postgres();
     let a = store.open();
     let b = store.open();
     a.append(&event("dbt:a"), FirstJob::EVALUATE)
@@ -87,10 +91,12 @@ fn a_finish_after_the_lease_was_lost_is_discarded() {
 /// per transaction, under an advisory lock that one instance holds at a time, and never
 /// an event whose jobs are not finished.
 #[test]
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 fn pruning_goes_in_batches_and_keeps_events_with_open_jobs() {
-    let Some((_store, url)) = postgres_store() else {
-        return;
-    };
+    let (_store, url) = postgres_store();
     let url = &url;
     let journal = PostgresJournal::open(url, DEFAULT_SCHEMA, 3, Pooler::None, Role::Serve).unwrap();
     for i in 0..7 {
@@ -154,10 +160,12 @@ fn tables_in(url: &str, schema: &str) -> Vec<String> {
 /// an application's own `events` and `jobs`, freshet's tables live in `freshet`, the
 /// others stay as they were, and the journal works.
 #[test]
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 fn a_database_with_its_own_events_and_jobs_tables_works() {
-    let Some((_store, url)) = postgres_store() else {
-        return;
-    };
+    let (_store, url) = postgres_store();
     let url = &url;
     outside(
         url,
@@ -188,10 +196,12 @@ fn a_database_with_its_own_events_and_jobs_tables_works() {
 /// docs/behaviour.md section 12 (its own schema): a journal an older freshet kept in
 /// `public` is moved into `freshet` at the next start, its rows with it.
 #[test]
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 fn an_older_journal_in_public_is_moved_into_its_own_schema() {
-    let Some((_store, url)) = postgres_store() else {
-        return;
-    };
+    let (_store, url) = postgres_store();
     let url = &url;
     // What an older freshet made: its tables in `public`, the connection's default.
     let older = PostgresJournal::open(url, "public", 3, Pooler::None, Role::Serve).unwrap();
@@ -219,11 +229,13 @@ fn claim_one_of(journal: &PostgresJournal) -> Option<Job> {
 /// docs/behaviour.md section 12 (bounded waits): a call that times out cancels its query
 /// on the server and its connection is discarded, never handed back to the pool busy.
 #[test]
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 fn a_timed_out_call_cancels_its_query_and_discards_its_connection() {
     use super::session::Typed;
-    let Some((_store, url)) = postgres_store() else {
-        return;
-    };
+    let (_store, url) = postgres_store();
     let url = &url;
     let journal =
         PostgresJournal::open(url, DEFAULT_SCHEMA, 30, Pooler::None, Role::Serve).unwrap();
@@ -272,11 +284,13 @@ fn a_timed_out_call_cancels_its_query_and_discards_its_connection() {
 /// `NOTIFY` per queue per 50 ms, however many events it journals, and each after the
 /// commit it reports (the others still hear of the work).
 #[test]
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 fn wakes_for_the_other_instances_are_debounced() {
     use futures_util::future::poll_fn;
-    let Some((_store, url)) = postgres_store() else {
-        return;
-    };
+    let (_store, url) = postgres_store();
     let url = &url;
     let journal =
         PostgresJournal::open(url, DEFAULT_SCHEMA, 30, Pooler::None, Role::Serve).unwrap();
@@ -344,10 +358,12 @@ fn wakes_for_the_other_instances_are_debounced() {
 /// journaled in shared commits; the same id twice in one batch is new once and a
 /// duplicate once, and every event gets its first job.
 #[test]
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
 fn appends_that_arrive_together_share_commits() {
-    let Some((_store, url)) = postgres_store() else {
-        return;
-    };
+    let (_store, url) = postgres_store();
     let url = &url;
     let journal =
         PostgresJournal::open(url, DEFAULT_SCHEMA, 30, Pooler::None, Role::Serve).unwrap();
