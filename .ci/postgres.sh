@@ -46,6 +46,9 @@ listen_addresses = '127.0.0.1'
 unix_socket_directories = '$freshet_pg_dir'
 max_connections = 300
 CONF
+# One role logs in with a password (every other is trusted), for the test of a refused
+# password: the first matching line of pg_hba.conf wins.
+as_pg sed -i '1i host all freshet_pw 127.0.0.1/32 scram-sha-256' "$freshet_pg_dir/data/pg_hba.conf"
 as_pg "$pg_bin/pg_ctl" -D "$freshet_pg_dir/data" -l "$freshet_pg_dir/server.log" -w -t 60 start >/dev/null \
   || { cat "$freshet_pg_dir/server.log" >&2; return 1 2>/dev/null || exit 1; }
 freshet_pg_stop() {
@@ -56,6 +59,9 @@ freshet_pg_stop() {
 trap freshet_pg_stop EXIT
 psql -h 127.0.0.1 -p "$freshet_pg_port" -U freshet -d postgres -qc "CREATE DATABASE freshet" >/dev/null
 export FRESHET_TEST_DATABASE_URL="postgres://freshet@127.0.0.1:$freshet_pg_port/freshet"
+psql -h 127.0.0.1 -p "$freshet_pg_port" -U freshet -d postgres -qc \
+  "CREATE ROLE freshet_pw LOGIN PASSWORD 'freshet-pw-right'" >/dev/null
+export FRESHET_TEST_PG_PASSWORD_URL="postgres://freshet_pw:freshet-pw-right@127.0.0.1:$freshet_pg_port/freshet"
 # Where the tests find pg_ctl to stop and start this server (the outage test).
 export FRESHET_TEST_PG_DATA="$freshet_pg_dir/data"
 export FRESHET_TEST_PG_CTL="$pg_bin/pg_ctl"

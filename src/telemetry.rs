@@ -14,12 +14,13 @@ pub enum LogFormat {
 pub fn init(format: LogFormat) {
     let wanted = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
     // The PostgreSQL client logs every statement and its parameters at DEBUG: too much
-    // for `RUST_LOG=debug`, and event bodies have no place in the log. Asked for by name,
-    // it is shown.
+    // for `RUST_LOG=debug`, and event bodies have no place in the log; and the server's
+    // notices at INFO ("schema ... already exists, skipping" at each start), which say
+    // nothing wrong. Its warnings stay; asked for by name, all of it is shown.
     let directives = if wanted.contains("tokio_postgres") {
         wanted
     } else {
-        format!("{wanted},tokio_postgres=info")
+        format!("{wanted},tokio_postgres=warn")
     };
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

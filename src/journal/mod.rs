@@ -339,11 +339,17 @@ fn open(
     })
 }
 
-/// Where the journal is, for logs: the SQLite path, or "PostgreSQL" (a URL may hold a
-/// password, so it is never shown).
+/// Where the journal is, for logs and the commands' `journal:` line: the SQLite path, or
+/// PostgreSQL's host, port and database (a URL may hold a password, so it is never shown).
 pub fn describe(config: &crate::config::JournalConfig) -> String {
     match &config.url {
-        Some(_) => "PostgreSQL (journal.url)".to_string(),
+        Some(url) => match postgres::tls::connection(url.expose()) {
+            Ok(connection) => format!(
+                "PostgreSQL {} (journal.url)",
+                postgres::endpoint(&connection.config)
+            ),
+            Err(_) => "PostgreSQL (journal.url)".to_string(),
+        },
         None => config.path.display().to_string(),
     }
 }

@@ -400,3 +400,67 @@ async fn through_pgbouncer_in_transaction_mode_webhooks_are_journaled_and_action
         "PgBouncer names what it refused: {stderr}"
     );
 }
+
+/// docs/behaviour.md section 17: a wrong password and a missing database are named as
+/// such, with host and port and never the password; a second start's migrations ("already
+/// exists, skipping") log no notice, and a command names the journal without the password.
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_problems_are_named_and_migration_notices_are_quiet() {
+    let url = fresh_postgres().await;
+    let with_password = std::env::var("FRESHET_TEST_PG_PASSWORD_URL")
+        .expect("FRESHET_TEST_PG_PASSWORD_URL: .ci/postgres.sh makes a role with a password");
+    let host_port = url
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let slack = FakeSlack::start().await;
+    let mut daemon = Daemon::start(setup(&slack, &url));
+    daemon.stop();
+    daemon.spawn();
+    let log = daemon.log();
+    assert!(!log.contains("already exists"), "{log}");
+    assert!(!log.contains("NOTICE"), "{log}");
+
+    // A command names the journal it reads: host, port and database, no user or password.
+    let output = daemon.cli(&["events"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let database = url.rsplit('/').next().unwrap();
+    assert!(
+        stderr.contains(&format!(
+            "journal: PostgreSQL {host_port}/{database} (journal.url)"
+        )),
+        "{stderr}"
+    );
+
+    let wrong = with_password.replace("freshet-pw-right", "freshet-pw-WRONG");
+    let output = daemon.cli_with_env(&["events"], &[("T_DB", &wrong)]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "PostgreSQL at {host_port}/freshet refused the password of user \"freshet_pw\""
+        )),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("freshet-pw-WRONG"), "{stderr}");
+
+    let (base, _) = url.rsplit_once('/').unwrap();
+    let missing = format!("{base}/no_such_database");
+    let output = daemon.cli_with_env(&["events"], &[("T_DB", &missing)]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "PostgreSQL at {host_port}/no_such_database: the database \"no_such_database\" does not exist"
+        )),
+        "{stderr}"
+    );
+}

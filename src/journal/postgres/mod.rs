@@ -167,16 +167,57 @@ fn backend_as(what: &str, error: impl std::error::Error + Send + Sync + 'static)
     }
 }
 
-fn pool_error(error: deadpool_postgres::PoolError) -> JournalError {
+/// `HOST:PORT/DATABASE` of a connection, for messages: never the user's password.
+pub fn endpoint(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(path)) => path.display().to_string(),
+        None => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let user = config.get_user().unwrap_or("");
+    let database = config.get_dbname().unwrap_or(user);
+    format!("{host}:{port}/{database}")
+}
+
+/// Why no connection could be had, naming the cause a person can act on (a refused
+/// password, a missing database) and where (host, port, database), never the password.
+fn pool_error(
+    config: &tokio_postgres::Config,
+    error: deadpool_postgres::PoolError,
+) -> JournalError {
+    let at = endpoint(config);
     match error {
         deadpool_postgres::PoolError::Timeout(_) => JournalError::unavailable(format!(
-            "PostgreSQL is unreachable (no connection within {} s)",
+            "PostgreSQL at {at} is unreachable (no connection within {} s)",
             CONNECT_TIMEOUT.as_secs()
         )),
         deadpool_postgres::PoolError::Backend(error) => {
-            backend_as("PostgreSQL is unreachable", error)
+            use tokio_postgres::error::SqlState;
+            let user = config.get_user().unwrap_or("");
+            let Some(db) = error.as_db_error() else {
+                return backend_as(&format!("PostgreSQL at {at} is unreachable"), error);
+            };
+            let message = match db.code() {
+                code if *code == SqlState::INVALID_PASSWORD => format!(
+                    "PostgreSQL at {at} refused the password of user {user:?} (wrong password in journal.url)"
+                ),
+                code if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => format!(
+                    "PostgreSQL at {at} refused user {user:?}: {}",
+                    db.message()
+                ),
+                code if *code == SqlState::INVALID_CATALOG_NAME => format!(
+                    "PostgreSQL at {at}: the database {:?} does not exist (create it, or name another in journal.url)",
+                    config.get_dbname().unwrap_or(user)
+                ),
+                _ => return backend_as(&format!("PostgreSQL at {at}"), error),
+            };
+            JournalError::Unavailable {
+                message,
+                source: Some(Box::new(error)),
+            }
         }
-        other => JournalError::unavailable(format!("PostgreSQL is unreachable: {other}")),
+        other => JournalError::unavailable(format!("PostgreSQL at {at} is unreachable: {other}")),
     }
 }
 
@@ -233,7 +274,7 @@ impl PostgresJournal {
                 config.options(format!(
                     "-c search_path={schema} -c statement_timeout={statement_ms} \
                      -c lock_timeout={lock_ms} -c idle_in_transaction_session_timeout={half_lease} \
-                     -c plan_cache_mode=force_generic_plan"
+                     -c plan_cache_mode=force_generic_plan -c client_min_messages=warning"
                 ));
                 None
             }
@@ -469,7 +510,11 @@ impl Shared {
     }
 
     pub(super) async fn client(&self) -> Result<session::Session, JournalError> {
-        let object = self.pool.get().await.map_err(pool_error)?;
+        let object = self
+            .pool
+            .get()
+            .await
+            .map_err(|error| pool_error(&self.config, error))?;
         Ok(session::Session::new(
             object,
             self.pooled.clone(),
