@@ -52,38 +52,28 @@ pub fn check(explicit: Option<&Path>) -> anyhow::Result<bool> {
     for error in &set.errors {
         println!("{}", error.with_source_excerpt());
     }
-    // Unknown functions are load errors (above); check-ins are checked against the
-    // config's deadlines, when there is a config file (in a folder, no deadline is known).
+    // Unknown functions and map keys are load errors (above). Check-ins are checked
+    // against the config's deadlines, when there is a config file (in a folder, no
+    // deadline is known). A read of a field no event has is a warning: the rule runs, and
+    // the condition that reads it is never true.
     let mut name_errors = 0;
-    // A read of a field no event has is a warning: the rule runs, and the condition
-    // that reads it is never true.
     for rule in set.rules.values() {
         let Ok(source) = std::fs::read_to_string(&rule.path) else {
             continue;
         };
-        for problem in unknown_field_warnings(&source) {
-            let warning = RuleError {
-                file: rule.path.clone(),
-                line: problem.line,
-                column: problem.column,
-                message: problem.message,
-            };
-            println!("{}", warning.with_source_excerpt());
-        }
-    }
-    for rule in set.rules.values().filter(|_| config.path.is_some()) {
-        let Ok(source) = std::fs::read_to_string(&rule.path) else {
-            continue;
+        let check_ins = match config.path {
+            Some(_) => check_in_problems(&source, &config.deadlines),
+            None => Vec::new(),
         };
-        for problem in check_in_problems(&source, &config.deadlines) {
-            let error = RuleError {
+        name_errors += check_ins.len();
+        for problem in unknown_field_warnings(&source).into_iter().chain(check_ins) {
+            let problem = RuleError {
                 file: rule.path.clone(),
                 line: problem.line,
                 column: problem.column,
                 message: problem.message,
             };
-            println!("{}", error.with_source_excerpt());
-            name_errors += 1;
+            println!("{}", problem.with_source_excerpt());
         }
     }
     let folder_found = config.rules.dir.is_dir();
