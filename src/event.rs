@@ -17,8 +17,14 @@ pub enum Source {
     #[serde(rename = "dbt-core")]
     DbtCore,
     Mode,
+    /// OpenLineage run events (Airflow, Dagster, Spark, `dbt-ol`).
+    OpenLineage,
     /// Outcomes of the Tableau refreshes freshet started (`tableau.refresh.completed`).
     Tableau,
+    /// Outcomes of the Hex runs freshet started (`hex.run.completed`).
+    Hex,
+    /// Outcomes of the Power BI refreshes freshet started (`powerbi.refresh.completed`).
+    PowerBi,
     /// Events freshet emits itself, such as action outcomes.
     Freshet,
 }
@@ -29,7 +35,10 @@ impl Source {
             Source::Dbt => "dbt",
             Source::DbtCore => "dbt-core",
             Source::Mode => "mode",
+            Source::OpenLineage => "openlineage",
             Source::Tableau => "tableau",
+            Source::Hex => "hex",
+            Source::PowerBi => "powerbi",
             Source::Freshet => "freshet",
         }
     }
@@ -86,6 +95,15 @@ pub const FIELDS: &[&str] = &[
     "report_name",
     "results",
     "result_errors",
+    // OpenLineage.
+    "job_namespace",
+    "event_time",
+    "producer",
+    "parent_job_name",
+    "parent_run_id",
+    "error_message",
+    "inputs",
+    "outputs",
     // Tableau refresh outcomes.
     "status",
     "finish_code",
@@ -96,6 +114,13 @@ pub const FIELDS: &[&str] = &[
     "completed_at",
     "rule",
     "cause_event_id",
+    // Hex runs and Power BI refreshes.
+    "project_id",
+    "elapsed",
+    "ended_at",
+    "group",
+    "dataset",
+    "request_id",
     // freshet's own: failed actions, deadlines, schedules.
     "action",
     "args",

@@ -196,7 +196,7 @@ impl Metrics {
     /// Each source whose webhooks have failed more than [`CONSECUTIVE_FAILURES_SHOWN`]
     /// times in a row, with the count.
     pub fn failing_sources(&self) -> Vec<(&'static str, i64)> {
-        ["dbt", "mode"]
+        ["dbt", "mode", "openlineage"]
             .into_iter()
             .filter_map(|source| {
                 let count = self

@@ -4,7 +4,7 @@
 //! Each action is one file that holds its payload (the job's arguments), the rule
 //! functions that build it, and its calls: [`mode`] (`mode_run`), [`dbt`] (`dbt_run`), [`tableau`]
 //! (`tableau_refresh`, `tableau_refresh_datasource`), [`slack`] (`slack_post`),
-//! [`pagerduty`] (`pagerduty_event`),
+//! [`pagerduty`] (`pagerduty_event`), [`hex`] (`hex_run`), [`powerbi`] (`powerbi_refresh`),
 //! [`alert`] (`alert`, decided at evaluation, posted through Slack and PagerDuty),
 //! [`check_in`] (`check_in`, recorded at evaluation). This file keeps the
 //! enum, its job (de)serialization and the dispatch; [`client`] holds what the calls
@@ -15,8 +15,10 @@ pub mod alert;
 pub mod check_in;
 pub mod client;
 pub mod dbt;
+pub mod hex;
 pub mod mode;
 pub mod pagerduty;
+pub mod powerbi;
 pub mod slack;
 pub mod tableau;
 
@@ -37,6 +39,9 @@ pub enum ActionRequest {
     TableauRefresh(tableau::RefreshWorkbook),
     TableauRefreshDatasource(tableau::RefreshDatasource),
     SlackPost(slack::SlackPost),
+    HexRun(hex::HexRun),
+    #[serde(rename = "powerbi_refresh")]
+    PowerBiRefresh(powerbi::PowerBiRefresh),
     #[serde(rename = "pagerduty_event")]
     PagerDutyEvent(pagerduty::PagerDutyEvent),
     Alert(alert::Alert),
@@ -49,6 +54,8 @@ pub struct Services<'a> {
     pub http: &'a reqwest::Client,
     pub config: &'a Config,
     pub tableau: &'a tableau::Tableau,
+    /// The one cached Power BI token.
+    pub powerbi: &'a powerbi::Tokens,
     /// Which call this is (its id tags a dbt trigger; its attempt says whether an
     /// earlier one may have started the run already).
     pub origin: &'a CallOrigin<'a>,
@@ -65,11 +72,13 @@ pub struct CallOrigin<'a> {
 }
 
 /// Every action's name as rules write it and jobs record it (`kind`).
-pub const KINDS: [&str; 8] = [
+pub const KINDS: [&str; 10] = [
     "mode_run",
     "dbt_run",
     "tableau_refresh",
     "tableau_refresh_datasource",
+    "hex_run",
+    "powerbi_refresh",
     "slack_post",
     "pagerduty_event",
     "alert",
@@ -82,6 +91,8 @@ impl ActionRequest {
         mode::register(engine);
         dbt::register(engine);
         tableau::register(engine);
+        hex::register(engine);
+        powerbi::register(engine);
         slack::register(engine);
         pagerduty::register(engine);
         alert::register(engine);
@@ -99,6 +110,10 @@ impl ActionRequest {
             ActionRequest::TableauRefreshDatasource(refresh) => {
                 tableau::call(services, refresh.target()).await
             }
+            ActionRequest::HexRun(run) => run.call(services).await,
+            ActionRequest::PowerBiRefresh(refresh) => {
+                refresh.call(services, services.powerbi).await
+            }
             ActionRequest::SlackPost(post) => post.call(services).await,
             ActionRequest::PagerDutyEvent(event) => event.call(services).await,
             ActionRequest::Alert(alert) => alert.call(),
@@ -113,6 +128,8 @@ impl ActionRequest {
             ActionRequest::DbtRun(_) => "dbt_run",
             ActionRequest::TableauRefresh(_) => "tableau_refresh",
             ActionRequest::TableauRefreshDatasource(_) => "tableau_refresh_datasource",
+            ActionRequest::HexRun(_) => "hex_run",
+            ActionRequest::PowerBiRefresh(_) => "powerbi_refresh",
             ActionRequest::SlackPost(_) => "slack_post",
             ActionRequest::PagerDutyEvent(_) => "pagerduty_event",
             ActionRequest::Alert(_) => "alert",
@@ -128,6 +145,8 @@ impl ActionRequest {
             ActionRequest::TableauRefresh(_) | ActionRequest::TableauRefreshDatasource(_) => {
                 "tableau"
             }
+            ActionRequest::HexRun(_) => "hex",
+            ActionRequest::PowerBiRefresh(_) => "powerbi",
             ActionRequest::SlackPost(_) | ActionRequest::Alert(_) => "slack",
             ActionRequest::PagerDutyEvent(_) => "pagerduty",
             ActionRequest::CheckIn(_) => "freshet",

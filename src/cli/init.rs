@@ -40,6 +40,18 @@ pub const EXAMPLE_RULES: &[(&str, &str)] = &[
         "nightly_deadline.rhai",
         include_str!("../../rules/nightly_deadline.rhai"),
     ),
+    (
+        "bi_after_dbt.rhai",
+        include_str!("../../rules/bi_after_dbt.rhai"),
+    ),
+    (
+        "bi_refresh_failed.rhai",
+        include_str!("../../rules/bi_refresh_failed.rhai"),
+    ),
+    (
+        "lineage_failures.rhai",
+        include_str!("../../rules/lineage_failures.rhai"),
+    ),
 ];
 
 /// The example rules' tests, written to `rules/tests/`.
@@ -63,7 +75,16 @@ const SYSTEMD_JOURNAL: &str = "/var/lib/freshet/journal.db";
 /// The folder the unit's `LoadCredential=` lines read.
 const SYSTEMD_CONFIG_DIR: &str = "/etc/freshet";
 /// Service sections written commented out: each needs the user's account details.
-const SERVICE_SECTIONS: &[&str] = &["mode", "tableau", "slack", "slack.users", "pagerduty"];
+const SERVICE_SECTIONS: &[&str] = &[
+    "mode",
+    "tableau",
+    "slack",
+    "slack.users",
+    "pagerduty",
+    "openlineage",
+    "hex",
+    "powerbi",
+];
 
 pub fn run(dir: Option<PathBuf>, target: Target) -> anyhow::Result<bool> {
     let dir = match dir {

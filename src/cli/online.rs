@@ -4,7 +4,7 @@
 //! run or refreshed.
 
 use crate::actions::client::{build_client, ActionError};
-use crate::actions::{dbt::DbtCloud, mode::Mode, slack, tableau};
+use crate::actions::{dbt::DbtCloud, hex, mode::Mode, powerbi, slack, tableau};
 use crate::config::Config;
 
 /// What trying one service gave: `Ok(what was seen)`, `Err(why not)`, or not tried (and why).
@@ -57,6 +57,18 @@ pub async fn try_services(config: &Config) -> Result<Vec<(String, Outcome)>, Str
         outcomes.push((
             "tableau".to_string(),
             outcome(tableau::probe(&http, tableau).await),
+        ));
+    }
+    if let Some(hex_config) = &config.hex {
+        outcomes.push((
+            "hex".to_string(),
+            outcome(hex::probe(&http, hex_config).await),
+        ));
+    }
+    if let Some(powerbi_config) = &config.powerbi {
+        outcomes.push((
+            "powerbi".to_string(),
+            outcome(powerbi::probe(&http, powerbi_config).await),
         ));
     }
     if let Some(slack) = &config.slack {

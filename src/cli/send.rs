@@ -80,7 +80,10 @@ pub async fn run(
         } => {
             let body = match (sample, file) {
                 (Some(ModeSample::ReportRunCompleted), _) => {
-                    fresh_mode_run(MODE_RUN_COMPLETED.as_bytes())?
+                    // The sample names the configured workspace: the daemon refuses a
+                    // webhook about another one.
+                    let workspace = config.mode.as_ref().map(|mode| mode.workspace.as_str());
+                    fresh_mode_run(&in_workspace(MODE_RUN_COMPLETED.as_bytes(), workspace)?)?
                 }
                 (None, Some(file)) => {
                     let body = read(&file)?;
@@ -293,6 +296,30 @@ fn fresh_mode_run(body: &[u8]) -> anyhow::Result<Vec<u8>> {
     Ok(serde_json::to_vec(&value)?)
 }
 
+/// A Mode webhook body whose links name `workspace` (`/api/{workspace}/...`), when one
+/// is configured.
+fn in_workspace(body: &[u8], workspace: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    let mut value: Value = serde_json::from_slice(body).context("the body is not JSON")?;
+    let Some(workspace) = workspace else {
+        return Ok(body.to_vec());
+    };
+    if let Some(object) = value.as_object_mut() {
+        for (key, link) in object.iter_mut() {
+            let Some(url) = link.as_str().filter(|_| key.ends_with("_url")) else {
+                continue;
+            };
+            let mut segments: Vec<&str> = url.split('/').collect();
+            if let Some(at) = segments.iter().position(|s| *s == "api") {
+                if at + 1 < segments.len() {
+                    segments[at + 1] = workspace;
+                    *link = Value::String(segments.join("/"));
+                }
+            }
+        }
+    }
+    Ok(serde_json::to_vec(&value)?)
+}
+
 /// The address to contact for a listen address (a wildcard listen is reached on loopback).
 fn reachable(listen: SocketAddr) -> SocketAddr {
     if listen.ip().is_unspecified() {
@@ -305,6 +332,20 @@ fn reachable(listen: SocketAddr) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mode_sample_names_the_configured_workspace() {
+        let body = in_workspace(MODE_RUN_COMPLETED.as_bytes(), Some("acme-analytics")).unwrap();
+        let value: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            value["report_run_url"],
+            "https://modeanalytics.com/api/acme-analytics/reports/2b3c4d5e6f70/runs/4d5e6f708192"
+        );
+        assert_eq!(
+            in_workspace(MODE_RUN_COMPLETED.as_bytes(), None).unwrap(),
+            MODE_RUN_COMPLETED.as_bytes()
+        );
+    }
 
     #[test]
     fn set_writes_json_values_or_strings_by_dotted_path() {

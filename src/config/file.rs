@@ -10,9 +10,9 @@ use serde::Deserialize;
 use url::Url;
 
 use super::{
-    ActionsConfig, ClockConfig, Config, ConfigErrors, ConfigProblem, DbtConfig, JournalConfig,
-    ModeConfig, PagerDutyConfig, RulesConfig, SecretRef, Secrets, ServerConfig, SlackConfig,
-    TableauConfig,
+    ActionsConfig, ClockConfig, Config, ConfigErrors, ConfigProblem, DbtConfig, HexConfig,
+    JournalConfig, ModeConfig, OpenLineageConfig, PagerDutyConfig, PowerBiConfig, RulesConfig,
+    SecretRef, Secrets, ServerConfig, SlackConfig, TableauConfig,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -26,6 +26,9 @@ struct RawConfig {
     tableau: Option<RawTableau>,
     slack: Option<RawSlack>,
     pagerduty: Option<RawPagerDuty>,
+    openlineage: Option<RawOpenLineage>,
+    hex: Option<RawHex>,
+    powerbi: Option<RawPowerBi>,
     deadlines: std::collections::BTreeMap<String, RawClock>,
     schedules: std::collections::BTreeMap<String, RawClock>,
     actions: RawActions,
@@ -198,6 +201,61 @@ struct RawPagerDuty {
     events_url: String,
     #[serde(default)]
     routing_keys: std::collections::BTreeMap<String, SecretRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOpenLineage {
+    #[serde(default)]
+    api_keys: Vec<SecretRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHex {
+    #[serde(default = "default_hex_api_base")]
+    api_base: String,
+    token: SecretRef,
+    #[serde(default = "default_poll_seconds")]
+    poll_seconds: u64,
+    #[serde(default = "default_timeout_minutes")]
+    timeout_minutes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPowerBi {
+    tenant_id: String,
+    client_id: String,
+    client_secret: SecretRef,
+    #[serde(default = "default_powerbi_api_base")]
+    api_base: String,
+    #[serde(default = "default_powerbi_login_base")]
+    login_base: String,
+    #[serde(default = "default_poll_seconds")]
+    poll_seconds: u64,
+    #[serde(default = "default_timeout_minutes")]
+    timeout_minutes: u64,
+}
+
+fn default_hex_api_base() -> String {
+    "https://app.hex.tech/api/v1".into()
+}
+
+fn default_powerbi_api_base() -> String {
+    "https://api.powerbi.com/v1.0/myorg".into()
+}
+
+fn default_powerbi_login_base() -> String {
+    "https://login.microsoftonline.com".into()
+}
+
+fn default_poll_seconds() -> u64 {
+    15
+}
+
+fn default_timeout_minutes() -> u64 {
+    240
 }
 
 #[derive(Debug, Deserialize)]
@@ -567,6 +625,78 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
         })
     });
 
+    let openlineage = raw.openlineage.as_ref().map(|openlineage| {
+        if openlineage.api_keys.is_empty() {
+            problems.error(
+                "openlineage.api_keys",
+                "needs at least one key (the one OPENLINEAGE_API_KEY gives the clients)",
+            );
+        }
+        OpenLineageConfig {
+            api_keys: openlineage
+                .api_keys
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| problems.secret(&format!("openlineage.api_keys[{i}]"), r))
+                .collect(),
+        }
+    });
+
+    let mut following = |section: &str, poll_seconds: u64, timeout_minutes: u64| {
+        if poll_seconds == 0 {
+            problems.error(&format!("{section}.poll_seconds"), "must be at least 1");
+        }
+        if timeout_minutes == 0 {
+            problems.error(&format!("{section}.timeout_minutes"), "must be at least 1");
+        }
+    };
+    if let Some(hex) = &raw.hex {
+        following("hex", hex.poll_seconds, hex.timeout_minutes);
+    }
+    if let Some(powerbi) = &raw.powerbi {
+        following("powerbi", powerbi.poll_seconds, powerbi.timeout_minutes);
+    }
+    let hex = raw.hex.as_ref().and_then(|hex| {
+        let api_base = problems.url("hex.api_base", &hex.api_base);
+        let token = problems.secret("hex.token", &hex.token);
+        Some(HexConfig {
+            api_base: api_base?,
+            token: token?,
+            poll_seconds: hex.poll_seconds,
+            timeout_minutes: hex.timeout_minutes,
+        })
+    });
+    let powerbi = raw.powerbi.as_ref().and_then(|powerbi| {
+        for (key, value) in [
+            ("powerbi.tenant_id", &powerbi.tenant_id),
+            ("powerbi.client_id", &powerbi.client_id),
+        ] {
+            // Both go into URLs and forms as they are: an id, not a path.
+            if value.is_empty()
+                || !value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-.".contains(c))
+            {
+                problems.error(
+                    key,
+                    "must be the id Entra ID shows (letters, digits, '-' and '.')",
+                );
+            }
+        }
+        let api_base = problems.url("powerbi.api_base", &powerbi.api_base);
+        let login_base = problems.url("powerbi.login_base", &powerbi.login_base);
+        let client_secret = problems.secret("powerbi.client_secret", &powerbi.client_secret);
+        Some(PowerBiConfig {
+            tenant_id: powerbi.tenant_id.clone(),
+            client_id: powerbi.client_id.clone(),
+            client_secret: client_secret?,
+            api_base: api_base?,
+            login_base: login_base?,
+            poll_seconds: powerbi.poll_seconds,
+            timeout_minutes: powerbi.timeout_minutes,
+        })
+    });
+
     let mut clocks = |section: &str, raw: &std::collections::BTreeMap<String, RawClock>| {
         let mut clocks = std::collections::BTreeMap::new();
         for (name, clock) in raw {
@@ -717,6 +847,9 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
         tableau,
         slack,
         pagerduty,
+        openlineage,
+        hex,
+        powerbi,
         deadlines,
         schedules,
         actions: ActionsConfig {
@@ -732,7 +865,7 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
 
 /// The keys that hold secrets (or secret references): errors about them never quote a
 /// value (docs/behaviour.md section 11).
-const SECRET_KEYS: [&str; 10] = [
+const SECRET_KEYS: [&str; 13] = [
     "dbt.webhook_secrets",
     "dbt.api_token",
     "mode.api_token",
@@ -743,6 +876,9 @@ const SECRET_KEYS: [&str; 10] = [
     "slack.bot_token",
     "pagerduty.routing_keys",
     "journal.url",
+    "openlineage.api_keys",
+    "hex.token",
+    "powerbi.client_secret",
 ];
 
 fn is_secret_key(key: &str) -> bool {

@@ -69,6 +69,9 @@ pub struct Config {
     pub tableau: Option<TableauConfig>,
     pub slack: Option<SlackConfig>,
     pub pagerduty: Option<PagerDutyConfig>,
+    pub openlineage: Option<OpenLineageConfig>,
+    pub hex: Option<HexConfig>,
+    pub powerbi: Option<PowerBiConfig>,
     /// `[deadlines.NAME]`: when something must have happened (`check_in(NAME)`).
     pub deadlines: std::collections::BTreeMap<String, ClockConfig>,
     /// `[schedules.NAME]`: a `freshet.schedule` event at each due time.
@@ -121,6 +124,8 @@ impl Config {
                     .as_ref()
                     .is_some_and(|p| !p.routing_keys.is_empty()),
             ),
+            ("hex", self.hex.is_some()),
+            ("powerbi", self.powerbi.is_some()),
         ]
         .into_iter()
         .filter(|(_, configured)| *configured)
@@ -266,6 +271,35 @@ pub struct PagerDutyConfig {
     pub events_url: Url,
     /// Name (as rules write it) -> integration key (a secret).
     pub routing_keys: std::collections::BTreeMap<String, Secret>,
+}
+
+/// `[openlineage]`: the keys OpenLineage clients send as `Authorization: Bearer`
+/// (docs/behaviour.md section 15); several allow rotation.
+#[derive(Debug, Clone)]
+pub struct OpenLineageConfig {
+    pub api_keys: Vec<Secret>,
+}
+
+/// `[hex]`: Hex's API, for `hex_run`, and how its runs are followed.
+#[derive(Debug, Clone)]
+pub struct HexConfig {
+    pub api_base: Url,
+    pub token: Secret,
+    pub poll_seconds: u64,
+    pub timeout_minutes: u64,
+}
+
+/// `[powerbi]`: a service principal's client credentials, for `powerbi_refresh`, and
+/// how its refreshes are followed.
+#[derive(Debug, Clone)]
+pub struct PowerBiConfig {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: Secret,
+    pub api_base: Url,
+    pub login_base: Url,
+    pub poll_seconds: u64,
+    pub timeout_minutes: u64,
 }
 
 #[derive(Debug, Clone)]

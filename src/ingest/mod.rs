@@ -6,6 +6,7 @@ pub mod dbt_cloud;
 pub mod dbt_core;
 pub mod listener;
 pub mod mode;
+pub mod openlineage;
 mod rejection;
 pub mod signature;
 
@@ -43,6 +44,8 @@ pub enum BodyError {
 pub struct IntakeSecrets {
     pub dbt: Vec<Secret>,
     pub mode: Option<ModeIntake>,
+    /// `[openlineage] api_keys`: the Bearer keys OpenLineage clients send.
+    pub openlineage: Vec<Secret>,
     /// Whether a failed dbt Cloud run is fetched (enrich stage) before the rules see it.
     pub dbt_fetch_failures: bool,
 }
@@ -62,6 +65,9 @@ impl IntakeSecrets {
         if self.mode.is_some() && next.mode.is_none() {
             return Some("mode.webhook_token");
         }
+        if !self.openlineage.is_empty() && next.openlineage.is_empty() {
+            return Some("openlineage.api_keys");
+        }
         None
     }
 
@@ -78,6 +84,11 @@ impl IntakeSecrets {
                     webhook_token: token.clone(),
                 })
             }),
+            openlineage: config
+                .openlineage
+                .as_ref()
+                .map(|openlineage| openlineage.api_keys.clone())
+                .unwrap_or_default(),
             dbt_fetch_failures: config.dbt.as_ref().is_some_and(DbtConfig::fetches_failures),
         }
     }
@@ -162,6 +173,12 @@ enum IntakeError {
     Signature(#[from] signature::SignatureError),
     #[error("not found")]
     NotFound,
+    #[error("no Authorization: Bearer header with a key of [openlineage] api_keys")]
+    BadKey,
+    #[error("the gzip body does not inflate")]
+    BadGzip,
+    #[error("Content-Encoding {0} is not accepted (gzip is)")]
+    Encoding(String),
     #[error("{0}")]
     Body(#[from] BodyError),
     #[error("journal unavailable")]
@@ -179,6 +196,9 @@ impl IntakeError {
             IntakeError::BodyRead | IntakeError::Body(_) => StatusCode::BAD_REQUEST,
             IntakeError::Signature(_) => StatusCode::UNAUTHORIZED,
             IntakeError::NotFound => StatusCode::NOT_FOUND,
+            IntakeError::BadKey => StatusCode::UNAUTHORIZED,
+            IntakeError::BadGzip => StatusCode::BAD_REQUEST,
+            IntakeError::Encoding(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             IntakeError::Journal | IntakeError::Busy => StatusCode::SERVICE_UNAVAILABLE,
             IntakeError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
@@ -190,6 +210,9 @@ impl IntakeError {
             IntakeError::BodyRead => "body_read",
             IntakeError::Signature(error) => error.reason(),
             IntakeError::NotFound => "bad_token",
+            IntakeError::BadKey => "bad_key",
+            IntakeError::BadGzip => "bad_gzip",
+            IntakeError::Encoding(_) => "bad_encoding",
             IntakeError::Body(BodyError::NotJson(_)) => "not_json",
             IntakeError::Body(BodyError::Shape(_)) => "bad_shape",
             IntakeError::Journal => "journal_unavailable",
@@ -204,6 +227,7 @@ pub fn routes(intake: Intake) -> impl Filter<Extract = (impl Reply,), Error = In
     dbt_route(intake.clone(), "dbt")
         .or(dbt_route(intake.clone(), "dbt-core"))
         .or(mode_route(intake.clone()))
+        .or(openlineage_route(intake.clone()))
         .or(healthz_route(intake.clone()))
         .or(metrics_route(intake))
         .recover(handle_rejection)
@@ -266,6 +290,37 @@ fn mode_route(
              body: BodyStream| async move {
                 let result = receive_mode(&intake, token.as_str(), length, body).await;
                 respond(&intake, "mode", result)
+            },
+        )
+}
+
+/// `POST /api/v1/lineage` (the path OpenLineage's HTTP transport posts to): a RunEvent,
+/// with `Authorization: Bearer <key>` and, when the client compresses, gzip.
+fn openlineage_route(
+    intake: Intake,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("api" / "v1" / "lineage")
+        .and(warp::post())
+        .and(with_intake(intake))
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::optional::<String>("content-encoding"))
+        .and(raw_body())
+        .then(
+            |intake: Intake,
+             length: Option<u64>,
+             authorization: Option<String>,
+             encoding: Option<String>,
+             body: BodyStream| async move {
+                let result = receive_openlineage(
+                    &intake,
+                    length,
+                    authorization.as_deref(),
+                    encoding.as_deref(),
+                    body,
+                )
+                .await;
+                respond(&intake, "openlineage", result)
             },
         )
 }
@@ -483,6 +538,48 @@ async fn receive_mode(
     journal_event(intake, event, first).await
 }
 
+/// An OpenLineage RunEvent. The key is checked before the body is read (as Mode's token
+/// is); a gzip body is inflated within `server.max_body_bytes` too.
+async fn receive_openlineage(
+    intake: &Intake,
+    length: Option<u64>,
+    authorization: Option<&str>,
+    encoding: Option<&str>,
+    body: BodyStream,
+) -> Result<Accepted, IntakeError> {
+    let secrets = intake.secrets.load();
+    let key = authorization
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .map(str::trim);
+    let known = key.is_some_and(|key| {
+        secrets
+            .openlineage
+            .iter()
+            .any(|expected| signature::secrets_equal(key, expected))
+    });
+    if !known {
+        return Err(IntakeError::BadKey);
+    }
+    let (body, _budget) = read_limited(intake, length, body).await?;
+    let inflated;
+    let body: &[u8] = match encoding.map(str::trim) {
+        None | Some("identity") => &body,
+        Some(gzip) if gzip.eq_ignore_ascii_case("gzip") => {
+            inflated =
+                openlineage::gunzip(&body, intake.max_body_bytes).map_err(|error| match error {
+                    openlineage::GunzipError::TooLarge => {
+                        IntakeError::TooLarge(intake.max_body_bytes)
+                    }
+                    openlineage::GunzipError::Corrupt => IntakeError::BadGzip,
+                })?;
+            &inflated
+        }
+        Some(other) => return Err(IntakeError::Encoding(other.to_string())),
+    };
+    let event = openlineage::parse(body, now_rfc3339())?;
+    journal_event(intake, event, FirstJob::EVALUATE).await
+}
+
 /// A Mode run, or a failed dbt run when its failures are fetched, goes to the enrich
 /// stage first; every other event straight to evaluation.
 fn first_job(intake: &Intake, event: &Event, dbt_fetches_failures: bool) -> FirstJob {
@@ -668,6 +765,7 @@ mod tests {
             secrets: Arc::new(ArcSwap::from_pointee(IntakeSecrets {
                 dbt: vec![Secret::new("s")],
                 mode: None,
+                openlineage: Vec::new(),
                 dbt_fetch_failures: false,
             })),
             metrics: Arc::new(Metrics::new()),

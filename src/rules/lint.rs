@@ -211,7 +211,7 @@ pub fn check_in_problems(
 /// The actions that take a map of fixed keys: for a call of `name` with `args`
 /// arguments, which argument is the map and the keys it may have.
 fn map_argument(name: &str, args: usize) -> Option<(usize, &'static [&'static str])> {
-    use crate::actions::{alert, dbt, pagerduty, slack, tableau};
+    use crate::actions::{alert, dbt, hex, pagerduty, powerbi, slack, tableau};
     Some(match (name, args) {
         ("tableau_refresh", 1) => (0, &tableau::WORKBOOK_KEYS),
         ("tableau_refresh_datasource", 1) => (0, &tableau::DATASOURCE_KEYS),
@@ -220,6 +220,8 @@ fn map_argument(name: &str, args: usize) -> Option<(usize, &'static [&'static st
         ("dbt_run", 2) => (1, &dbt::TRIGGER_OPTIONS),
         ("alert", 3) => (2, &alert::OPTIONS),
         ("pagerduty_event", 1) => (0, &pagerduty::KEYS),
+        ("hex_run", 2) => (1, &hex::OPTION_KEYS),
+        ("powerbi_refresh", 1) => (0, &powerbi::KEYS),
         _ => return None,
     })
 }

@@ -27,10 +27,12 @@ use crate::metrics::{ActionLabels, KindLabels, Metrics};
 const MAX_IN_FLIGHT: usize = 8;
 /// Per service: Slack asks for about one message a second, so posts go one at a time;
 /// one Tableau session serves all refreshes.
-const PER_SERVICE: [(&str, usize); 5] = [
+const PER_SERVICE: [(&str, usize); 7] = [
     ("mode", 4),
     ("dbt", 2),
     ("tableau", 2),
+    ("hex", 2),
+    ("powerbi", 2),
     ("slack", 1),
     // One at a time, so an alert's trigger reaches PagerDuty before its resolve.
     ("pagerduty", 1),
@@ -56,6 +58,7 @@ pub struct Shared {
     wakes: Wakes,
     pub(super) http: reqwest::Client,
     pub(super) tableau: Tableau,
+    pub(super) powerbi: crate::actions::powerbi::Tokens,
     services: HashMap<&'static str, Arc<Semaphore>>,
 }
 
@@ -70,6 +73,7 @@ impl ActionWorker {
             metrics: self.metrics,
             wakes: self.wakes.clone(),
             tableau: Tableau::default(),
+            powerbi: Default::default(),
             services: PER_SERVICE
                 .iter()
                 .map(|(name, n)| (*name, Arc::new(Semaphore::new(*n))))
@@ -143,7 +147,7 @@ async fn run_job(shared: &Shared, job: Job) {
         .await;
     }
     let config = shared.config.load_full();
-    let ran = if job.kind == follow::KIND {
+    let ran = if follow::follows(&job.kind) {
         follow::poll(shared, &config, &job).await
     } else {
         run_action(shared, &config, &job).await
@@ -186,6 +190,7 @@ async fn run_action(shared: &Shared, config: &Config, job: &Job) -> Option<(JobO
         http: &shared.http,
         config,
         tableau: &shared.tableau,
+        powerbi: &shared.powerbi,
         origin: &CallOrigin {
             action_id: job.id,
             attempt: job.attempt,

@@ -125,9 +125,9 @@ fn the_rules_tutorial_runs_as_written() {
         outputs.push(stdout);
     }
     // What the text says each step prints.
-    assert!(outputs[0].contains("13 passed, 0 failed"), "{}", outputs[0]);
+    assert!(outputs[0].contains("17 passed, 0 failed"), "{}", outputs[0]);
     assert!(
-        outputs[2].contains("8 rule(s) compiled, 0 with errors"),
+        outputs[2].contains("11 rule(s) compiled, 0 with errors"),
         "{}",
         outputs[2]
     );
@@ -138,7 +138,7 @@ fn the_rules_tutorial_runs_as_written() {
         "{}",
         outputs[3]
     );
-    assert!(outputs[4].contains("15 passed, 0 failed"), "{}", outputs[4]);
+    assert!(outputs[4].contains("19 passed, 0 failed"), "{}", outputs[4]);
 
     // And check catches the typo the text says it does.
     let rule = dir.path().join("my-freshet/rules/orders_failed.rhai");

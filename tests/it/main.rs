@@ -14,6 +14,7 @@ mod docs;
 mod faults;
 mod hostile;
 mod intake;
+mod more_of_the_stack;
 mod operating;
 mod postgres_in_production;
 mod reaching_people;

@@ -213,7 +213,7 @@ async fn init_writes_a_config_that_works_where_it_is_run() {
     let check = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{check}");
     assert!(
-        check.contains("7 rule(s) compiled, 0 with errors"),
+        check.contains("10 rule(s) compiled, 0 with errors"),
         "{check}"
     );
 

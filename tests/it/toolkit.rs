@@ -47,7 +47,7 @@ fn the_example_rules_pass_their_tests() {
         "{text}{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(text.contains("13 passed, 0 failed"), "{text}");
+    assert!(text.contains("17 passed, 0 failed"), "{text}");
     assert!(!text.contains("FAIL"), "{text}");
 }
 
@@ -494,19 +494,23 @@ async fn alerts_are_listed_and_reset_without_posting() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn check_online_tries_each_service_and_changes_nothing() {
     use crate::support::fake::{
-        FakeDbtCloud, FakeMode, FakePagerDuty, FakeTableau, DBT_TOKEN, MODE_SECRET, MODE_TOKEN,
-        PAGERDUTY_KEY, SLACK_BOT_TOKEN, TABLEAU_PAT_SECRET,
+        FakeDbtCloud, FakeHex, FakeMode, FakePagerDuty, FakePowerBi, FakeTableau, DBT_TOKEN,
+        HEX_TOKEN, MODE_SECRET, MODE_TOKEN, PAGERDUTY_KEY, POWERBI_SECRET, SLACK_BOT_TOKEN,
+        TABLEAU_PAT_SECRET,
     };
     let slack = FakeSlack::start().await;
     let tableau = FakeTableau::start().await;
     let mode = FakeMode::start().await;
     let dbt = FakeDbtCloud::start().await;
     let pagerduty = FakePagerDuty::start().await;
+    let hex = FakeHex::start().await;
+    let powerbi = FakePowerBi::start().await;
     let setup = Setup::dbt(SECRET, 3, 10, 20)
         .section(&tableau.section(None))
         .env("T_PAT", TABLEAU_PAT_SECRET);
     let setup = dbt.configure(setup, "");
     let setup = pagerduty.configure(mode.configure(slack.configure(setup), None));
+    let setup = powerbi.configure(hex.configure(setup));
     let daemon = Daemon::start(setup);
 
     let output = daemon.cli(&["check", "--online"]);
@@ -520,6 +524,8 @@ async fn check_online_tries_each_service_and_changes_nothing() {
         "slack: ok: bot token of \"freshet\" in workspace \"Acme\"",
         "slack webhook: not tried: an incoming webhook has no call that does not post",
         "pagerduty data: ok: an integration key of the right shape",
+        "hex: ok: the token lists projects",
+        "powerbi: ok: a token for client 00000000-0000-0000-0000-000000000001 in tenant",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }
@@ -530,6 +536,8 @@ async fn check_online_tries_each_service_and_changes_nothing() {
         TABLEAU_PAT_SECRET,
         SLACK_BOT_TOKEN,
         PAGERDUTY_KEY,
+        HEX_TOKEN,
+        POWERBI_SECRET,
     ] {
         assert!(!stdout.contains(secret) && !stderr.contains(secret));
     }
@@ -545,6 +553,7 @@ async fn check_online_tries_each_service_and_changes_nothing() {
     }
     assert!(dbt.requests().iter().all(|seen| seen.method == "GET"));
     assert!(pagerduty.events().is_empty());
+    assert!(hex.runs().is_empty() && powerbi.refreshes().is_empty());
 
     // Wrong credentials: each failing service is named, with why; exit 1.
     let output = daemon.cli_with_env(
@@ -553,6 +562,8 @@ async fn check_online_tries_each_service_and_changes_nothing() {
             ("T_SLACK_BOT", "xoxb-not-the-token"),
             ("T_MODE_TOKEN", "not-the-token"),
             ("T_PAT", "not-the-pat"),
+            ("T_HEX", "not-the-hex-token"),
+            ("T_PBI", "not-the-client-secret"),
         ],
     );
     let stdout = String::from_utf8_lossy(&output.stdout).to_string();
@@ -562,6 +573,8 @@ async fn check_online_tries_each_service_and_changes_nothing() {
         "mode: FAILED: mode: HTTP 401",
         "tableau: FAILED: tableau: sign-in refused (401001)",
         "dbt cloud: ok",
+        "hex: FAILED: hex: HTTP 401: the token was refused (hex.token)",
+        "powerbi: FAILED: powerbi token: HTTP 401: invalid_client",
     ] {
         assert!(stdout.contains(line), "missing {line:?} in:\n{stdout}");
     }

@@ -2,13 +2,15 @@
 //! contracts (docs/ and the comments in `src/actions/` cite them). Each records every
 //! request it gets, so tests can assert on exactly what was sent; each is strict (wrong
 //! paths, methods, auth and bodies are refused as the real service refuses them) and
-//! stateful where the real one is. One fake per file: [`dbt_cloud`], [`mode`], [`pagerduty`], [`tableau`], [`slack`];
+//! stateful where the real one is. One fake per file: [`dbt_cloud`], [`mode`], [`pagerduty`], [`tableau`], [`slack`], [`hex`], [`powerbi`];
 //! this file holds the server, the request log and the canned replies they share.
 #![allow(dead_code)]
 
 mod dbt_cloud;
+mod hex;
 mod mode;
 mod pagerduty;
+mod powerbi;
 mod slack;
 mod tableau;
 
@@ -17,9 +19,13 @@ mod tableau;
 #[allow(unused_imports)]
 pub use dbt_cloud::*;
 #[allow(unused_imports)]
+pub use hex::*;
+#[allow(unused_imports)]
 pub use mode::*;
 #[allow(unused_imports)]
 pub use pagerduty::*;
+#[allow(unused_imports)]
+pub use powerbi::*;
 #[allow(unused_imports)]
 pub use slack::*;
 #[allow(unused_imports)]
