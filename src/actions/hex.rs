@@ -100,6 +100,24 @@ fn hex_error(
     status_error(SERVICE, status, retry_after, &detail)
 }
 
+/// A run's answer (RunProject's or GetRunStatus's) as JSON, or why not.
+fn run_answer(answer: super::client::Answer, project: &str) -> Result<Value, ActionError> {
+    if !answer.status.is_success() {
+        return Err(hex_error(
+            answer.status,
+            answer.retry_after,
+            &answer.body,
+            project,
+        ));
+    }
+    serde_json::from_str(&answer.body).map_err(|_| {
+        ActionError::retryable(format!(
+            "hex: answer is not JSON: {}",
+            excerpt(&answer.body)
+        ))
+    })
+}
+
 impl HexRun {
     /// Starts the run; the answer holds the run's id and page for the follow stage.
     pub async fn call(&self, services: &Services<'_>) -> Result<Value, ActionError> {
@@ -123,21 +141,7 @@ impl HexRun {
             .bearer_auth(hex.token.expose())
             .header("Accept", "application/json")
             .json(&body);
-        let answer = send(SERVICE, request).await?;
-        if !answer.status.is_success() {
-            return Err(hex_error(
-                answer.status,
-                answer.retry_after,
-                &answer.body,
-                &self.project_id,
-            ));
-        }
-        let run: Value = serde_json::from_str(&answer.body).map_err(|_| {
-            ActionError::retryable(format!(
-                "hex: answer is not JSON: {}",
-                excerpt(&answer.body)
-            ))
-        })?;
+        let run = run_answer(send(SERVICE, request).await?, &self.project_id)?;
         let run_id = run
             .get("runId")
             .and_then(Value::as_str)
@@ -167,21 +171,7 @@ pub async fn run_state(
         .get(url(hex, &format!("/project/{project_id}/run/{run_id}")))
         .bearer_auth(hex.token.expose())
         .header("Accept", "application/json");
-    let answer = send(SERVICE, request).await?;
-    if !answer.status.is_success() {
-        return Err(hex_error(
-            answer.status,
-            answer.retry_after,
-            &answer.body,
-            project_id,
-        ));
-    }
-    let run: Value = serde_json::from_str(&answer.body).map_err(|_| {
-        ActionError::retryable(format!(
-            "hex: answer is not JSON: {}",
-            excerpt(&answer.body)
-        ))
-    })?;
+    let run = run_answer(send(SERVICE, request).await?, project_id)?;
     let text = |key: &str| run.get(key).and_then(Value::as_str).map(String::from);
     Ok(RunState {
         status: text("status")
