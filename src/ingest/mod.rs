@@ -722,6 +722,20 @@ mod tests {
         fn events(&self, _: usize, _: Option<&str>) -> Result<Vec<EventSummary>, JournalError> {
             down()
         }
+        fn events_page(
+            &self,
+            _: &crate::journal::EventFilter,
+            _: Option<&crate::journal::EventCursor>,
+            _: usize,
+        ) -> Result<Vec<crate::journal::EventLine>, JournalError> {
+            down()
+        }
+        fn event_activity(&self, _: &str) -> Result<crate::journal::EventActivity, JournalError> {
+            down()
+        }
+        fn overview(&self, _: i64) -> Result<crate::journal::Overview, JournalError> {
+            down()
+        }
         fn queue_replay(&self, _: &str, _: &crate::journal::Replay) -> Result<i64, JournalError> {
             down()
         }

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
+use super::EventFilter;
 use super::{
     ActionOrigin, AlertCall, AlertJob, AlertState, AlertTransition, Appended, ClockJudgement,
     Evaluation, FirstJob, FollowUp, Job, JobOutcome, JobStatus, Journal, NewJob, PostgresJournal,
@@ -183,7 +184,111 @@ contract!(
     a_job_open_again_beside_an_identical_pending_one_ends_merged,
     an_action_names_its_rule_event_and_chain_depth,
     a_due_time_is_judged_once_and_a_late_check_in_meets_it,
+    console_pages_of_events_neither_overlap_nor_skip,
+    console_activity_shows_rule_runs_and_failed_attempts,
 );
+
+/// docs/behaviour.md section 16: the console's events page is keyset-paginated (received
+/// time, then id), newest first, with filters; 120 events page as 50 + 50 + 20.
+fn console_pages_of_events_neither_overlap_nor_skip(store: &TestStore) {
+    let journal = store.open();
+    for i in 0..120 {
+        let mut event = event(&format!("dbt:e{i:03}"));
+        // Three events share each millisecond: the id breaks the tie.
+        event.received_at = format!(
+            "2026-01-01T00:00:{:02}.{:03}Z",
+            i / 3 / 1000,
+            (i / 3) % 1000
+        );
+        if i % 4 == 0 {
+            event.source = Source::Mode;
+            event.kind = "mode.report_run_completed".into();
+        }
+        journal.append(&event, FirstJob::EVALUATE).wait().unwrap();
+    }
+    let all = EventFilter::default();
+    let first = journal.events_page(&all, None, 50).unwrap();
+    let second = journal
+        .events_page(&all, Some(&first.last().unwrap().cursor()), 50)
+        .unwrap();
+    let third = journal
+        .events_page(&all, Some(&second.last().unwrap().cursor()), 50)
+        .unwrap();
+    assert_eq!((first.len(), second.len(), third.len()), (50, 50, 20));
+    let ids: Vec<&str> = first
+        .iter()
+        .chain(&second)
+        .chain(&third)
+        .map(|e| e.id.as_str())
+        .collect();
+    let mut expected: Vec<String> = (0..120).map(|i| format!("dbt:e{i:03}")).collect();
+    expected.reverse();
+    assert_eq!(ids, expected, "newest first, each once");
+    let mode = EventFilter {
+        source: Some("mode".into()),
+        ..Default::default()
+    };
+    let modes = journal.events_page(&mode, None, 50).unwrap();
+    assert_eq!(modes.len(), 30);
+    assert!(modes
+        .iter()
+        .all(|e| e.source == "mode" && e.kind == "mode.report_run_completed"));
+    let received = EventFilter {
+        status: Some("received".into()),
+        kind: Some("dbt.job.run.completed".into()),
+        ..Default::default()
+    };
+    assert_eq!(journal.events_page(&received, None, 200).unwrap().len(), 90);
+    let overview = journal.overview(0).unwrap();
+    assert_eq!(
+        overview.events,
+        vec![
+            ("dbt".to_string(), "received".to_string(), 90),
+            ("mode".to_string(), "received".to_string(), 30)
+        ]
+    );
+    assert_eq!(overview.last_event[0].0, "dbt");
+    assert_eq!(overview.last_event[0].1, "2026-01-01T00:00:00.039Z");
+}
+
+/// The console's event page: each rule's run, and each action with its failed attempts.
+fn console_activity_shows_rule_runs_and_failed_attempts(store: &TestStore) {
+    let journal = store.open();
+    append(&journal, "dbt:a");
+    evaluate_with(
+        &journal,
+        Evaluation {
+            rule_runs: vec![RuleRun {
+                rule: "refresh".into(),
+                outcome: RuleOutcome::Fired,
+                actions: 1,
+                error: None,
+            }],
+            jobs: vec![action("dbt:a", "k1", None)],
+            ..Default::default()
+        },
+    );
+    let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
+    let retry = JobOutcome::Retry {
+        delay_ms: 0,
+        error: "tableau: HTTP 503".into(),
+    };
+    journal.finish(&job, &retry, &FollowUp::default()).unwrap();
+    let activity = journal.event_activity("dbt:a").unwrap();
+    assert_eq!(activity.rules.len(), 1);
+    assert_eq!(activity.rules[0].rule, "refresh");
+    assert_eq!(activity.jobs.len(), 1);
+    let (summary, attempts) = &activity.jobs[0];
+    assert_eq!(summary.kind, "tableau_refresh");
+    assert_eq!(summary.status, JobStatus::Retrying);
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].attempt, 1);
+    assert_eq!(attempts[0].error, "tableau: HTTP 503");
+    assert!(attempts[0].at > 0);
+    let overview = journal.overview(0).unwrap();
+    assert_eq!(overview.jobs, vec![("retrying".to_string(), 1)]);
+    assert!(journal.event_activity("dbt:none").unwrap().jobs.is_empty());
+}
 
 /// docs/behaviour.md section 14: a clock's due time is judged once (a compare-and-set on
 /// its last due time, the event in the same transaction), and the first check-in after a

@@ -260,6 +260,20 @@ pub trait Admin: Send + Sync {
     /// call is pending already, the dead job ends `merged` into it instead.
     fn retry(&self, job_id: i64) -> Result<Retried, JournalError>;
 
+    /// A page of events for the console, newest first, strictly older than `before`.
+    fn events_page(
+        &self,
+        filter: &EventFilter,
+        before: Option<&EventCursor>,
+        limit: usize,
+    ) -> Result<Vec<EventLine>, JournalError>;
+
+    /// What the rules did with an event and its action jobs with their failed attempts.
+    fn event_activity(&self, event_id: &str) -> Result<EventActivity, JournalError>;
+
+    /// Counts since `since_ms` for the console's overview.
+    fn overview(&self, since_ms: i64) -> Result<Overview, JournalError>;
+
     /// Current state of every alert.
     fn alerts(&self) -> Result<Vec<AlertState>, JournalError>;
 

@@ -2,7 +2,7 @@
 //! what comes out (claimed jobs, summaries, alert states), and the typed names of job
 //! statuses, queues and rule outcomes that both backends store as text.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::JournalError;
@@ -480,6 +480,72 @@ pub struct AlertState {
     /// ended, if the alert is still in that state.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub unposted: bool,
+}
+
+/// What the console's events page keeps (None: any).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub source: Option<String>,
+    pub kind: Option<String>,
+    pub status: Option<String>,
+}
+
+/// Where a page of events starts: strictly older than this event (keyset pagination:
+/// received time, then id; no offset, no count).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventCursor {
+    pub received_ms: i64,
+    pub id: String,
+}
+
+/// One row of the console's events page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EventLine {
+    pub id: String,
+    pub source: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub received_at: String,
+    pub received_ms: i64,
+    pub status: String,
+}
+
+impl EventLine {
+    /// The cursor of the page that follows this row.
+    pub fn cursor(&self) -> EventCursor {
+        EventCursor {
+            received_ms: self.received_ms,
+            id: self.id.clone(),
+        }
+    }
+}
+
+/// A failed attempt of a job, as the journal keeps it (`jobs.errors`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptError {
+    pub attempt: u32,
+    /// When it failed (ms since the Unix epoch).
+    pub at: i64,
+    pub error: String,
+}
+
+/// What became of one event: what each rule did, and each action job with its failed
+/// attempts.
+#[derive(Debug, Clone, Default)]
+pub struct EventActivity {
+    pub rules: Vec<RuleRun>,
+    pub jobs: Vec<(JobSummary, Vec<AttemptError>)>,
+}
+
+/// The console's overview of the recent past.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overview {
+    /// Events received since then, by source and status.
+    pub events: Vec<(String, String, u64)>,
+    /// Action jobs created since then, by status.
+    pub jobs: Vec<(String, u64)>,
+    /// The newest event of each source since then (source, received_at).
+    pub last_event: Vec<(String, String)>,
 }
 
 /// One line of `freshet events`.

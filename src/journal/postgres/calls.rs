@@ -12,9 +12,9 @@ use crate::event::Event;
 use crate::journal::common::{self, WriteTx};
 use crate::journal::{
     replay_suffix, stage_job, ActionOrigin, Admin, AlertState, AppendTicket, ClockJudgement,
-    ClockState, Evaluation, EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobStatus,
-    JobSummary, JournalError, KeyedJob, Operations, OutcomeColumns, Queue, Released, Replay,
-    Retried, RuleRun, StageQueue, WorkWaker,
+    ClockState, Evaluation, EventActivity, EventCursor, EventFilter, EventLine, EventSummary,
+    FirstJob, FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError, KeyedJob, Operations,
+    OutcomeColumns, Overview, Queue, Released, Replay, Retried, RuleRun, StageQueue, WorkWaker,
 };
 
 type Result<T> = std::result::Result<T, JournalError>;
@@ -446,6 +446,130 @@ impl Admin for PostgresJournal {
                 });
             }
             Ok(events)
+        })
+    }
+
+    fn events_page(
+        &self,
+        filter: &EventFilter,
+        before: Option<&EventCursor>,
+        limit: usize,
+    ) -> Result<Vec<EventLine>> {
+        let shared = self.shared();
+        let filter = filter.clone();
+        let before = before.cloned();
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let rows = client
+                .rows(
+                    "SELECT id, source, type, received_at, received_ms, status FROM events
+                     WHERE ($1::text IS NULL OR source = $1) AND ($2::text IS NULL OR type = $2)
+                       AND ($3::text IS NULL OR status = $3)
+                       AND ($4::int8 IS NULL OR (received_ms, id) < ($4, $5::text))
+                     ORDER BY received_ms DESC, id DESC LIMIT $6",
+                    &[
+                        &filter.source,
+                        &filter.kind,
+                        &filter.status,
+                        &before.as_ref().map(|c| c.received_ms),
+                        &before.as_ref().map(|c| c.id.clone()),
+                        &(limit as i64),
+                    ],
+                )
+                .await
+                .map_err(backend)?;
+            Ok(rows
+                .iter()
+                .map(|row| EventLine {
+                    id: row.get(0),
+                    source: row.get(1),
+                    kind: row.get(2),
+                    received_at: row.get(3),
+                    received_ms: row.get(4),
+                    status: row.get(5),
+                })
+                .collect())
+        })
+    }
+
+    fn event_activity(&self, event_id: &str) -> Result<EventActivity> {
+        let shared = self.shared();
+        let event_id = event_id.to_string();
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let rules = client
+                .rows(
+                    "SELECT rule, outcome, actions, error FROM rule_runs WHERE event_id = $1 ORDER BY rule",
+                    &[&event_id],
+                )
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|r| RuleRun {
+                    rule: r.get(0),
+                    outcome: r.get(1),
+                    actions: r.get::<_, i32>(2) as usize,
+                    error: r.get(3),
+                })
+                .collect();
+            let rows = client
+                .rows(
+                    "SELECT *, errors::text AS attempt_errors FROM jobs
+                     WHERE event_id = $1 AND queue = 'action' ORDER BY id",
+                    &[&event_id],
+                )
+                .await
+                .map_err(backend)?;
+            let mut jobs = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let errors: String = row.get("attempt_errors");
+                jobs.push((
+                    job_summary(row)?,
+                    serde_json::from_str(&errors).unwrap_or_default(),
+                ));
+            }
+            Ok(EventActivity { rules, jobs })
+        })
+    }
+
+    fn overview(&self, since_ms: i64) -> Result<Overview> {
+        let shared = self.shared();
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let mut overview = Overview::default();
+            let mut newest: std::collections::BTreeMap<String, String> = Default::default();
+            for row in client
+                .rows(
+                    "SELECT source, status, count(*), max(received_at) FROM events
+                     WHERE received_ms >= $1 GROUP BY source, status ORDER BY source, status",
+                    &[&since_ms],
+                )
+                .await
+                .map_err(backend)?
+            {
+                let source: String = row.get(0);
+                let last: String = row.get(3);
+                let entry = newest.entry(source.clone()).or_default();
+                if last > *entry {
+                    *entry = last;
+                }
+                overview
+                    .events
+                    .push((source, row.get(1), row.get::<_, i64>(2) as u64));
+            }
+            overview.last_event = newest.into_iter().collect();
+            overview.jobs = client
+                .rows(
+                    "SELECT status, count(*) FROM jobs WHERE queue = 'action' AND created_at >= $1
+                     GROUP BY status ORDER BY status",
+                    &[&since_ms],
+                )
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|row| (row.get(0), row.get::<_, i64>(1) as u64))
+                .collect();
+            Ok(overview)
         })
     }
 

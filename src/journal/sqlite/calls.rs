@@ -13,9 +13,9 @@ use crate::journal::common::WriteTx;
 use crate::journal::common::{self, run_now};
 use crate::journal::{
     replay_suffix, stage_job, ActionOrigin, Admin, AlertState, AppendTicket, ClockJudgement,
-    ClockState, Evaluation, EventSummary, FirstJob, FollowUp, Job, JobOutcome, JobStatus,
-    JobSummary, JournalError, KeyedJob, Operations, OutcomeColumns, Queue, Released, Replay,
-    Retried, RuleRun, StageQueue,
+    ClockState, Evaluation, EventActivity, EventCursor, EventFilter, EventLine, EventSummary,
+    FirstJob, FollowUp, Job, JobOutcome, JobStatus, JobSummary, JournalError, KeyedJob, Operations,
+    OutcomeColumns, Overview, Queue, Released, Replay, Retried, RuleRun, StageQueue,
 };
 
 impl StageQueue for SqliteJournal {
@@ -278,6 +278,113 @@ impl Admin for SqliteJournal {
 
     fn queue_replay(&self, event_id: &str, replay: &Replay) -> Result<i64, JournalError> {
         self.write(|tx| run_now(common::queue_replay(&mut SqliteTx(tx), event_id, replay)))
+    }
+
+    fn events_page(
+        &self,
+        filter: &EventFilter,
+        before: Option<&EventCursor>,
+        limit: usize,
+    ) -> Result<Vec<EventLine>, JournalError> {
+        self.read(|conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT id, source, type, received_at, received_ms, status FROM events
+                 WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR type = ?2)
+                   AND (?3 IS NULL OR status = ?3)
+                   AND (?4 IS NULL OR received_ms < ?4 OR (received_ms = ?4 AND id < ?5))
+                 ORDER BY received_ms DESC, id DESC LIMIT ?6",
+            )?;
+            let rows = statement.query_map(
+                params![
+                    filter.source,
+                    filter.kind,
+                    filter.status,
+                    before.map(|c| c.received_ms),
+                    before.map(|c| c.id.as_str()),
+                    limit as i64
+                ],
+                |row| {
+                    Ok(EventLine {
+                        id: row.get(0)?,
+                        source: row.get(1)?,
+                        kind: row.get(2)?,
+                        received_at: row.get(3)?,
+                        received_ms: row.get(4)?,
+                        status: row.get(5)?,
+                    })
+                },
+            )?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn event_activity(&self, event_id: &str) -> Result<EventActivity, JournalError> {
+        self.read(|conn| {
+            let mut activity = EventActivity::default();
+            let mut rules = conn.prepare_cached(
+                "SELECT rule, outcome, actions, error FROM rule_runs WHERE event_id = ?1 ORDER BY rule",
+            )?;
+            activity.rules = rules
+                .query_map([event_id], |row| {
+                    Ok(RuleRun {
+                        rule: row.get(0)?,
+                        outcome: row.get(1)?,
+                        actions: row.get::<_, i64>(2)? as usize,
+                        error: row.get(3)?,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut jobs = conn.prepare_cached(
+                "SELECT *, errors AS attempt_errors FROM jobs WHERE event_id = ?1 AND queue = 'action' ORDER BY id",
+            )?;
+            let rows = jobs.query_map([event_id], |row| {
+                Ok((job_summary(row)?, row.get::<_, String>("attempt_errors")?))
+            })?;
+            for row in rows {
+                let ((mut summary, payload), errors) = row?;
+                summary.payload = parse_json(&payload)?;
+                let errors = serde_json::from_str(&errors).unwrap_or_default();
+                activity.jobs.push((summary, errors));
+            }
+            Ok(activity)
+        })
+    }
+
+    fn overview(&self, since_ms: i64) -> Result<Overview, JournalError> {
+        self.read(|conn| {
+            let mut overview = Overview::default();
+            let mut events = conn.prepare_cached(
+                "SELECT source, status, count(*), max(received_at) FROM events
+                 WHERE received_ms >= ?1 GROUP BY source, status ORDER BY source, status",
+            )?;
+            let mut newest: std::collections::BTreeMap<String, String> = Default::default();
+            for row in events.query_map([since_ms], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, String>(3)?,
+                ))
+            })? {
+                let (source, status, count, last) = row?;
+                let entry = newest.entry(source.clone()).or_default();
+                if last > *entry {
+                    *entry = last;
+                }
+                overview.events.push((source, status, count as u64));
+            }
+            overview.last_event = newest.into_iter().collect();
+            let mut jobs = conn.prepare_cached(
+                "SELECT status, count(*) FROM jobs WHERE queue = 'action' AND created_at >= ?1
+                 GROUP BY status ORDER BY status",
+            )?;
+            overview.jobs = jobs
+                .query_map([since_ms], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
+                })?
+                .collect::<Result<_, _>>()?;
+            Ok(overview)
+        })
     }
 
     fn jobs(
