@@ -8,8 +8,8 @@
 //! rules, in the transaction that ends it. Being a journaled job, following survives a
 //! restart; the event's id is the work's own, so it is emitted once.
 //!
-//! One loop serves the three services ([`poll_as`]); each says how to look at its work
-//! ([`Target`]).
+//! One loop serves the three services (`poll_as`); each says how to look at its work
+//! (`Target`).
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
