@@ -30,6 +30,7 @@ pub mod actions;
 pub mod alerts;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod dbt_artifacts;
 pub mod event;
 pub mod ingest;

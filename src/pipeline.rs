@@ -130,6 +130,18 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
         stop_http.clone(),
     ));
 
+    // The console: a listener of its own, never the webhook one (docs/behaviour.md section 16).
+    if let Some(admin) = config.admin.clone() {
+        let console = Arc::new(crate::console::Console::new(
+            Arc::clone(&journal),
+            Arc::clone(&current),
+            Arc::clone(&rules.current),
+            admin,
+        ));
+        let (console_addr, _console) = console.serve(stop_http.clone())?;
+        tracing::info!(url = %format!("http://{console_addr}/"), "Console listening.");
+    }
+
     let (reload_rules, _watch) = watch.spawn(rules.clone(), stop_workers.clone());
     tracker.spawn(
         EvaluateWorker {

@@ -451,13 +451,18 @@ fn embedded_banner(config: &config::Config) -> String {
          \x20 journal:    {}\n\
          \x20 rules:      {}\n\
          \x20 dbt secret: {secret}  (kept in {})\n\
+         \x20 console:    http://{}/\n\
          \x20 try it:     freshet send dbt --sample job.run.completed\n\
          \x20             freshet send dbt --sample job.run.errored   (a failed run)\n",
         config.journal.path.display(),
         config.rules.dir.display(),
         config::default_data_dir()
             .join(config::GENERATED_SECRET_FILE)
-            .display()
+            .display(),
+        config
+            .admin
+            .as_ref()
+            .map_or("(none)".to_string(), |admin| admin.listen.to_string()),
     )
 }
 
@@ -474,5 +479,13 @@ mod tests {
             "{banner}"
         );
         assert!(banner.contains("--sample job.run.errored"), "{banner}");
+        assert!(
+            banner.contains("  console:    http://127.0.0.1:8788/\n"),
+            "{banner}"
+        );
+        assert!(
+            banner.contains("(kept in ") && !banner.contains("(kept in 127.0.0.1"),
+            "{banner}"
+        );
     }
 }

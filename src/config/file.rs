@@ -10,9 +10,9 @@ use serde::Deserialize;
 use url::Url;
 
 use super::{
-    ActionsConfig, ClockConfig, Config, ConfigErrors, ConfigProblem, DbtConfig, HexConfig,
-    JournalConfig, ModeConfig, OpenLineageConfig, PagerDutyConfig, PowerBiConfig, RulesConfig,
-    SecretRef, Secrets, ServerConfig, SlackConfig, TableauConfig,
+    ActionsConfig, AdminConfig, ClockConfig, Config, ConfigErrors, ConfigProblem, DbtConfig,
+    HexConfig, JournalConfig, ModeConfig, OpenLineageConfig, PagerDutyConfig, PowerBiConfig,
+    RulesConfig, SecretRef, Secrets, ServerConfig, SlackConfig, TableauConfig,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -29,6 +29,7 @@ struct RawConfig {
     openlineage: Option<RawOpenLineage>,
     hex: Option<RawHex>,
     powerbi: Option<RawPowerBi>,
+    admin: Option<RawAdmin>,
     deadlines: std::collections::BTreeMap<String, RawClock>,
     schedules: std::collections::BTreeMap<String, RawClock>,
     actions: RawActions,
@@ -201,6 +202,22 @@ struct RawPagerDuty {
     events_url: String,
     #[serde(default)]
     routing_keys: std::collections::BTreeMap<String, SecretRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default = "default_admin_listen")]
+    listen: String,
+    #[serde(default)]
+    hosts: Vec<String>,
+    token: Option<SecretRef>,
+    #[serde(default)]
+    read_only: bool,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:8788".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -697,6 +714,37 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
         })
     });
 
+    let admin = raw.admin.as_ref().and_then(|admin| {
+        let Ok(listen) = admin.listen.parse::<SocketAddr>() else {
+            problems.error(
+                "admin.listen",
+                format!(
+                    "{:?} is not an address and port such as 127.0.0.1:8788",
+                    admin.listen
+                ),
+            );
+            return None;
+        };
+        let token = problems.optional_secret("admin.token", &admin.token);
+        if !listen.ip().is_loopback() && admin.token.is_none() {
+            problems.error(
+                "admin.token",
+                format!("required when admin.listen ({listen}) is not a loopback address: anyone who reaches it could read the journal and retry actions"),
+            );
+        }
+        for host in &admin.hosts {
+            if host.is_empty() || host.contains(['/', ' ', '@']) {
+                problems.error("admin.hosts", format!("{host:?} is not a host name"));
+            }
+        }
+        Some(AdminConfig {
+            listen,
+            hosts: admin.hosts.iter().map(|h| h.to_lowercase()).collect(),
+            token,
+            read_only: admin.read_only,
+        })
+    });
+
     let mut clocks = |section: &str, raw: &std::collections::BTreeMap<String, RawClock>| {
         let mut clocks = std::collections::BTreeMap::new();
         for (name, clock) in raw {
@@ -850,6 +898,7 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
         openlineage,
         hex,
         powerbi,
+        admin,
         deadlines,
         schedules,
         actions: ActionsConfig {
@@ -865,7 +914,7 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
 
 /// The keys that hold secrets (or secret references): errors about them never quote a
 /// value (docs/behaviour.md section 11).
-const SECRET_KEYS: [&str; 13] = [
+const SECRET_KEYS: [&str; 14] = [
     "dbt.webhook_secrets",
     "dbt.api_token",
     "mode.api_token",
@@ -879,6 +928,7 @@ const SECRET_KEYS: [&str; 13] = [
     "openlineage.api_keys",
     "hex.token",
     "powerbi.client_secret",
+    "admin.token",
 ];
 
 fn is_secret_key(key: &str) -> bool {

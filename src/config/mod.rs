@@ -72,6 +72,8 @@ pub struct Config {
     pub openlineage: Option<OpenLineageConfig>,
     pub hex: Option<HexConfig>,
     pub powerbi: Option<PowerBiConfig>,
+    /// `[admin]`: the console (docs/behaviour.md section 16); None: no console.
+    pub admin: Option<AdminConfig>,
     /// `[deadlines.NAME]`: when something must have happened (`check_in(NAME)`).
     pub deadlines: std::collections::BTreeMap<String, ClockConfig>,
     /// `[schedules.NAME]`: a `freshet.schedule` event at each due time.
@@ -273,6 +275,18 @@ pub struct PagerDutyConfig {
     pub routing_keys: std::collections::BTreeMap<String, Secret>,
 }
 
+/// `[admin]`: where the console listens and who may use it.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    /// Host names (with or without port) the console answers besides the loopback ones.
+    pub hosts: Vec<String>,
+    /// Required when `listen` is not a loopback address.
+    pub token: Option<Secret>,
+    /// Hide every form and refuse every write.
+    pub read_only: bool,
+}
+
 /// `[openlineage]`: the keys OpenLineage clients send as `Authorization: Bearer`
 /// (docs/behaviour.md section 15); several allow rotation.
 #[derive(Debug, Clone)]
@@ -437,6 +451,13 @@ impl Config {
         config.path = None;
         config.journal.path = default_data_dir().join("journal.db");
         config.rules.dir = PathBuf::from("rules");
+        // The console, on loopback (docs/behaviour.md section 16).
+        config.admin = Some(AdminConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8788)),
+            hosts: Vec::new(),
+            token: None,
+            read_only: false,
+        });
         Ok(config)
     }
 }

@@ -220,7 +220,8 @@ async fn init_writes_a_config_that_works_where_it_is_run() {
     // serve and send: a sample is signed with the written secret and accepted.
     std::fs::write(
         &config,
-        text.replace("listen = \"127.0.0.1:8787\"", "listen = \"127.0.0.1:0\""),
+        text.replace("listen = \"127.0.0.1:8787\"", "listen = \"127.0.0.1:0\"")
+            .replace("listen = \"127.0.0.1:8788\"", "listen = \"127.0.0.1:0\""),
     )
     .unwrap();
     let daemon = Daemon::start_in(temp);
