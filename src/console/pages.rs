@@ -358,7 +358,7 @@ struct ActionsPage<'a> {
     css: &'a str,
     notice: Option<String>,
     statuses: Vec<(&'static str, bool)>,
-    status: String,
+    heading: String,
     kind: String,
     jobs: Vec<JobView>,
     csrf: &'a str,
@@ -403,7 +403,11 @@ async fn actions(
         css: css_path(),
         notice,
         statuses: options(&JOB_STATUSES, Some(&status_text)),
-        status: status_text,
+        heading: format!(
+            "{}{} actions",
+            status_text[..1].to_uppercase(),
+            &status_text[1..]
+        ),
         jobs: jobs
             .into_iter()
             .filter(|job| kind.is_empty() || job.kind == kind)

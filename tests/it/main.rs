@@ -8,6 +8,7 @@ mod support;
 
 mod actions;
 mod alerts;
+mod browser;
 mod console;
 mod dbt;
 mod deadlines;
