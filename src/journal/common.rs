@@ -418,3 +418,112 @@ mod tests {
         assert_eq!(tx.0, ["alpha", "mid", "zeta"]);
     }
 }
+
+/// The console's page of events as SQL with only the conditions its filter sets (each
+/// statement is prepared once with a generic plan: a condition such as `$1 IS NULL OR
+/// source = $1` would keep that plan from walking `events_received` backwards), and its
+/// parameters in order. `placeholder(n)` writes the n-th parameter (`?n`, `$n`).
+pub fn events_page_sql(
+    filter: &crate::journal::EventFilter,
+    before: Option<&crate::journal::EventCursor>,
+    limit: usize,
+    placeholder: impl Fn(usize) -> String,
+) -> (String, Vec<ParamValue>) {
+    let mut conditions = Vec::new();
+    let mut params = Vec::new();
+    for (column, value) in [
+        ("source", &filter.source),
+        ("type", &filter.kind),
+        ("status", &filter.status),
+    ] {
+        if let Some(value) = value {
+            params.push(ParamValue::Text(value.clone()));
+            conditions.push(format!("{column} = {}", placeholder(params.len())));
+        }
+    }
+    if let Some(cursor) = before {
+        params.push(ParamValue::Int(cursor.received_ms));
+        let ms = placeholder(params.len());
+        params.push(ParamValue::Text(cursor.id.clone()));
+        let id = placeholder(params.len());
+        conditions.push(format!(
+            "(received_ms < {ms} OR (received_ms = {ms} AND id < {id}))"
+        ));
+    }
+    params.push(ParamValue::Int(limit as i64));
+    let limit = placeholder(params.len());
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    (
+        format!(
+            "SELECT id, source, type, received_at, received_ms, status FROM events {filter}
+             ORDER BY received_ms DESC, id DESC LIMIT {limit}"
+        ),
+        params,
+    )
+}
+
+/// A parameter of [`events_page_sql`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParamValue {
+    Text(String),
+    Int(i64),
+}
+
+impl rusqlite::ToSql for ParamValue {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        match self {
+            ParamValue::Text(text) => text.to_sql(),
+            ParamValue::Int(n) => n.to_sql(),
+        }
+    }
+}
+
+/// The overview's events received since `$1`, by source, with the newest: read from
+/// `events_received (received_ms, source)` alone.
+pub const OVERVIEW_TOTALS: &str = "SELECT source, count(*), max(received_ms) FROM events
+     WHERE received_ms >= $1 GROUP BY source ORDER BY source";
+
+/// The overview's events not evaluated yet (each has its first job still open, or dead),
+/// by source and status: few, and found through the jobs' indexes.
+pub const OVERVIEW_WAITING: &str = "SELECT e.source, e.status, count(*) FROM jobs j
+     JOIN events e ON e.id = j.event_id
+     WHERE j.queue IN ('evaluate', 'enrich')
+       AND j.status IN ('pending', 'retrying', 'running', 'dead')
+       AND e.received_ms >= $1 AND e.status <> 'evaluated'
+     GROUP BY e.source, e.status ORDER BY e.source, e.status";
+
+/// The overview's action jobs created since `$1`, by status.
+pub const OVERVIEW_JOBS: &str = "SELECT status, count(*) FROM jobs
+     WHERE queue = 'action' AND created_at >= $1 GROUP BY status ORDER BY status";
+
+/// The overview from its three counts: each source's events split into those still
+/// waiting (by their status) and the evaluated rest.
+pub fn overview(
+    totals: Vec<(String, u64, i64)>,
+    waiting: Vec<(String, String, u64)>,
+    jobs: Vec<(String, u64)>,
+) -> crate::journal::Overview {
+    let mut events = Vec::new();
+    let mut last_event = Vec::new();
+    for (source, total, newest_ms) in totals {
+        let mut left = total;
+        for (_, status, count) in waiting.iter().filter(|(s, _, _)| *s == source) {
+            left = left.saturating_sub(*count);
+            events.push((source.clone(), status.clone(), *count));
+        }
+        if left > 0 {
+            events.push((source.clone(), "evaluated".to_string(), left));
+        }
+        last_event.push((source, rfc3339(newest_ms)));
+    }
+    events.sort();
+    crate::journal::Overview {
+        events,
+        jobs,
+        last_event,
+    }
+}

@@ -247,8 +247,18 @@ fn console_pages_of_events_neither_overlap_nor_skip(store: &TestStore) {
             ("mode".to_string(), "received".to_string(), 30)
         ]
     );
-    assert_eq!(overview.last_event[0].0, "dbt");
-    assert_eq!(overview.last_event[0].1, "2026-01-01T00:00:00.039Z");
+    let newest_dbt = first
+        .iter()
+        .chain(&second)
+        .chain(&third)
+        .filter(|e| e.source == "dbt")
+        .map(|e| e.received_ms)
+        .max()
+        .unwrap();
+    assert_eq!(
+        overview.last_event[0],
+        ("dbt".to_string(), super::common::rfc3339(newest_dbt))
+    );
 }
 
 /// The console's event page: each rule's run, and each action with its failed attempts.

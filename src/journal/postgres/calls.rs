@@ -456,28 +456,19 @@ impl Admin for PostgresJournal {
         limit: usize,
     ) -> Result<Vec<EventLine>> {
         let shared = self.shared();
-        let filter = filter.clone();
-        let before = before.cloned();
+        let (sql, params) = common::events_page_sql(filter, before, limit, |n| format!("${n}"));
         self.run(CALL_TIMEOUT, async move {
             let client = shared.client().await?;
-            let rows = client
-                .rows(
-                    "SELECT id, source, type, received_at, received_ms, status FROM events
-                     WHERE ($1::text IS NULL OR source = $1) AND ($2::text IS NULL OR type = $2)
-                       AND ($3::text IS NULL OR status = $3)
-                       AND ($4::int8 IS NULL OR (received_ms, id) < ($4, $5::text))
-                     ORDER BY received_ms DESC, id DESC LIMIT $6",
-                    &[
-                        &filter.source,
-                        &filter.kind,
-                        &filter.status,
-                        &before.as_ref().map(|c| c.received_ms),
-                        &before.as_ref().map(|c| c.id.clone()),
-                        &(limit as i64),
-                    ],
-                )
-                .await
-                .map_err(backend)?;
+            let refs: Vec<&dyn Param> = params
+                .iter()
+                .map(|p| -> &dyn Param {
+                    match p {
+                        common::ParamValue::Text(text) => text,
+                        common::ParamValue::Int(n) => n,
+                    }
+                })
+                .collect();
+            let rows = client.rows(&sql, &refs).await.map_err(backend)?;
             Ok(rows
                 .iter()
                 .map(|row| EventLine {
@@ -536,40 +527,28 @@ impl Admin for PostgresJournal {
         let shared = self.shared();
         self.run(CALL_TIMEOUT, async move {
             let client = shared.client().await?;
-            let mut overview = Overview::default();
-            let mut newest: std::collections::BTreeMap<String, String> = Default::default();
-            for row in client
-                .rows(
-                    "SELECT source, status, count(*), max(received_at) FROM events
-                     WHERE received_ms >= $1 GROUP BY source, status ORDER BY source, status",
-                    &[&since_ms],
-                )
+            let totals = client
+                .rows(common::OVERVIEW_TOTALS, &[&since_ms])
                 .await
                 .map_err(backend)?
-            {
-                let source: String = row.get(0);
-                let last: String = row.get(3);
-                let entry = newest.entry(source.clone()).or_default();
-                if last > *entry {
-                    *entry = last;
-                }
-                overview
-                    .events
-                    .push((source, row.get(1), row.get::<_, i64>(2) as u64));
-            }
-            overview.last_event = newest.into_iter().collect();
-            overview.jobs = client
-                .rows(
-                    "SELECT status, count(*) FROM jobs WHERE queue = 'action' AND created_at >= $1
-                     GROUP BY status ORDER BY status",
-                    &[&since_ms],
-                )
+                .iter()
+                .map(|row| (row.get(0), row.get::<_, i64>(1) as u64, row.get(2)))
+                .collect();
+            let waiting = client
+                .rows(common::OVERVIEW_WAITING, &[&since_ms])
+                .await
+                .map_err(backend)?
+                .iter()
+                .map(|row| (row.get(0), row.get(1), row.get::<_, i64>(2) as u64))
+                .collect();
+            let jobs = client
+                .rows(common::OVERVIEW_JOBS, &[&since_ms])
                 .await
                 .map_err(backend)?
                 .iter()
                 .map(|row| (row.get(0), row.get::<_, i64>(1) as u64))
                 .collect();
-            Ok(overview)
+            Ok(common::overview(totals, waiting, jobs))
         })
     }
 

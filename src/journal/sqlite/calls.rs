@@ -286,34 +286,19 @@ impl Admin for SqliteJournal {
         before: Option<&EventCursor>,
         limit: usize,
     ) -> Result<Vec<EventLine>, JournalError> {
+        let (sql, params) = common::events_page_sql(filter, before, limit, |n| format!("?{n}"));
         self.read(|conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT id, source, type, received_at, received_ms, status FROM events
-                 WHERE (?1 IS NULL OR source = ?1) AND (?2 IS NULL OR type = ?2)
-                   AND (?3 IS NULL OR status = ?3)
-                   AND (?4 IS NULL OR received_ms < ?4 OR (received_ms = ?4 AND id < ?5))
-                 ORDER BY received_ms DESC, id DESC LIMIT ?6",
-            )?;
-            let rows = statement.query_map(
-                params![
-                    filter.source,
-                    filter.kind,
-                    filter.status,
-                    before.map(|c| c.received_ms),
-                    before.map(|c| c.id.as_str()),
-                    limit as i64
-                ],
-                |row| {
-                    Ok(EventLine {
-                        id: row.get(0)?,
-                        source: row.get(1)?,
-                        kind: row.get(2)?,
-                        received_at: row.get(3)?,
-                        received_ms: row.get(4)?,
-                        status: row.get(5)?,
-                    })
-                },
-            )?;
+            let mut statement = conn.prepare_cached(&sql)?;
+            let rows = statement.query_map(rusqlite::params_from_iter(params.iter()), |row| {
+                Ok(EventLine {
+                    id: row.get(0)?,
+                    source: row.get(1)?,
+                    kind: row.get(2)?,
+                    received_at: row.get(3)?,
+                    received_ms: row.get(4)?,
+                    status: row.get(5)?,
+                })
+            })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
@@ -352,38 +337,25 @@ impl Admin for SqliteJournal {
 
     fn overview(&self, since_ms: i64) -> Result<Overview, JournalError> {
         self.read(|conn| {
-            let mut overview = Overview::default();
-            let mut events = conn.prepare_cached(
-                "SELECT source, status, count(*), max(received_at) FROM events
-                 WHERE received_ms >= ?1 GROUP BY source, status ORDER BY source, status",
-            )?;
-            let mut newest: std::collections::BTreeMap<String, String> = Default::default();
-            for row in events.query_map([since_ms], |row| {
-                Ok((
-                    row.get::<_, String>(0)?,
-                    row.get::<_, String>(1)?,
-                    row.get::<_, i64>(2)?,
-                    row.get::<_, String>(3)?,
-                ))
-            })? {
-                let (source, status, count, last) = row?;
-                let entry = newest.entry(source.clone()).or_default();
-                if last > *entry {
-                    *entry = last;
-                }
-                overview.events.push((source, status, count as u64));
-            }
-            overview.last_event = newest.into_iter().collect();
-            let mut jobs = conn.prepare_cached(
-                "SELECT status, count(*) FROM jobs WHERE queue = 'action' AND created_at >= ?1
-                 GROUP BY status ORDER BY status",
-            )?;
-            overview.jobs = jobs
+            let mut totals = conn.prepare_cached(common::OVERVIEW_TOTALS)?;
+            let totals = totals
+                .query_map([since_ms], |row| {
+                    Ok((row.get(0)?, row.get::<_, i64>(1)? as u64, row.get(2)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut waiting = conn.prepare_cached(common::OVERVIEW_WAITING)?;
+            let waiting = waiting
+                .query_map([since_ms], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut jobs = conn.prepare_cached(common::OVERVIEW_JOBS)?;
+            let jobs = jobs
                 .query_map([since_ms], |row| {
                     Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
                 })?
                 .collect::<Result<_, _>>()?;
-            Ok(overview)
+            Ok(common::overview(totals, waiting, jobs))
         })
     }
 
