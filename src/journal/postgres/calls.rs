@@ -420,12 +420,7 @@ impl Admin for PostgresJournal {
                     .await
                     .map_err(backend)?
                     .iter()
-                    .map(|r| RuleRun {
-                        rule: r.get(0),
-                        outcome: r.get(1),
-                        actions: r.get::<_, i32>(2) as usize,
-                        error: r.get(3),
-                    })
+                    .map(rule_run)
                     .collect();
                 let jobs = client
                     .rows(
@@ -496,12 +491,7 @@ impl Admin for PostgresJournal {
                 .await
                 .map_err(backend)?
                 .iter()
-                .map(|r| RuleRun {
-                    rule: r.get(0),
-                    outcome: r.get(1),
-                    actions: r.get::<_, i32>(2) as usize,
-                    error: r.get(3),
-                })
+                .map(rule_run)
                 .collect();
             let rows = client
                 .rows(
@@ -852,5 +842,15 @@ fn clock_row(row: &tokio_postgres::Row) -> ClockState {
         last_due_ms: row.get(1),
         last_check_in_ms: row.get(2),
         missed_due_ms: row.get(3),
+    }
+}
+
+/// A `rule_runs` row (`rule, outcome, actions, error`).
+fn rule_run(row: &tokio_postgres::Row) -> RuleRun {
+    RuleRun {
+        rule: row.get(0),
+        outcome: row.get(1),
+        actions: row.get::<_, i32>(2) as usize,
+        error: row.get(3),
     }
 }

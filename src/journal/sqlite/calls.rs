@@ -257,14 +257,7 @@ impl Admin for SqliteJournal {
             )?;
             for event in &mut events {
                 event.rules = rules
-                    .query_map([&event.id], |row| {
-                        Ok(RuleRun {
-                            rule: row.get(0)?,
-                            outcome: row.get(1)?,
-                            actions: row.get::<_, i64>(2)? as usize,
-                            error: row.get(3)?,
-                        })
-                    })?
+                    .query_map([&event.id], rule_run)?
                     .collect::<Result<_, _>>()?;
                 for row in jobs.query_map([&event.id], job_summary)? {
                     let (mut summary, payload) = row?;
@@ -310,14 +303,7 @@ impl Admin for SqliteJournal {
                 "SELECT rule, outcome, actions, error FROM rule_runs WHERE event_id = ?1 ORDER BY rule",
             )?;
             activity.rules = rules
-                .query_map([event_id], |row| {
-                    Ok(RuleRun {
-                        rule: row.get(0)?,
-                        outcome: row.get(1)?,
-                        actions: row.get::<_, i64>(2)? as usize,
-                        error: row.get(3)?,
-                    })
-                })?
+                .query_map([event_id], rule_run)?
                 .collect::<Result<_, _>>()?;
             let mut jobs = conn.prepare_cached(
                 "SELECT *, errors AS attempt_errors FROM jobs WHERE event_id = ?1 AND queue = 'action' ORDER BY id",
@@ -502,5 +488,15 @@ fn clock_row(row: &rusqlite::Row) -> rusqlite::Result<ClockState> {
         last_due_ms: row.get(1)?,
         last_check_in_ms: row.get(2)?,
         missed_due_ms: row.get(3)?,
+    })
+}
+
+/// A `rule_runs` row (`rule, outcome, actions, error`).
+fn rule_run(row: &rusqlite::Row) -> rusqlite::Result<RuleRun> {
+    Ok(RuleRun {
+        rule: row.get(0)?,
+        outcome: row.get(1)?,
+        actions: row.get::<_, i64>(2)? as usize,
+        error: row.get(3)?,
     })
 }
