@@ -252,9 +252,18 @@ async fn a_browser_retries_a_dead_action() {
             .await;
     }
     browser.click(&format!("#retry-{dead_id}")).await;
-    // Post, then redirect back to the dead actions with what was done.
-    let after = browser.source().await;
-    assert!(after.contains("1 re-queued"), "{after}");
+    // Post, then redirect back to the dead actions with what was done. The click returns
+    // before the browser has loaded the page the form leads to: wait for it.
+    let started = Instant::now();
+    let mut after = browser.source().await;
+    while !after.contains("1 re-queued") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the page after the retry never came: {after}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        after = browser.source().await;
+    }
     assert!(browser.current_url().await.contains("/actions?status=dead"));
     eventually(&daemon, "the retried post at Slack", || {
         (slack.posts().len() == 1).then_some(())
