@@ -7,6 +7,7 @@ use warp::http::{Response, StatusCode};
 use warp::hyper::Body;
 
 use super::{css_path, plain, redirect, Console, Request};
+use crate::journal::common_rfc3339 as rfc3339;
 use crate::journal::{blocking, EventCursor, EventFilter, EventLine, JobStatus, JobSummary};
 
 /// Events a page shows.
@@ -51,12 +52,6 @@ fn html(status: StatusCode, page: Result<String, askama::Error>) -> Response<Bod
             )
         }
     }
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-        .unwrap_or_default()
 }
 
 fn optional_time(ms: Option<i64>) -> String {
