@@ -385,7 +385,7 @@ fn duration(ms: i64) -> String {
 }
 
 /// The key of the job that posts alert `name`'s announcement at state `version`.
-fn firing_key(name: &str, version: i64) -> String {
+pub(crate) fn firing_key(name: &str, version: i64) -> String {
     job_key(&["alert", name, &format!("v{version}"), "firing"])
 }
 

@@ -392,6 +392,7 @@ mod tests {
             bot_token: None,
             api_base: url::Url::parse("https://slack.com/api").unwrap(),
             users: Default::default(),
+            workspace_url: None,
         };
         config
             .users

@@ -193,6 +193,8 @@ struct RawSlack {
     /// E-mail address -> Slack user id, for mentions.
     #[serde(default)]
     users: std::collections::BTreeMap<String, String>,
+    /// The workspace's address (`https://acme.slack.com`), for links to alert threads.
+    workspace_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -608,11 +610,16 @@ pub(super) fn parse(path: &Path, text: &str, secrets: Secrets) -> Result<Config,
             }
             users.insert(address.to_lowercase(), id.clone());
         }
+        let workspace_url = slack
+            .workspace_url
+            .as_ref()
+            .and_then(|url| problems.url("slack.workspace_url", url));
         Some(SlackConfig {
             webhook_url,
             bot_token,
             api_base: api_base?,
             users,
+            workspace_url,
         })
     });
 

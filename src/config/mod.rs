@@ -244,6 +244,9 @@ pub struct SlackConfig {
     pub api_base: Url,
     /// `[slack.users]`: e-mail address (lower case) -> Slack user id, for mentions.
     pub users: std::collections::BTreeMap<String, String>,
+    /// `slack.workspace_url` (`https://acme.slack.com`): the console links an alert to its
+    /// thread there, in the form of Slack's own permalinks (`chat.getPermalink`).
+    pub workspace_url: Option<Url>,
 }
 
 /// A deadline's or schedule's due times: a cron pattern (5 fields, or 6 with seconds

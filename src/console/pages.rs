@@ -259,13 +259,21 @@ struct JobView {
     event_id: String,
     last_error: Option<String>,
     args: String,
-    finished: Option<String>,
-    /// Failed attempts: (attempt, when, error).
-    attempts: Vec<(u32, String, String)>,
+    /// Every attempt: (attempt, started, duration, status, error).
+    attempts: Vec<AttemptView>,
+}
+
+/// One attempt of an action, as the event page shows it.
+struct AttemptView {
+    attempt: u32,
+    started: String,
+    duration: String,
+    status: &'static str,
+    error: String,
 }
 
 impl JobView {
-    fn of(job: JobSummary, attempts: Vec<crate::journal::AttemptError>) -> JobView {
+    fn of(job: JobSummary, attempts: Vec<crate::journal::Attempt>) -> JobView {
         JobView {
             id: job.id,
             kind: job.kind,
@@ -276,12 +284,35 @@ impl JobView {
             event_id: job.event_id,
             last_error: job.last_error,
             args: job.payload.to_string(),
-            finished: None,
             attempts: attempts
                 .into_iter()
-                .map(|a| (a.attempt, rfc3339(a.at), a.error))
+                .map(|a| AttemptView {
+                    attempt: a.attempt,
+                    started: optional_time(a.started_ms),
+                    duration: a.duration_ms().map_or_else(
+                        || {
+                            if a.ended_ms.is_none() {
+                                "running".into()
+                            } else {
+                                "-".into()
+                            }
+                        },
+                        duration,
+                    ),
+                    status: a.status,
+                    error: a.error.unwrap_or_default(),
+                })
                 .collect(),
         }
+    }
+}
+
+/// A duration as people read it: milliseconds under a second, else seconds, else minutes.
+fn duration(ms: i64) -> String {
+    match ms {
+        0..=999 => format!("{ms} ms"),
+        1_000..=59_999 => format!("{:.1} s", ms as f64 / 1_000.0),
+        _ => format!("{} min {} s", ms / 60_000, ms % 60_000 / 1_000),
     }
 }
 
@@ -424,6 +455,8 @@ struct AlertView {
     last_notified: String,
     muted: String,
     is_muted: bool,
+    /// The Slack thread of its last firing: (where, link to it with `slack.workspace_url`).
+    thread: Option<(String, Option<String>)>,
 }
 
 #[derive(Template)]
@@ -437,17 +470,38 @@ struct AlertsPage<'a> {
 }
 
 async fn alerts(console: &Console, csrf: &str, notice: Option<String>) -> Response<Body> {
-    let alerts = match blocking(&console.journal, |j| j.alerts()).await {
+    let alerts = match blocking(&console.journal, |j| {
+        let alerts = j.alerts()?;
+        let mut threads = Vec::with_capacity(alerts.len());
+        for alert in &alerts {
+            threads.push(announcement(j, alert)?);
+        }
+        Ok(alerts.into_iter().zip(threads).collect::<Vec<_>>())
+    })
+    .await
+    {
         Ok(alerts) => alerts,
         Err(error) => return journal_error(error),
     };
+    let workspace = console
+        .config
+        .load()
+        .slack
+        .as_ref()
+        .and_then(|s| s.workspace_url.clone());
     let now = chrono::Utc::now().timestamp_millis();
     let page = AlertsPage {
         css: css_path(),
         notice,
         alerts: alerts
             .into_iter()
-            .map(|alert| {
+            .map(|(alert, announced)| {
+                let thread = announced.map(|(channel, ts)| {
+                    let link = workspace
+                        .as_ref()
+                        .map(|base| permalink(base, &channel, &ts));
+                    (format!("{channel} at {ts}"), link)
+                });
                 let is_muted = alert.muted_until_ms.is_some_and(|until| until > now);
                 AlertView {
                     firing: alert.firing,
@@ -463,6 +517,7 @@ async fn alerts(console: &Console, csrf: &str, notice: Option<String>) -> Respon
                     },
                     is_muted,
                     name: alert.name,
+                    thread,
                 }
             })
             .collect(),
@@ -470,6 +525,46 @@ async fn alerts(console: &Console, csrf: &str, notice: Option<String>) -> Respon
         read_only: console.admin.read_only,
     };
     html(StatusCode::OK, page.render())
+}
+
+/// The Slack message that announced the alert's last firing (its thread holds what
+/// followed): the channel id and `ts` Slack answered the post with. None when it fired
+/// before, went out through the webhook (no `ts`), or was never delivered.
+fn announcement(
+    journal: &dyn crate::journal::JournalStore,
+    alert: &crate::journal::AlertState,
+) -> Result<Option<(String, String)>, crate::journal::JournalError> {
+    // A firing alert's version is its firing; a resolved one's firing is the one before.
+    let fired = if alert.firing {
+        alert.version
+    } else {
+        alert.version - 1
+    };
+    if fired < 1 {
+        return Ok(None);
+    }
+    let Some(job) = journal.job_by_key(&crate::alerts::firing_key(&alert.name, fired))? else {
+        return Ok(None);
+    };
+    let answered = |key: &str| {
+        job.result
+            .as_ref()
+            .and_then(|result| result.get(key))
+            .and_then(serde_json::Value::as_str)
+            .map(String::from)
+    };
+    Ok(answered("channel").zip(answered("ts")))
+}
+
+/// A message's permalink as Slack's `chat.getPermalink` answers it:
+/// `https://WORKSPACE.slack.com/archives/CHANNEL/pTS`, the `ts` without its dot.
+fn permalink(workspace: &url::Url, channel: &str, ts: &str) -> String {
+    format!(
+        "{}/archives/{}/p{}",
+        workspace.as_str().trim_end_matches('/'),
+        percent_encoding::utf8_percent_encode(channel, percent_encoding::NON_ALPHANUMERIC),
+        ts.replace('.', "")
+    )
 }
 
 #[derive(Template)]

@@ -417,6 +417,24 @@ mod tests {
         run_now(lock_alerts_in_name_order(&mut tx, &batch)).unwrap();
         assert_eq!(tx.0, ["alpha", "mid", "zeta"]);
     }
+
+    #[test]
+    fn a_dead_jobs_last_failed_attempt_is_shown_dead_and_old_entries_have_no_start() {
+        let errors = r#"[{"attempt":1,"at":2000,"error":"HTTP 503"},
+                         {"attempt":2,"started":3000,"at":3500,"error":"HTTP 400"}]"#;
+        let shown = attempts(errors, JobStatus::Dead, 2, Some(3000), Some(3500));
+        assert_eq!(shown.len(), 2);
+        assert_eq!((shown[0].status, shown[0].started_ms), ("failed", None));
+        assert_eq!(shown[0].duration_ms(), None);
+        assert_eq!(
+            (shown[1].status, shown[1].duration_ms()),
+            ("dead", Some(500))
+        );
+        // Retried by hand: pending again, its earlier attempts all failed ones.
+        let shown = attempts(errors, JobStatus::Pending, 2, Some(3000), None);
+        assert!(shown.iter().all(|a| a.status == "failed"));
+        assert!(attempts("not json", JobStatus::Retrying, 1, None, None).is_empty());
+    }
 }
 
 /// The console's page of events as SQL with only the conditions its filter sets (each
@@ -526,4 +544,44 @@ pub fn overview(
         jobs,
         last_event,
     }
+}
+
+/// A job's attempts from what the journal keeps: `errors` (each failed attempt, JSON),
+/// and for the attempt that runs or succeeded, the job's status with `started_at` and
+/// `finished_at`. An unreadable `errors` shows no failed attempts rather than failing
+/// the page.
+pub fn attempts(
+    errors: &str,
+    status: JobStatus,
+    attempt: u32,
+    started_ms: Option<i64>,
+    finished_ms: Option<i64>,
+) -> Vec<super::Attempt> {
+    let failed: Vec<super::AttemptError> = serde_json::from_str(errors).unwrap_or_default();
+    let mut attempts: Vec<super::Attempt> = failed
+        .into_iter()
+        .map(|failed| super::Attempt {
+            attempt: failed.attempt,
+            started_ms: failed.started,
+            ended_ms: Some(failed.at),
+            status: "failed",
+            error: Some(failed.error),
+        })
+        .collect();
+    match status {
+        JobStatus::Dead => {
+            if let Some(last) = attempts.last_mut().filter(|last| last.attempt == attempt) {
+                last.status = "dead";
+            }
+        }
+        JobStatus::Running | JobStatus::Succeeded => attempts.push(super::Attempt {
+            attempt,
+            started_ms,
+            ended_ms: finished_ms.filter(|_| status == JobStatus::Succeeded),
+            status: status.as_str(),
+            error: None,
+        }),
+        JobStatus::Pending | JobStatus::Retrying | JobStatus::Merged => {}
+    }
+    attempts
 }

@@ -293,10 +293,26 @@ fn console_activity_shows_rule_runs_and_failed_attempts(store: &TestStore) {
     assert_eq!(summary.status, JobStatus::Retrying);
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].attempt, 1);
-    assert_eq!(attempts[0].error, "tableau: HTTP 503");
-    assert!(attempts[0].at > 0);
+    assert_eq!(attempts[0].status, "failed");
+    assert_eq!(attempts[0].error.as_deref(), Some("tableau: HTTP 503"));
+    let started = attempts[0].started_ms.expect("the claim records the start");
+    assert!(attempts[0].ended_ms.unwrap() >= started);
     let overview = journal.overview(0).unwrap();
     assert_eq!(overview.jobs, vec![("retrying".to_string(), 1)]);
+
+    // The second attempt, while it runs and once it has succeeded.
+    let job = journal.claim(Queue::Action, 1, 60_000).unwrap().remove(0);
+    let (_, attempts) = journal.event_activity("dbt:a").unwrap().jobs.remove(0);
+    assert_eq!(attempts.len(), 2);
+    assert_eq!((attempts[1].attempt, attempts[1].status), (2, "running"));
+    assert!(attempts[1].started_ms.unwrap() >= started);
+    assert_eq!(attempts[1].ended_ms, None);
+    let done = JobOutcome::Succeeded(None);
+    journal.finish(&job, &done, &FollowUp::default()).unwrap();
+    let (_, attempts) = journal.event_activity("dbt:a").unwrap().jobs.remove(0);
+    assert_eq!(attempts.len(), 2);
+    assert_eq!((attempts[1].attempt, attempts[1].status), (2, "succeeded"));
+    assert!(attempts[1].duration_ms().is_some());
     assert!(journal.event_activity("dbt:none").unwrap().jobs.is_empty());
 }
 

@@ -520,21 +520,44 @@ impl EventLine {
     }
 }
 
-/// A failed attempt of a job, as the journal keeps it (`jobs.errors`).
+/// A failed attempt of a job, as the journal keeps it (each entry of `jobs.errors`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptError {
     pub attempt: u32,
-    /// When it failed (ms since the Unix epoch).
+    /// When it ended (ms since the Unix epoch).
     pub at: i64,
     pub error: String,
+    /// When it started: absent in entries written before the journal kept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<i64>,
 }
 
-/// What became of one event: what each rule did, and each action job with its failed
-/// attempts.
+/// One attempt of an action job, as the console shows it: every failed one (from
+/// `jobs.errors`) and the one running or that succeeded (from the job's own columns).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub attempt: u32,
+    /// When it started (ms since the Unix epoch); unknown for attempts made before the
+    /// journal kept it.
+    pub started_ms: Option<i64>,
+    /// When it ended; none while it runs.
+    pub ended_ms: Option<i64>,
+    /// `running`, `succeeded`, `failed` (another attempt may follow) or `dead` (the last).
+    pub status: &'static str,
+    pub error: Option<String>,
+}
+
+impl Attempt {
+    pub fn duration_ms(&self) -> Option<i64> {
+        Some(self.ended_ms? - self.started_ms?).filter(|ms| *ms >= 0)
+    }
+}
+
+/// What became of one event: what each rule did, and each action job with its attempts.
 #[derive(Debug, Clone, Default)]
 pub struct EventActivity {
     pub rules: Vec<RuleRun>,
-    pub jobs: Vec<(JobSummary, Vec<AttemptError>)>,
+    pub jobs: Vec<(JobSummary, Vec<Attempt>)>,
 }
 
 /// The console's overview of the recent past.

@@ -281,10 +281,21 @@ async fn the_pages_show_the_journal() {
         event.contains("slack_post") && event.contains("dead"),
         "{event}"
     );
+    // The attempt: its number, when it started, how long it took, how it ended, why.
+    let attempt = event
+        .split("<tr><td>1</td><td>")
+        .nth(1)
+        .expect("the attempt is listed")
+        .split("</tr>")
+        .next()
+        .unwrap();
+    assert!(attempt.starts_with("20"), "a start time: {attempt}");
     assert!(
-        event.contains("<td>1</td>"),
-        "the failed attempt is listed: {event}"
+        attempt.contains(" ms</td><td><span class=\"status dead\">dead</span>")
+            || attempt.contains(" s</td><td><span class=\"status dead\">dead</span>"),
+        "a duration and the status: {attempt}"
     );
+    assert!(attempt.contains("HTTP 400"), "the error: {attempt}");
 
     eventually(&daemon, "the script event", || {
         daemon
@@ -509,4 +520,58 @@ async fn events_page_by_fifty_without_overlap() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), 120, "an event was shown twice or not at all");
+}
+
+/// `/alerts` shows each alert's Slack thread: the channel id and `ts` Slack answered its
+/// firing post with, linked in the form of Slack's permalinks when `slack.workspace_url`
+/// is set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alerts_page_links_each_alert_to_its_slack_thread() {
+    let slack = FakeSlack::start().await;
+    let setup = slack
+        .configure_with(
+            Setup::dbt(SECRET, 1, 10, 20),
+            "workspace_url = \"https://acme.slack.com\"\n",
+        )
+        .section("[admin]\nlisten = \"127.0.0.1:0\"\n")
+        .rule(
+            "nightly.rhai",
+            r##"if event.source == "dbt" {
+                alert("nightly", event.run_status != "Success", #{ channel: "#data", text: "nightly failed" });
+            }"##,
+        );
+    let daemon = Daemon::start(setup);
+    let url = console_url(&daemon);
+    send_dbt(
+        &daemon,
+        SECRET,
+        dbt_completed("wev_thread", "nightly", "Error"),
+    )
+    .await;
+    let posted = eventually(&daemon, "the firing post", || {
+        slack.messages().first().cloned()
+    })
+    .await;
+    // The post's answer is journaled with its job once it has succeeded.
+    eventually(&daemon, "the firing post's job to succeed", || {
+        daemon
+            .cli_ok(&["actions", "--status", "succeeded", "--json"])
+            .contains("slack_post")
+            .then_some(())
+    })
+    .await;
+    let alerts = get(&format!("{url}/alerts"), None)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let link = format!(
+        "<a href=\"https://acme.slack.com/archives/{}/p{}\">{} at {}</a>",
+        posted.channel_id,
+        posted.ts.replace('.', ""),
+        posted.channel_id,
+        posted.ts
+    );
+    assert!(alerts.contains(&link), "{link} in {alerts}");
+    assert!(alerts.contains("<td>firing</td>"), "{alerts}");
 }

@@ -9,7 +9,7 @@ use super::schema::NOW_MS;
 use super::sql::*;
 use super::{backend, PostgresJournal, Shared, APPEND_TIMEOUT, CALL_TIMEOUT, HEALTH_TIMEOUT};
 use crate::event::Event;
-use crate::journal::common::{self, WriteTx};
+use crate::journal::common::{self, attempts, WriteTx};
 use crate::journal::{
     replay_suffix, stage_job, ActionOrigin, Admin, AlertState, AppendTicket, ClockJudgement,
     ClockState, Evaluation, EventActivity, EventCursor, EventFilter, EventLine, EventSummary,
@@ -190,7 +190,7 @@ impl StageQueue for PostgresJournal {
                 "UPDATE jobs SET status = $1,
                     last_error = $2,
                     errors = CASE WHEN $2::text IS NULL THEN errors
-                                  ELSE errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'at', {NOW_MS}, 'error', $2::text)) END,
+                                  ELSE errors || jsonb_build_array(jsonb_build_object('attempt', attempt, 'started', started_at, 'at', {NOW_MS}, 'error', $2::text)) END,
                     scheduled_at = CASE WHEN $1 IN ('retrying', 'pending') THEN {NOW_MS} + $3 ELSE scheduled_at END,
                     attempt = CASE WHEN $1 = 'pending' THEN attempt - 1 ELSE attempt END,
                     finished_at = CASE WHEN $1 IN ('succeeded', 'dead', 'merged') THEN {NOW_MS} ELSE NULL END,
@@ -503,11 +503,15 @@ impl Admin for PostgresJournal {
                 .map_err(backend)?;
             let mut jobs = Vec::with_capacity(rows.len());
             for row in &rows {
-                let errors: String = row.get("attempt_errors");
-                jobs.push((
-                    job_summary(row)?,
-                    serde_json::from_str(&errors).unwrap_or_default(),
-                ));
+                let summary = job_summary(row)?;
+                let attempts = attempts(
+                    row.get("attempt_errors"),
+                    summary.status,
+                    summary.attempt,
+                    row.get("started_at"),
+                    row.get("finished_at"),
+                );
+                jobs.push((summary, attempts));
             }
             Ok(EventActivity { rules, jobs })
         })
@@ -720,7 +724,7 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
                     finished_at = (SELECT ms FROM now),
                     last_error = 'interrupted: instance ' || COALESCE(locked_by, '?') || ' lost its lease',
                     errors = errors || jsonb_build_array(jsonb_build_object(
-                        'attempt', attempt, 'at', (SELECT ms FROM now),
+                        'attempt', attempt, 'started', started_at, 'at', (SELECT ms FROM now),
                         'error', 'interrupted: instance ' || COALESCE(locked_by, '?') || ' lost its lease'))
                  WHERE id IN (
                      SELECT id FROM jobs
@@ -753,9 +757,12 @@ static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
              UPDATE jobs j SET status = 'running',
                 attempt = CASE WHEN c.status = 'running' AND c.attempt >= c.max_attempts
                                THEN j.attempt ELSE j.attempt + 1 END,
+                -- taken only to be ended dead, the last attempt keeps its start
+                started_at = CASE WHEN c.status = 'running' AND c.attempt >= c.max_attempts
+                                  THEN j.started_at ELSE (SELECT ms FROM now) END,
                 errors = CASE WHEN c.status = 'running' AND c.attempt < c.max_attempts
                               THEN j.errors || jsonb_build_array(jsonb_build_object(
-                                  'attempt', j.attempt, 'at', (SELECT ms FROM now),
+                                  'attempt', j.attempt, 'started', j.started_at, 'at', (SELECT ms FROM now),
                                   'error', 'interrupted: instance ' || COALESCE(c.locked_by, '?') || ' lost its lease'))
                               ELSE j.errors END,
                 last_error = CASE WHEN c.status = 'running' AND c.attempt < c.max_attempts

@@ -124,6 +124,11 @@ ALTER TABLE alerts ADD COLUMN unposted BOOLEAN NOT NULL DEFAULT FALSE;
 DROP INDEX events_received;
 CREATE INDEX events_received ON events (received_ms, source);
 "#,
+    // When the current attempt of a job started (set by each claim, copied into a failed
+    // attempt's entry in `errors`): the console shows each attempt's start and duration.
+    r#"
+ALTER TABLE jobs ADD COLUMN started_at BIGINT;
+"#,
 ];
 
 /// The tables freshet keeps, `freshet_schema` (the version) first.

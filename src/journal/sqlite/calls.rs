@@ -10,7 +10,7 @@ use super::sql::*;
 use super::{body, exec, rescue_wal, SqliteJournal};
 use crate::event::Event;
 use crate::journal::common::WriteTx;
-use crate::journal::common::{self, run_now};
+use crate::journal::common::{self, attempts, run_now};
 use crate::journal::{
     replay_suffix, stage_job, ActionOrigin, Admin, AlertState, AppendTicket, ClockJudgement,
     ClockState, Evaluation, EventActivity, EventCursor, EventFilter, EventLine, EventSummary,
@@ -98,7 +98,7 @@ impl StageQueue for SqliteJournal {
                     "UPDATE jobs SET status = ?1,
                         last_error = ?2,
                         errors = CASE WHEN ?2 IS NULL THEN errors
-                                      ELSE json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?2)) END,
+                                      ELSE json_insert(errors, '$[#]', json_object('attempt', attempt, 'started', started_at, 'at', {NOW_MS}, 'error', ?2)) END,
                         scheduled_at = CASE WHEN ?1 IN ('retrying', 'pending') THEN {NOW_MS} + ?3 ELSE scheduled_at END,
                         -- A wait is not an attempt: give back the one the claim counted.
                         attempt = CASE WHEN ?1 = 'pending' THEN attempt - 1 ELSE attempt END,
@@ -309,13 +309,21 @@ impl Admin for SqliteJournal {
                 "SELECT *, errors AS attempt_errors FROM jobs WHERE event_id = ?1 AND queue = 'action' ORDER BY id",
             )?;
             let rows = jobs.query_map([event_id], |row| {
-                Ok((job_summary(row)?, row.get::<_, String>("attempt_errors")?))
+                Ok((
+                    job_summary(row)?,
+                    (
+                        row.get::<_, String>("attempt_errors")?,
+                        row.get::<_, Option<i64>>("started_at")?,
+                        row.get::<_, Option<i64>>("finished_at")?,
+                    ),
+                ))
             })?;
             for row in rows {
-                let ((mut summary, payload), errors) = row?;
+                let ((mut summary, payload), (errors, started, finished)) = row?;
                 summary.payload = parse_json(&payload)?;
-                let errors = serde_json::from_str(&errors).unwrap_or_default();
-                activity.jobs.push((summary, errors));
+                let attempts =
+                    attempts(&errors, summary.status, summary.attempt, started, finished);
+                activity.jobs.push((summary, attempts));
             }
             Ok(activity)
         })
@@ -451,7 +459,7 @@ impl Operations for SqliteJournal {
                 &format!(
                     "UPDATE jobs SET status = 'dead', lease_until = NULL, finished_at = {NOW_MS},
                         last_error = ?1,
-                        errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?1))
+                        errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'started', started_at, 'at', {NOW_MS}, 'error', ?1))
                      WHERE status = 'running' AND attempt >= max_attempts AND queue <> 'action'"
                 ),
                 [INTERRUPTED],
@@ -464,7 +472,7 @@ impl Operations for SqliteJournal {
                 &format!(
                     "UPDATE jobs SET status = 'retrying', lease_until = NULL, scheduled_at = {NOW_MS},
                         last_error = ?1,
-                        errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?1))
+                        errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'started', started_at, 'at', {NOW_MS}, 'error', ?1))
                      WHERE status = 'running'"
                 ),
                 [INTERRUPTED],

@@ -141,6 +141,11 @@ ALTER TABLE alerts ADD COLUMN unposted INTEGER NOT NULL DEFAULT 0;
 DROP INDEX events_received;
 CREATE INDEX events_received ON events(received_ms, source);
 "#,
+    // When the current attempt of a job started (set by each claim, copied into a failed
+    // attempt's entry in `errors`): the console shows each attempt's start and duration.
+    r#"
+ALTER TABLE jobs ADD COLUMN started_at INTEGER;
+"#,
 ];
 
 /// Brings the schema up to date. An up-to-date journal (every open but the first after

@@ -68,6 +68,8 @@ pub(super) static CLAIM_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE jobs SET status = 'running',
             attempt = CASE WHEN status = 'running' AND attempt >= max_attempts THEN attempt ELSE attempt + 1 END,
+            -- taken only to be ended dead, the last attempt keeps its start
+            started_at = CASE WHEN status = 'running' AND attempt >= max_attempts THEN started_at ELSE {NOW_MS} END,
             lease_until = {NOW_MS} + ?2
          WHERE id IN (SELECT value FROM json_each(?1))
          RETURNING id, queue, kind, event_id, rule, payload, attempt, max_attempts"
@@ -87,7 +89,7 @@ pub(super) static REAP_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "UPDATE jobs SET status = 'dead', lease_until = NULL, finished_at = {NOW_MS},
             last_error = ?2,
-            errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'at', {NOW_MS}, 'error', ?2))
+            errors = json_insert(errors, '$[#]', json_object('attempt', attempt, 'started', started_at, 'at', {NOW_MS}, 'error', ?2))
          WHERE queue = ?1 AND status = 'running' AND lease_until < {NOW_MS} AND attempt >= max_attempts
            AND ?1 <> 'action'"
     )

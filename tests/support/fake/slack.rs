@@ -77,9 +77,14 @@ impl FakeSlack {
 
     /// Adds a `[slack]` section pointing at this fake, with its webhook URL and bot token.
     pub fn configure(&self, setup: Setup) -> Setup {
+        self.configure_with(setup, "")
+    }
+
+    /// As [`FakeSlack::configure`], with more lines in the `[slack]` section.
+    pub fn configure_with(&self, setup: Setup, more: &str) -> Setup {
         setup
             .section(&format!(
-                "[slack]\nwebhook_url = {{ env = \"T_SLACK_URL\" }}\nbot_token = {{ env = \"T_SLACK_BOT\" }}\napi_base = \"{}\"\n",
+                "[slack]\nwebhook_url = {{ env = \"T_SLACK_URL\" }}\nbot_token = {{ env = \"T_SLACK_BOT\" }}\napi_base = \"{}\"\n{more}",
                 self.api_base()
             ))
             .env("T_SLACK_URL", &self.webhook_url())
