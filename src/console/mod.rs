@@ -199,7 +199,10 @@ impl Console {
         let mut new_cookie = None;
         if session.is_none() && !bearer {
             let (id, created) = self.sessions.create(true);
-            new_cookie = Some(security::set_cookie(&id));
+            new_cookie = Some(security::set_cookie(
+                &id,
+                security::over_https(&request.headers),
+            ));
             session = Some((id, created));
         }
         let csrf = session
@@ -273,7 +276,9 @@ impl Console {
             }
             let (id, _) = self.sessions.create(true);
             let mut response = redirect("/");
-            if let Ok(value) = security::set_cookie(&id).parse() {
+            if let Ok(value) =
+                security::set_cookie(&id, security::over_https(&request.headers)).parse()
+            {
                 response.headers_mut().insert("set-cookie", value);
             }
             return response;

@@ -178,6 +178,21 @@ async fn the_console_shows_nothing_without_the_token() {
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
     );
+    assert!(!cookie.contains("Secure"), "plain HTTP: {cookie}");
+    // Behind a proxy that ends TLS, the page's origin is https: the cookie is Secure.
+    let response = client()
+        .post(format!("{url}/login"))
+        .header("origin", format!("https://{host}"))
+        .form(&[("token", TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    let secure = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        secure.contains("HttpOnly") && secure.contains("; Secure"),
+        "{secure}"
+    );
     let session = cookie.split(';').next().unwrap().to_string();
     let page = client()
         .get(format!("{url}/events"))
