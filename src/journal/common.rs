@@ -456,7 +456,7 @@ pub fn events_page_sql(
     ] {
         if let Some(value) = value {
             params.push(ParamValue::Text(value.clone()));
-            conditions.push(format!("{column} = {}", placeholder(params.len())));
+            conditions.push(format!("e.{column} = {}", placeholder(params.len())));
         }
     }
     if let Some(cursor) = before {
@@ -465,11 +465,20 @@ pub fn events_page_sql(
         params.push(ParamValue::Text(cursor.id.clone()));
         let id = placeholder(params.len());
         conditions.push(format!(
-            "(received_ms < {ms} OR (received_ms = {ms} AND id < {id}))"
+            "(e.received_ms < {ms} OR (e.received_ms = {ms} AND e.id < {id}))"
         ));
     }
     params.push(ParamValue::Int(limit as i64));
     let limit = placeholder(params.len());
+    // The events not evaluated yet are found from their first jobs, open or dead: few.
+    // Walking the events newest first to find them read the whole journal when none
+    // waits, the usual case (CROSS JOIN: SQLite keeps the jobs as the outer loop).
+    let from = if filter.status.as_deref() == Some("received") {
+        conditions.push("e.id = w.event_id".into());
+        format!("(SELECT DISTINCT event_id FROM ({WAITING_FIRST_JOBS}) f) w CROSS JOIN events e")
+    } else {
+        "events e".to_string()
+    };
     let filter = if conditions.is_empty() {
         String::new()
     } else {
@@ -477,12 +486,20 @@ pub fn events_page_sql(
     };
     (
         format!(
-            "SELECT id, source, type, received_at, received_ms, status FROM events {filter}
-             ORDER BY received_ms DESC, id DESC LIMIT {limit}"
+            "SELECT e.id, e.source, e.type, e.received_at, e.received_ms, e.status FROM {from} {filter}
+             ORDER BY e.received_ms DESC, e.id DESC LIMIT {limit}"
         ),
         params,
     )
 }
+
+/// The event ids of first jobs (evaluate, enrich) that are open (`jobs_open`, its
+/// condition verbatim) or dead (`jobs_listed`): the events not evaluated yet.
+const WAITING_FIRST_JOBS: &str = "SELECT event_id FROM jobs
+         WHERE (status = 'pending' OR status = 'retrying' OR status = 'running')
+           AND queue IN ('evaluate', 'enrich')
+         UNION ALL
+         SELECT event_id FROM jobs WHERE status = 'dead' AND queue <> 'action'";
 
 /// A parameter of [`events_page_sql`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -505,18 +522,71 @@ impl rusqlite::ToSql for ParamValue {
 pub const OVERVIEW_TOTALS: &str = "SELECT source, count(*), max(received_ms) FROM events
      WHERE received_ms >= $1 GROUP BY source ORDER BY source";
 
-/// The overview's events not evaluated yet (each has its first job still open, or dead),
-/// by source and status: few, and found through the jobs' indexes.
-pub const OVERVIEW_WAITING: &str = "SELECT e.source, e.status, count(*) FROM jobs j
+/// The overview's events not evaluated yet, by source and status: those whose first job
+/// is open (`jobs_open`: its condition verbatim) and those whose first job is dead
+/// (`jobs_listed`), each bounded by the job's schedule (never before its event was
+/// received, so no event of the day is missed): few either way, each then found by id. From the events' side it read every event of the
+/// day (13 ms on PostgreSQL with 1,000,000 events and their jobs).
+pub const OVERVIEW_WAITING: &str = "SELECT e.source, e.status, count(*) FROM (
+         SELECT event_id FROM jobs
+         WHERE (status = 'pending' OR status = 'retrying' OR status = 'running')
+           AND queue IN ('evaluate', 'enrich') AND scheduled_at >= $1
+         UNION ALL
+         SELECT event_id FROM jobs
+         WHERE status = 'dead' AND queue <> 'action' AND scheduled_at >= $1) j
      JOIN events e ON e.id = j.event_id
-     WHERE j.queue IN ('evaluate', 'enrich')
-       AND j.status IN ('pending', 'retrying', 'running', 'dead')
-       AND e.received_ms >= $1 AND e.status <> 'evaluated'
+     WHERE e.received_ms >= $1 AND e.status <> 'evaluated'
      GROUP BY e.source, e.status ORDER BY e.source, e.status";
 
-/// The overview's action jobs created since `$1`, by status.
-pub const OVERVIEW_JOBS: &str = "SELECT status, count(*) FROM jobs
-     WHERE queue = 'action' AND created_at >= $1 GROUP BY status ORDER BY status";
+/// The jobs `freshet actions` and the console list, newest first (`$1` of them): every
+/// action, and stage jobs that failed.
+pub const LISTED_JOBS: &str = "SELECT * FROM jobs
+     WHERE (queue = 'action' OR status = 'dead' OR status = 'retrying')
+     ORDER BY id DESC LIMIT $1";
+
+/// [`LISTED_JOBS`] of one status, written so that it reads `jobs_listed` in id order: a
+/// dead or retrying job of any queue, else an action. The status is written into the
+/// statement (a [`JobStatus`], never text from outside): SQLite uses a partial index only
+/// for a condition it can read in the query, and PostgreSQL estimated the condition
+/// repeated beside `status = $1` so badly that it read all 21,000 dead jobs to list 200.
+pub fn listed_jobs_of(status: JobStatus) -> String {
+    let queue = match status {
+        JobStatus::Dead | JobStatus::Retrying => "",
+        _ => " AND queue = 'action'",
+    };
+    format!(
+        "SELECT * FROM jobs WHERE status = '{}'{queue} ORDER BY id DESC LIMIT $1",
+        status.as_str()
+    )
+}
+
+/// The overview's action jobs created since `$1`, by status (`jobs_action_created`): one
+/// count a status, in [`OVERVIEW_JOB_STATUSES`]' order. Written without `GROUP BY`, so
+/// that SQLite does not walk an index ordered by status through every action.
+pub const OVERVIEW_JOBS: &str = "SELECT count(*) FILTER (WHERE status = 'dead'),
+         count(*) FILTER (WHERE status = 'merged'), count(*) FILTER (WHERE status = 'pending'),
+         count(*) FILTER (WHERE status = 'retrying'), count(*) FILTER (WHERE status = 'running'),
+         count(*) FILTER (WHERE status = 'succeeded')
+     FROM jobs WHERE queue = 'action' AND created_at >= $1";
+
+pub const OVERVIEW_JOB_STATUSES: [&str; 6] = [
+    "dead",
+    "merged",
+    "pending",
+    "retrying",
+    "running",
+    "succeeded",
+];
+
+/// [`OVERVIEW_JOBS`]' counts as (status, count), the statuses with none left out.
+pub fn action_counts(counts: impl IntoIterator<Item = i64>) -> Vec<(String, u64)> {
+    OVERVIEW_JOB_STATUSES
+        .iter()
+        .zip(counts)
+        .filter(|(_, count)| *count > 0)
+        .map(|(status, count)| (status.to_string(), count as u64))
+        .collect()
+}
 
 /// The overview from its three counts: each source's events split into those still
 /// waiting (by their status) and the evaluated rest.

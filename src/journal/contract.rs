@@ -259,6 +259,47 @@ fn console_pages_of_events_neither_overlap_nor_skip(store: &TestStore) {
         overview.last_event[0],
         ("dbt".to_string(), super::common::rfc3339(newest_dbt))
     );
+
+    // Evaluated events leave the "received" pages (found through the open first jobs),
+    // which page by the same cursor.
+    let claimed = journal.claim(Queue::Evaluate, 10, 60_000).unwrap();
+    let evaluated: Vec<(Job, Evaluation)> = claimed
+        .into_iter()
+        .map(|job| (job, Evaluation::default()))
+        .collect();
+    assert!(journal
+        .finish_evaluations(&evaluated)
+        .unwrap()
+        .iter()
+        .all(|ended| *ended));
+    let first = journal.events_page(&received, None, 50).unwrap();
+    let rest = journal
+        .events_page(&received, Some(&first.last().unwrap().cursor()), 50)
+        .unwrap();
+    assert_eq!((first.len(), rest.len()), (50, 33));
+    let done: Vec<&str> = evaluated
+        .iter()
+        .map(|(job, _)| job.event_id.as_str())
+        .collect();
+    let mut seen: Vec<&str> = first.iter().chain(&rest).map(|e| e.id.as_str()).collect();
+    assert!(seen.iter().all(|id| !done.contains(id)), "{seen:?}");
+    assert!(first.iter().chain(&rest).all(|e| e.status == "received"));
+    let mut newest_first = seen.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    assert_eq!(seen, newest_first);
+    seen.dedup();
+    assert_eq!(seen.len(), 83);
+    let evaluated_page = EventFilter {
+        status: Some("evaluated".into()),
+        ..Default::default()
+    };
+    assert_eq!(
+        journal
+            .events_page(&evaluated_page, None, 50)
+            .unwrap()
+            .len(),
+        10
+    );
 }
 
 /// The console's event page: each rule's run, and each action with its failed attempts.

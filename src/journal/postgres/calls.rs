@@ -535,13 +535,13 @@ impl Admin for PostgresJournal {
                 .iter()
                 .map(|row| (row.get(0), row.get(1), row.get::<_, i64>(2) as u64))
                 .collect();
-            let jobs = client
-                .rows(common::OVERVIEW_JOBS, &[&since_ms])
+            let counts = client
+                .row(common::OVERVIEW_JOBS, &[&since_ms])
                 .await
-                .map_err(backend)?
-                .iter()
-                .map(|row| (row.get(0), row.get::<_, i64>(1) as u64))
-                .collect();
+                .map_err(backend)?;
+            let jobs = common::action_counts(
+                (0..common::OVERVIEW_JOB_STATUSES.len()).map(|i| counts.get::<_, i64>(i)),
+            );
             Ok(common::overview(totals, waiting, jobs))
         })
     }
@@ -563,16 +563,16 @@ impl Admin for PostgresJournal {
         let shared = self.shared();
         self.run(CALL_TIMEOUT, async move {
             let client = shared.client().await?;
-            let rows = client
-                .rows(
-                    "SELECT * FROM jobs
-                     WHERE (queue = 'action' OR status IN ('dead', 'retrying'))
-                       AND ($1::text IS NULL OR status = $1)
-                     ORDER BY id DESC LIMIT $2",
-                    &[&status, &(limit as i64)],
-                )
-                .await
-                .map_err(backend)?;
+            let limit = limit as i64;
+            let rows = match status {
+                Some(status) => {
+                    client
+                        .rows(&common::listed_jobs_of(status), &[&limit])
+                        .await
+                }
+                None => client.rows(common::LISTED_JOBS, &[&limit]).await,
+            }
+            .map_err(backend)?;
             rows.iter().map(job_summary).collect()
         })
     }

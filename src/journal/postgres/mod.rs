@@ -270,17 +270,22 @@ impl PostgresJournal {
                 // Generic plans for the statements each connection keeps prepared: with
                 // custom plans (PostgreSQL's choice here) every claim was planned anew,
                 // 0.4 ms of its 0.6; freshet's statements all read through their index
-                // whatever the parameters.
+                // whatever the parameters. No parallel workers: a generic plan takes a
+                // range such as `received_ms >= $1` for a third of the table, and for the
+                // console's overview started two workers whose start-up was 5 ms of the
+                // 6 its few rows took (and more under load, on the same cores).
                 config.options(format!(
                     "-c search_path={schema} -c statement_timeout={statement_ms} \
                      -c lock_timeout={lock_ms} -c idle_in_transaction_session_timeout={half_lease} \
-                     -c plan_cache_mode=force_generic_plan -c client_min_messages=warning"
+                     -c plan_cache_mode=force_generic_plan -c max_parallel_workers_per_gather=0 \
+                     -c client_min_messages=warning"
                 ));
                 None
             }
             Pooler::Transaction => Some(Arc::from(format!(
                 "SET LOCAL search_path = {schema}; SET LOCAL statement_timeout = {statement_ms}; \
-                 SET LOCAL lock_timeout = {lock_ms}; SET LOCAL idle_in_transaction_session_timeout = {half_lease}"
+                 SET LOCAL lock_timeout = {lock_ms}; SET LOCAL idle_in_transaction_session_timeout = {half_lease}; \
+                 SET LOCAL max_parallel_workers_per_gather = 0"
             ))),
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -343,12 +343,14 @@ impl Admin for SqliteJournal {
                     Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut jobs = conn.prepare_cached(common::OVERVIEW_JOBS)?;
-            let jobs = jobs
-                .query_map([since_ms], |row| {
-                    Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)? as u64))
-                })?
-                .collect::<Result<_, _>>()?;
+            let counts =
+                conn.prepare_cached(common::OVERVIEW_JOBS)?
+                    .query_row([since_ms], |row| {
+                        (0..common::OVERVIEW_JOB_STATUSES.len())
+                            .map(|i| row.get::<_, i64>(i))
+                            .collect::<Result<Vec<_>, _>>()
+                    })?;
+            let jobs = common::action_counts(counts);
             Ok(common::overview(totals, waiting, jobs))
         })
     }
@@ -359,14 +361,14 @@ impl Admin for SqliteJournal {
         limit: usize,
     ) -> Result<Vec<JobSummary>, JournalError> {
         self.read(|conn| {
-            let mut statement = conn.prepare(
-                "SELECT * FROM jobs
-                 WHERE (queue = 'action' OR status IN ('dead', 'retrying'))
-                   AND (?1 IS NULL OR status = ?1)
-                 ORDER BY id DESC LIMIT ?2",
-            )?;
+            let limit = limit as i64;
+            let sql = match status {
+                Some(status) => std::borrow::Cow::Owned(common::listed_jobs_of(status)),
+                None => std::borrow::Cow::Borrowed(common::LISTED_JOBS),
+            };
+            let mut statement = conn.prepare_cached(&sql)?;
             let mut jobs = Vec::new();
-            for row in statement.query_map(params![status, limit as i64], job_summary)? {
+            for row in statement.query_map([limit], job_summary)? {
                 let (mut summary, payload) = row?;
                 summary.payload = parse_json(&payload)?;
                 jobs.push(summary);

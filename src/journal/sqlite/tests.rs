@@ -217,6 +217,53 @@ fn open_job_queries_use_the_open_jobs_index() {
     );
 }
 
+/// The console's reads of jobs go through indexes intake never writes; through the whole
+/// table they read every evaluate job (one per event) on a page load.
+#[test]
+fn the_consoles_job_reads_use_their_indexes() {
+    let (_dir, journal) = open();
+    let plan = |sql: &str| explained(&journal, "EXPLAIN QUERY PLAN", sql, 3).join("\n");
+    for status in [JobStatus::Dead, JobStatus::Retrying, JobStatus::Succeeded] {
+        let listed = plan(&crate::journal::common::listed_jobs_of(status));
+        assert!(
+            listed.contains("INDEX jobs_listed"),
+            "listed plan:\n{listed}"
+        );
+        assert!(!listed.contains("TEMP B-TREE"), "listed sorts:\n{listed}");
+    }
+    let actions = plan(crate::journal::common::OVERVIEW_JOBS);
+    assert!(
+        actions.contains("INDEX jobs_action_created"),
+        "actions plan:\n{actions}"
+    );
+    let waiting = plan(crate::journal::common::OVERVIEW_WAITING);
+    assert!(
+        waiting.contains("INDEX jobs_open") && waiting.contains("INDEX jobs_listed"),
+        "waiting plan:\n{waiting}"
+    );
+    assert!(!waiting.contains("SCAN jobs"), "waiting plan:\n{waiting}");
+    let filter = crate::journal::EventFilter {
+        status: Some("received".into()),
+        source: Some("dbt".into()),
+        ..Default::default()
+    };
+    let cursor = crate::journal::EventCursor {
+        received_ms: 1,
+        id: "dbt:a".into(),
+    };
+    let (sql, _) =
+        crate::journal::common::events_page_sql(&filter, Some(&cursor), 50, |n| format!("?{n}"));
+    let received = plan(&sql);
+    assert!(
+        received.contains("INDEX jobs_open") && received.contains("INDEX jobs_listed"),
+        "received page plan:\n{received}"
+    );
+    assert!(
+        !received.contains("SCAN e ") && !received.contains("SCAN events"),
+        "received page plan:\n{received}"
+    );
+}
+
 /// Inserting a job and ending one check each partial index's condition for the row; an
 /// `IN` list of three values there was a temporary B-tree built and dropped per row
 /// (migration 6). Plain comparisons now: no `OpenEphemeral` in either program.
