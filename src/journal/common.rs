@@ -7,6 +7,7 @@
 //! wait, so its calls drive them to the end at once ([`run_now`]).
 
 use std::future::Future;
+use std::sync::LazyLock;
 
 use serde_json::{json, Value};
 
@@ -475,7 +476,10 @@ pub fn events_page_sql(
     // waits, the usual case (CROSS JOIN: SQLite keeps the jobs as the outer loop).
     let from = if filter.status.as_deref() == Some("received") {
         conditions.push("e.id = w.event_id".into());
-        format!("(SELECT DISTINCT event_id FROM ({WAITING_FIRST_JOBS}) f) w CROSS JOIN events e")
+        format!(
+            "(SELECT DISTINCT event_id FROM ({}) f) w CROSS JOIN events e",
+            waiting_first_jobs("")
+        )
     } else {
         "events e".to_string()
     };
@@ -494,12 +498,17 @@ pub fn events_page_sql(
 }
 
 /// The event ids of first jobs (evaluate, enrich) that are open (`jobs_open`, its
-/// condition verbatim) or dead (`jobs_listed`): the events not evaluated yet.
-const WAITING_FIRST_JOBS: &str = "SELECT event_id FROM jobs
+/// condition verbatim) or dead (`jobs_listed`): the events not evaluated yet. `bound`
+/// adds a condition to both (`jobs_listed` holds `scheduled_at`).
+fn waiting_first_jobs(bound: &str) -> String {
+    format!(
+        "SELECT event_id FROM jobs
          WHERE (status = 'pending' OR status = 'retrying' OR status = 'running')
-           AND queue IN ('evaluate', 'enrich')
+           AND queue IN ('evaluate', 'enrich'){bound}
          UNION ALL
-         SELECT event_id FROM jobs WHERE status = 'dead' AND queue <> 'action'";
+         SELECT event_id FROM jobs WHERE status = 'dead' AND queue <> 'action'{bound}"
+    )
+}
 
 /// A parameter of [`events_page_sql`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -522,21 +531,19 @@ impl rusqlite::ToSql for ParamValue {
 pub const OVERVIEW_TOTALS: &str = "SELECT source, count(*), max(received_ms) FROM events
      WHERE received_ms >= $1 GROUP BY source ORDER BY source";
 
-/// The overview's events not evaluated yet, by source and status: those whose first job
-/// is open (`jobs_open`: its condition verbatim) and those whose first job is dead
-/// (`jobs_listed`), each bounded by the job's schedule (never before its event was
-/// received, so no event of the day is missed): few either way, each then found by id. From the events' side it read every event of the
-/// day (13 ms on PostgreSQL with 1,000,000 events and their jobs).
-pub const OVERVIEW_WAITING: &str = "SELECT e.source, e.status, count(*) FROM (
-         SELECT event_id FROM jobs
-         WHERE (status = 'pending' OR status = 'retrying' OR status = 'running')
-           AND queue IN ('evaluate', 'enrich') AND scheduled_at >= $1
-         UNION ALL
-         SELECT event_id FROM jobs
-         WHERE status = 'dead' AND queue <> 'action' AND scheduled_at >= $1) j
-     JOIN events e ON e.id = j.event_id
-     WHERE e.received_ms >= $1 AND e.status <> 'evaluated'
-     GROUP BY e.source, e.status ORDER BY e.source, e.status";
+/// The overview's events not evaluated yet, by source and status: from their open or
+/// dead first jobs, each bounded by its schedule (never before its event was received,
+/// so no event of the day is missed), then each event by id. From the events' side it
+/// read every event of the day (13 ms on PostgreSQL with 1,000,000 events and their jobs).
+pub static OVERVIEW_WAITING: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT e.source, e.status, count(*) FROM ({}) j
+         JOIN events e ON e.id = j.event_id
+         WHERE e.received_ms >= $1 AND e.status <> 'evaluated'
+         GROUP BY e.source, e.status ORDER BY e.source, e.status",
+        waiting_first_jobs(" AND scheduled_at >= $1")
+    )
+});
 
 /// The jobs `freshet actions` and the console list, newest first (`$1` of them): every
 /// action, and stage jobs that failed.
@@ -560,23 +567,29 @@ pub fn listed_jobs_of(status: JobStatus) -> String {
     )
 }
 
-/// The overview's action jobs created since `$1`, by status (`jobs_action_created`): one
-/// count a status, in [`OVERVIEW_JOB_STATUSES`]' order. Written without `GROUP BY`, so
-/// that SQLite does not walk an index ordered by status through every action.
-pub const OVERVIEW_JOBS: &str = "SELECT count(*) FILTER (WHERE status = 'dead'),
-         count(*) FILTER (WHERE status = 'merged'), count(*) FILTER (WHERE status = 'pending'),
-         count(*) FILTER (WHERE status = 'retrying'), count(*) FILTER (WHERE status = 'running'),
-         count(*) FILTER (WHERE status = 'succeeded')
-     FROM jobs WHERE queue = 'action' AND created_at >= $1";
-
-pub const OVERVIEW_JOB_STATUSES: [&str; 6] = [
-    "dead",
-    "merged",
-    "pending",
-    "retrying",
-    "running",
-    "succeeded",
+/// The statuses the overview counts actions of, in [`OVERVIEW_JOBS`]' column order.
+pub const OVERVIEW_JOB_STATUSES: [JobStatus; 6] = [
+    JobStatus::Dead,
+    JobStatus::Merged,
+    JobStatus::Pending,
+    JobStatus::Retrying,
+    JobStatus::Running,
+    JobStatus::Succeeded,
 ];
+
+/// The overview's action jobs created since `$1` (`jobs_action_created`): one count per
+/// status of [`OVERVIEW_JOB_STATUSES`]. Written without `GROUP BY`, so that SQLite does
+/// not walk an index ordered by status through every action.
+pub static OVERVIEW_JOBS: LazyLock<String> = LazyLock::new(|| {
+    let counts: Vec<String> = OVERVIEW_JOB_STATUSES
+        .iter()
+        .map(|status| format!("count(*) FILTER (WHERE status = '{}')", status.as_str()))
+        .collect();
+    format!(
+        "SELECT {} FROM jobs WHERE queue = 'action' AND created_at >= $1",
+        counts.join(", ")
+    )
+});
 
 /// [`OVERVIEW_JOBS`]' counts as (status, count), the statuses with none left out.
 pub fn action_counts(counts: impl IntoIterator<Item = i64>) -> Vec<(String, u64)> {
@@ -584,7 +597,7 @@ pub fn action_counts(counts: impl IntoIterator<Item = i64>) -> Vec<(String, u64)
         .iter()
         .zip(counts)
         .filter(|(_, count)| *count > 0)
-        .map(|(status, count)| (status.to_string(), count as u64))
+        .map(|(status, count)| (status.as_str().to_string(), count as u64))
         .collect()
 }
 

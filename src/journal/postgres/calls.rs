@@ -529,14 +529,14 @@ impl Admin for PostgresJournal {
                 .map(|row| (row.get(0), row.get::<_, i64>(1) as u64, row.get(2)))
                 .collect();
             let waiting = client
-                .rows(common::OVERVIEW_WAITING, &[&since_ms])
+                .rows(common::OVERVIEW_WAITING.as_str(), &[&since_ms])
                 .await
                 .map_err(backend)?
                 .iter()
                 .map(|row| (row.get(0), row.get(1), row.get::<_, i64>(2) as u64))
                 .collect();
             let counts = client
-                .row(common::OVERVIEW_JOBS, &[&since_ms])
+                .row(common::OVERVIEW_JOBS.as_str(), &[&since_ms])
                 .await
                 .map_err(backend)?;
             let jobs = common::action_counts(

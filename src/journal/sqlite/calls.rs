@@ -337,14 +337,14 @@ impl Admin for SqliteJournal {
                     Ok((row.get(0)?, row.get::<_, i64>(1)? as u64, row.get(2)?))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
-            let mut waiting = conn.prepare_cached(common::OVERVIEW_WAITING)?;
+            let mut waiting = conn.prepare_cached(&common::OVERVIEW_WAITING)?;
             let waiting = waiting
                 .query_map([since_ms], |row| {
                     Ok((row.get(0)?, row.get(1)?, row.get::<_, i64>(2)? as u64))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             let counts =
-                conn.prepare_cached(common::OVERVIEW_JOBS)?
+                conn.prepare_cached(&common::OVERVIEW_JOBS)?
                     .query_row([since_ms], |row| {
                         (0..common::OVERVIEW_JOB_STATUSES.len())
                             .map(|i| row.get::<_, i64>(i))

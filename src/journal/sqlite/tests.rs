@@ -231,12 +231,12 @@ fn the_consoles_job_reads_use_their_indexes() {
         );
         assert!(!listed.contains("TEMP B-TREE"), "listed sorts:\n{listed}");
     }
-    let actions = plan(crate::journal::common::OVERVIEW_JOBS);
+    let actions = plan(&crate::journal::common::OVERVIEW_JOBS);
     assert!(
         actions.contains("INDEX jobs_action_created"),
         "actions plan:\n{actions}"
     );
-    let waiting = plan(crate::journal::common::OVERVIEW_WAITING);
+    let waiting = plan(&crate::journal::common::OVERVIEW_WAITING);
     assert!(
         waiting.contains("INDEX jobs_open") && waiting.contains("INDEX jobs_listed"),
         "waiting plan:\n{waiting}"
