@@ -158,6 +158,13 @@ pub trait StageQueue: Send + Sync {
         Ok(self.event(id)?.map(Arc::new))
     }
 
+    /// The events of a batch of evaluate jobs, in the order of `ids`: each as
+    /// [`Self::event_to_evaluate`] gives it, read together where that saves round trips
+    /// (PostgreSQL: one statement for the batch instead of one per event).
+    fn events_to_evaluate(&self, ids: &[&str]) -> Vec<Result<Option<Arc<Event>>, JournalError>> {
+        ids.iter().map(|id| self.event_to_evaluate(id)).collect()
+    }
+
     /// Claims up to `limit` due jobs of `queue`, leasing them for `lease_ms`. A job that
     /// was tried before is claimed alone (it may be the one that stopped the process), and
     /// a job whose lease ran out with no attempts left becomes dead instead.

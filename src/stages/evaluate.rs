@@ -31,6 +31,8 @@ const EVALUATE_BATCH: usize = 64;
 /// first event's actions back for the whole batch's time. The rules in force are read
 /// again for each slice, so an edited rule applies within one.
 const EVALUATE_SLICE: std::time::Duration = std::time::Duration::from_millis(10);
+/// Events read together for evaluation ([`crate::journal::StageQueue::events_to_evaluate`]).
+const LOAD_CHUNK: usize = 32;
 /// How long an evaluation may hold its job before another worker may take it.
 const LEASE_MS: u64 = 60_000;
 
@@ -91,31 +93,43 @@ impl EvaluateWorker {
             let vars = serde_json::Value::Object(config.vars.clone());
             let started = std::time::Instant::now();
             let mut batch = Vec::with_capacity(jobs.len());
-            let mut jobs = jobs.into_iter();
-            for job in jobs.by_ref() {
-                if !batch.is_empty() && started.elapsed() >= EVALUATE_SLICE {
-                    // Not reached: back to the front of what is left.
-                    let rest: Vec<Job> = std::iter::once(job).chain(jobs).collect();
-                    return (batch, rest);
+            let mut waiting = jobs.into_iter().peekable();
+            while waiting.peek().is_some() {
+                // Events are read a few at a time (one statement on PostgreSQL), so that
+                // a slice that ends early has read few it did not use.
+                let chunk: Vec<Job> = waiting.by_ref().take(LOAD_CHUNK).collect();
+                let ids: Vec<&str> = chunk.iter().map(|job| job.event_id.as_str()).collect();
+                let events = journal.events_to_evaluate(&ids);
+                let mut chunk = chunk.into_iter().zip(events);
+                for (job, event) in chunk.by_ref() {
+                    if !batch.is_empty() && started.elapsed() >= EVALUATE_SLICE {
+                        // Not reached: back to the front of what is left.
+                        let rest: Vec<Job> = std::iter::once(job)
+                            .chain(chunk.map(|(job, _)| job))
+                            .chain(waiting)
+                            .collect();
+                        return (batch, rest);
+                    }
+                    let evaluation = match event {
+                        Ok(Some(event)) => {
+                            // A replay may name one rule (`freshet replay --rule`).
+                            let only = job.payload.get("rule").and_then(|r| r.as_str());
+                            let outcomes =
+                                set.evaluate_only(&engine, || event.to_json(), &vars, only);
+                            build_evaluation(&job, &event, &outcomes, &config, &metrics)
+                        }
+                        Ok(None) => {
+                            tracing::warn!(event_id = %job.event_id, "Event to evaluate is gone (pruned).");
+                            Evaluation::default()
+                        }
+                        Err(error) => {
+                            tracing::error!(event_id = %job.event_id, error = %error, "Cannot load the event.");
+                            journal.abandon(&job);
+                            continue;
+                        }
+                    };
+                    batch.push((job, evaluation));
                 }
-                let evaluation = match journal.event_to_evaluate(&job.event_id) {
-                    Ok(Some(event)) => {
-                        // A replay may name one rule (`freshet replay --rule`).
-                        let only = job.payload.get("rule").and_then(|r| r.as_str());
-                        let outcomes = set.evaluate_only(&engine, || event.to_json(), &vars, only);
-                        build_evaluation(&job, &event, &outcomes, &config, &metrics)
-                    }
-                    Ok(None) => {
-                        tracing::warn!(event_id = %job.event_id, "Event to evaluate is gone (pruned).");
-                        Evaluation::default()
-                    }
-                    Err(error) => {
-                        tracing::error!(event_id = %job.event_id, error = %error, "Cannot load the event.");
-                        journal.abandon(&job);
-                        continue;
-                    }
-                };
-                batch.push((job, evaluation));
             }
             (batch, Vec::new())
         });

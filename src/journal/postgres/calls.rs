@@ -113,6 +113,44 @@ impl StageQueue for PostgresJournal {
         ticket
     }
 
+    fn events_to_evaluate(&self, ids: &[&str]) -> Vec<Result<Option<Arc<Event>>>> {
+        let shared = self.shared();
+        let wanted: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        let bodies = self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let rows = client
+                .rows("SELECT id, body FROM events WHERE id = ANY($1)", &[&wanted])
+                .await
+                .map_err(backend)?;
+            Ok(rows
+                .iter()
+                .map(|row| (row.get::<_, String>(0), row.get::<_, String>(1)))
+                .collect::<std::collections::HashMap<_, _>>())
+        });
+        match bodies {
+            // A batch may name an event twice (a replay beside its first evaluation).
+            Ok(bodies) => ids
+                .iter()
+                .map(|id| {
+                    bodies
+                        .get(*id)
+                        .map(|body| {
+                            serde_json::from_str::<Event>(body)
+                                .map(Arc::new)
+                                .map_err(|e| JournalError::Corrupt(e.to_string()))
+                        })
+                        .transpose()
+                })
+                .collect(),
+            Err(error) => {
+                let message = error.to_string();
+                ids.iter()
+                    .map(|_| Err(JournalError::unavailable(message.clone())))
+                    .collect()
+            }
+        }
+    }
+
     fn event(&self, id: &str) -> Result<Option<Event>> {
         let shared = self.shared();
         let id = id.to_string();

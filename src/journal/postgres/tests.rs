@@ -396,3 +396,35 @@ fn appends_that_arrive_together_share_commits() {
         "{spent} commits for 400 appends (with the checks' own)"
     );
 }
+
+/// A batch's events in one statement, in the order asked, an id asked twice given twice
+/// and one that is gone given as none.
+#[test]
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
+fn the_events_of_a_batch_are_read_together_in_order() {
+    let (store, _url) = postgres_store();
+    let journal = store.open();
+    for id in ["dbt:a", "dbt:b"] {
+        journal
+            .append(&event(id), FirstJob::EVALUATE)
+            .wait()
+            .unwrap();
+    }
+    let read = journal.events_to_evaluate(&["dbt:b", "dbt:gone", "dbt:a", "dbt:b"]);
+    let ids: Vec<Option<String>> = read
+        .into_iter()
+        .map(|event| event.unwrap().map(|event| event.id.clone()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            Some("dbt:b".to_string()),
+            None,
+            Some("dbt:a".to_string()),
+            Some("dbt:b".to_string())
+        ]
+    );
+}
