@@ -199,10 +199,7 @@ impl Console {
         let mut new_cookie = None;
         if session.is_none() && !bearer {
             let (id, created) = self.sessions.create(true);
-            new_cookie = Some(security::set_cookie(
-                &id,
-                security::over_https(&request.headers),
-            ));
+            new_cookie = Some(security::set_cookie(&id, &request.headers));
             session = Some((id, created));
         }
         let csrf = session
@@ -276,9 +273,7 @@ impl Console {
             }
             let (id, _) = self.sessions.create(true);
             let mut response = redirect("/");
-            if let Ok(value) =
-                security::set_cookie(&id, security::over_https(&request.headers)).parse()
-            {
+            if let Ok(value) = security::set_cookie(&id, &request.headers).parse() {
                 response.headers_mut().insert("set-cookie", value);
             }
             return response;

@@ -80,13 +80,14 @@ pub fn session_cookie(headers: &HeaderMap) -> Option<String> {
         .filter(|value| value.len() == 64 && value.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
-/// The `Set-Cookie` value for a session; `Secure` when the browser reached the console
-/// over HTTPS (see [`over_https`]), so that it never sends the cookie in the clear.
-pub fn set_cookie(id: &str, secure: bool) -> String {
+/// The `Set-Cookie` value for a session, answering a request with `headers`; `Secure`
+/// when the browser reached the console over HTTPS (see [`over_https`]), so that it never
+/// sends the cookie in the clear.
+pub fn set_cookie(id: &str, headers: &HeaderMap) -> String {
     format!(
         "{COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
         SESSION_LIFETIME.as_secs(),
-        if secure { "; Secure" } else { "" }
+        if over_https(headers) { "; Secure" } else { "" }
     )
 }
 
@@ -94,7 +95,7 @@ pub fn set_cookie(id: &str, secure: bool) -> String {
 /// HTTP, so only behind a reverse proxy that ends TLS, which says so in
 /// `X-Forwarded-Proto`, or from a page whose `Origin` is `https://` (the login form's
 /// POST). A forged header only marks the forger's own cookie `Secure`.
-pub fn over_https(headers: &HeaderMap) -> bool {
+fn over_https(headers: &HeaderMap) -> bool {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     header("x-forwarded-proto").is_some_and(|proto| proto.eq_ignore_ascii_case("https"))
         || header("origin").is_some_and(|origin| origin.starts_with("https://"))

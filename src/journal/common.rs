@@ -12,8 +12,8 @@ use std::sync::LazyLock;
 use serde_json::{json, Value};
 
 use super::{
-    AlertState, Evaluation, FirstJob, Job, JobStatus, JournalError, NewJob, Queue, Replay, Retried,
-    RuleRun,
+    AlertState, Attempt, AttemptError, Evaluation, FirstJob, Job, JobStatus, JournalError, NewJob,
+    Queue, Replay, Retried, RuleRun,
 };
 use crate::event::{Event, Source};
 
@@ -317,127 +317,6 @@ pub fn replay_suffix(payload: &Value) -> Option<String> {
         .map(|n| format!("replay{n}"))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::journal::AlertCall;
-
-    /// A transaction that only notes which alerts it was asked to lock, in order.
-    #[derive(Default)]
-    struct LockLog(Vec<String>);
-
-    impl WriteTx for LockLog {
-        async fn event_exists(&mut self, _: &str) -> Result<bool> {
-            Ok(true)
-        }
-        async fn check_in(&mut self, _: &str) -> Result<(Option<i64>, i64)> {
-            Ok((None, 0))
-        }
-        async fn insert_event(&mut self, _: &Event) -> Result<()> {
-            Ok(())
-        }
-        async fn evaluations_of(&mut self, _: &str) -> Result<i64> {
-            Ok(0)
-        }
-        async fn insert_job(&mut self, _: &NewJob) -> Result<Option<i64>> {
-            Ok(None)
-        }
-        async fn job_status(&mut self, _: i64) -> Result<Option<(JobStatus, Queue)>> {
-            Ok(None)
-        }
-        async fn requeue_dead(&mut self, _: i64, _: Queue) -> Result<()> {
-            Ok(())
-        }
-        async fn open_twin(&mut self, _: i64) -> Result<Option<i64>> {
-            Ok(None)
-        }
-        async fn merge_dead(&mut self, _: i64, _: i64) -> Result<()> {
-            Ok(())
-        }
-        async fn lock_alert(&mut self, name: &str, _: &str) -> Result<(Option<AlertState>, i64)> {
-            self.0.push(name.to_string());
-            Ok((None, 0))
-        }
-        async fn save_alert(&mut self, _: &AlertState, _: &str) -> Result<()> {
-            Ok(())
-        }
-        async fn alert_firing(&mut self, _: &str) -> Result<Option<bool>> {
-            Ok(None)
-        }
-        async fn reset_alert_state(&mut self, _: &str) -> Result<()> {
-            Ok(())
-        }
-        async fn upsert_rule_run(&mut self, _: &str, _: &RuleRun) -> Result<()> {
-            Ok(())
-        }
-    }
-
-    fn evaluation_of(event_id: &str, alerts: &[&str]) -> (Job, Evaluation) {
-        let job = Job {
-            id: 1,
-            queue: Queue::Evaluate,
-            kind: "evaluate".into(),
-            event_id: event_id.into(),
-            rule: None,
-            payload: Value::Null,
-            attempt: 1,
-            max_attempts: 5,
-            interrupted: None,
-        };
-        let alerts = alerts
-            .iter()
-            .map(|name| AlertCall {
-                rule: "r".into(),
-                name: name.to_string(),
-                firing: true,
-                text: "t".into(),
-                channel: None,
-                renotify_minutes: None,
-                resolve: true,
-                event_id: "e".into(),
-                presentation: Value::Null,
-            })
-            .collect();
-        let evaluation = Evaluation {
-            alerts,
-            ..Default::default()
-        };
-        (job, evaluation)
-    }
-
-    /// Two instances whose batches touch the same alerts in opposite orders lock them in
-    /// one order (name order), each once, before recording anything: neither can hold one
-    /// lock while waiting for the other's.
-    #[test]
-    fn a_batch_locks_its_alerts_in_name_order_first() {
-        let batch = [
-            evaluation_of("e1", &["zeta", "alpha"]),
-            evaluation_of("e2", &["mid", "alpha", "zeta"]),
-        ];
-        let mut tx = LockLog::default();
-        run_now(lock_alerts_in_name_order(&mut tx, &batch)).unwrap();
-        assert_eq!(tx.0, ["alpha", "mid", "zeta"]);
-    }
-
-    #[test]
-    fn a_dead_jobs_last_failed_attempt_is_shown_dead_and_old_entries_have_no_start() {
-        let errors = r#"[{"attempt":1,"at":2000,"error":"HTTP 503"},
-                         {"attempt":2,"started":3000,"at":3500,"error":"HTTP 400"}]"#;
-        let shown = attempts(errors, JobStatus::Dead, 2, Some(3000), Some(3500));
-        assert_eq!(shown.len(), 2);
-        assert_eq!((shown[0].status, shown[0].started_ms), ("failed", None));
-        assert_eq!(shown[0].duration_ms(), None);
-        assert_eq!(
-            (shown[1].status, shown[1].duration_ms()),
-            ("dead", Some(500))
-        );
-        // Retried by hand: pending again, its earlier attempts all failed ones.
-        let shown = attempts(errors, JobStatus::Pending, 2, Some(3000), None);
-        assert!(shown.iter().all(|a| a.status == "failed"));
-        assert!(attempts("not json", JobStatus::Retrying, 1, None, None).is_empty());
-    }
-}
-
 /// The console's page of events as SQL with only the conditions its filter sets (each
 /// statement is prepared once with a generic plan: a condition such as `$1 IS NULL OR
 /// source = $1` would keep that plan from walking `events_received` backwards), and its
@@ -639,11 +518,11 @@ pub fn attempts(
     attempt: u32,
     started_ms: Option<i64>,
     finished_ms: Option<i64>,
-) -> Vec<super::Attempt> {
-    let failed: Vec<super::AttemptError> = serde_json::from_str(errors).unwrap_or_default();
-    let mut attempts: Vec<super::Attempt> = failed
+) -> Vec<Attempt> {
+    let failed: Vec<AttemptError> = serde_json::from_str(errors).unwrap_or_default();
+    let mut attempts: Vec<Attempt> = failed
         .into_iter()
-        .map(|failed| super::Attempt {
+        .map(|failed| Attempt {
             attempt: failed.attempt,
             started_ms: failed.started,
             ended_ms: Some(failed.at),
@@ -657,7 +536,7 @@ pub fn attempts(
                 last.status = "dead";
             }
         }
-        JobStatus::Running | JobStatus::Succeeded => attempts.push(super::Attempt {
+        JobStatus::Running | JobStatus::Succeeded => attempts.push(Attempt {
             attempt,
             started_ms,
             ended_ms: finished_ms.filter(|_| status == JobStatus::Succeeded),
@@ -667,4 +546,125 @@ pub fn attempts(
         JobStatus::Pending | JobStatus::Retrying | JobStatus::Merged => {}
     }
     attempts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::AlertCall;
+
+    /// A transaction that only notes which alerts it was asked to lock, in order.
+    #[derive(Default)]
+    struct LockLog(Vec<String>);
+
+    impl WriteTx for LockLog {
+        async fn event_exists(&mut self, _: &str) -> Result<bool> {
+            Ok(true)
+        }
+        async fn check_in(&mut self, _: &str) -> Result<(Option<i64>, i64)> {
+            Ok((None, 0))
+        }
+        async fn insert_event(&mut self, _: &Event) -> Result<()> {
+            Ok(())
+        }
+        async fn evaluations_of(&mut self, _: &str) -> Result<i64> {
+            Ok(0)
+        }
+        async fn insert_job(&mut self, _: &NewJob) -> Result<Option<i64>> {
+            Ok(None)
+        }
+        async fn job_status(&mut self, _: i64) -> Result<Option<(JobStatus, Queue)>> {
+            Ok(None)
+        }
+        async fn requeue_dead(&mut self, _: i64, _: Queue) -> Result<()> {
+            Ok(())
+        }
+        async fn open_twin(&mut self, _: i64) -> Result<Option<i64>> {
+            Ok(None)
+        }
+        async fn merge_dead(&mut self, _: i64, _: i64) -> Result<()> {
+            Ok(())
+        }
+        async fn lock_alert(&mut self, name: &str, _: &str) -> Result<(Option<AlertState>, i64)> {
+            self.0.push(name.to_string());
+            Ok((None, 0))
+        }
+        async fn save_alert(&mut self, _: &AlertState, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn alert_firing(&mut self, _: &str) -> Result<Option<bool>> {
+            Ok(None)
+        }
+        async fn reset_alert_state(&mut self, _: &str) -> Result<()> {
+            Ok(())
+        }
+        async fn upsert_rule_run(&mut self, _: &str, _: &RuleRun) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn evaluation_of(event_id: &str, alerts: &[&str]) -> (Job, Evaluation) {
+        let job = Job {
+            id: 1,
+            queue: Queue::Evaluate,
+            kind: "evaluate".into(),
+            event_id: event_id.into(),
+            rule: None,
+            payload: Value::Null,
+            attempt: 1,
+            max_attempts: 5,
+            interrupted: None,
+        };
+        let alerts = alerts
+            .iter()
+            .map(|name| AlertCall {
+                rule: "r".into(),
+                name: name.to_string(),
+                firing: true,
+                text: "t".into(),
+                channel: None,
+                renotify_minutes: None,
+                resolve: true,
+                event_id: "e".into(),
+                presentation: Value::Null,
+            })
+            .collect();
+        let evaluation = Evaluation {
+            alerts,
+            ..Default::default()
+        };
+        (job, evaluation)
+    }
+
+    /// Two instances whose batches touch the same alerts in opposite orders lock them in
+    /// one order (name order), each once, before recording anything: neither can hold one
+    /// lock while waiting for the other's.
+    #[test]
+    fn a_batch_locks_its_alerts_in_name_order_first() {
+        let batch = [
+            evaluation_of("e1", &["zeta", "alpha"]),
+            evaluation_of("e2", &["mid", "alpha", "zeta"]),
+        ];
+        let mut tx = LockLog::default();
+        run_now(lock_alerts_in_name_order(&mut tx, &batch)).unwrap();
+        assert_eq!(tx.0, ["alpha", "mid", "zeta"]);
+    }
+
+    #[test]
+    fn a_dead_jobs_last_failed_attempt_is_shown_dead_and_old_entries_have_no_start() {
+        let errors = r#"[{"attempt":1,"at":2000,"error":"HTTP 503"},
+                         {"attempt":2,"started":3000,"at":3500,"error":"HTTP 400"}]"#;
+        let shown = attempts(errors, JobStatus::Dead, 2, Some(3000), Some(3500));
+        assert_eq!(shown.len(), 2);
+        assert_eq!((shown[0].status, shown[0].started_ms), ("failed", None));
+        assert_eq!(shown[0].duration_ms(), None);
+        assert_eq!(
+            (shown[1].status, shown[1].duration_ms()),
+            ("dead", Some(500))
+        );
+        // Retried by hand: pending again, its earlier attempts all failed ones.
+        let shown = attempts(errors, JobStatus::Pending, 2, Some(3000), None);
+        assert!(shown.iter().all(|a| a.status == "failed"));
+        assert!(attempts("not json", JobStatus::Retrying, 1, None, None).is_empty());
+    }
 }
