@@ -1,8 +1,8 @@
 //! Intake on PostgreSQL groups commits, as the SQLite journal's commit thread does: the
 //! webhooks that arrive while a commit is under way are journaled together in the next
-//! one, each batch in three statements (its events, their first jobs, the commit)
-//! whatever its size. One transaction per webhook spent a round trip per statement and a
-//! WAL flush per event; grouped, the flush is shared (docs/behaviour.md section 12).
+//! one, each batch in one statement whatever its size. One transaction per webhook spent
+//! a round trip per statement and a WAL flush per event; grouped, the flush is shared
+//! (docs/behaviour.md section 12).
 //!
 //! A few committers take turns at the queue, so that one batch is gathered while another
 //! commits; a webhook waits no longer than the append budget in all (queue included) and
@@ -129,26 +129,32 @@ fn timed_out() -> JournalError {
 
 /// Inserts the batch's events and their first jobs; for each, whether it was new (the
 /// first of its id, in the journal and in the batch).
+///
+/// One statement, committed on its own: the first jobs are written for every event the
+/// statement inserted (its `RETURNING`, which a data-modifying `WITH` lets the next insert
+/// read), so nothing has to come back to freshet between the two inserts. As a
+/// transaction it was five round trips a batch (`BEGIN`, the events, their jobs, the
+/// `NOTIFY`, `COMMIT`), and at 32 connections the batches are small.
 async fn insert_batch(shared: &Shared, batch: &[Pending]) -> Result<Vec<bool>, JournalError> {
-    static EVENTS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    static INTAKE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
-            "INSERT INTO events (id, source, type, received_at, received_ms, chain_depth, status, body, instance)
-             SELECT e.id, e.source, e.type, e.received_at, {NOW_MS}, e.chain_depth, 'received', e.body, $7
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[])
-                  AS e(id, source, type, received_at, chain_depth, body)
-             ON CONFLICT (id) DO NOTHING
-             RETURNING id"
-        )
-    });
-    static JOBS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "INSERT INTO jobs (queue, kind, event_id, job_key, payload, status, attempt, max_attempts,
-                               scheduled_at, created_at)
-             SELECT j.queue, j.kind, j.event_id, j.job_key, 'null', 'pending', 0, j.max_attempts,
-                    {NOW_MS}, {NOW_MS}
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[])
-                  AS j(queue, kind, event_id, job_key, max_attempts)
-             ON CONFLICT DO NOTHING"
+            "WITH inserted AS (
+                 INSERT INTO events (id, source, type, received_at, received_ms, chain_depth, status, body, instance)
+                 SELECT e.id, e.source, e.type, e.received_at, {NOW_MS}, e.chain_depth, 'received', e.body, $7
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[], $6::text[])
+                      AS e(id, source, type, received_at, chain_depth, body)
+                 ON CONFLICT (id) DO NOTHING
+                 RETURNING id),
+             first_jobs AS (
+                 INSERT INTO jobs (queue, kind, event_id, job_key, payload, status, attempt, max_attempts,
+                                   scheduled_at, created_at)
+                 SELECT j.queue, j.kind, j.event_id, j.job_key, 'null', 'pending', 0, j.max_attempts,
+                        {NOW_MS}, {NOW_MS}
+                 FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::int4[])
+                      AS j(queue, kind, event_id, job_key, max_attempts)
+                 WHERE j.event_id IN (SELECT id FROM inserted)
+                 ON CONFLICT DO NOTHING)
+             SELECT id FROM inserted"
         )
     });
     // The first of each id in the batch is the one that may be new.
@@ -158,16 +164,25 @@ async fn insert_batch(shared: &Shared, batch: &[Pending]) -> Result<Vec<bool>, J
         .map(|pending| seen.insert(pending.event.id.as_str()))
         .collect();
     let mut columns = EventColumns::default();
+    let mut jobs = JobColumns::default();
+    let mut queues: Vec<(String, Queue)> = Vec::new();
     for (pending, first) in batch.iter().zip(&firsts) {
-        if *first {
-            columns.push(&pending.event)?;
+        if !*first {
+            continue;
         }
+        columns.push(&pending.event)?;
+        let job = stage_job(pending.first_job, &pending.event.id, None, Value::Null);
+        queues.push((pending.event.id.clone(), job.queue));
+        jobs.queues.push(job.queue.as_str().to_string());
+        jobs.kinds.push(job.kind);
+        jobs.event_ids.push(job.event_id);
+        jobs.keys.push(job.job_key);
+        jobs.max_attempts.push(job.max_attempts as i32);
     }
-    let mut client = shared.client().await?;
-    let tx = client.transaction().await.map_err(backend)?;
-    let inserted: HashSet<String> = tx
+    let client = shared.client().await?;
+    let inserted: HashSet<String> = client
         .rows(
-            EVENTS.as_str(),
+            INTAKE.as_str(),
             &[
                 &columns.ids,
                 &columns.sources,
@@ -176,32 +191,6 @@ async fn insert_batch(shared: &Shared, batch: &[Pending]) -> Result<Vec<bool>, J
                 &columns.depths,
                 &columns.bodies,
                 &shared.instance,
-            ],
-        )
-        .await
-        .map_err(backend)?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let mut jobs = JobColumns::default();
-    let mut queues: Vec<Queue> = Vec::new();
-    for (pending, first) in batch.iter().zip(&firsts) {
-        if *first && inserted.contains(&pending.event.id) {
-            let job = stage_job(pending.first_job, &pending.event.id, None, Value::Null);
-            if !queues.contains(&job.queue) {
-                queues.push(job.queue);
-            }
-            jobs.queues.push(job.queue.as_str().to_string());
-            jobs.kinds.push(job.kind);
-            jobs.event_ids.push(job.event_id);
-            jobs.keys.push(job.job_key);
-            jobs.max_attempts.push(job.max_attempts as i32);
-        }
-    }
-    if !jobs.keys.is_empty() {
-        tx.exec(
-            JOBS.as_str(),
-            &[
                 &jobs.queues,
                 &jobs.kinds,
                 &jobs.event_ids,
@@ -210,12 +199,18 @@ async fn insert_batch(shared: &Shared, batch: &[Pending]) -> Result<Vec<bool>, J
             ],
         )
         .await
-        .map_err(backend)?;
+        .map_err(backend)?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    // Committed: wake the other instances for each queue that got a job.
+    let mut woken: Vec<Queue> = Vec::new();
+    for (event_id, queue) in queues {
+        if inserted.contains(&event_id) && !woken.contains(&queue) {
+            woken.push(queue);
+            client.wake_others(queue).await.map_err(backend)?;
+        }
     }
-    for queue in queues {
-        tx.wake_others(queue).await.map_err(backend)?;
-    }
-    tx.commit().await.map_err(backend)?;
     Ok(batch
         .iter()
         .zip(&firsts)
