@@ -38,8 +38,12 @@ impl PostgresJournal {
         self.run(CALL_TIMEOUT, async move {
             let mut client = shared.client().await?;
             let tx = client.transaction().await.map_err(backend)?;
-            defer_commit(&tx).await?;
-            let recorded = record_evaluations(&tx, &shared, &batch).await?;
+            // Sent together, answered in order on the one connection (tokio-postgres
+            // pipelines the requests of futures polled together): a round trip less.
+            let (deferred, recorded) =
+                tokio::join!(defer_commit(&tx), record_evaluations(&tx, &shared, &batch));
+            deferred?;
+            let recorded = recorded?;
             let Some(limit) = claim else {
                 tx.commit().await.map_err(backend)?;
                 return Ok((recorded, Vec::new()));
@@ -47,10 +51,12 @@ impl PostgresJournal {
             // The next batch in the same transaction; a claim that fails alone is
             // rolled back to here, and the finish stands (the caller claims again).
             let started = Instant::now();
-            tx.batch_execute("SAVEPOINT next_claim")
-                .await
-                .map_err(backend)?;
-            let claimed = match claim_in(&tx, &shared, Queue::Evaluate, limit).await {
+            let (savepoint, claimed) = tokio::join!(
+                tx.batch_execute("SAVEPOINT next_claim"),
+                claim_in(&tx, &shared, Queue::Evaluate, limit)
+            );
+            savepoint.map_err(backend)?;
+            let claimed = match claimed {
                 Ok(jobs) => jobs,
                 Err(error) => {
                     tracing::error!(error = %error, "Cannot claim evaluate jobs.");
@@ -850,9 +856,9 @@ async fn claim_in(
 }
 
 /// Records a batch of evaluations in `tx`; for each, whether its lease was still ours.
-/// The whole batch's fenced ends go in one statement, and its events are marked
-/// evaluated in another: two statements per event were most of the evaluate stage's
-/// round trips (and of intake's cost on PostgreSQL).
+/// The whole batch's fenced ends and its events' status go in one statement: two
+/// statements per event were most of the evaluate stage's round trips (and of intake's
+/// cost on PostgreSQL).
 async fn record_evaluations(
     tx: &super::session::Tx<'_>,
     shared: &Shared,
@@ -861,22 +867,12 @@ async fn record_evaluations(
     common::lock_alerts_in_name_order(&mut PgTx(tx), batch).await?;
     let ended = end_evaluations(tx, batch, &shared.instance).await?;
     let mut recorded = Vec::with_capacity(batch.len());
-    let mut evaluated = Vec::with_capacity(batch.len());
     for (job, evaluation) in batch {
         let ours = ended.contains(&job.id);
         if ours {
             common::record_outcome(&mut PgTx(tx), job, evaluation).await?;
-            evaluated.push(job.event_id.clone());
         }
         recorded.push(ours);
-    }
-    if !evaluated.is_empty() {
-        tx.exec(
-            "UPDATE events SET status = 'evaluated' WHERE id = ANY($1)",
-            &[&evaluated],
-        )
-        .await
-        .map_err(backend)?;
     }
     Ok(recorded)
 }

@@ -158,9 +158,9 @@ pub(super) fn job_summary(row: &Row) -> Result<JobSummary> {
     })
 }
 
-/// Records one evaluation inside `tx`; false (and nothing written) if the lease was lost.
 /// Ends the leases of a batch of evaluate jobs as succeeded, each fenced on this instance
-/// and its attempt; returns the ids whose fence held.
+/// and its attempt, and marks their events evaluated, in one statement (the events of
+/// the jobs whose fence held, through `RETURNING`); returns the ids whose fence held.
 pub(super) async fn end_evaluations(
     tx: &super::session::Tx<'_>,
     batch: &[(Job, Evaluation)],
@@ -168,11 +168,16 @@ pub(super) async fn end_evaluations(
 ) -> Result<std::collections::HashSet<i64>> {
     static SQL: LazyLock<String> = LazyLock::new(|| {
         format!(
-            "UPDATE jobs SET status = 'succeeded', finished_at = {NOW_MS}, lease_until = NULL
-             FROM unnest($1::int8[], $2::int4[]) AS f(id, attempt)
-             WHERE jobs.id = f.id AND jobs.attempt = f.attempt
-               AND jobs.status = 'running' AND jobs.locked_by = $3
-             RETURNING jobs.id"
+            "WITH ended AS (
+                 UPDATE jobs SET status = 'succeeded', finished_at = {NOW_MS}, lease_until = NULL
+                 FROM unnest($1::int8[], $2::int4[]) AS f(id, attempt)
+                 WHERE jobs.id = f.id AND jobs.attempt = f.attempt
+                   AND jobs.status = 'running' AND jobs.locked_by = $3
+                 RETURNING jobs.id, jobs.event_id),
+             evaluated AS (
+                 UPDATE events SET status = 'evaluated'
+                 WHERE id IN (SELECT event_id FROM ended))
+             SELECT id FROM ended"
         )
     });
     let ids: Vec<i64> = batch.iter().map(|(job, _)| job.id).collect();
