@@ -273,15 +273,22 @@ impl PostgresJournal {
                 // whatever the parameters. No parallel workers: a generic plan takes a
                 // range such as `received_ms >= $1` for a third of the table, and for the
                 // console's overview started two workers whose start-up was 5 ms of the
-                // 6 its few rows took (and more under load, on the same cores).
+                // 6 its few rows took (and more under load, on the same cores). No
+                // whole-table scans: a generic plan is made once per connection, and a
+                // new journal's connections make theirs on empty tables, where a scan is
+                // the cheapest plan; it stayed until an analyze of the table happened to
+                // come, and meanwhile every claim read all jobs (11 ms a claim in
+                // bench/postgres, where each run starts empty). A table with no index for
+                // a statement is still scanned.
                 config.options(format!(
                     "-c search_path={schema} -c statement_timeout={statement_ms} \
                      -c lock_timeout={lock_ms} -c idle_in_transaction_session_timeout={half_lease} \
                      -c plan_cache_mode=force_generic_plan -c max_parallel_workers_per_gather=0 \
-                     -c client_min_messages=warning"
+                     -c enable_seqscan=off -c client_min_messages=warning"
                 ));
                 None
             }
+            // Unnamed statements here are planned each time, on the tables as they are.
             Pooler::Transaction => Some(Arc::from(format!(
                 "SET LOCAL search_path = {schema}; SET LOCAL statement_timeout = {statement_ms}; \
                  SET LOCAL lock_timeout = {lock_ms}; SET LOCAL idle_in_transaction_session_timeout = {half_lease}; \

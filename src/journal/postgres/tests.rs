@@ -428,3 +428,86 @@ fn the_events_of_a_batch_are_read_together_in_order() {
         ]
     );
 }
+
+/// Each connection plans its statements once (generic plans), and a new journal plans
+/// them on empty tables, where reading the whole table is the cheapest plan. Unless
+/// freshet's sessions rule that out, those plans stayed until an analyze of the table
+/// happened to come, and every claim, finish and read of a journal that grew fast read
+/// all of it (bench/postgres started each run in that state: a claim took 11 ms).
+#[test]
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
+fn statements_planned_on_an_empty_journal_read_through_indexes_once_it_has_grown() {
+    const FILLED: usize = 20_000;
+    let (_store, url) = postgres_store();
+    let url = &url;
+    let journal =
+        PostgresJournal::open(url, DEFAULT_SCHEMA, 30, Pooler::None, Role::Serve).unwrap();
+    // No analyze during the test: it would make PostgreSQL plan again by itself.
+    outside(
+        url,
+        "ALTER TABLE freshet.events SET (autovacuum_enabled = off);
+         ALTER TABLE freshet.jobs SET (autovacuum_enabled = off)",
+    );
+    let evaluate_all = |journal: &PostgresJournal, prefix: &str| {
+        for i in 0..3 {
+            journal
+                .append(&event(&format!("dbt:{prefix}{i}")), FirstJob::EVALUATE)
+                .wait()
+                .unwrap();
+        }
+        let claimed = journal.claim(Queue::Evaluate, 10, 60_000).unwrap();
+        assert_eq!(claimed.len(), 3);
+        let ids: Vec<&str> = claimed.iter().map(|job| job.event_id.as_str()).collect();
+        assert!(journal.events_to_evaluate(&ids).iter().all(|e| e.is_ok()));
+        let batch: Vec<_> = claimed
+            .into_iter()
+            .map(|job| (job, Evaluation::default()))
+            .collect();
+        let (recorded, next) = journal
+            .finish_evaluations_and_claim(&batch, 10, 60_000)
+            .unwrap();
+        assert_eq!((recorded, next.len()), (vec![true; 3], 0));
+    };
+    // Planned while the journal is empty...
+    evaluate_all(&journal, "empty");
+    // ...which then grows (evaluated events and their finished jobs)...
+    outside(
+        url,
+        &format!(
+            "INSERT INTO freshet.events (id, source, type, received_at, received_ms, status, body)
+               SELECT 'dbt:filled' || i, 'dbt', 'dbt.job.run.completed', '2026-12-01T00:00:00.000Z',
+                      i, 'evaluated', '{{}}'
+               FROM generate_series(1, {FILLED}) AS i;
+             INSERT INTO freshet.jobs (queue, kind, event_id, job_key, payload, status, attempt,
+                                       max_attempts, scheduled_at, created_at, finished_at)
+               SELECT 'evaluate', 'evaluate', 'dbt:filled' || i, 'e:dbt:filled' || i, 'null',
+                      'succeeded', 1, 5, i, i, i
+               FROM generate_series(1, {FILLED}) AS i"
+        ),
+    );
+    // ...and runs the same statements on the same connections.
+    evaluate_all(&journal, "grown");
+    // Its sessions' table counters are complete once they have ended.
+    drop(journal);
+    while outside(
+        url,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'freshet'",
+    ) != ["0"]
+    {
+        std::thread::yield_now();
+    }
+    let read: i64 = outside(
+        url,
+        "SELECT COALESCE(sum(seq_tup_read), 0) FROM pg_stat_user_tables
+         WHERE schemaname = 'freshet' AND relname IN ('events', 'jobs')",
+    )[0]
+    .parse()
+    .unwrap();
+    assert!(
+        read < FILLED as i64,
+        "{read} rows read by whole-table scans after the journal grew to {FILLED} events"
+    );
+}
