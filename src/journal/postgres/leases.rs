@@ -19,10 +19,28 @@ use super::{backend, Shared};
 /// ours (taken over while we were paused) is dropped here, so no call is made for it.
 pub(super) async fn renew_leases(shared: Arc<Shared>, stop: CancellationToken) {
     let period = Duration::from_millis((shared.lease_ms / 6).max(100) as u64);
+    // Rows another transaction has locked are skipped, not waited for, and reported as
+    // still ours but not renewed (false). Waiting made a deadlock with the evaluate
+    // stage: its batch's end locks its jobs in another order than this statement, and
+    // each waited for a row the other had updated (seen in bench/postgres: PostgreSQL
+    // aborted the evaluations after its one-second deadlock timeout, and the batch ran
+    // again a lease later). The row is locked by this instance's own finish (which has
+    // let the lease go already), an operator's `freshet retry` reading it, or a takeover
+    // (then the next round finds it gone); none is a reason to drop the lease now.
     let sql = format!(
-        "UPDATE jobs SET lease_until = {NOW_MS} + $2
+        "WITH mine AS (
+             SELECT id FROM jobs
+             WHERE id = ANY($3) AND locked_by = $1 AND status = 'running'
+             FOR UPDATE SKIP LOCKED),
+         renewed AS (
+             UPDATE jobs SET lease_until = {NOW_MS} + $2
+             FROM mine WHERE jobs.id = mine.id
+             RETURNING jobs.id)
+         SELECT id, true FROM renewed
+         UNION ALL
+         SELECT id, false FROM jobs
          WHERE id = ANY($3) AND locked_by = $1 AND status = 'running'
-         RETURNING id"
+           AND id NOT IN (SELECT id FROM renewed)"
     );
     loop {
         tokio::select! {
@@ -43,7 +61,16 @@ pub(super) async fn renew_leases(shared: Arc<Shared>, stop: CancellationToken) {
         };
         match tokio::time::timeout(period, renewed).await {
             Ok(Ok(rows)) => {
-                let renewed: HashSet<i64> = rows.iter().map(|row| row.get(0)).collect();
+                let renewed: HashSet<i64> = rows
+                    .iter()
+                    .filter(|row| row.get::<_, bool>(1))
+                    .map(|row| row.get(0))
+                    .collect();
+                let locked: HashSet<i64> = rows
+                    .iter()
+                    .filter(|row| !row.get::<_, bool>(1))
+                    .map(|row| row.get(0))
+                    .collect();
                 let mut mine = shared.held();
                 for id in &held {
                     if renewed.contains(id) {
@@ -51,6 +78,8 @@ pub(super) async fn renew_leases(shared: Arc<Shared>, stop: CancellationToken) {
                         if let Some(confirmed) = mine.get_mut(id) {
                             *confirmed = sent;
                         }
+                    } else if locked.contains(id) {
+                        // Ours, locked for now: confirmed as before, renewed next round.
                     } else if mine.remove(id).is_some() {
                         tracing::warn!(job_id = id, "Lost the lease of a job (another instance took it over); making no call for it.");
                     }

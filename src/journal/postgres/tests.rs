@@ -511,3 +511,86 @@ fn statements_planned_on_an_empty_journal_read_through_indexes_once_it_has_grown
         "{read} rows read by whole-table scans after the journal grew to {FILLED} events"
     );
 }
+
+/// The lease of one of `job`s as the database has it, read outside freshet.
+fn lease_until(url: &str, job: &Job) -> String {
+    outside(
+        url,
+        &format!("SELECT lease_until FROM freshet.jobs WHERE id = {}", job.id),
+    )
+    .pop()
+    .unwrap()
+}
+
+/// Polls the lease of `job` until it moves on from `before`, for at most `limit`.
+fn lease_renewed(url: &str, job: &Job, before: &str, limit: Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if lease_until(url, job) != before {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    false
+}
+
+/// The renewer neither waits for a held job's row that another transaction has locked
+/// nor gives that lease up: waiting, it kept the rows it had renewed locked, and a
+/// finishing evaluation that locked them in another order deadlocked with it.
+#[test]
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
+fn renewals_pass_a_locked_row_by_and_keep_its_lease() {
+    let (_store, url) = postgres_store();
+    let url = &url;
+    // A lease of 3 s: renewed every 500 ms.
+    let journal = PostgresJournal::open(url, DEFAULT_SCHEMA, 3, Pooler::None, Role::Serve).unwrap();
+    for id in ["dbt:x", "dbt:y"] {
+        journal
+            .append(&event(id), FirstJob::EVALUATE)
+            .wait()
+            .unwrap();
+    }
+    let claimed = journal.claim(Queue::Evaluate, 2, 60_000).unwrap();
+    let [x, y] = <[Job; 2]>::try_from(claimed).unwrap();
+    // Another session locks y and keeps its transaction open.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut client, connection) = runtime
+        .block_on(tokio_postgres::connect(url, tokio_postgres::NoTls))
+        .unwrap();
+    runtime.spawn(connection);
+    let tx = runtime.block_on(client.transaction()).unwrap();
+    runtime
+        .block_on(tx.batch_execute(&format!(
+            "SET LOCAL lock_timeout = '2s';
+             SELECT id FROM freshet.jobs WHERE id = {} FOR UPDATE",
+            y.id
+        )))
+        .unwrap();
+    // While y is locked, x is renewed (the renewal committed)...
+    let before = lease_until(url, &x);
+    assert!(
+        lease_renewed(url, &x, &before, Duration::from_secs(5)),
+        "no renewal committed while another transaction held one of the rows"
+    );
+    // ...and holds no lock on it: the other session may update it.
+    runtime
+        .block_on(tx.batch_execute(&format!(
+            "UPDATE freshet.jobs SET payload = payload WHERE id = {}",
+            x.id
+        )))
+        .expect("the renewer keeps no lock on the rows it renewed");
+    runtime.block_on(tx.commit()).unwrap();
+    // y was kept: renewed once the lock is gone.
+    let before = lease_until(url, &y);
+    assert!(
+        lease_renewed(url, &y, &before, Duration::from_secs(5)),
+        "the lease of the row that was locked was given up"
+    );
+    assert!(journal.lease_held(&y));
+}
