@@ -314,7 +314,13 @@ async fn prune_loop(journal: Journal, config: Arc<ArcSwap<Config>>, stop: Cancel
             _ = tick.tick() => {}
         }
         let days = config.load().journal.retention_days;
-        match blocking(&journal, move |j| j.prune(days)).await {
+        // A stop waits for the batch under way, not for the whole backlog.
+        let stopping = stop.clone();
+        match blocking(&journal, move |j| {
+            j.prune(days, &|| !stopping.is_cancelled())
+        })
+        .await
+        {
             Ok(0) => {}
             Ok(pruned) => tracing::info!(events = pruned, days, "Pruned old events."),
             Err(error) => tracing::error!(error = %error, "Pruning the journal failed."),

@@ -767,7 +767,7 @@ mod tests {
         fn backlog(&self) -> Result<u64, JournalError> {
             down()
         }
-        fn prune(&self, _: u32) -> Result<usize, JournalError> {
+        fn prune(&self, _: u32, _: &(dyn Fn() -> bool + Sync)) -> Result<usize, JournalError> {
             down()
         }
     }

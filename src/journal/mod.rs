@@ -316,8 +316,10 @@ pub trait Operations: Send + Sync {
     /// Action jobs not yet finished (pending, retrying, running).
     fn backlog(&self) -> Result<u64, JournalError>;
 
-    /// Deletes events older than `days` whose jobs are all finished; returns how many.
-    fn prune(&self, days: u32) -> Result<usize, JournalError>;
+    /// Deletes events older than `days` whose jobs are all finished, in batches; returns
+    /// how many. Stops after the batch during which `go_on` turned false (freshet is
+    /// stopping: a million expired events take about a minute).
+    fn prune(&self, days: u32, go_on: &(dyn Fn() -> bool + Sync)) -> Result<usize, JournalError>;
 
     /// This process's name in a shared journal (who journaled an event, who ran a job);
     /// None when one process has the journal to itself.

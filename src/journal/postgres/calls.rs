@@ -736,8 +736,8 @@ impl Operations for PostgresJournal {
         })
     }
 
-    fn prune(&self, days: u32) -> Result<usize> {
-        self.prune_in_batches(days, common::PRUNE_BATCH)
+    fn prune(&self, days: u32, go_on: &(dyn Fn() -> bool + Sync)) -> Result<usize> {
+        self.prune_in_batches(days, common::PRUNE_BATCH, go_on)
     }
 
     fn instance(&self) -> Option<String> {

@@ -487,8 +487,8 @@ impl Operations for SqliteJournal {
         self.read(|conn| Ok(conn.query_row(BACKLOG_SQL, [], |row| row.get::<_, i64>(0))? as u64))
     }
 
-    fn prune(&self, days: u32) -> Result<usize, JournalError> {
-        self.prune_in_batches(days, common::PRUNE_BATCH)
+    fn prune(&self, days: u32, go_on: &(dyn Fn() -> bool + Sync)) -> Result<usize, JournalError> {
+        self.prune_in_batches(days, common::PRUNE_BATCH, go_on)
     }
 }
 

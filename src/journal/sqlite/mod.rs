@@ -299,8 +299,14 @@ fn rescue_wal(conn: &Connection) {
 
 impl SqliteJournal {
     /// Deletes events older than `days` whose jobs are all finished, `batch` events (with
-    /// their jobs and rule runs) per transaction, so intake's commits go between batches.
-    pub(super) fn prune_in_batches(&self, days: u32, batch: usize) -> Result<usize, JournalError> {
+    /// their jobs and rule runs) per transaction, so intake's commits go between batches;
+    /// no further batch once `go_on` is false.
+    pub(super) fn prune_in_batches(
+        &self,
+        days: u32,
+        batch: usize,
+        go_on: &(dyn Fn() -> bool + Sync),
+    ) -> Result<usize, JournalError> {
         self.recent.lock().clear();
         let cutoff = format!("{NOW_MS} - {}", i64::from(days) * 86_400_000);
         let mut pruned = 0;
@@ -324,7 +330,7 @@ impl SqliteJournal {
                 )?)
             })?;
             pruned += deleted;
-            if deleted < batch {
+            if deleted < batch || !go_on() {
                 return Ok(pruned);
             }
             crate::journal::common::rest_after_prune_batch(started.elapsed());

@@ -120,24 +120,25 @@ fn prune_keeps_recent_events() {
         .append(&event("dbt:a"), FirstJob::EVALUATE)
         .wait()
         .unwrap();
-    assert_eq!(journal.prune(30).unwrap(), 0);
+    assert_eq!(journal.prune(30, &|| true).unwrap(), 0);
     journal
         .with(|c| Ok(c.execute("UPDATE events SET received_ms = 0", [])?))
         .unwrap();
     assert_eq!(
-        journal.prune(30).unwrap(),
+        journal.prune(30, &|| true).unwrap(),
         0,
         "an event with an unfinished job stays"
     );
     journal
         .with(|c| Ok(c.execute("UPDATE jobs SET status = 'succeeded'", [])?))
         .unwrap();
-    assert_eq!(journal.prune(30).unwrap(), 1);
+    assert_eq!(journal.prune(30, &|| true).unwrap(), 1);
     assert!(journal.event("dbt:a").unwrap().is_none());
 }
 
 /// docs/behaviour.md section 12 (retention at volume): pruning deletes a batch of events
-/// per transaction until none is left, and never an event whose jobs are not finished.
+/// per transaction until none is left (or freshet stops), and never an event whose jobs
+/// are not finished.
 #[test]
 fn pruning_goes_in_batches_and_keeps_events_with_open_jobs() {
     let (_dir, journal) = open();
@@ -151,10 +152,12 @@ fn pruning_goes_in_batches_and_keeps_events_with_open_jobs() {
         .append(&event("dbt:open"), FirstJob::EVALUATE)
         .wait()
         .unwrap();
-    assert_eq!(journal.prune_in_batches(0, 3).unwrap(), 7);
+    // Stopping: the batch under way ends, and no other begins.
+    assert_eq!(journal.prune_in_batches(0, 3, &|| false).unwrap(), 3);
+    assert_eq!(journal.prune_in_batches(0, 3, &|| true).unwrap(), 4);
     assert!(journal.event("dbt:old6").unwrap().is_none());
     assert!(journal.event("dbt:open").unwrap().is_some());
-    assert_eq!(journal.prune_in_batches(0, 3).unwrap(), 0);
+    assert_eq!(journal.prune_in_batches(0, 3, &|| true).unwrap(), 0);
 }
 
 /// Column `column` of each row `{explain} {sql}` answers on the writing connection
