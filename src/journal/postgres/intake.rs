@@ -165,14 +165,12 @@ async fn insert_batch(shared: &Shared, batch: &[Pending]) -> Result<Vec<bool>, J
         .collect();
     let mut columns = EventColumns::default();
     let mut jobs = JobColumns::default();
-    let mut queues: Vec<(String, Queue)> = Vec::new();
     for (pending, first) in batch.iter().zip(&firsts) {
         if !*first {
             continue;
         }
         columns.push(&pending.event)?;
         let job = stage_job(pending.first_job, &pending.event.id, None, Value::Null);
-        queues.push((pending.event.id.clone(), job.queue));
         jobs.queues.push(job.queue.as_str().to_string());
         jobs.kinds.push(job.kind);
         jobs.event_ids.push(job.event_id);
@@ -203,19 +201,21 @@ async fn insert_batch(shared: &Shared, batch: &[Pending]) -> Result<Vec<bool>, J
         .iter()
         .map(|row| row.get(0))
         .collect();
+    let new: Vec<bool> = batch
+        .iter()
+        .zip(&firsts)
+        .map(|(pending, first)| *first && inserted.contains(&pending.event.id))
+        .collect();
     // Committed: wake the other instances for each queue that got a job.
     let mut woken: Vec<Queue> = Vec::new();
-    for (event_id, queue) in queues {
-        if inserted.contains(&event_id) && !woken.contains(&queue) {
+    for (pending, _) in batch.iter().zip(&new).filter(|(_, new)| **new) {
+        let queue = pending.first_job.queue;
+        if !woken.contains(&queue) {
             woken.push(queue);
             client.wake_others(queue).await.map_err(backend)?;
         }
     }
-    Ok(batch
-        .iter()
-        .zip(&firsts)
-        .map(|(pending, first)| *first && inserted.contains(&pending.event.id))
-        .collect())
+    Ok(new)
 }
 
 #[derive(Default)]
