@@ -28,8 +28,31 @@ pub(crate) const PRUNE_BATCH: usize = 200;
 /// After each batch, pruning rests as long as the batch took (at most a second), so that
 /// it takes at most half the journal's time and intake's commits keep their pace; a
 /// million expired events still go in about a minute.
-pub(crate) fn rest_after_prune_batch(batch_took: std::time::Duration) {
+fn rest_after_prune_batch(batch_took: std::time::Duration) {
     std::thread::sleep(batch_took.min(std::time::Duration::from_secs(1)));
+}
+
+/// Pruning's loop on both backends: `one_batch` deletes up to `batch` expired events in a
+/// transaction and says how many (None: another instance is pruning). Ends after a
+/// short batch, or once `go_on` is false (freshet is stopping), resting after each batch;
+/// returns how many were deleted.
+pub(crate) fn prune_in_batches_with(
+    batch: usize,
+    go_on: &(dyn Fn() -> bool + Sync),
+    mut one_batch: impl FnMut() -> Result<Option<usize>>,
+) -> Result<usize> {
+    let mut pruned = 0;
+    loop {
+        let started = std::time::Instant::now();
+        let Some(deleted) = one_batch()? else {
+            return Ok(pruned);
+        };
+        pruned += deleted;
+        if deleted < batch || !go_on() {
+            return Ok(pruned);
+        }
+        rest_after_prune_batch(started.elapsed());
+    }
 }
 
 /// Finds the open, not started job identical to job `?1`: the same `coalesce_key`,

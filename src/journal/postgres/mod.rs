@@ -447,11 +447,9 @@ impl PostgresJournal {
     ) -> Result<usize, JournalError> {
         let shared = Arc::clone(&self.shared);
         let cutoff_ms = i64::from(days) * 86_400_000;
-        let mut pruned = 0;
-        loop {
+        crate::journal::common::prune_in_batches_with(batch, go_on, || {
             let shared = Arc::clone(&shared);
-            let started = Instant::now();
-            let deleted = self.run(CALL_TIMEOUT, async move {
+            self.run(CALL_TIMEOUT, async move {
                 let mut client = shared.client().await?;
                 let tx = client.transaction().await.map_err(backend)?;
                 // The oldest events are read in the table's order, which a scan follows
@@ -470,6 +468,7 @@ impl PostgresJournal {
                     .map_err(backend)?
                     .get(0);
                 if !ours {
+                    tracing::debug!("Another instance is pruning the journal.");
                     return Ok(None);
                 }
                 let ids: Vec<String> = tx
@@ -502,21 +501,8 @@ impl PostgresJournal {
                     .map_err(backend)?;
                 tx.commit().await.map_err(backend)?;
                 Ok(Some(deleted as usize))
-            })?;
-            match deleted {
-                Some(deleted) => {
-                    pruned += deleted;
-                    if deleted < batch || !go_on() {
-                        return Ok(pruned);
-                    }
-                    crate::journal::common::rest_after_prune_batch(started.elapsed());
-                }
-                None => {
-                    tracing::debug!("Another instance is pruning the journal.");
-                    return Ok(pruned);
-                }
-            }
-        }
+            })
+        })
     }
 }
 

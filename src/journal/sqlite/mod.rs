@@ -309,9 +309,7 @@ impl SqliteJournal {
     ) -> Result<usize, JournalError> {
         self.recent.lock().clear();
         let cutoff = format!("{NOW_MS} - {}", i64::from(days) * 86_400_000);
-        let mut pruned = 0;
-        loop {
-            let started = std::time::Instant::now();
+        crate::journal::common::prune_in_batches_with(batch, go_on, || {
             let deleted = self.write(|tx| {
                 tx.execute_batch(&format!(
                     "CREATE TEMP TABLE IF NOT EXISTS prunable (id TEXT PRIMARY KEY);
@@ -329,12 +327,8 @@ impl SqliteJournal {
                     [],
                 )?)
             })?;
-            pruned += deleted;
-            if deleted < batch || !go_on() {
-                return Ok(pruned);
-            }
-            crate::journal::common::rest_after_prune_batch(started.elapsed());
-        }
+            Ok(Some(deleted))
+        })
     }
 }
 
