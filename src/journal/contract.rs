@@ -480,9 +480,14 @@ fn concurrent_appends_are_each_answered_after_their_commit(store: &TestStore) {
     assert_eq!(new.len(), 150);
     let reopened = store.open();
     assert_eq!(reopened.events(1000, None).unwrap().len(), 150);
+    // Claimed by the instance that journaled them: on PostgreSQL intake leases each
+    // evaluation to its own instance (docs/behaviour.md section 12).
+    let claimed = journal.claim(Queue::Evaluate, 1000, 60_000).unwrap();
+    let ids: std::collections::BTreeSet<String> =
+        claimed.iter().map(|job| job.event_id.clone()).collect();
     assert_eq!(
-        reopened.claim(Queue::Evaluate, 1000, 60_000).unwrap().len(),
-        150,
+        (claimed.len(), ids),
+        (150, new),
         "one evaluate job per new event"
     );
 }

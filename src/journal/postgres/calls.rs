@@ -48,12 +48,13 @@ impl PostgresJournal {
                 tx.commit().await.map_err(backend)?;
                 return Ok((recorded, Vec::new()));
             };
-            // The next batch in the same transaction; a claim that fails alone is
-            // rolled back to here, and the finish stands (the caller claims again).
+            // The next batch: what intake handed over, and a claim in the same
+            // transaction; a claim that fails alone is rolled back to here, and the
+            // finish stands (the caller claims again).
             let started = Instant::now();
             let (savepoint, claimed) = tokio::join!(
                 tx.batch_execute("SAVEPOINT next_claim"),
-                claim_in(&tx, &shared, Queue::Evaluate, limit)
+                claim_in(&tx, &shared, Queue::Evaluate, shared.to_claim(limit))
             );
             savepoint.map_err(backend)?;
             let claimed = match claimed {
@@ -68,7 +69,7 @@ impl PostgresJournal {
             };
             tx.commit().await.map_err(backend)?;
             shared.hold(claimed.iter().map(|job| job.id), started);
-            Ok((recorded, claimed))
+            Ok((recorded, with_handed(&shared, claimed, limit)))
         })
     }
 
@@ -121,7 +122,18 @@ impl StageQueue for PostgresJournal {
 
     fn events_to_evaluate(&self, ids: &[&str]) -> Vec<Result<Option<Arc<Event>>>> {
         let shared = self.shared();
-        let wanted: Vec<String> = ids.iter().map(|id| id.to_string()).collect();
+        // Those intake handed over with their jobs are in hand; the rest are read.
+        let in_hand: Vec<Option<Arc<Event>>> =
+            ids.iter().map(|id| shared.handed_event(id)).collect();
+        if in_hand.iter().all(Option::is_some) {
+            return in_hand.into_iter().map(Ok).collect();
+        }
+        let wanted: Vec<String> = ids
+            .iter()
+            .zip(&in_hand)
+            .filter(|(_, event)| event.is_none())
+            .map(|(id, _)| id.to_string())
+            .collect();
         let bodies = self.run(CALL_TIMEOUT, async move {
             let client = shared.client().await?;
             let rows = client
@@ -137,7 +149,11 @@ impl StageQueue for PostgresJournal {
             // A batch may name an event twice (a replay beside its first evaluation).
             Ok(bodies) => ids
                 .iter()
-                .map(|id| {
+                .zip(in_hand)
+                .map(|(id, in_hand)| {
+                    if let Some(event) = in_hand {
+                        return Ok(Some(event));
+                    }
                     bodies
                         .get(*id)
                         .map(|body| {
@@ -150,8 +166,13 @@ impl StageQueue for PostgresJournal {
                 .collect(),
             Err(error) => {
                 let message = error.to_string();
-                ids.iter()
-                    .map(|_| Err(JournalError::unavailable(message.clone())))
+                in_hand
+                    .into_iter()
+                    .map(|event| {
+                        event
+                            .map(Some)
+                            .ok_or_else(|| JournalError::unavailable(message.clone()))
+                    })
                     .collect()
             }
         }
@@ -181,19 +202,20 @@ impl StageQueue for PostgresJournal {
         let shared = self.shared();
         self.run(CALL_TIMEOUT, async move {
             let started = Instant::now();
-            let jobs = if queue == Queue::Evaluate {
+            if queue == Queue::Evaluate {
                 let mut client = shared.client().await?;
                 let tx = client.transaction().await.map_err(backend)?;
                 defer_commit(&tx).await?;
-                let jobs = claim_in(&tx, &shared, queue, limit).await?;
+                let jobs = claim_in(&tx, &shared, queue, shared.to_claim(limit)).await?;
                 tx.commit().await.map_err(backend)?;
-                jobs
+                shared.hold(jobs.iter().map(|job| job.id), started);
+                Ok(with_handed(&shared, jobs, limit))
             } else {
                 let client = shared.client().await?;
-                claim_in(&client, &shared, queue, limit).await?
-            };
-            shared.hold(jobs.iter().map(|job| job.id), started);
-            Ok(jobs)
+                let jobs = claim_in(&client, &shared, queue, limit).await?;
+                shared.hold(jobs.iter().map(|job| job.id), started);
+                Ok(jobs)
+            }
         })
     }
 
@@ -853,6 +875,18 @@ async fn claim_in(
     }
     jobs.sort_by_key(|job| job.id);
     Ok(jobs)
+}
+
+/// The evaluate jobs `claimed` from the journal and up to `limit` that intake handed over
+/// (already leased and held), in id order.
+fn with_handed(shared: &Shared, claimed: Vec<Job>, limit: usize) -> Vec<Job> {
+    let mut jobs = shared.take_handed(limit);
+    if jobs.is_empty() {
+        return claimed;
+    }
+    jobs.extend(claimed);
+    jobs.sort_by_key(|job| job.id);
+    jobs
 }
 
 /// Records a batch of evaluations in `tx`; for each, whether its lease was still ours.

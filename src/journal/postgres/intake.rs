@@ -8,7 +8,7 @@
 //! commits; a webhook waits no longer than the append budget in all (queue included) and
 //! gets its 503 when that runs out, never a 200 for an event that was not committed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,7 +21,7 @@ use super::schema::NOW_MS;
 use super::session::Typed;
 use super::{backend, Shared, APPEND_TIMEOUT};
 use crate::event::Event;
-use crate::journal::{stage_job, AppendReply, Appended, FirstJob, JournalError, Queue};
+use crate::journal::{stage_job, AppendReply, Appended, FirstJob, Job, JournalError, Queue};
 
 /// Committers taking turns at the queue.
 const COMMITTERS: usize = 4;
@@ -130,6 +130,10 @@ fn timed_out() -> JournalError {
 /// Inserts the batch's events and their first jobs; for each, whether it was new (the
 /// first of its id, in the journal and in the batch).
 ///
+/// An evaluate job is written leased to this instance, while the hand-off has room, and
+/// handed to its evaluate stage with its event (handoff.rs); the others are `pending`, and
+/// wake the other instances.
+///
 /// One statement, committed on its own: the first jobs are written for every event the
 /// statement inserted (its `RETURNING`, which a data-modifying `WITH` lets the next insert
 /// read), so nothing has to come back to freshet between the two inserts. As a
@@ -147,14 +151,19 @@ async fn insert_batch(shared: &Shared, batch: &[Pending]) -> Result<Vec<bool>, J
                  RETURNING id),
              first_jobs AS (
                  INSERT INTO jobs (queue, kind, event_id, job_key, payload, status, attempt, max_attempts,
-                                   scheduled_at, created_at)
-                 SELECT j.queue, j.kind, j.event_id, j.job_key, 'null', 'pending', 0, j.max_attempts,
-                        {NOW_MS}, {NOW_MS}
-                 FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::int4[])
-                      AS j(queue, kind, event_id, job_key, max_attempts)
+                                   scheduled_at, created_at, started_at, lease_until, locked_by)
+                 SELECT j.queue, j.kind, j.event_id, j.job_key, 'null',
+                        CASE WHEN j.leased THEN 'running' ELSE 'pending' END,
+                        CASE WHEN j.leased THEN 1 ELSE 0 END, j.max_attempts, {NOW_MS}, {NOW_MS},
+                        CASE WHEN j.leased THEN {NOW_MS} END,
+                        CASE WHEN j.leased THEN {NOW_MS} + $14 END,
+                        CASE WHEN j.leased THEN $7 END
+                 FROM unnest($8::text[], $9::text[], $10::text[], $11::text[], $12::int4[], $13::bool[])
+                      AS j(queue, kind, event_id, job_key, max_attempts, leased)
                  WHERE j.event_id IN (SELECT id FROM inserted)
-                 ON CONFLICT DO NOTHING)
-             SELECT id FROM inserted"
+                 ON CONFLICT DO NOTHING
+                 RETURNING id, event_id)
+             SELECT i.id, f.id FROM inserted i LEFT JOIN first_jobs f ON f.event_id = i.id"
         )
     });
     // The first of each id in the batch is the one that may be new.
@@ -163,6 +172,13 @@ async fn insert_batch(shared: &Shared, batch: &[Pending]) -> Result<Vec<bool>, J
         .iter()
         .map(|pending| seen.insert(pending.event.id.as_str()))
         .collect();
+    let evaluations = batch
+        .iter()
+        .zip(&firsts)
+        .filter(|(pending, first)| **first && pending.first_job.queue == Queue::Evaluate)
+        .count();
+    let reservation = Reservation::new(shared, evaluations);
+    let mut leasable = reservation.granted;
     let mut columns = EventColumns::default();
     let mut jobs = JobColumns::default();
     for (pending, first) in batch.iter().zip(&firsts) {
@@ -171,14 +187,18 @@ async fn insert_batch(shared: &Shared, batch: &[Pending]) -> Result<Vec<bool>, J
         }
         columns.push(&pending.event)?;
         let job = stage_job(pending.first_job, &pending.event.id, None, Value::Null);
+        let leased = job.queue == Queue::Evaluate && leasable > 0;
+        leasable -= usize::from(leased);
         jobs.queues.push(job.queue.as_str().to_string());
         jobs.kinds.push(job.kind);
         jobs.event_ids.push(job.event_id);
         jobs.keys.push(job.job_key);
         jobs.max_attempts.push(job.max_attempts as i32);
+        jobs.leased.push(leased);
     }
     let client = shared.client().await?;
-    let inserted: HashSet<String> = client
+    let sent = Instant::now();
+    let inserted: HashMap<String, Option<i64>> = client
         .rows(
             INTAKE.as_str(),
             &[
@@ -194,28 +214,101 @@ async fn insert_batch(shared: &Shared, batch: &[Pending]) -> Result<Vec<bool>, J
                 &jobs.event_ids,
                 &jobs.keys,
                 &jobs.max_attempts,
+                &jobs.leased,
+                &shared.lease_ms,
             ],
         )
         .await
         .map_err(backend)?
         .iter()
-        .map(|row| row.get(0))
+        .map(|row| (row.get(0), row.get(1)))
         .collect();
     let new: Vec<bool> = batch
         .iter()
         .zip(&firsts)
-        .map(|(pending, first)| *first && inserted.contains(&pending.event.id))
+        .map(|(pending, first)| *first && inserted.contains_key(&pending.event.id))
         .collect();
-    // Committed: wake the other instances for each queue that got a job.
+    // Committed: hand the leased evaluations over, and wake the other instances for each
+    // queue that got a job they may claim.
+    let mut handed = Vec::new();
     let mut woken: Vec<Queue> = Vec::new();
-    for (pending, _) in batch.iter().zip(&new).filter(|(_, new)| **new) {
+    // `jobs.leased` has an entry for each first of its id, in the batch's order.
+    let mut leased = jobs.leased.iter();
+    for ((pending, first), new) in batch.iter().zip(&firsts).zip(&new) {
+        if !*first {
+            continue;
+        }
+        let leased = leased.next() == Some(&true);
+        if !*new {
+            continue;
+        }
         let queue = pending.first_job.queue;
-        if !woken.contains(&queue) {
+        let job_id = inserted.get(&pending.event.id).copied().flatten();
+        if leased {
+            if let Some(id) = job_id {
+                let job = stage_job(pending.first_job, &pending.event.id, None, Value::Null);
+                handed.push((
+                    Job {
+                        id,
+                        queue,
+                        kind: job.kind,
+                        event_id: job.event_id,
+                        rule: None,
+                        payload: Value::Null,
+                        attempt: 1,
+                        max_attempts: job.max_attempts,
+                        interrupted: None,
+                    },
+                    Arc::new(pending.event.clone()),
+                ));
+                continue;
+            }
+        }
+        if job_id.is_some() && !woken.contains(&queue) {
             woken.push(queue);
             client.wake_others(queue).await.map_err(backend)?;
         }
     }
+    shared.hold(handed.iter().map(|(job, _)| job.id), sent);
+    reservation.fill(handed);
     Ok(new)
+}
+
+/// Room in the hand-off, set aside while a batch commits, so that the committers running
+/// side by side never hand over more than [`HANDOFF_CAP`](super::handoff::HANDOFF_CAP) jobs together; what is
+/// not filled is given back when this is dropped (the commit failed, or a job was a
+/// duplicate).
+struct Reservation<'a> {
+    shared: &'a Shared,
+    granted: usize,
+}
+
+impl<'a> Reservation<'a> {
+    fn new(shared: &'a Shared, wanted: usize) -> Self {
+        let granted = if shared.appends.is_some() {
+            shared.handoff().reserve(wanted)
+        } else {
+            0
+        };
+        Reservation { shared, granted }
+    }
+
+    fn fill(mut self, jobs: Vec<(Job, Arc<Event>)>) {
+        let mut handoff = self.shared.handoff();
+        handoff.unreserve(self.granted);
+        self.granted = 0;
+        for (job, event) in jobs {
+            handoff.push(job, event);
+        }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.granted > 0 {
+            self.shared.handoff().unreserve(self.granted);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -248,4 +341,6 @@ struct JobColumns {
     event_ids: Vec<String>,
     keys: Vec<String>,
     max_attempts: Vec<i32>,
+    /// Written leased to this instance, for the hand-off.
+    leased: Vec<bool>,
 }

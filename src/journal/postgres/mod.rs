@@ -27,10 +27,13 @@
 //! - `calls.rs`: the [`JournalStore`](super::JournalStore) calls; `sql.rs`: the
 //!   statements they share;
 //! - `schema.rs`: the schema's migrations, applied under an advisory lock;
+//! - `intake.rs`: webhooks' grouped commits; `handoff.rs`: the evaluations intake leases
+//!   to this instance's evaluate stage;
 //! - `leases.rs`: renewing this instance's leases; `listen.rs`: `LISTEN` for work;
 //! - `tls.rs`: `sslmode` and `sslrootcert`, with rustls.
 
 mod calls;
+mod handoff;
 mod intake;
 mod leases;
 mod listen;
@@ -98,6 +101,8 @@ pub(super) struct Shared {
     /// job leaves when its outcome is written or its write failed, or it is abandoned,
     /// so its lease runs out and it runs again instead of staying held forever.
     pub(super) held: Mutex<HashMap<i64, Instant>>,
+    /// Evaluate jobs intake leased to this instance, for its evaluate stage (`serve` only).
+    handoff: Mutex<handoff::HandOff>,
     /// For the listener's own connection.
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
@@ -342,6 +347,7 @@ impl PostgresJournal {
             last_error: Mutex::new(None),
             waker: Mutex::new(None),
             held: Mutex::default(),
+            handoff: Mutex::default(),
             config,
             tls,
             pooled,
@@ -543,6 +549,28 @@ impl Shared {
 
     pub(super) fn held(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Instant>> {
         self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn handoff(&self) -> std::sync::MutexGuard<'_, handoff::HandOff> {
+        self.handoff.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many evaluate jobs to claim from the journal for a batch of up to `limit`: what
+    /// intake's hand-off (handoff.rs) does not fill, and never less than an eighth of it,
+    /// so that evaluations queued by others (replays, chained events, another instance's
+    /// overflow, takeovers) are not held back by this instance's own webhooks.
+    fn to_claim(&self, limit: usize) -> usize {
+        (limit - self.handoff().len().min(limit)).max(limit / 8)
+    }
+
+    /// Up to `limit` evaluate jobs intake handed over, oldest first.
+    fn take_handed(&self, limit: usize) -> Vec<crate::journal::Job> {
+        self.handoff().take(limit)
+    }
+
+    /// The event of a job intake handed over, if it is still in hand.
+    fn handed_event(&self, id: &str) -> Option<Arc<crate::event::Event>> {
+        self.handoff().event(id)
     }
 
     /// Notes that this instance holds `jobs`, leased by a request sent at `sent`.

@@ -42,6 +42,7 @@ param!(
     &str => Type::TEXT,
     Vec<i64> => Type::INT8_ARRAY,
     Vec<i32> => Type::INT4_ARRAY,
+    Vec<bool> => Type::BOOL_ARRAY,
     Vec<String> => Type::TEXT_ARRAY,
     Vec<&str> => Type::TEXT_ARRAY,
     Option<String> => Type::TEXT,

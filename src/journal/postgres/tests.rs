@@ -321,7 +321,9 @@ fn wakes_for_the_other_instances_are_debounced() {
     });
     let started = std::time::Instant::now();
     let tickets: Vec<_> = (0..300)
-        .map(|i| journal.append(&event(&format!("dbt:burst{i}")), FirstJob::EVALUATE))
+        // Enrich jobs: intake hands evaluations to its own instance and wakes no other
+        // for them while the hand-off has room.
+        .map(|i| journal.append(&event(&format!("dbt:burst{i}")), FirstJob::enrich(3)))
         .collect();
     for ticket in tickets {
         ticket.wait().unwrap();
@@ -335,7 +337,7 @@ fn wakes_for_the_other_instances_are_debounced() {
     let mut notes = vec![first];
     notes.extend(notes_rx.try_iter());
     assert!(
-        notes.iter().all(|(_, queue)| queue == "evaluate"),
+        notes.iter().all(|(_, queue)| queue == "enrich"),
         "{notes:?}"
     );
     let periods = (elapsed + super::listen::NOTIFY_EVERY * 3).as_millis()
@@ -602,4 +604,108 @@ fn renewals_pass_a_locked_row_by_and_keep_its_lease() {
         "the lease of the row that was locked was given up"
     );
     assert!(journal.lease_held(&y));
+}
+
+/// docs/behaviour.md section 12 (intake on PostgreSQL): an event's evaluate job is written
+/// leased to the instance that journaled it, which takes it (and its event) without a
+/// claim; another instance cannot take it while that lease is held, and takes it over,
+/// as a claimed job, once the lease has run out with its instance gone.
+#[test]
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
+fn intake_leases_each_evaluation_to_its_own_instance() {
+    let (store, url) = postgres_store();
+    let a = store.open();
+    let b = store.open();
+    for id in ["dbt:mine", "dbt:orphan"] {
+        a.append(&event(id), FirstJob::EVALUATE).wait().unwrap();
+    }
+    let rows = outside(
+        &url,
+        "SELECT status || ' ' || attempt || ' ' || locked_by FROM freshet.jobs ORDER BY id",
+    );
+    let leased = format!("running 1 {}", a.instance().unwrap());
+    assert_eq!(rows, [leased.clone(), leased]);
+    assert!(
+        b.claim(Queue::Evaluate, 64, 60_000).unwrap().is_empty(),
+        "another instance took a held evaluation"
+    );
+    let mine = a.claim(Queue::Evaluate, 1, 60_000).unwrap();
+    assert_eq!(mine.len(), 1);
+    assert_eq!(
+        (mine[0].event_id.as_str(), mine[0].attempt),
+        ("dbt:mine", 1)
+    );
+    let read = a.events_to_evaluate(&["dbt:mine"]);
+    assert_eq!(read[0].as_ref().unwrap().as_ref().unwrap().id, "dbt:mine");
+    assert_eq!(
+        a.finish_evaluations(&[(mine[0].clone(), Evaluation::default())])
+            .unwrap(),
+        vec![true]
+    );
+    assert_eq!(
+        outside(
+            &url,
+            "SELECT status FROM freshet.events WHERE id = 'dbt:mine'"
+        ),
+        ["evaluated"]
+    );
+    // a dies holding the other one; once its lease has run out (set here, rather than
+    // waited for), b takes it over as it takes over any claimed job.
+    drop(a);
+    outside(
+        &url,
+        "UPDATE freshet.jobs SET lease_until = 0 WHERE event_id = 'dbt:orphan'",
+    );
+    let taken = b.claim(Queue::Evaluate, 64, 60_000).unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(
+        (taken[0].event_id.as_str(), taken[0].attempt),
+        ("dbt:orphan", 2)
+    );
+    let errors = outside(
+        &url,
+        "SELECT last_error FROM freshet.jobs WHERE event_id = 'dbt:orphan'",
+    );
+    assert!(errors[0].contains("lost its lease"), "{errors:?}");
+}
+
+/// The hand-off is bounded: past `HANDOFF_CAP` evaluations waiting in an instance, intake
+/// writes the job waiting, for any instance to claim, so an instance that dies leaves at
+/// most that many events for its lease to run out.
+#[test]
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
+fn past_its_cap_intake_leaves_evaluations_for_any_instance() {
+    let cap = super::handoff::HANDOFF_CAP;
+    let (store, url) = postgres_store();
+    let a = store.open();
+    let b = store.open();
+    let tickets: Vec<_> = (0..cap + 40)
+        .map(|i| a.append(&event(&format!("dbt:many{i}")), FirstJob::EVALUATE))
+        .collect();
+    for ticket in tickets {
+        ticket.wait().unwrap();
+    }
+    let counts = outside(
+        &url,
+        "SELECT status || ' ' || count(*) FROM freshet.jobs GROUP BY status ORDER BY status",
+    );
+    assert_eq!(counts, ["pending 40".to_string(), format!("running {cap}")]);
+    assert_eq!(b.claim(Queue::Evaluate, 64, 60_000).unwrap().len(), 40);
+    // a's own batches: the handed jobs, and a claim beside them that finds nothing now.
+    let mut taken = 0;
+    loop {
+        let batch = a.claim(Queue::Evaluate, 64, 60_000).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        assert!(batch.iter().all(|job| job.attempt == 1));
+        taken += batch.len();
+    }
+    assert_eq!(taken, cap);
 }
