@@ -49,12 +49,17 @@ impl PostgresJournal {
                 return Ok((recorded, Vec::new()));
             };
             // The next batch: what intake handed over, and a claim in the same
-            // transaction; a claim that fails alone is rolled back to here, and the
-            // finish stands (the caller claims again).
+            // transaction when one is due; a claim that fails alone is rolled back to
+            // here, and the finish stands (the caller claims again).
+            let more = shared.to_claim(limit);
+            if more == 0 {
+                tx.commit().await.map_err(backend)?;
+                return Ok((recorded, with_handed(&shared, Vec::new(), limit)));
+            }
             let started = Instant::now();
             let (savepoint, claimed) = tokio::join!(
                 tx.batch_execute("SAVEPOINT next_claim"),
-                claim_in(&tx, &shared, Queue::Evaluate, shared.to_claim(limit))
+                claim_in(&tx, &shared, Queue::Evaluate, more)
             );
             savepoint.map_err(backend)?;
             let claimed = match claimed {
@@ -203,10 +208,14 @@ impl StageQueue for PostgresJournal {
         self.run(CALL_TIMEOUT, async move {
             let started = Instant::now();
             if queue == Queue::Evaluate {
+                let more = shared.to_claim(limit);
+                if more == 0 {
+                    return Ok(with_handed(&shared, Vec::new(), limit));
+                }
                 let mut client = shared.client().await?;
                 let tx = client.transaction().await.map_err(backend)?;
                 defer_commit(&tx).await?;
-                let jobs = claim_in(&tx, &shared, queue, shared.to_claim(limit)).await?;
+                let jobs = claim_in(&tx, &shared, queue, more).await?;
                 tx.commit().await.map_err(backend)?;
                 shared.hold(jobs.iter().map(|job| job.id), started);
                 Ok(with_handed(&shared, jobs, limit))
