@@ -221,6 +221,14 @@ pub async fn serve(config: Config, config_path: Option<PathBuf>) -> anyhow::Resu
     {
         tracing::warn!("Work still running at the deadline was left for the next start.");
     }
+    match blocking(&journal, |j| j.release_unstarted()).await {
+        Ok(0) => {}
+        Ok(released) => tracing::info!(
+            released,
+            "Gave back evaluations this instance had not started, for the next start or another instance."
+        ),
+        Err(error) => tracing::warn!(error = %error, "Cannot give back the evaluations not started; they run again when their leases end."),
+    }
     tracing::info!("Stopped.");
     Ok(())
 }

@@ -313,6 +313,14 @@ pub trait Operations: Send + Sync {
     /// counts: a job with no attempts left is dead instead.
     fn release_running(&self) -> Result<Released, JournalError>;
 
+    /// At a stop, once the stages are done: gives back the evaluations intake leased to
+    /// this instance that its evaluate stage never took (PostgreSQL's hand-off), so that
+    /// the next start or another instance evaluates them at once rather than after the
+    /// lease. Returns how many.
+    fn release_unstarted(&self) -> Result<usize, JournalError> {
+        Ok(0)
+    }
+
     /// Action jobs not yet finished (pending, retrying, running).
     fn backlog(&self) -> Result<u64, JournalError>;
 

@@ -751,6 +751,38 @@ impl Operations for PostgresJournal {
         Ok(Released::default())
     }
 
+    fn release_unstarted(&self) -> Result<usize> {
+        let shared = self.shared();
+        let jobs = shared.take_handed(usize::MAX);
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
+        {
+            let mut held = shared.held();
+            for id in &ids {
+                held.remove(id);
+            }
+        }
+        // Fenced like an end: only what is still this instance's first, untaken lease.
+        self.run(CALL_TIMEOUT, async move {
+            let client = shared.client().await?;
+            let released = client
+                .exec(
+                    "UPDATE jobs SET status = 'pending', attempt = 0, started_at = NULL,
+                        lease_until = NULL, locked_by = NULL
+                     WHERE id = ANY($1) AND locked_by = $2 AND status = 'running' AND attempt = 1",
+                    &[&ids, &shared.instance],
+                )
+                .await
+                .map_err(backend)?;
+            if released > 0 {
+                client.wake_others(Queue::Evaluate).await.map_err(backend)?;
+            }
+            Ok(released as usize)
+        })
+    }
+
     fn backlog(&self) -> Result<u64> {
         let shared = self.shared();
         self.run(CALL_TIMEOUT, async move {

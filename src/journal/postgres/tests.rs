@@ -709,3 +709,40 @@ fn past_its_cap_intake_leaves_evaluations_for_any_instance() {
     }
     assert_eq!(taken, cap);
 }
+
+/// At a stop, the evaluations intake leased to the stopping instance that its evaluate
+/// stage never took are given back, so another instance (or the next start) evaluates
+/// them at once instead of after the lease; one already taken is not.
+#[test]
+#[cfg_attr(
+    not(freshet_postgres_tests),
+    ignore = "needs PostgreSQL: build with FRESHET_TEST_DATABASE_URL set (source .ci/postgres.sh)"
+)]
+fn a_stop_gives_back_the_evaluations_not_started() {
+    let (store, url) = postgres_store();
+    let a = store.open();
+    let b = store.open();
+    for id in ["dbt:taken", "dbt:left1", "dbt:left2"] {
+        a.append(&event(id), FirstJob::EVALUATE).wait().unwrap();
+    }
+    let taken = a.claim(Queue::Evaluate, 1, 60_000).unwrap();
+    assert_eq!(taken[0].event_id, "dbt:taken");
+    assert_eq!(a.release_unstarted().unwrap(), 2);
+    assert_eq!(
+        outside(
+            &url,
+            "SELECT status || ' ' || attempt || ' ' || coalesce(locked_by, '-') FROM freshet.jobs WHERE event_id LIKE 'dbt:left%'",
+        ),
+        ["pending 0 -", "pending 0 -"]
+    );
+    let claimed = b.claim(Queue::Evaluate, 64, 60_000).unwrap();
+    let ids: Vec<&str> = claimed.iter().map(|job| job.event_id.as_str()).collect();
+    assert_eq!(ids, ["dbt:left1", "dbt:left2"]);
+    assert!(claimed.iter().all(|job| job.attempt == 1));
+    // The one a took stays a's, and a can still end it.
+    assert_eq!(
+        a.finish_evaluations(&[(taken[0].clone(), Evaluation::default())])
+            .unwrap(),
+        vec![true]
+    );
+}
