@@ -232,37 +232,35 @@ async fn insert_batch(shared: &Shared, batch: &[Pending]) -> Result<Vec<bool>, J
     // queue that got a job they may claim.
     let mut handed = Vec::new();
     let mut woken: Vec<Queue> = Vec::new();
-    // `jobs.leased` has an entry for each first of its id, in the batch's order.
-    let mut leased = jobs.leased.iter();
+    // The job columns have an entry for each first of its id, in the batch's order.
+    let mut row = 0;
     for ((pending, first), new) in batch.iter().zip(&firsts).zip(&new) {
         if !*first {
             continue;
         }
-        let leased = leased.next() == Some(&true);
+        let at = row;
+        row += 1;
         if !*new {
             continue;
         }
         let queue = pending.first_job.queue;
         let job_id = inserted.get(&pending.event.id).copied().flatten();
-        if leased {
-            if let Some(id) = job_id {
-                let job = stage_job(pending.first_job, &pending.event.id, None, Value::Null);
-                handed.push((
-                    Job {
-                        id,
-                        queue,
-                        kind: job.kind,
-                        event_id: job.event_id,
-                        rule: None,
-                        payload: Value::Null,
-                        attempt: 1,
-                        max_attempts: job.max_attempts,
-                        interrupted: None,
-                    },
-                    Arc::new(pending.event.clone()),
-                ));
-                continue;
-            }
+        if let (true, Some(id)) = (jobs.leased[at], job_id) {
+            handed.push((
+                Job {
+                    id,
+                    queue,
+                    kind: jobs.kinds[at].clone(),
+                    event_id: pending.event.id.clone(),
+                    rule: None,
+                    payload: Value::Null,
+                    attempt: 1,
+                    max_attempts: jobs.max_attempts[at] as u32,
+                    interrupted: None,
+                },
+                Arc::new(pending.event.clone()),
+            ));
+            continue;
         }
         if job_id.is_some() && !woken.contains(&queue) {
             woken.push(queue);
