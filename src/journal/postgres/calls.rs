@@ -51,7 +51,7 @@ impl PostgresJournal {
             // The next batch: what intake handed over, and a claim in the same
             // transaction when one is due; a claim that fails alone is rolled back to
             // here, and the finish stands (the caller claims again).
-            let more = shared.to_claim(limit);
+            let more = shared.handoff().claim_now(limit);
             if more == 0 {
                 tx.commit().await.map_err(backend)?;
                 return Ok((recorded, with_handed(&shared, Vec::new(), limit)));
@@ -129,7 +129,7 @@ impl StageQueue for PostgresJournal {
         let shared = self.shared();
         // Those intake handed over with their jobs are in hand; the rest are read.
         let in_hand: Vec<Option<Arc<Event>>> =
-            ids.iter().map(|id| shared.handed_event(id)).collect();
+            ids.iter().map(|id| shared.handoff().event(id)).collect();
         if in_hand.iter().all(Option::is_some) {
             return in_hand.into_iter().map(Ok).collect();
         }
@@ -208,7 +208,7 @@ impl StageQueue for PostgresJournal {
         self.run(CALL_TIMEOUT, async move {
             let started = Instant::now();
             if queue == Queue::Evaluate {
-                let more = shared.to_claim(limit);
+                let more = shared.handoff().claim_now(limit);
                 if more == 0 {
                     return Ok(with_handed(&shared, Vec::new(), limit));
                 }
@@ -753,11 +753,15 @@ impl Operations for PostgresJournal {
 
     fn release_unstarted(&self) -> Result<usize> {
         let shared = self.shared();
-        let jobs = shared.take_handed(usize::MAX);
-        if jobs.is_empty() {
+        let ids: Vec<i64> = shared
+            .handoff()
+            .take(usize::MAX)
+            .iter()
+            .map(|job| job.id)
+            .collect();
+        if ids.is_empty() {
             return Ok(0);
         }
-        let ids: Vec<i64> = jobs.iter().map(|job| job.id).collect();
         {
             let mut held = shared.held();
             for id in &ids {
@@ -921,7 +925,7 @@ async fn claim_in(
 /// The evaluate jobs `claimed` from the journal and up to `limit` that intake handed over
 /// (already leased and held), in id order.
 fn with_handed(shared: &Shared, claimed: Vec<Job>, limit: usize) -> Vec<Job> {
-    let mut jobs = shared.take_handed(limit);
+    let mut jobs = shared.handoff().take(limit);
     if jobs.is_empty() {
         return claimed;
     }

@@ -13,12 +13,15 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::event::Event;
 use crate::journal::Job;
 
 /// Most evaluations waiting in the hand-off: a few batches' worth.
 pub(super) const HANDOFF_CAP: usize = 256;
+/// With evaluations in hand, how often the evaluate stage still claims from the journal.
+const CLAIM_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Default)]
 pub(super) struct HandOff {
@@ -28,6 +31,8 @@ pub(super) struct HandOff {
     /// The events of handed jobs, until the evaluate stage reads them. A cache: an event
     /// not found here is read from the journal.
     events: HashMap<String, Arc<Event>>,
+    /// When the evaluate stage last claimed from the journal ([`HandOff::claim_now`]).
+    last_claim: Option<Instant>,
 }
 
 impl HandOff {
@@ -53,6 +58,22 @@ impl HandOff {
         self.jobs.push_back(job);
     }
 
+    /// How many evaluate jobs to claim from the journal for a batch of up to `limit`
+    /// beside what is in hand; 0 for no claim at all. With nothing in hand, the whole
+    /// batch. With jobs in hand, a claim (of what they leave of the batch, and at least an
+    /// eighth of it) at most every [`CLAIM_EVERY`]: a claim per batch was a statement per
+    /// batch, most finding nothing, while evaluations queued by others (replays,
+    /// enrichments, chained events, another instance's overflow, takeovers) still wait no
+    /// longer than that for this instance's own.
+    pub(super) fn claim_now(&mut self, limit: usize) -> usize {
+        let in_hand = self.jobs.len();
+        if in_hand > 0 && self.last_claim.is_some_and(|at| at.elapsed() < CLAIM_EVERY) {
+            return 0;
+        }
+        self.last_claim = Some(Instant::now());
+        (limit - in_hand.min(limit)).max(limit / 8).max(1)
+    }
+
     /// Up to `limit` handed jobs, oldest first.
     pub(super) fn take(&mut self, limit: usize) -> Vec<Job> {
         let n = limit.min(self.jobs.len());
@@ -62,9 +83,5 @@ impl HandOff {
     /// The event of a handed job, once.
     pub(super) fn event(&mut self, id: &str) -> Option<Arc<Event>> {
         self.events.remove(id)
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.jobs.len()
     }
 }

@@ -273,9 +273,9 @@ async fn insert_batch(shared: &Shared, batch: &[Pending]) -> Result<Vec<bool>, J
 }
 
 /// Room in the hand-off, set aside while a batch commits, so that the committers running
-/// side by side never hand over more than [`HANDOFF_CAP`](super::handoff::HANDOFF_CAP) jobs together; what is
-/// not filled is given back when this is dropped (the commit failed, or a job was a
-/// duplicate).
+/// side by side never hand over more than [`HANDOFF_CAP`](super::handoff::HANDOFF_CAP)
+/// jobs together; what is not filled is given back when this is dropped (the commit
+/// failed, or a job was a duplicate).
 struct Reservation<'a> {
     shared: &'a Shared,
     granted: usize,
@@ -283,11 +283,8 @@ struct Reservation<'a> {
 
 impl<'a> Reservation<'a> {
     fn new(shared: &'a Shared, wanted: usize) -> Self {
-        let granted = if shared.appends.is_some() {
-            shared.handoff().reserve(wanted)
-        } else {
-            0
-        };
+        // Only `serve` has committers, and so a hand-off and an evaluate stage to take it.
+        let granted = shared.handoff().reserve(wanted);
         Reservation { shared, granted }
     }
 

@@ -74,8 +74,6 @@ pub(super) const HEALTH_TIMEOUT: Duration = Duration::from_millis(900);
 /// The part of a lease an instance keeps in hand: it calls out for a job only while
 /// less than `lease - lease / 3` has passed since its lease was last confirmed.
 pub(super) const LEASE_MARGIN_DIVISOR: u32 = 3;
-/// With evaluations in hand, how often the evaluate stage still claims from the journal.
-const CLAIM_EVERY: Duration = Duration::from_millis(100);
 /// Connections per instance.
 const POOL_SIZE: usize = 16;
 
@@ -105,8 +103,6 @@ pub(super) struct Shared {
     pub(super) held: Mutex<HashMap<i64, Instant>>,
     /// Evaluate jobs intake leased to this instance, for its evaluate stage (`serve` only).
     handoff: Mutex<handoff::HandOff>,
-    /// When the evaluate stage last claimed from the journal (`to_claim`).
-    last_claim: Mutex<Option<Instant>>,
     /// For the listener's own connection.
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
@@ -352,7 +348,6 @@ impl PostgresJournal {
             waker: Mutex::new(None),
             held: Mutex::default(),
             handoff: Mutex::default(),
-            last_claim: Mutex::default(),
             config,
             tls,
             pooled,
@@ -558,33 +553,6 @@ impl Shared {
 
     fn handoff(&self) -> std::sync::MutexGuard<'_, handoff::HandOff> {
         self.handoff.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// How many evaluate jobs to claim from the journal for a batch of up to `limit`
-    /// beside what intake's hand-off (handoff.rs) holds; 0 for no claim at all. With
-    /// nothing in hand, the whole batch. With jobs in hand, a claim (of what they leave
-    /// of the batch, and at least an eighth of it) at most every [`CLAIM_EVERY`]: a claim
-    /// per batch was a statement per batch, most finding nothing, while evaluations
-    /// queued by others (replays, enrichments, chained events, another instance's
-    /// overflow, takeovers) still wait no longer than that for this instance's own.
-    fn to_claim(&self, limit: usize) -> usize {
-        let in_hand = self.handoff().len();
-        let mut last = self.last_claim.lock().unwrap_or_else(|p| p.into_inner());
-        if in_hand > 0 && last.is_some_and(|at| at.elapsed() < CLAIM_EVERY) {
-            return 0;
-        }
-        *last = Some(Instant::now());
-        (limit - in_hand.min(limit)).max(limit / 8).max(1)
-    }
-
-    /// Up to `limit` evaluate jobs intake handed over, oldest first.
-    fn take_handed(&self, limit: usize) -> Vec<crate::journal::Job> {
-        self.handoff().take(limit)
-    }
-
-    /// The event of a job intake handed over, if it is still in hand.
-    fn handed_event(&self, id: &str) -> Option<Arc<crate::event::Event>> {
-        self.handoff().event(id)
     }
 
     /// Notes that this instance holds `jobs`, leased by a request sent at `sent`.
